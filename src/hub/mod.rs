@@ -1,0 +1,94 @@
+//! The broadcast hub: one per core.
+//!
+//! Messages published on this core collect in an outbox during a loop pass;
+//! frames from other cores collect in an inbox. At the end of the pass the
+//! hub walks its local subscribers once and queues the whole batch to each
+//! (a reference per frame, no copy), then hands the outbox to the other
+//! cores: one push per frame into each peer's SPSC ring of glommio's channel
+//! mesh. Nothing here is shared with another core except those rings.
+
+pub mod frame;
+pub mod mesh;
+
+use frame::Frame;
+
+use crate::shard::conn::{Conn, ConnKey, Slab};
+
+/// Local subscribers and the frames waiting for them.
+#[derive(Default)]
+pub struct Hub {
+    subscribers: Vec<ConnKey>,
+    /// Published on this core during the current pass, in order.
+    pub outbox: Vec<Frame>,
+    /// Received from other cores, in the order each core sent them.
+    pub inbox: Vec<Frame>,
+}
+
+/// What one fan-out did.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct FanOut {
+    pub deliveries: u64,
+}
+
+impl Hub {
+    /// Adds a connection; returns its slot for [`Hub::unsubscribe`].
+    pub fn subscribe(&mut self, key: ConnKey) -> u32 {
+        self.subscribers.push(key);
+        (self.subscribers.len() - 1) as u32
+    }
+
+    /// Removes the subscriber at `slot` in O(1); the subscriber moved into
+    /// the hole is returned so its stored slot can be updated.
+    pub fn unsubscribe(&mut self, slot: u32) -> Option<ConnKey> {
+        let slot = slot as usize;
+        if slot >= self.subscribers.len() {
+            return None;
+        }
+        self.subscribers.swap_remove(slot);
+        self.subscribers.get(slot).copied()
+    }
+
+    /// Local subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Whether frames are waiting for fan-out.
+    pub fn has_pending(&self) -> bool {
+        !self.outbox.is_empty() || !self.inbox.is_empty()
+    }
+
+    /// Queues every pending frame to every local subscriber, in order.
+    /// A subscriber whose backlog is already over `max_queue` gets nothing
+    /// more (it is about to be closed as a slow consumer). `touched` is called
+    /// once per subscriber with whether it was over the bound. The outbox is
+    /// left for the mesh.
+    pub fn fan_out(
+        &mut self,
+        conns: &mut Slab,
+        max_queue: usize,
+        mut touched: impl FnMut(ConnKey, &mut Conn, bool),
+    ) -> FanOut {
+        let batch = self.outbox.len() + self.inbox.len();
+        if batch == 0 {
+            return FanOut::default();
+        }
+        let mut deliveries = 0;
+        for &key in &self.subscribers {
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            if conn.out.queued_bytes() > max_queue {
+                touched(key, conn, true);
+                continue;
+            }
+            for f in self.outbox.iter().chain(self.inbox.iter()) {
+                conn.out.push_frame(f.clone());
+            }
+            deliveries += batch as u64;
+            touched(key, conn, false);
+        }
+        self.inbox.clear();
+        FanOut { deliveries }
+    }
+}

@@ -1,0 +1,176 @@
+//! Start-up and shutdown: one pinned glommio executor per CPU, each running
+//! its own [`Shard`], plus the signal handling that drains them.
+
+pub mod kick;
+pub mod limits;
+pub mod timer;
+
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::hub::mesh;
+use crate::shard::{Control, Shard, ShardConfig, Stats};
+use crate::ws::Limits;
+
+/// How often glommio may preempt a busy loop to run its own reactor (timers,
+/// cross-core channel wake-ups). A busy core otherwise would not look at its
+/// channel mesh for glommio's default of 100 ms.
+const PREEMPT: Duration = Duration::from_millis(1);
+
+/// glommio reserves this much registered memory per executor for its own
+/// storage I/O, which ringcast does not use (default would be 10 MiB).
+const GLOMMIO_IO_MEMORY: usize = 64 * 1024;
+
+impl Config {
+    /// The per-core settings derived from the command line.
+    pub fn shard_config(&self) -> ShardConfig {
+        ShardConfig {
+            listen: self.listen,
+            backlog: self.backlog,
+            max_header_bytes: self.max_header_bytes,
+            limits: Limits {
+                max_message: self.max_message_bytes,
+            },
+            max_send_queue_bytes: self.max_send_queue_bytes,
+            handshake_timeout: Duration::from_secs_f64(self.handshake_timeout),
+            close_timeout: Duration::from_secs_f64(self.close_timeout),
+            shutdown_grace: self.grace(),
+            recv_buffers: self.recv_buffers,
+            recv_buffer_size: self.recv_buffer_size,
+        }
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM and a completed drain. Returns the
+/// per-core counters.
+pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
+    let cpus = cfg.cpu_set()?;
+    let n = cpus.len();
+    limits::raise_nofile();
+    let shard_cfg = cfg.shard_config();
+    let control = Control::new(n);
+    let mesh = (n > 1).then(|| mesh::builder(n));
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+
+    let mut handles = Vec::with_capacity(n);
+    for (i, &cpu) in cpus.iter().enumerate() {
+        let shard_cfg = shard_cfg.clone();
+        let control = control.clone();
+        let mesh = mesh.clone();
+        let ready = ready_tx.clone();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("ringcast-{i}"))
+            .io_memory(GLOMMIO_IO_MEMORY)
+            .preempt_timer(PREEMPT)
+            .spawn(move || async move {
+                let shard = match Shard::start(i, Rc::new(shard_cfg), control, mesh).await {
+                    Ok(s) => {
+                        let _ = ready.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let msg = format!("core {i} (CPU {cpu}): {e}");
+                        let _ = ready.send(Err(msg.clone()));
+                        return Err(msg);
+                    }
+                };
+                shard.run().await.map_err(|e| format!("core {i}: {e}"))
+            })
+            .map_err(|e| format!("starting executor on CPU {cpu}: {e}"))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+
+    let mut startup_error = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                startup_error.get_or_insert(e);
+            }
+            Err(_) => {
+                startup_error.get_or_insert("an executor exited during start-up".into());
+            }
+        }
+    }
+    if let Some(e) = &startup_error {
+        error!("{e}");
+        control.request_shutdown();
+    } else {
+        info!(
+            "ringcast listening on ws://{} with {} core(s) on CPUs {:?}; max message {} B, max header {} B, \
+             send queue bound {} B per connection, {} recv buffers x {} B per core, handshake timeout {}s, \
+             shutdown grace {}s",
+            cfg.listen,
+            n,
+            cpus,
+            cfg.max_message_bytes,
+            cfg.max_header_bytes,
+            cfg.max_send_queue_bytes,
+            cfg.recv_buffers.next_power_of_two(),
+            cfg.recv_buffer_size,
+            cfg.handshake_timeout,
+            cfg.shutdown_grace
+        );
+        limits::warn_if_low(n);
+        spawn_signal_thread(control.clone())?;
+    }
+
+    let mut stats = Vec::with_capacity(n);
+    let mut failure = startup_error;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(s)) => stats.push(s),
+            Ok(Err(e)) => {
+                error!("{e}");
+                failure.get_or_insert(e);
+                control.request_shutdown();
+            }
+            Err(e) => {
+                let e = format!("executor failed: {e}");
+                error!("{e}");
+                failure.get_or_insert(e);
+                control.request_shutdown();
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
+}
+
+/// First SIGINT/SIGTERM drains (close 1001, wait up to the grace period);
+/// a second one exits at once.
+fn spawn_signal_thread(control: Arc<Control>) -> Result<(), String> {
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("installing signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("ringcast-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    info!(
+                        signal = sig,
+                        "shutting down: no new connections, closing open ones with 1001"
+                    );
+                    control.request_shutdown();
+                } else {
+                    warn!(signal = sig, "second signal: exiting without waiting");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .map_err(|e| format!("spawning signal thread: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! A hashed timing wheel for per-connection deadlines.
+//!
+//! Handshake, close and linger timeouts (and later heartbeats) cost one
+//! entry in a slot vector per armed connection: no task, no timer object, no
+//! heap node each. Entries are cancelled lazily: a connection keeps its own
+//! deadline, and an entry that fires early for a deadline that moved later is
+//! simply re-inserted.
+
+use std::time::{Duration, Instant};
+
+/// Granularity of deadlines.
+pub const TICK: Duration = Duration::from_millis(50);
+const SLOTS: usize = 512;
+
+/// The wheel; `K` identifies a connection.
+pub struct TimerWheel<K> {
+    start: Instant,
+    /// Next tick to process.
+    cursor: u64,
+    slots: Vec<Vec<(u64, K)>>,
+    len: usize,
+}
+
+impl<K: Copy> TimerWheel<K> {
+    /// An empty wheel starting now.
+    pub fn new(now: Instant) -> TimerWheel<K> {
+        TimerWheel {
+            start: now,
+            cursor: 0,
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            len: 0,
+        }
+    }
+
+    fn tick_of(&self, t: Instant) -> u64 {
+        // Round up so nothing fires before its deadline.
+        let d = t.saturating_duration_since(self.start);
+        (d.as_nanos().div_ceil(TICK.as_nanos())) as u64
+    }
+
+    /// Schedules `key` to be reported at or after `deadline`.
+    pub fn insert(&mut self, deadline: Instant, key: K) {
+        let tick = self.tick_of(deadline).max(self.cursor);
+        self.slots[(tick as usize) % SLOTS].push((tick, key));
+        self.len += 1;
+    }
+
+    /// Entries scheduled and not yet reported.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// When the next tick is due, if anything is scheduled.
+    pub fn next_wake(&self) -> Option<Instant> {
+        (self.len > 0).then(|| self.start + TICK * self.cursor as u32)
+    }
+
+    /// Reports every key whose tick has passed at `now`.
+    pub fn advance(&mut self, now: Instant, mut fire: impl FnMut(K)) {
+        let now_tick = self.tick_of(now);
+        while self.cursor <= now_tick && self.len > 0 {
+            let slot = &mut self.slots[(self.cursor as usize) % SLOTS];
+            let mut i = 0;
+            while i < slot.len() {
+                if slot[i].0 <= self.cursor {
+                    let (_, k) = slot.swap_remove(i);
+                    self.len -= 1;
+                    fire(k);
+                } else {
+                    i += 1;
+                }
+            }
+            self.cursor += 1;
+        }
+        if self.len == 0 {
+            self.cursor = self.cursor.max(now_tick);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fires_in_order_never_early() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        w.insert(t0 + Duration::from_millis(120), 1);
+        w.insert(t0 + Duration::from_millis(10), 2);
+        w.insert(t0 + Duration::from_secs(60), 3); // wraps the wheel
+        let mut got = Vec::new();
+        w.advance(t0 + Duration::from_millis(60), |k| got.push(k));
+        assert_eq!(got, vec![2]);
+        w.advance(t0 + Duration::from_millis(100), |k| got.push(k));
+        assert_eq!(got, vec![2]);
+        w.advance(t0 + Duration::from_millis(150), |k| got.push(k));
+        assert_eq!(got, vec![2, 1]);
+        w.advance(t0 + Duration::from_secs(59), |k| got.push(k));
+        assert_eq!(got, vec![2, 1]);
+        w.advance(t0 + Duration::from_secs(61), |k| got.push(k));
+        assert_eq!(got, vec![2, 1, 3]);
+        assert!(w.is_empty());
+        assert_eq!(w.next_wake(), None);
+    }
+}

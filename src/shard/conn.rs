@@ -1,0 +1,240 @@
+//! Connections and the slab that owns them.
+
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use super::outq::OutQueue;
+use crate::app::Route;
+use crate::ws::Session;
+
+/// Identifies a connection across slot reuse: a completion for a closed
+/// connection never reaches the one that took its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnKey {
+    pub idx: u32,
+    pub gen: u32,
+}
+
+/// Completion kinds, packed with a [`ConnKey`] into `user_data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    /// Completions we do not act on (cancellations).
+    Ignore = 4,
+}
+
+const GEN_BITS: u32 = 24;
+const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
+
+/// Packs an operation and a connection into a completion's `user_data`.
+#[inline]
+pub fn token(op: Op, key: ConnKey) -> u64 {
+    ((op as u64) << 56) | (((key.gen & GEN_MASK) as u64) << 32) | key.idx as u64
+}
+
+/// Unpacks [`token`].
+#[inline]
+pub fn untoken(ud: u64) -> (Option<Op>, ConnKey) {
+    let op = match (ud >> 56) as u8 {
+        1 => Some(Op::Accept),
+        2 => Some(Op::Recv),
+        3 => Some(Op::Send),
+        4 => Some(Op::Ignore),
+        _ => None,
+    };
+    let key = ConnKey {
+        idx: ud as u32,
+        gen: ((ud >> 32) as u32) & GEN_MASK,
+    };
+    (op, key)
+}
+
+/// Where a connection is in its life.
+pub enum Phase {
+    /// Reading the HTTP upgrade request. The head buffer stays empty (no
+    /// allocation) when the request arrives in one read.
+    Handshake(Vec<u8>),
+    /// A WebSocket connection.
+    Open(Session),
+    /// Sending what is queued, then FIN; reading on (and discarding) until
+    /// the peer's FIN or the close timeout. Refused handshakes and finished
+    /// close handshakes end here, so the peer reads every byte we sent.
+    Lingering,
+    /// Being torn down: waiting for in-flight operations to complete before
+    /// the descriptor is closed and the slot reused.
+    Closing,
+}
+
+/// The iovecs and header of a `sendmsg` in flight; boxed so their address
+/// is stable while the kernel reads them.
+pub struct SendMsg {
+    pub hdr: libc::msghdr,
+    pub iov: [libc::iovec; super::outq::MAX_IOV],
+}
+
+impl SendMsg {
+    /// An empty message header.
+    pub fn new() -> Box<SendMsg> {
+        Box::new(SendMsg {
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            hdr: unsafe { std::mem::zeroed() },
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; super::outq::MAX_IOV],
+        })
+    }
+}
+
+/// One client connection. Owned by its core's slab; never shared.
+pub struct Conn {
+    pub fd: RawFd,
+    pub phase: Phase,
+    pub route: Option<Route>,
+    pub out: OutQueue,
+    /// The header of a `sendmsg` in flight, if the send needed one.
+    pub sendmsg: Option<Box<SendMsg>>,
+    /// A multishot receive is armed.
+    pub recv_armed: bool,
+    /// Listed in the core's flush list.
+    pub dirty: bool,
+    /// Shut down the write side once the queue is flushed.
+    pub fin_after_flush: bool,
+    /// Position in the hub's subscriber list, if subscribed.
+    pub sub_slot: Option<u32>,
+    /// When the current phase times out.
+    pub deadline: Option<Instant>,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(fd: RawFd, deadline: Instant) -> Conn {
+        Conn {
+            fd,
+            phase: Phase::Handshake(Vec::new()),
+            route: None,
+            out: OutQueue::default(),
+            sendmsg: None,
+            recv_armed: false,
+            dirty: false,
+            fin_after_flush: false,
+            sub_slot: None,
+            deadline: Some(deadline),
+        }
+    }
+
+    /// Whether operations still reference this connection.
+    pub fn busy(&self) -> bool {
+        self.recv_armed || self.out.sending()
+    }
+}
+
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+/// The core's connections, addressed by [`ConnKey`].
+#[derive(Default)]
+pub struct Slab {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slab {
+    /// Stores a connection and returns its key.
+    pub fn insert(&mut self, conn: Conn) -> ConnKey {
+        self.len += 1;
+        if let Some(idx) = self.free.pop() {
+            let s = &mut self.slots[idx as usize];
+            s.conn = Some(conn);
+            ConnKey { idx, gen: s.gen }
+        } else {
+            self.slots.push(Slot {
+                gen: 0,
+                conn: Some(conn),
+            });
+            ConnKey {
+                idx: (self.slots.len() - 1) as u32,
+                gen: 0,
+            }
+        }
+    }
+
+    /// The live connection for `key`, if it still exists.
+    #[inline]
+    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        match self.slots.get_mut(key.idx as usize) {
+            Some(Slot { gen, conn: Some(c) }) if *gen == key.gen => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Frees the slot; the next connection in it gets a new generation.
+    pub fn remove(&mut self, key: ConnKey) -> Option<Conn> {
+        let s = self.slots.get_mut(key.idx as usize)?;
+        if s.gen != key.gen {
+            return None;
+        }
+        let c = s.conn.take()?;
+        s.gen = (s.gen + 1) & GEN_MASK;
+        self.free.push(key.idx);
+        self.len -= 1;
+        Some(c)
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no live connections.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keys of all live connections.
+    pub fn keys(&self) -> Vec<ConnKey> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(i, s)| ConnKey {
+                idx: i as u32,
+                gen: s.gen,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_roundtrip() {
+        let k = ConnKey {
+            idx: 123_456,
+            gen: 0xABCDE,
+        };
+        assert_eq!(untoken(token(Op::Send, k)), (Some(Op::Send), k));
+        assert_eq!(untoken(token(Op::Recv, k)).0, Some(Op::Recv));
+    }
+
+    #[test]
+    fn stale_keys_miss_after_reuse() {
+        let mut s = Slab::default();
+        let now = Instant::now();
+        let a = s.insert(Conn::new(1, now));
+        assert!(s.remove(a).is_some());
+        let b = s.insert(Conn::new(2, now));
+        assert_eq!(a.idx, b.idx);
+        assert!(s.get_mut(a).is_none());
+        assert_eq!(s.get_mut(b).map(|c| c.fd), Some(2));
+        assert_eq!(s.len(), 1);
+    }
+}

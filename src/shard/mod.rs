@@ -1,0 +1,972 @@
+//! One core's share of the server: its listener, its connections, its ring,
+//! its hub, and the loop that drives them.
+//!
+//! Each pass of the loop:
+//! 1. one `io_uring_enter` submits everything queued in the previous pass
+//!    and runs the kernel's deferred completion work;
+//! 2. every completion is handled: new connections, received bytes (parsed
+//!    in place from the provided buffer, which goes straight back to the
+//!    kernel), finished sends;
+//! 3. the hub fans out the pass's broadcasts, local and remote, walking
+//!    subscribers once per batch;
+//! 4. every connection with new output gets one send covering all of it.
+//!
+//! The loop is a glommio task; `Shard` is `!Send` (it holds `Rc`s), so
+//! nothing here can leak to another core.
+
+pub mod conn;
+pub mod outq;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, types};
+use tracing::{debug, info, warn};
+
+use crate::app::{ConnIo, MsgStats, Route};
+use crate::hub::mesh::{self, Mesh};
+use crate::hub::Hub;
+use crate::io::bufring::BufRing;
+use crate::io::park;
+use crate::io::ring::Ring;
+use crate::runtime::kick::Kick;
+use crate::runtime::timer::TimerWheel;
+use crate::ws::handshake::{self, Refusal};
+use crate::ws::{CloseCode, Limits, Session, State};
+use conn::{token, untoken, Conn, ConnKey, Op, Phase, SendMsg, Slab};
+use outq::BufPool;
+
+/// Settings every core shares (read-only).
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub listen: std::net::SocketAddr,
+    pub backlog: i32,
+    pub max_header_bytes: usize,
+    pub limits: Limits,
+    pub max_send_queue_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub recv_buffers: u16,
+    pub recv_buffer_size: usize,
+}
+
+/// What the main thread and the cores share: the shutdown flag and each
+/// core's wake-up eventfd. Touched only at start-up and shutdown.
+pub struct Control {
+    pub shutdown: AtomicBool,
+    pub wake_fds: Vec<AtomicI32>,
+}
+
+impl Control {
+    /// Control block for `cores` cores.
+    pub fn new(cores: usize) -> Arc<Control> {
+        Arc::new(Control {
+            shutdown: AtomicBool::new(false),
+            wake_fds: (0..cores).map(|_| AtomicI32::new(-1)).collect(),
+        })
+    }
+
+    /// Asks every core to shut down and wakes the ones that sleep.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for fd in &self.wake_fds {
+            let fd = fd.load(Ordering::SeqCst);
+            if fd >= 0 {
+                let one = 1u64;
+                // SAFETY: writing 8 bytes to a core's eventfd.
+                unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+            }
+        }
+    }
+}
+
+/// Per-core counters (plain integers: only this core writes them).
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Stats {
+    pub accepted: u64,
+    pub upgraded: u64,
+    pub refused: u64,
+    pub closed: u64,
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub deliveries: u64,
+    pub slow_consumer_closes: u64,
+    pub sends: u64,
+    pub enters: u64,
+    pub turns: u64,
+}
+
+/// One core's state. Owned by its loop task.
+pub struct Shard {
+    id: usize,
+    // Field order matters: the ring must be dropped before the buffer
+    // mapping it has registered.
+    ring: Ring,
+    bufs: BufRing,
+    listener: Option<OwnedFd>,
+    accept_armed: bool,
+    accept_retry_at: Option<Instant>,
+    conns: Slab,
+    hub: Hub,
+    mesh: Option<Mesh>,
+    pool: BufPool,
+    // Boxed on purpose: a header moves between this pool and a connection,
+    // and its address must not change while the kernel reads it.
+    #[allow(clippy::vec_box)]
+    sendmsgs: Vec<Box<SendMsg>>,
+    dirty: Vec<ConnKey>,
+    rearm: Vec<ConnKey>,
+    overflow: Vec<ConnKey>,
+    /// Receive completions held back while a peer core is congested.
+    deferred: VecDeque<cqueue::Entry>,
+    recycled: bool,
+    wheel: TimerWheel<ConnKey>,
+    cfg: Rc<ShardConfig>,
+    control: Arc<Control>,
+    kick: Rc<Kick>,
+    stats: Stats,
+    msg_stats: MsgStats,
+    drain_deadline: Option<Instant>,
+}
+
+/// Token for the listener's multishot accept.
+const ACCEPT: ConnKey = ConnKey {
+    idx: u32::MAX,
+    gen: 0,
+};
+/// Pause before re-arming accept after EMFILE/ENFILE, so a full descriptor
+/// table does not turn the accept path into a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Shard {
+    /// Sets up this core: ring, buffers, listener, mesh. Runs on the core's
+    /// own thread (the ring is single-issuer).
+    pub async fn start(
+        id: usize,
+        cfg: Rc<ShardConfig>,
+        control: Arc<Control>,
+        mesh: Option<mesh::Builder>,
+    ) -> io::Result<Shard> {
+        let ring = Ring::new(4096)?;
+        let bufs = BufRing::new(&ring, 0, cfg.recv_buffers, cfg.recv_buffer_size)?;
+        let listener = crate::io::listener::bind_reuseport(cfg.listen, cfg.backlog)?;
+        control.wake_fds[id].store(ring.eventfd(), Ordering::SeqCst);
+        let kick = Rc::new(Kick::default());
+        let mesh = match mesh {
+            Some(b) => Some(
+                Mesh::join(b, kick.clone())
+                    .await
+                    .map_err(io::Error::other)?,
+            ),
+            None => None,
+        };
+        let mut shard = Shard {
+            id,
+            ring,
+            bufs,
+            listener: Some(listener),
+            accept_armed: false,
+            accept_retry_at: None,
+            conns: Slab::default(),
+            hub: Hub::default(),
+            mesh,
+            pool: BufPool::default(),
+            sendmsgs: Vec::new(),
+            dirty: Vec::new(),
+            rearm: Vec::new(),
+            overflow: Vec::new(),
+            deferred: VecDeque::new(),
+            recycled: false,
+            wheel: TimerWheel::new(Instant::now()),
+            cfg,
+            control,
+            kick,
+            stats: Stats::default(),
+            msg_stats: MsgStats::default(),
+            drain_deadline: None,
+        };
+        shard.arm_accept()?;
+        Ok(shard)
+    }
+
+    /// Runs the loop until shutdown completes; returns the core's counters.
+    pub async fn run(mut self) -> io::Result<Stats> {
+        loop {
+            let worked = self.turn()?;
+            if self.finished() {
+                break;
+            }
+            if worked {
+                glommio::yield_if_needed().await;
+            } else {
+                self.park().await?;
+            }
+        }
+        self.stats.messages_in = self.msg_stats.messages_in;
+        self.stats.bytes_in = self.msg_stats.bytes_in;
+        info!(
+            core = self.id,
+            accepted = self.stats.accepted,
+            upgraded = self.stats.upgraded,
+            refused = self.stats.refused,
+            messages_in = self.stats.messages_in,
+            deliveries = self.stats.deliveries,
+            slow_consumer_closes = self.stats.slow_consumer_closes,
+            mesh_backlog_high_water = self.mesh.as_ref().map_or(0, |m| m.backlog_high_water()),
+            "core {} stopped: accepted {} connections",
+            self.id,
+            self.stats.accepted
+        );
+        Ok(self.stats)
+    }
+
+    /// One pass of the loop. Returns whether anything happened.
+    fn turn(&mut self) -> io::Result<bool> {
+        self.stats.turns += 1;
+        let mut worked = false;
+        if self.ring.needs_enter() {
+            self.stats.enters += 1;
+            self.ring.enter()?;
+        }
+        if self.control.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
+            self.begin_drain();
+            worked = true;
+        }
+        let congested = self.mesh.as_ref().is_some_and(Mesh::congested);
+        if !congested {
+            while let Some(cqe) = self.deferred.pop_front() {
+                self.on_recv(cqe);
+                worked = true;
+            }
+        }
+        while let Some(cqe) = self.ring.next_completion() {
+            worked = true;
+            self.dispatch(cqe, congested);
+        }
+        if let Some(m) = &self.mesh {
+            m.take_inbox(&mut self.hub.inbox);
+        }
+        if self.hub.has_pending() {
+            worked = true;
+            self.fan_out();
+        }
+        self.close_overflowed();
+        if self.recycled {
+            self.bufs.publish();
+            self.recycled = false;
+        }
+        self.rearm_recvs();
+        self.flush()?;
+        self.timers();
+        self.kick.take();
+        Ok(worked)
+    }
+
+    fn dispatch(&mut self, cqe: cqueue::Entry, congested: bool) {
+        match untoken(cqe.user_data()) {
+            (Some(Op::Recv), _) => {
+                if congested || !self.deferred.is_empty() {
+                    self.deferred.push_back(cqe);
+                } else {
+                    self.on_recv(cqe);
+                }
+            }
+            (Some(Op::Send), key) => self.on_send(key, cqe.result()),
+            (Some(Op::Accept), _) => self.on_accept(cqe.result(), cqe.flags()),
+            _ => {}
+        }
+    }
+
+    /// Whether shutdown has finished on this core.
+    fn finished(&self) -> bool {
+        match self.drain_deadline {
+            None => false,
+            Some(deadline) => {
+                (self.conns.is_empty() && !self.accept_armed)
+                    || Instant::now() >= deadline + self.cfg.close_timeout
+            }
+        }
+    }
+
+    /// Sleeps until the ring has work, another task kicks us, or a timer is due.
+    async fn park(&mut self) -> io::Result<()> {
+        if !self.ring.arm_wakeup() {
+            return Ok(());
+        }
+        let next_timer = [
+            self.wheel.next_wake(),
+            self.accept_retry_at,
+            self.drain_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let efd = self.ring.eventfd();
+        let kick = self.kick.clone();
+        let ready = async { park::readable(efd).await.map(|_| ()) };
+        let kicked = async {
+            kick.wait().await;
+            Ok(())
+        };
+        let timer = async {
+            match next_timer {
+                Some(t) => {
+                    glommio::timer::sleep(t.saturating_duration_since(Instant::now())).await;
+                    Ok(())
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let r = futures_lite::future::or(ready, futures_lite::future::or(kicked, timer)).await;
+        self.ring.disarm_wakeup();
+        r
+    }
+
+    // ----- accept -------------------------------------------------------
+
+    fn arm_accept(&mut self) -> io::Result<()> {
+        let Some(l) = &self.listener else {
+            return Ok(());
+        };
+        let sqe = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(token(Op::Accept, ACCEPT));
+        // SAFETY: accept takes no buffers.
+        unsafe { self.ring.push(&sqe)? };
+        self.accept_armed = true;
+        Ok(())
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if res >= 0 {
+            self.stats.accepted += 1;
+            if self.drain_deadline.is_some() {
+                // SAFETY: closing the descriptor we were just given.
+                unsafe { libc::close(res) };
+                return;
+            }
+            let deadline = Instant::now() + self.cfg.handshake_timeout;
+            let key = self.conns.insert(Conn::new(res, deadline));
+            self.wheel.insert(deadline, key);
+            debug!(core = self.id, fd = res, "accepted connection");
+            self.arm_recv(key);
+        } else {
+            let err = io::Error::from_raw_os_error(-res);
+            match -res {
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                    warn!(
+                        core = self.id,
+                        "accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
+                    );
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_BACKOFF);
+                }
+                libc::ECANCELED | libc::EINVAL if self.drain_deadline.is_some() => {}
+                _ => debug!(core = self.id, "accept: {err}"),
+            }
+        }
+        if !self.accept_armed && self.drain_deadline.is_none() && self.accept_retry_at.is_none() {
+            if let Err(e) = self.arm_accept() {
+                warn!(core = self.id, "re-arming accept: {e}");
+            }
+        }
+        if self.drain_deadline.is_some() && !self.accept_armed {
+            self.listener = None;
+        }
+    }
+
+    // ----- receive ------------------------------------------------------
+
+    fn arm_recv(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let sqe = opcode::RecvMulti::new(types::Fd(c.fd), self.bufs.group())
+            .build()
+            .user_data(token(Op::Recv, key));
+        c.recv_armed = true;
+        // SAFETY: the kernel writes into provided buffers we own.
+        if let Err(e) = unsafe { self.ring.push(&sqe) } {
+            warn!(core = self.id, "arming recv: {e}");
+            c.recv_armed = false;
+            self.abort(key);
+        }
+    }
+
+    fn rearm_recvs(&mut self) {
+        while let Some(key) = self.rearm.pop() {
+            let wants = self
+                .conns
+                .get_mut(key)
+                .is_some_and(|c| !c.recv_armed && !matches!(c.phase, Phase::Closing));
+            if wants {
+                self.arm_recv(key);
+            }
+        }
+    }
+
+    fn on_recv(&mut self, cqe: cqueue::Entry) {
+        let (_, key) = untoken(cqe.user_data());
+        let res = cqe.result();
+        let flags = cqe.flags();
+        let bid = cqueue::buffer_select(flags);
+        if bid.is_some() {
+            self.bufs.taken();
+        }
+        let more = cqueue::more(flags);
+        let Some(conn) = self.conns.get_mut(key) else {
+            if let Some(bid) = bid {
+                self.recycle(bid);
+            }
+            return;
+        };
+        if !more {
+            conn.recv_armed = false;
+        }
+        let lingering = matches!(conn.phase, Phase::Lingering);
+        if res <= 0 {
+            if let Some(bid) = bid {
+                self.recycle(bid);
+            }
+            if res == -libc::ENOBUFS {
+                // The core ran out of receive buffers: pick up again once
+                // this pass has recycled some.
+                self.rearm.push(key);
+            } else if lingering && res == 0 {
+                self.release(key);
+            } else {
+                // EOF or error: the peer is gone.
+                self.abort(key);
+            }
+            if !more {
+                self.maybe_release(key);
+            }
+            return;
+        }
+        let Some(bid) = bid else { return };
+        self.on_data(key, bid, res as usize);
+        self.recycle(bid);
+        if !more {
+            self.rearm.push(key);
+            self.maybe_release(key);
+        }
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        self.bufs.recycle(bid);
+        self.recycled = true;
+    }
+
+    fn on_data(&mut self, key: ConnKey, bid: u16, len: usize) {
+        let outcome = {
+            let Shard {
+                conns,
+                bufs,
+                hub,
+                pool,
+                cfg,
+                msg_stats,
+                ..
+            } = &mut *self;
+            let Some(conn) = conns.get_mut(key) else {
+                return;
+            };
+            // SAFETY: `bid` came from this completion and is recycled only
+            // after this function returns.
+            let data = unsafe { bufs.get(bid, len) };
+            match &mut conn.phase {
+                Phase::Open(session) => {
+                    let route = conn.route.unwrap_or(Route::Echo);
+                    let max = cfg.max_send_queue_bytes;
+                    let mut io =
+                        ConnIo::new(route, &mut conn.out, pool, &mut hub.outbox, msg_stats, max);
+                    let before = session.state();
+                    let after = session.feed(data, &mut io);
+                    DataOutcome::Fed {
+                        changed: (after != before).then_some(after),
+                        overflowed: io.overflowed,
+                    }
+                }
+                Phase::Handshake(head) => {
+                    let max = cfg.max_header_bytes;
+                    if head.is_empty() {
+                        match handshake::parse_request(data, max, Route::from_path) {
+                            Ok(Some(up)) => {
+                                let from = up.head_len;
+                                DataOutcome::Upgrade(up, from)
+                            }
+                            Ok(None) => {
+                                head.extend_from_slice(data);
+                                DataOutcome::Nothing
+                            }
+                            Err(r) => DataOutcome::Refuse(r),
+                        }
+                    } else {
+                        // The head came in pieces; it stays bounded because
+                        // the parser refuses anything reaching `max` (431).
+                        head.extend_from_slice(data);
+                        match handshake::parse_request(head, max, Route::from_path) {
+                            Ok(Some(up)) => {
+                                let after_head = head.len() - up.head_len;
+                                DataOutcome::Upgrade(up, len - after_head)
+                            }
+                            Ok(None) => DataOutcome::Nothing,
+                            Err(r) => DataOutcome::Refuse(r),
+                        }
+                    }
+                }
+                Phase::Lingering | Phase::Closing => DataOutcome::Nothing,
+            }
+        };
+        match outcome {
+            DataOutcome::Fed {
+                changed,
+                overflowed,
+            } => {
+                if let Some(state) = changed {
+                    self.session_changed(key, state);
+                }
+                if overflowed {
+                    self.overflow.push(key);
+                }
+                self.after_output(key);
+            }
+            DataOutcome::Upgrade(up, rest_from) => self.upgrade(key, up, bid, rest_from, len),
+            DataOutcome::Refuse(r) => self.refuse(key, r),
+            DataOutcome::Nothing => {}
+        }
+    }
+
+    fn upgrade(
+        &mut self,
+        key: ConnKey,
+        up: handshake::Upgrade<Route>,
+        bid: u16,
+        rest_from: usize,
+        len: usize,
+    ) {
+        let limits = self.cfg.limits;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out
+            .write_with(&mut self.pool, |v| up.write_response(v));
+        conn.phase = Phase::Open(Session::new(limits));
+        conn.route = Some(up.route);
+        conn.deadline = None;
+        self.stats.upgraded += 1;
+        if up.route == Route::Broadcast {
+            conn.sub_slot = Some(self.hub.subscribe(key));
+        }
+        self.mark_dirty(key);
+        if rest_from < len {
+            // Pipelined frames in the same read as the request head.
+            self.feed_slice(key, bid, rest_from, len);
+        }
+    }
+
+    fn feed_slice(&mut self, key: ConnKey, bid: u16, from: usize, len: usize) {
+        let Shard {
+            conns,
+            bufs,
+            hub,
+            pool,
+            msg_stats,
+            cfg,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        // SAFETY: as in on_data; the buffer is still ours.
+        let data = unsafe { bufs.get(bid, len) };
+        if let Phase::Open(session) = &mut conn.phase {
+            let route = conn.route.unwrap_or(Route::Echo);
+            let max = cfg.max_send_queue_bytes;
+            let mut io = ConnIo::new(route, &mut conn.out, pool, &mut hub.outbox, msg_stats, max);
+            let after = session.feed(&mut data[from..], &mut io);
+            let overflowed = io.overflowed;
+            if after != State::Open {
+                self.session_changed(key, after);
+            }
+            if overflowed {
+                self.overflow.push(key);
+            }
+            self.after_output(key);
+        }
+    }
+
+    fn refuse(&mut self, key: ConnKey, refusal: Refusal) {
+        self.stats.refused += 1;
+        debug!(
+            core = self.id,
+            status = refusal.status,
+            reason = refusal.reason,
+            "handshake refused"
+        );
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out
+            .write_with(&mut self.pool, |v| refusal.write_response(v));
+        self.linger(key);
+    }
+
+    /// React to the session entering `AwaitingClose` or `Done`.
+    fn session_changed(&mut self, key: ConnKey, state: State) {
+        self.unsubscribe(key);
+        match state {
+            State::AwaitingClose => self.set_deadline(key, Instant::now() + self.cfg.close_timeout),
+            State::Done => self.linger(key),
+            State::Open => {}
+        }
+    }
+
+    /// Flush what is queued, then FIN, then wait for the peer's FIN.
+    fn linger(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.phase = Phase::Lingering;
+        conn.fin_after_flush = true;
+        self.set_deadline(key, Instant::now() + self.cfg.close_timeout);
+        self.mark_dirty(key);
+    }
+
+    fn after_output(&mut self, key: ConnKey) {
+        if self.conns.get_mut(key).is_some_and(|c| c.out.has_unsent()) {
+            self.mark_dirty(key);
+        }
+    }
+
+    fn mark_dirty(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn set_deadline(&mut self, key: ConnKey, at: Instant) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.deadline = Some(at);
+            self.wheel.insert(at, key);
+        }
+    }
+
+    fn unsubscribe(&mut self, key: ConnKey) {
+        let Some(slot) = self.conns.get_mut(key).and_then(|c| c.sub_slot.take()) else {
+            return;
+        };
+        if let Some(moved) = self.hub.unsubscribe(slot) {
+            if let Some(m) = self.conns.get_mut(moved) {
+                m.sub_slot = Some(slot);
+            }
+        }
+    }
+
+    // ----- broadcast ----------------------------------------------------
+
+    fn fan_out(&mut self) {
+        let max = self.cfg.max_send_queue_bytes;
+        let Shard {
+            hub,
+            conns,
+            dirty,
+            overflow,
+            mesh,
+            ..
+        } = self;
+        let r = hub.fan_out(conns, max, |key, conn, over| {
+            if over {
+                overflow.push(key);
+            }
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(key);
+            }
+        });
+        self.stats.deliveries += r.deliveries;
+        if let Some(m) = mesh {
+            m.send(&hub.outbox);
+        }
+        hub.outbox.clear();
+    }
+
+    /// Closes consumers whose backlog went over the bound: the backlog is
+    /// dropped and they get a 1008 close frame; everyone else is unaffected.
+    fn close_overflowed(&mut self) {
+        while let Some(key) = self.overflow.pop() {
+            if self.close_open(key, CloseCode::POLICY, "send queue over limit", true) {
+                self.stats.slow_consumer_closes += 1;
+                debug!(core = self.id, "closed slow consumer (1008)");
+            }
+        }
+    }
+
+    /// Starts a server-initiated close handshake on an open connection,
+    /// optionally dropping its unsent backlog first. Returns whether it was
+    /// open.
+    fn close_open(
+        &mut self,
+        key: ConnKey,
+        code: CloseCode,
+        reason: &str,
+        drop_backlog: bool,
+    ) -> bool {
+        let Shard {
+            conns,
+            pool,
+            hub,
+            msg_stats,
+            ..
+        } = &mut *self;
+        let Some(conn) = conns.get_mut(key) else {
+            return false;
+        };
+        let Phase::Open(session) = &mut conn.phase else {
+            return false;
+        };
+        if session.state() != State::Open {
+            return false;
+        }
+        if drop_backlog {
+            conn.out.drop_unsent(pool);
+        }
+        let route = conn.route.unwrap_or(Route::Echo);
+        let mut io = ConnIo::new(
+            route,
+            &mut conn.out,
+            pool,
+            &mut hub.outbox,
+            msg_stats,
+            usize::MAX,
+        );
+        session.close(code, reason, &mut io);
+        self.session_changed(key, State::AwaitingClose);
+        self.mark_dirty(key);
+        true
+    }
+
+    // ----- send ---------------------------------------------------------
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.out.sending() || matches!(conn.phase, Phase::Closing) {
+                continue;
+            }
+            if !conn.out.has_unsent() {
+                if conn.fin_after_flush {
+                    conn.fin_after_flush = false;
+                    // SAFETY: shutting down our own socket's write side.
+                    unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+                }
+                continue;
+            }
+            let mut msg = self.sendmsgs.pop().unwrap_or_else(SendMsg::new);
+            let n = conn.out.prepare_send(&mut msg.iov);
+            let sqe = if n == 1 {
+                let iov = msg.iov[0];
+                self.sendmsgs.push(msg);
+                opcode::Send::new(
+                    types::Fd(conn.fd),
+                    iov.iov_base as *const u8,
+                    iov.iov_len as u32,
+                )
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+            } else {
+                msg.hdr.msg_iov = msg.iov.as_mut_ptr();
+                msg.hdr.msg_iovlen = n;
+                let sqe = opcode::SendMsg::new(types::Fd(conn.fd), &msg.hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build();
+                conn.sendmsg = Some(msg);
+                sqe
+            };
+            self.stats.sends += 1;
+            // SAFETY: the iovecs point into chunks the queue keeps unmoved
+            // while `sending()`, and the msghdr is boxed in the connection
+            // until the completion.
+            unsafe { self.ring.push(&sqe.user_data(token(Op::Send, key)))? };
+        }
+        self.dirty = dirty;
+        Ok(())
+    }
+
+    fn on_send(&mut self, key: ConnKey, res: i32) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(m) = conn.sendmsg.take() {
+            self.sendmsgs.push(m);
+        }
+        if res < 0 {
+            conn.out.clear(&mut self.pool);
+            self.abort(key);
+            self.maybe_release(key);
+            return;
+        }
+        conn.out.complete_send(res as usize, &mut self.pool);
+        if conn.out.has_unsent() || conn.fin_after_flush {
+            self.mark_dirty(key);
+        }
+        self.maybe_release(key);
+    }
+
+    // ----- teardown -----------------------------------------------------
+
+    /// Ends a connection now: no more bytes either way.
+    fn abort(&mut self, key: ConnKey) {
+        self.unsubscribe(key);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Closing) {
+            return;
+        }
+        conn.phase = Phase::Closing;
+        conn.deadline = None;
+        if conn.busy() {
+            // Completes the armed receive (and any stuck send) promptly.
+            // SAFETY: shutting down our own socket.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        }
+        self.maybe_release(key);
+    }
+
+    /// Closes the socket normally (after our FIN and the peer's).
+    fn release(&mut self, key: ConnKey) {
+        self.unsubscribe(key);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.phase = Phase::Closing;
+        }
+        self.maybe_release(key);
+    }
+
+    /// Frees a closing connection once no operation references it.
+    fn maybe_release(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !matches!(conn.phase, Phase::Closing) || conn.busy() {
+            return;
+        }
+        if let Some(conn) = self.conns.remove(key) {
+            // SAFETY: no operation references the descriptor any more.
+            unsafe { libc::close(conn.fd) };
+            self.stats.closed += 1;
+            if let Some(m) = conn.sendmsg {
+                self.sendmsgs.push(m);
+            }
+            let mut out = conn.out;
+            out.clear(&mut self.pool);
+        }
+    }
+
+    // ----- timers and shutdown -------------------------------------------
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        if self.accept_retry_at.is_some_and(|t| now >= t) {
+            self.accept_retry_at = None;
+            if !self.accept_armed && self.drain_deadline.is_none() {
+                if let Err(e) = self.arm_accept() {
+                    warn!(core = self.id, "re-arming accept: {e}");
+                    self.accept_retry_at = Some(now + ACCEPT_BACKOFF);
+                }
+            }
+        }
+        if self.wheel.next_wake().is_none_or(|t| t > now) {
+            return;
+        }
+        let mut due = Vec::new();
+        self.wheel.advance(now, |k| due.push(k));
+        for key in due {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            match conn.deadline {
+                Some(d) if d <= now => {
+                    conn.deadline = None;
+                    if matches!(conn.phase, Phase::Handshake(_)) {
+                        debug!(core = self.id, "handshake timeout");
+                    }
+                    self.abort(key);
+                }
+                Some(d) => self.wheel.insert(d, key),
+                None => {}
+            }
+        }
+        if self.drain_deadline.is_some_and(|d| now >= d) {
+            for key in self.conns.keys() {
+                self.abort(key);
+            }
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        self.drain_deadline = Some(deadline);
+        info!(
+            core = self.id,
+            connections = self.conns.len(),
+            "shutting down: closing with 1001"
+        );
+        if let Some(l) = &self.listener {
+            // Stops new connections at once and completes the armed accept.
+            // SAFETY: shutting down our own listening socket.
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+            if !self.accept_armed {
+                self.listener = None;
+            }
+        }
+        for key in self.conns.keys() {
+            let handshaking = self
+                .conns
+                .get_mut(key)
+                .is_some_and(|c| matches!(c.phase, Phase::Handshake(_)));
+            if handshaking {
+                self.abort(key);
+            } else if self.close_open(key, CloseCode::GOING_AWAY, "server shutting down", false) {
+                self.set_deadline(key, deadline);
+            }
+        }
+    }
+
+    /// This core's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The eventfd that wakes this core.
+    pub fn wake_fd(&self) -> RawFd {
+        self.ring.eventfd()
+    }
+}
+
+/// What parsing one read led to, acted on once the buffer is released.
+enum DataOutcome {
+    Nothing,
+    Fed {
+        changed: Option<State>,
+        overflowed: bool,
+    },
+    Upgrade(handshake::Upgrade<Route>, usize),
+    Refuse(Refusal),
+}

@@ -1,0 +1,254 @@
+//! A connection's outbound queue: bounded in bytes, coalesced into one send.
+//!
+//! Frames the connection produces itself (echoes, pongs, close frames, HTTP
+//! responses) are appended to an owned buffer; broadcast frames are queued
+//! by reference. When the loop flushes, everything queued goes out in one
+//! submission: a `send` for a single buffer, a `sendmsg` whose iovecs point
+//! straight at the queued buffers and shared frames otherwise. Nothing is
+//! copied to coalesce, and a shared frame is never copied per recipient.
+
+use std::collections::VecDeque;
+
+use crate::hub::frame::Frame;
+
+/// Most iovecs in one `sendmsg` (the kernel allows 1024).
+pub const MAX_IOV: usize = 64;
+
+/// Owned buffers up to this capacity are kept for reuse by the core's pool.
+const POOL_BUF_MAX: usize = 64 * 1024;
+/// Buffers kept in the pool.
+const POOL_LEN: usize = 256;
+
+/// A per-core free list of send buffers, so steady-state echo traffic does
+/// not allocate.
+#[derive(Default)]
+pub struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+impl BufPool {
+    fn get(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_default()
+    }
+
+    fn put(&mut self, mut v: Vec<u8>) {
+        if v.capacity() <= POOL_BUF_MAX && self.free.len() < POOL_LEN {
+            v.clear();
+            self.free.push(v);
+        }
+    }
+}
+
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Frame),
+}
+
+impl Chunk {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(f) => f.bytes(),
+        }
+    }
+}
+
+/// The queue. Its memory is two words plus whatever is queued.
+#[derive(Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes queued and not yet acknowledged by a send completion.
+    queued: usize,
+    /// Bytes of `chunks[0]` already sent.
+    head_sent: usize,
+    /// Number of leading chunks referenced by the send in flight; they must
+    /// not move or change until it completes.
+    in_flight: usize,
+}
+
+impl OutQueue {
+    /// Bytes waiting to be sent (including any send in flight).
+    #[inline]
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether a send is in flight.
+    #[inline]
+    pub fn sending(&self) -> bool {
+        self.in_flight > 0
+    }
+
+    /// Whether there are bytes no send covers yet.
+    #[inline]
+    pub fn has_unsent(&self) -> bool {
+        self.chunks.len() > self.in_flight
+    }
+
+    /// Appends bytes produced by `write` to the owned tail buffer.
+    #[inline]
+    pub fn write_with(&mut self, pool: &mut BufPool, write: impl FnOnce(&mut Vec<u8>)) {
+        let tail_free = self.chunks.len() > self.in_flight;
+        if tail_free {
+            if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+                let before = v.len();
+                write(v);
+                self.queued += v.len() - before;
+                return;
+            }
+        }
+        let mut v = pool.get();
+        write(&mut v);
+        self.queued += v.len();
+        if v.is_empty() {
+            pool.put(v);
+        } else {
+            self.chunks.push_back(Chunk::Owned(v));
+        }
+    }
+
+    /// Queues a shared frame by reference.
+    #[inline]
+    pub fn push_frame(&mut self, frame: Frame) {
+        self.queued += frame.bytes().len();
+        self.chunks.push_back(Chunk::Shared(frame));
+    }
+
+    /// Drops everything no send covers yet (used when a slow consumer is
+    /// cut off: its backlog will never be delivered).
+    pub fn drop_unsent(&mut self, pool: &mut BufPool) {
+        while self.chunks.len() > self.in_flight {
+            if let Some(c) = self.chunks.pop_back() {
+                let n = c.bytes().len();
+                self.queued -= if self.chunks.is_empty() {
+                    n - self.head_sent
+                } else {
+                    n
+                };
+                if self.chunks.is_empty() {
+                    self.head_sent = 0;
+                }
+                if let Chunk::Owned(v) = c {
+                    pool.put(v);
+                }
+            }
+        }
+    }
+
+    /// Describes the unsent bytes as iovecs (at most `iov.len()`), marks
+    /// them in flight and returns how many iovecs were filled.
+    pub fn prepare_send(&mut self, iov: &mut [libc::iovec]) -> usize {
+        debug_assert_eq!(self.in_flight, 0);
+        let mut n = 0;
+        for (i, c) in self.chunks.iter().enumerate().take(iov.len()) {
+            let b = c.bytes();
+            let skip = if i == 0 { self.head_sent } else { 0 };
+            iov[n] = libc::iovec {
+                iov_base: b[skip..].as_ptr() as *mut libc::c_void,
+                iov_len: b.len() - skip,
+            };
+            n += 1;
+        }
+        self.in_flight = n;
+        n
+    }
+
+    /// Records a completed send of `sent` bytes: fully sent chunks are
+    /// released, a partial one is remembered by offset.
+    pub fn complete_send(&mut self, mut sent: usize, pool: &mut BufPool) {
+        self.in_flight = 0;
+        self.queued -= sent;
+        while sent > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.head_sent;
+            if sent < left {
+                self.head_sent += sent;
+                break;
+            }
+            sent -= left;
+            self.head_sent = 0;
+            if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+                pool.put(v);
+            }
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
+            self.chunks = VecDeque::new();
+        }
+    }
+
+    /// Abandons a failed send: nothing more will be sent on this socket.
+    pub fn clear(&mut self, pool: &mut BufPool) {
+        self.in_flight = 0;
+        for c in self.chunks.drain(..) {
+            if let Chunk::Owned(v) = c {
+                pool.put(v);
+            }
+        }
+        self.chunks = VecDeque::new();
+        self.queued = 0;
+        self.head_sent = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::frame::SharedFrame;
+    use crate::ws::OpCode;
+
+    fn gather(q: &mut OutQueue) -> (Vec<u8>, usize) {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        let n = q.prepare_send(&mut iov);
+        let mut out = Vec::new();
+        for v in &iov[..n] {
+            // SAFETY: iovecs point into live queue chunks.
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+        (out, n)
+    }
+
+    #[test]
+    fn coalesces_owned_and_shares_frames_in_order() {
+        let mut pool = BufPool::default();
+        let mut q = OutQueue::default();
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"ab"));
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"cd"));
+        let f = Frame::new(SharedFrame::encode(OpCode::Text, b"X"));
+        q.push_frame(f.clone());
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"ef"));
+        assert_eq!(q.queued_bytes(), 4 + 3 + 2);
+        let (bytes, n) = gather(&mut q);
+        assert_eq!(n, 3, "two owned writes coalesce into one iovec");
+        assert_eq!(bytes, b"abcd\x81\x01Xef");
+        // While in flight, new bytes go to a new chunk, not into sent ones.
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"gh"));
+        assert!(q.has_unsent());
+        q.complete_send(5, &mut pool); // "abcd" + 1 byte of the frame
+        let (bytes, _) = gather(&mut q);
+        assert_eq!(bytes, b"\x01Xefgh");
+        q.complete_send(6, &mut pool);
+        assert_eq!(q.queued_bytes(), 0);
+        assert!(!q.has_unsent());
+    }
+
+    #[test]
+    fn drop_unsent_keeps_in_flight() {
+        let mut pool = BufPool::default();
+        let mut q = OutQueue::default();
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"1234"));
+        let _ = gather(&mut q);
+        q.push_frame(Frame::new(SharedFrame::encode(OpCode::Binary, &[0; 100])));
+        q.drop_unsent(&mut pool);
+        assert_eq!(q.queued_bytes(), 4);
+        q.complete_send(4, &mut pool);
+        assert_eq!(q.queued_bytes(), 0);
+    }
+}

@@ -1,0 +1,609 @@
+//! The server side of an open WebSocket connection as a pure state machine.
+//!
+//! [`Session::feed`] takes bytes exactly as they came off the socket (any
+//! split: half a header, many frames, a frame across reads), unmasks payloads
+//! in place, validates everything RFC 6455 requires, and reports complete
+//! messages and the control frames to send to a [`Handler`]. It owns no
+//! socket and no output buffer, so the I/O underneath can be anything.
+//!
+//! A data frame that is complete in the input and not part of a fragmented
+//! message is handed over in place: no copy. Only messages that span reads or
+//! fragments are assembled, and never beyond `max_message` bytes: the size is
+//! checked from each frame header before its payload is read.
+
+use super::close::{parse_close_payload, CloseCode, ClosePayload, ReceivedClose};
+use super::frame::{
+    apply_mask, parse_header, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+};
+use super::utf8::{self, Utf8Stream};
+
+/// The kind of a complete data message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    Text,
+    Binary,
+}
+
+impl MessageKind {
+    /// The opcode to send a message of this kind with.
+    pub fn opcode(self) -> OpCode {
+        match self {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        }
+    }
+}
+
+/// What a session needs from its owner.
+pub trait Handler {
+    /// A complete, validated data message (text is valid UTF-8).
+    fn on_message(&mut self, kind: MessageKind, payload: &[u8]);
+    /// Queue a control frame (pong or close) for the peer.
+    fn send_control(&mut self, opcode: OpCode, payload: &[u8]);
+    /// A pong arrived (used for round-trip measurement).
+    fn on_pong(&mut self, _payload: &[u8]) {}
+}
+
+/// Where the closing handshake stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and read on only to see the peer's reply;
+    /// incoming data is discarded. The owner should bound this with a timer.
+    AwaitingClose,
+    /// Nothing more will be sent or parsed: once the queued frames are
+    /// flushed the owner shuts down the TCP connection.
+    Done,
+}
+
+/// Protocol limits for one session.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest data message accepted, summed over fragments (else 1009).
+    pub max_message: usize,
+}
+
+#[derive(Clone, Copy)]
+struct FrameProgress {
+    opcode: OpCode,
+    fin: bool,
+    mask: [u8; 4],
+    remaining: u64,
+    offset: u64,
+}
+
+/// Per-connection protocol state. Idle, it holds no heap memory.
+pub struct Session {
+    limits: Limits,
+    state: State,
+    /// A frame header cut off at the end of the previous read.
+    hdr: [u8; MAX_HEADER_LEN],
+    hdr_len: u8,
+    /// The frame whose payload is being read.
+    frame: Option<FrameProgress>,
+    /// The data message being assembled (fragmented, or spanning reads).
+    msg_kind: Option<MessageKind>,
+    msg_len: u64,
+    msg: Vec<u8>,
+    utf8: Utf8Stream,
+    /// A control frame payload cut off at the end of a read.
+    ctrl: [u8; MAX_CONTROL_PAYLOAD],
+    ctrl_len: u8,
+}
+
+/// Buffers larger than this are released after their message is delivered,
+/// so one big message does not pin memory on an otherwise idle connection.
+const KEEP_MSG_CAPACITY: usize = 64 * 1024;
+
+impl Session {
+    /// A session for a connection that just completed its handshake.
+    pub fn new(limits: Limits) -> Session {
+        Session {
+            limits,
+            state: State::Open,
+            hdr: [0; MAX_HEADER_LEN],
+            hdr_len: 0,
+            frame: None,
+            msg_kind: None,
+            msg_len: 0,
+            msg: Vec::new(),
+            utf8: Utf8Stream::new(),
+            ctrl: [0; MAX_CONTROL_PAYLOAD],
+            ctrl_len: 0,
+        }
+    }
+
+    /// Where the closing handshake stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Bytes of heap memory held by a message in progress.
+    pub fn buffered_bytes(&self) -> usize {
+        self.msg.capacity()
+    }
+
+    /// Starts a server-initiated close (e.g. 1001 on shutdown, 1008 for a
+    /// slow consumer) and waits for the peer's reply.
+    pub fn close(&mut self, code: CloseCode, reason: &str, h: &mut impl Handler) {
+        if self.state == State::Open {
+            h.send_control(OpCode::Close, ClosePayload::new(code, reason).as_bytes());
+            self.state = State::AwaitingClose;
+            self.release_message();
+        }
+    }
+
+    /// Fails the connection: sends a close frame with `code` and stops
+    /// parsing, since the byte stream may no longer be framed correctly.
+    fn fail(&mut self, code: CloseCode, reason: &str, h: &mut impl Handler) {
+        if self.state == State::Open {
+            h.send_control(OpCode::Close, ClosePayload::new(code, reason).as_bytes());
+        }
+        self.state = State::Done;
+        self.release_message();
+    }
+
+    fn release_message(&mut self) {
+        self.msg_kind = None;
+        self.msg_len = 0;
+        self.msg = Vec::new();
+        self.utf8 = Utf8Stream::new();
+    }
+
+    /// Processes bytes read from the peer. `input` is unmasked in place.
+    pub fn feed(&mut self, input: &mut [u8], h: &mut impl Handler) -> State {
+        let mut pos = 0;
+        while pos < input.len() && self.state != State::Done {
+            match self.frame {
+                None => {
+                    let parsed = if self.hdr_len == 0 {
+                        parse_header(&input[pos..])
+                    } else {
+                        // Complete the header cut off by the previous read.
+                        let have = self.hdr_len as usize;
+                        let take = (MAX_HEADER_LEN - have).min(input.len() - pos);
+                        self.hdr[have..have + take].copy_from_slice(&input[pos..pos + take]);
+                        parse_header(&self.hdr[..have + take])
+                            .map(|r| r.map(|(f, n)| (f, n - have)))
+                    };
+                    match parsed {
+                        Ok(Some((header, consumed))) => {
+                            pos += consumed;
+                            self.hdr_len = 0;
+                            if let Err((code, reason)) = self.start_frame(header) {
+                                self.fail(code, reason, h);
+                                break;
+                            }
+                            if header.payload_len == 0 {
+                                self.end_frame(h);
+                            } else {
+                                self.try_whole_frame(input, &mut pos, h);
+                            }
+                        }
+                        Ok(None) => {
+                            // Keep the partial header for the next read.
+                            let rest = &input[pos..];
+                            let have = self.hdr_len as usize;
+                            if have == 0 {
+                                self.hdr[..rest.len()].copy_from_slice(rest);
+                                self.hdr_len = rest.len() as u8;
+                            } else {
+                                self.hdr_len = (have + rest.len()) as u8;
+                            }
+                            pos = input.len();
+                        }
+                        Err(e) => {
+                            self.fail(e.code, e.reason, h);
+                            break;
+                        }
+                    }
+                }
+                Some(mut f) => {
+                    let n = (f.remaining.min((input.len() - pos) as u64)) as usize;
+                    let chunk = &mut input[pos..pos + n];
+                    apply_mask(chunk, f.mask, f.offset);
+                    pos += n;
+                    f.remaining -= n as u64;
+                    f.offset += n as u64;
+                    self.frame = Some(f);
+                    if f.opcode.is_control() {
+                        let at = self.ctrl_len as usize;
+                        self.ctrl[at..at + n].copy_from_slice(chunk);
+                        self.ctrl_len += n as u8;
+                        if f.remaining == 0 {
+                            let len = self.ctrl_len as usize;
+                            let payload = self.ctrl;
+                            self.ctrl_len = 0;
+                            self.frame = None;
+                            self.control(f.opcode, &payload[..len], h);
+                        }
+                    } else {
+                        if let Err((code, reason)) = self.append_data(chunk) {
+                            self.fail(code, reason, h);
+                            break;
+                        }
+                        if f.remaining == 0 {
+                            self.end_frame(h);
+                        }
+                    }
+                }
+            }
+        }
+        self.state
+    }
+
+    /// Validates a new frame against the message state and records it.
+    fn start_frame(&mut self, f: FrameHeader) -> Result<(), (CloseCode, &'static str)> {
+        match f.opcode {
+            OpCode::Text | OpCode::Binary => {
+                if self.msg_kind.is_some() {
+                    return Err((CloseCode::PROTOCOL, "expected a continuation frame"));
+                }
+                if f.payload_len > self.limits.max_message as u64 {
+                    return Err((CloseCode::TOO_BIG, "message too big"));
+                }
+                self.msg_kind = Some(if f.opcode == OpCode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                });
+                self.msg_len = f.payload_len;
+            }
+            OpCode::Continuation => {
+                if self.msg_kind.is_none() {
+                    return Err((CloseCode::PROTOCOL, "continuation without a message"));
+                }
+                self.msg_len += f.payload_len;
+                if self.msg_len > self.limits.max_message as u64 {
+                    return Err((CloseCode::TOO_BIG, "message too big"));
+                }
+            }
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {}
+        }
+        self.frame = Some(FrameProgress {
+            opcode: f.opcode,
+            fin: f.fin,
+            mask: f.mask,
+            remaining: f.payload_len,
+            offset: 0,
+        });
+        Ok(())
+    }
+
+    /// Fast path: the whole payload of the current frame is in `input`.
+    /// Control frames and unfragmented data messages are handled in place.
+    fn try_whole_frame(&mut self, input: &mut [u8], pos: &mut usize, h: &mut impl Handler) {
+        let Some(f) = self.frame else { return };
+        let len = f.remaining as usize;
+        let whole_message = f.opcode.is_control() || (f.fin && f.opcode != OpCode::Continuation);
+        if input.len() - *pos < len || !whole_message {
+            return;
+        }
+        let payload = &mut input[*pos..*pos + len];
+        *pos += len;
+        apply_mask(payload, f.mask, 0);
+        self.frame = None;
+        if f.opcode.is_control() {
+            self.control(f.opcode, payload, h);
+            return;
+        }
+        let kind = self.msg_kind.take().unwrap_or(MessageKind::Binary);
+        self.msg_len = 0;
+        if kind == MessageKind::Text && utf8::validate(payload).is_err() {
+            self.fail(CloseCode::INVALID_DATA, "invalid UTF-8 in text message", h);
+        } else if self.state == State::Open {
+            h.on_message(kind, payload);
+        }
+    }
+
+    /// Appends a piece of a data frame's payload to the message in progress.
+    fn append_data(&mut self, chunk: &[u8]) -> Result<(), (CloseCode, &'static str)> {
+        if self.msg_kind == Some(MessageKind::Text) && self.utf8.feed(chunk).is_err() {
+            return Err((CloseCode::INVALID_DATA, "invalid UTF-8 in text message"));
+        }
+        if self.state == State::Open {
+            if self.msg.is_empty() {
+                // First bytes: size the buffer for this frame, but never trust
+                // a length claim for more than 64 KiB up front.
+                let want = (self.msg_len as usize).min(KEEP_MSG_CAPACITY);
+                self.msg.reserve(want.max(chunk.len()));
+            }
+            self.msg.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// The current data frame is complete (its payload already appended).
+    fn end_frame(&mut self, h: &mut impl Handler) {
+        let Some(f) = self.frame.take() else { return };
+        if f.opcode.is_control() {
+            // Zero-length control frame.
+            self.control(f.opcode, &[], h);
+            return;
+        }
+        if !f.fin {
+            return;
+        }
+        let kind = self.msg_kind.take().unwrap_or(MessageKind::Binary);
+        self.msg_len = 0;
+        if kind == MessageKind::Text && self.utf8.finish().is_err() {
+            self.fail(CloseCode::INVALID_DATA, "invalid UTF-8 in text message", h);
+            return;
+        }
+        if self.state == State::Open {
+            h.on_message(kind, &self.msg);
+        }
+        if self.msg.capacity() > KEEP_MSG_CAPACITY {
+            self.msg = Vec::new();
+        } else {
+            self.msg.clear();
+        }
+    }
+
+    fn control(&mut self, opcode: OpCode, payload: &[u8], h: &mut impl Handler) {
+        match opcode {
+            OpCode::Ping if self.state == State::Open => h.send_control(OpCode::Pong, payload),
+            OpCode::Pong => h.on_pong(payload),
+            OpCode::Close => match parse_close_payload(payload) {
+                Err(code) => {
+                    let reason = if code == CloseCode::INVALID_DATA {
+                        "invalid UTF-8 in close reason"
+                    } else {
+                        "invalid close frame"
+                    };
+                    self.fail(code, reason, h);
+                }
+                Ok(received) => {
+                    if self.state == State::Open {
+                        // Echo the peer's status code (not its reason).
+                        let reply = match received {
+                            ReceivedClose::NoStatus => ClosePayload::EMPTY,
+                            ReceivedClose::Status(code, _) => ClosePayload::new(code, ""),
+                        };
+                        h.send_control(OpCode::Close, reply.as_bytes());
+                    }
+                    self.state = State::Done;
+                    self.release_message();
+                }
+            },
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Rec {
+        messages: Vec<(MessageKind, Vec<u8>)>,
+        control: Vec<(OpCode, Vec<u8>)>,
+    }
+
+    impl Handler for Rec {
+        fn on_message(&mut self, kind: MessageKind, payload: &[u8]) {
+            self.messages.push((kind, payload.to_vec()));
+        }
+        fn send_control(&mut self, opcode: OpCode, payload: &[u8]) {
+            self.control.push((opcode, payload.to_vec()));
+        }
+    }
+
+    impl Rec {
+        fn close_code(&self) -> Option<u16> {
+            self.control
+                .iter()
+                .find(|(op, _)| *op == OpCode::Close)
+                .map(|(_, p)| {
+                    if p.len() >= 2 {
+                        u16::from_be_bytes([p[0], p[1]])
+                    } else {
+                        0
+                    }
+                })
+        }
+    }
+
+    const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+
+    fn frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
+        let n = payload.len();
+        if n < 126 {
+            v.push(0x80 | n as u8);
+        } else if n <= 0xFFFF {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        v.extend_from_slice(&MASK);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        v
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_message: 1 << 20,
+        }
+    }
+
+    /// Feeds `bytes` cut into pieces of `chunk` bytes.
+    fn run(bytes: &[u8], chunk: usize) -> (Rec, State) {
+        let mut s = Session::new(limits());
+        let mut r = Rec::default();
+        let mut buf = bytes.to_vec();
+        let mut state = State::Open;
+        for piece in buf.chunks_mut(chunk.max(1)) {
+            state = s.feed(piece, &mut r);
+        }
+        (r, state)
+    }
+
+    fn every_chunking(bytes: &[u8], check: impl Fn(&Rec, State)) {
+        for chunk in [1, 2, 3, 5, 7, 13, 64, 1000, bytes.len().max(1)] {
+            let (r, st) = run(bytes, chunk);
+            check(&r, st);
+        }
+    }
+
+    #[test]
+    fn single_frames_text_and_binary() {
+        let mut input = frame(true, 1, "héllo".as_bytes());
+        input.extend(frame(true, 2, &[0, 1, 2, 255]));
+        input.extend(frame(true, 1, b""));
+        every_chunking(&input, |r, st| {
+            assert_eq!(st, State::Open);
+            assert_eq!(
+                r.messages,
+                vec![
+                    (MessageKind::Text, "héllo".as_bytes().to_vec()),
+                    (MessageKind::Binary, vec![0, 1, 2, 255]),
+                    (MessageKind::Text, vec![]),
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn large_frames_across_reads() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let input = frame(true, 2, &big);
+        for chunk in [4096, 65536, 100_003] {
+            let (r, _) = run(&input, chunk);
+            assert_eq!(r.messages.len(), 1);
+            assert_eq!(r.messages[0].1, big);
+        }
+    }
+
+    #[test]
+    fn fragments_with_interleaved_control() {
+        let mut input = frame(false, 1, b"Hel");
+        input.extend(frame(true, 9, b"ping!"));
+        input.extend(frame(false, 0, b"lo, "));
+        input.extend(frame(true, 10, b""));
+        input.extend(frame(true, 0, "wörld".as_bytes()));
+        every_chunking(&input, |r, st| {
+            assert_eq!(st, State::Open);
+            assert_eq!(
+                r.messages,
+                vec![(MessageKind::Text, "Hello, wörld".as_bytes().to_vec())]
+            );
+            assert_eq!(r.control, vec![(OpCode::Pong, b"ping!".to_vec())]);
+        });
+    }
+
+    #[test]
+    fn utf8_split_across_fragments_is_valid() {
+        let s = "€𝄞".as_bytes();
+        let mut input = frame(false, 1, &s[..2]);
+        input.extend(frame(false, 0, &s[2..5]));
+        input.extend(frame(true, 0, &s[5..]));
+        every_chunking(&input, |r, _| {
+            assert_eq!(r.messages, vec![(MessageKind::Text, s.to_vec())]);
+        });
+    }
+
+    #[test]
+    fn invalid_utf8_fails_fast_with_1007() {
+        // The bad bytes are in the first fragment; the message never finishes.
+        let input = frame(false, 1, b"ok\xff");
+        every_chunking(&input, |r, st| {
+            assert_eq!(st, State::Done);
+            assert_eq!(r.close_code(), Some(1007));
+            assert!(r.messages.is_empty());
+        });
+        let input = frame(
+            true,
+            1,
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited",
+        );
+        every_chunking(&input, |r, _| assert_eq!(r.close_code(), Some(1007)));
+        // Truncated code point at the end of the message.
+        let mut input = frame(false, 1, b"ab");
+        input.extend(frame(true, 0, b"\xce"));
+        every_chunking(&input, |r, _| assert_eq!(r.close_code(), Some(1007)));
+    }
+
+    #[test]
+    fn protocol_errors_fail_with_1002() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0x81, 0x05, b'h', b'e', b'l', b'l', b'o'], // unmasked
+            {
+                let mut f = frame(true, 1, b"x");
+                f[0] |= 0x40; // rsv1
+                f
+            },
+            frame(true, 3, b""),     // reserved opcode
+            frame(true, 0, b"cont"), // continuation without start
+            [frame(false, 1, b"a"), frame(true, 1, b"b")].concat(), // new message mid-fragment
+            frame(false, 9, b""),    // fragmented ping
+            frame(true, 8, &[0x03]), // 1-byte close payload
+            frame(true, 8, &[0x03, 0xED]), // close code 1005
+        ];
+        for c in cases {
+            every_chunking(&c, |r, st| {
+                assert_eq!(st, State::Done, "{c:?}");
+                assert_eq!(r.close_code(), Some(1002), "{c:?}");
+            });
+        }
+    }
+
+    #[test]
+    fn oversized_message_fails_with_1009_before_payload() {
+        let mut s = Session::new(Limits { max_message: 100 });
+        let mut r = Rec::default();
+        // Just the header of a 2^40-byte frame: refused without any payload.
+        let mut hdr = vec![0x82, 0xFF];
+        hdr.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        hdr.extend_from_slice(&MASK);
+        assert_eq!(s.feed(&mut hdr, &mut r), State::Done);
+        assert_eq!(r.close_code(), Some(1009));
+        assert_eq!(s.buffered_bytes(), 0);
+        // Fragments that add up past the limit.
+        let mut s = Session::new(Limits { max_message: 100 });
+        let mut r = Rec::default();
+        let mut input = frame(false, 2, &[0; 60]);
+        input.extend(frame(true, 0, &[0; 60]));
+        assert_eq!(s.feed(&mut input, &mut r), State::Done);
+        assert_eq!(r.close_code(), Some(1009));
+        assert!(r.messages.is_empty());
+    }
+
+    #[test]
+    fn close_handshake_echoes_code() {
+        let mut input = frame(true, 8, &[0x03, 0xE8, b'b', b'y', b'e']);
+        input.extend(frame(true, 1, b"after close is ignored"));
+        every_chunking(&input, |r, st| {
+            assert_eq!(st, State::Done);
+            assert_eq!(r.control, vec![(OpCode::Close, vec![0x03, 0xE8])]);
+            assert!(r.messages.is_empty());
+        });
+        every_chunking(&frame(true, 8, b""), |r, st| {
+            assert_eq!(st, State::Done);
+            assert_eq!(r.control, vec![(OpCode::Close, vec![])]);
+        });
+        every_chunking(&frame(true, 8, &[0x0F, 0xA0, 0xC3]), |r, _| {
+            assert_eq!(r.close_code(), Some(1007)); // code 4000, bad UTF-8 reason
+        });
+    }
+
+    #[test]
+    fn server_close_waits_for_reply() {
+        let mut s = Session::new(limits());
+        let mut r = Rec::default();
+        s.close(CloseCode::GOING_AWAY, "shutdown", &mut r);
+        assert_eq!(s.state(), State::AwaitingClose);
+        assert_eq!(r.close_code(), Some(1001));
+        // Data and pings after our close are ignored; the reply completes it.
+        let mut input = frame(true, 1, b"late");
+        input.extend(frame(true, 9, b"p"));
+        input.extend(frame(true, 8, &[0x03, 0xE9]));
+        assert_eq!(s.feed(&mut input, &mut r), State::Done);
+        assert!(r.messages.is_empty());
+        assert_eq!(r.control.len(), 1);
+    }
+}
