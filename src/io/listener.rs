@@ -27,3 +27,23 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     sock.listen(backlog)?;
     Ok(sock.into())
 }
+
+/// Binds (without listening) a `SO_REUSEPORT` socket on `addr` with port 0
+/// to choose a free port that every core can then bind. Returns the socket,
+/// which must stay open until they have, and the chosen address.
+pub fn reserve_port(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let sock = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    let chosen = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
+    Ok((sock.into(), chosen))
+}

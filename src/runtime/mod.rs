@@ -55,7 +55,18 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     let cpus = cfg.cpu_set()?;
     let n = cpus.len();
     limits::raise_nofile();
-    let shard_cfg = cfg.shard_config();
+    let mut shard_cfg = cfg.shard_config();
+    // Port 0: pick one port for all cores. The placeholder holds it (bound,
+    // never listening, so it receives nothing) until every core has bound.
+    let placeholder = if cfg.listen.port() == 0 {
+        let p = crate::io::listener::reserve_port(cfg.listen)
+            .map_err(|e| format!("reserving a port: {e}"))?;
+        shard_cfg.listen = p.1;
+        Some(p.0)
+    } else {
+        None
+    };
+    let listen = shard_cfg.listen;
     let control = Control::new(n);
     let mesh = (n > 1).then(|| mesh::builder(n));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -88,6 +99,7 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
         handles.push(h);
     }
     drop(ready_tx);
+    let placeholder_guard = placeholder;
 
     let mut startup_error = None;
     for _ in 0..n {
@@ -101,6 +113,7 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
             }
         }
     }
+    drop(placeholder_guard);
     if let Some(e) = &startup_error {
         error!("{e}");
         control.request_shutdown();
@@ -109,7 +122,7 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
             "ringcast listening on ws://{} with {} core(s) on CPUs {:?}; max message {} B, max header {} B, \
              send queue bound {} B per connection, {} recv buffers x {} B per core, handshake timeout {}s, \
              shutdown grace {}s",
-            cfg.listen,
+            listen,
             n,
             cpus,
             cfg.max_message_bytes,

@@ -132,14 +132,31 @@ pub struct Shard {
     kick: Rc<Kick>,
     stats: Stats,
     msg_stats: MsgStats,
+    /// Shutdown: when the close handshakes must be done.
     drain_deadline: Option<Instant>,
+    /// Shutdown: set once stragglers were aborted at the deadline; the loop
+    /// ends when their descriptors are closed or at this instant.
+    drain_cutoff: Option<Instant>,
+    wakeup: Option<WakeWait>,
 }
+
+/// Why a park ended.
+enum Woke {
+    Ring,
+    Other,
+}
+
+/// A pending wait for the ring's eventfd (see [`Shard::park`]).
+type WakeWait = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>>>>;
 
 /// Token for the listener's multishot accept.
 const ACCEPT: ConnKey = ConnKey {
     idx: u32::MAX,
     gen: 0,
 };
+/// After the shutdown grace period, how long aborted connections get for
+/// their in-flight operations to complete before the core exits anyway.
+const DRAIN_CUTOFF: Duration = Duration::from_secs(1);
 /// Pause before re-arming accept after EMFILE/ENFILE, so a full descriptor
 /// table does not turn the accept path into a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -190,6 +207,8 @@ impl Shard {
             stats: Stats::default(),
             msg_stats: MsgStats::default(),
             drain_deadline: None,
+            drain_cutoff: None,
+            wakeup: None,
         };
         shard.arm_accept()?;
         Ok(shard)
@@ -285,13 +304,14 @@ impl Shard {
 
     /// Whether shutdown has finished on this core.
     fn finished(&self) -> bool {
-        match self.drain_deadline {
-            None => false,
-            Some(deadline) => {
-                (self.conns.is_empty() && !self.accept_armed)
-                    || Instant::now() >= deadline + self.cfg.close_timeout
-            }
-        }
+        self.drain_deadline.is_some()
+            && ((self.conns.is_empty() && !self.accept_armed)
+                || self.drain_cutoff.is_some_and(|c| Instant::now() >= c))
+    }
+
+    /// The next shutdown instant to wake up for, if draining.
+    fn drain_timer(&self) -> Option<Instant> {
+        self.drain_cutoff.or(self.drain_deadline)
     }
 
     /// Sleeps until the ring has work, another task kicks us, or a timer is due.
@@ -302,30 +322,40 @@ impl Shard {
         let next_timer = [
             self.wheel.next_wake(),
             self.accept_retry_at,
-            self.drain_deadline,
+            self.drain_timer(),
         ]
         .into_iter()
         .flatten()
         .min();
+        // The readiness wait survives parks that end for another reason:
+        // glommio keeps a dropped wait's poll (and a waker) alive until the
+        // eventfd fires, so a new one per park would pile up while idle.
         let efd = self.ring.eventfd();
+        let mut wait = self
+            .wakeup
+            .take()
+            .unwrap_or_else(|| Box::pin(park::readable(efd)));
         let kick = self.kick.clone();
-        let ready = async { park::readable(efd).await.map(|_| ()) };
+        let ready = async { (&mut wait).await.map(|_| Woke::Ring) };
         let kicked = async {
             kick.wait().await;
-            Ok(())
+            Ok(Woke::Other)
         };
         let timer = async {
             match next_timer {
                 Some(t) => {
                     glommio::timer::sleep(t.saturating_duration_since(Instant::now())).await;
-                    Ok(())
+                    Ok(Woke::Other)
                 }
                 None => std::future::pending().await,
             }
         };
         let r = futures_lite::future::or(ready, futures_lite::future::or(kicked, timer)).await;
+        if matches!(r, Ok(Woke::Other)) {
+            self.wakeup = Some(wait);
+        }
         self.ring.disarm_wakeup();
-        r
+        r.map(|_| ())
     }
 
     // ----- accept -------------------------------------------------------
@@ -913,7 +943,10 @@ impl Shard {
                 None => {}
             }
         }
-        if self.drain_deadline.is_some_and(|d| now >= d) {
+        if self.drain_cutoff.is_none() && self.drain_deadline.is_some_and(|d| now >= d) {
+            // Grace is over: drop whoever has not finished closing. Their
+            // descriptors close as soon as the aborted operations complete.
+            self.drain_cutoff = Some(now + DRAIN_CUTOFF);
             for key in self.conns.keys() {
                 self.abort(key);
             }

@@ -1,0 +1,301 @@
+//! Test harness: start the real server binary on an ephemeral port, talk to
+//! it over real sockets, stop it with a real signal.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything a test waits on, so a bug fails the test
+/// instead of hanging it. Not a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running server process.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `ringcast` with extra arguments.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_bin(env!("CARGO_BIN_EXE_ringcast"), args)
+    }
+
+    /// Starts a server binary that takes `--listen` and logs
+    /// `listening on ws://ADDR` once it accepts connections.
+    pub fn start_bin(bin: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("listening on ws://") {
+                    let rest = &line[i + "listening on ws://".len()..];
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(addr.trim_end_matches([',', ';']).to_string());
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(PATIENCE) {
+            Ok(a) => a
+                .parse()
+                .unwrap_or_else(|e| panic!("bad address {a:?}: {e}")),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child: Some(child),
+            addr,
+            log,
+        }
+    }
+
+    /// `ws://ADDR/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our child's pid.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// SIGTERM, then waits for the exit; returns status and full log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait();
+        // Let the reader thread drain the pipe.
+        std::thread::sleep(Duration::from_millis(50));
+        (status, self.log())
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return st;
+            }
+            if start.elapsed() > PATIENCE {
+                let _ = child.kill();
+                panic!("server did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Per-core "accepted N connections" figures from the server's shutdown log.
+pub fn accepted_per_core(log: &str) -> Vec<(usize, u64)> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        if let Some(i) = line.find("core ") {
+            let rest = &line[i + 5..];
+            if let Some((core, tail)) = rest.split_once(" stopped: accepted ") {
+                if let (Ok(c), Some(n)) = (core.parse(), tail.split_whitespace().next()) {
+                    if let Ok(n) = n.parse() {
+                        out.push((c, n));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// ----- raw protocol helpers (for inputs a well-behaved client never sends) --
+
+/// A TCP connection with timeouts set.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// A valid upgrade request for `path`.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Reads an HTTP response head byte by byte (so no frame bytes are eaten).
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            Ok(_) => break,
+            Err(e) => panic!(
+                "reading response head: {e} (got {:?})",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A raw WebSocket connection after a successful upgrade.
+pub fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = tcp(addr);
+    s.write_all(upgrade_request(path).as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "upgrade failed: {head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
+    s
+}
+
+/// Sends raw request bytes and reads the whole response until the server
+/// closes. Returns (status, full response text).
+pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = tcp(addr);
+    s.write_all(request).unwrap();
+    let mut resp = Vec::new();
+    match s.read_to_end(&mut resp) {
+        Ok(_) => {}
+        Err(e) => panic!(
+            "server did not close after its response: {e}; got {:?}",
+            String::from_utf8_lossy(&resp)
+        ),
+    }
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
+}
+
+/// Encodes a client frame. `mask: None` sends it unmasked (a protocol error).
+pub fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut v = vec![(if fin { 0x80 } else { 0 }) | (rsv << 4) | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    let n = payload.len();
+    if n < 126 {
+        v.push(m | n as u8);
+    } else if n <= 0xFFFF {
+        v.push(m | 126);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        v.push(m | 127);
+        v.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    match mask {
+        Some(k) => {
+            v.extend_from_slice(&k);
+            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => v.extend_from_slice(payload),
+    }
+    v
+}
+
+/// A masked client frame.
+pub fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    frame(fin, 0, opcode, payload, Some([0x12, 0x34, 0x56, 0x78]))
+}
+
+/// Reads one server frame: (fin, opcode, payload). Server frames must be
+/// unmasked and have no RSV bits.
+pub fn read_frame(s: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h)?;
+    assert_eq!(h[0] & 0x70, 0, "server set RSV bits");
+    assert_eq!(h[1] & 0x80, 0, "server masked a frame");
+    let len = match h[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b)?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p)?;
+    Ok((h[0] & 0x80 != 0, h[0] & 0x0F, p))
+}
+
+/// Reads frames until a close frame; returns its status code (0 if none)
+/// and checks the server then closes the TCP connection.
+pub fn expect_close(s: &mut TcpStream) -> u16 {
+    loop {
+        let (_, op, p) = read_frame(s).expect("expected a close frame, connection ended first");
+        if op == 8 {
+            let code = if p.len() >= 2 {
+                u16::from_be_bytes([p[0], p[1]])
+            } else {
+                0
+            };
+            // Complete the handshake, then the server must close TCP.
+            let _ = s.write_all(&masked(true, 8, &p[..p.len().min(2)]));
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            return code;
+        }
+    }
+}
+
+/// A tungstenite client with timeouts on its socket.
+pub fn client(url: &str) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>> {
+    let (ws, resp) = tungstenite::connect(url).unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    assert_eq!(resp.status(), 101);
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.set_write_timeout(Some(PATIENCE)).unwrap();
+    }
+    ws
+}
