@@ -163,3 +163,27 @@ fn upgrade_request_in_pieces_and_frames_pipelined_behind_it() {
     assert_eq!(op, 1);
     assert_eq!(payload, b"pipelined");
 }
+
+#[test]
+fn an_unfinished_request_head_is_dropped_at_the_handshake_timeout() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--handshake-timeout", "0.3"]);
+    let mut s = common::tcp(server.addr);
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // The server closes the connection without a response; read() returns
+    // 0 (or a reset) well within the test's patience.
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "unexpected response: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("connection was not closed: {e}"),
+    }
+    // Clients that complete their handshake are unaffected.
+    let mut ws = client(&server.url("/echo"));
+    ws.send(Message::text("still here")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still here"));
+}

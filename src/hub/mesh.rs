@@ -1,25 +1,32 @@
-//! Cross-core delivery over glommio's channel mesh: a full mesh of bounded
-//! lock-free SPSC rings, one per ordered pair of cores.
+//! Cross-core delivery: a full mesh of glommio's lock-free SPSC rings
+//! (`glommio::channels::spsc_queue`, the ring inside its shared channels),
+//! one per ordered pair of cores, read and written directly by each core's
+//! loop.
+//!
+//! Why not glommio's `MeshBuilder`: its join handshake intermittently never
+//! completes when executors start under load (reproduced here in about one
+//! start in six with several servers starting at once; see glommio issues
+//! #261 and #555), and its receivers are woken through glommio's reactor,
+//! which a busy core only runs when preempted. Reading the rings from the
+//! loop delivers remote frames in the very pass they arrive.
 //!
 //! Frames cross as [`SharedFrame`] (an `Arc` of the encoded bytes): one
-//! reference per receiving core, never a copy. A receiver task per peer
-//! drains its ring in batches into the core's inbox and kicks the loop. If a
-//! ring is full the frame waits in a per-peer backlog, drained in order by a
-//! sender task that awaits room; while any backlog is over
-//! [`BACKLOG_PAUSE`] frames the core stops reading from its own clients, so
-//! a core that cannot keep up slows publishers instead of growing memory.
+//! reference per receiving core, never a copy. A core that is about to sleep
+//! raises its `sleeping` flag and re-checks its inbound rings; a producer
+//! that pushed to it lowers the flag and writes the core's eventfd once. A
+//! busy core costs producers one read of that flag per pass, not a syscall.
+//! If a ring is full the frame waits in a per-peer backlog, retried every
+//! pass in order; past [`BACKLOG_PAUSE`] frames the core stops reading from
+//! its own clients until it drains, so a slow core slows publishers instead
+//! of growing memory.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
 
-use futures_lite::future;
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
-use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::channels::spsc_queue::{self, Consumer, Producer};
 
 use super::frame::{Frame, SharedFrame};
-use crate::runtime::kick::Kick;
 
 /// Slots in each SPSC ring.
 pub const RING_CAPACITY: usize = 8192;
@@ -27,159 +34,279 @@ pub const RING_CAPACITY: usize = 8192;
 /// reading from its clients until the backlog drains.
 pub const BACKLOG_PAUSE: usize = 4 * RING_CAPACITY;
 
-/// The mesh builder every core joins.
-pub type Builder = MeshBuilder<SharedFrame, Full>;
-
-/// Creates the mesh for `cores` executors.
-pub fn builder(cores: usize) -> Builder {
-    MeshBuilder::full(cores, RING_CAPACITY)
+/// One core's doorbell, on its own cache line so raising and lowering it
+/// never disturbs another core's.
+#[repr(align(64))]
+pub struct Doorbell {
+    sleeping: AtomicBool,
+    fd: AtomicI32,
 }
 
-struct State {
-    inbox: RefCell<Vec<Frame>>,
-    backlog: RefCell<Vec<VecDeque<SharedFrame>>>,
-    backlog_max: Cell<usize>,
-    sender_wakers: RefCell<Vec<Option<Waker>>>,
-    kick: Rc<Kick>,
-    /// Frames dropped because the peer core had already exited (shutdown).
-    dropped: Cell<u64>,
+impl Doorbell {
+    fn new() -> Doorbell {
+        Doorbell {
+            sleeping: AtomicBool::new(false),
+            fd: AtomicI32::new(-1),
+        }
+    }
+
+    /// Registers the eventfd that wakes this core.
+    pub fn set_fd(&self, fd: i32) {
+        self.fd.store(fd, Ordering::SeqCst);
+    }
+
+    /// Wakes the core unconditionally (shutdown).
+    pub fn ring(&self) {
+        let fd = self.fd.load(Ordering::SeqCst);
+        if fd >= 0 {
+            let one = 1u64;
+            // SAFETY: writing 8 bytes to an eventfd.
+            unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Wakes the core if it announced it is going to sleep.
+    fn ring_if_sleeping(&self) {
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            self.ring();
+        }
+    }
 }
 
-/// This core's end of the mesh.
-pub struct Mesh {
-    senders: Rc<Senders<SharedFrame>>,
-    state: Rc<State>,
+/// Every core's doorbell.
+pub type Doorbells = Arc<[Doorbell]>;
+
+/// Doorbells for `cores` cores.
+pub fn doorbells(cores: usize) -> Doorbells {
+    (0..cores).map(|_| Doorbell::new()).collect()
+}
+
+/// One core's ends of the mesh, built on the main thread and moved to the
+/// core's executor.
+pub struct Links {
     me: usize,
+    to: Vec<(usize, Producer<SharedFrame>)>,
+    from: Vec<Consumer<SharedFrame>>,
+}
+
+/// Builds the full mesh for `cores` cores: `cores * (cores - 1)` rings.
+pub fn build(cores: usize) -> Vec<Links> {
+    let mut links: Vec<Links> = (0..cores)
+        .map(|me| Links {
+            me,
+            to: Vec::new(),
+            from: Vec::new(),
+        })
+        .collect();
+    for src in 0..cores {
+        for dst in (0..cores).filter(|&d| d != src) {
+            let (p, c) = spsc_queue::make(RING_CAPACITY);
+            links[src].to.push((dst, p));
+            links[dst].from.push(c);
+        }
+    }
+    links
+}
+
+struct Peer {
+    core: usize,
+    ring: Producer<SharedFrame>,
+    backlog: VecDeque<SharedFrame>,
+    /// Pushed to since the last doorbell check.
+    pushed: bool,
+}
+
+/// This core's end of the mesh. Lives in the core's loop; never shared.
+pub struct Mesh {
+    me: usize,
+    peers: Vec<Peer>,
+    from: Vec<Consumer<SharedFrame>>,
+    bells: Doorbells,
+    backlog_high_water: usize,
 }
 
 impl Mesh {
-    /// Joins the mesh (waits until every core has joined) and starts the
-    /// receiver and sender tasks.
-    pub async fn join(builder: Builder, kick: Rc<Kick>) -> Result<Mesh, String> {
-        let (senders, mut receivers) = builder
-            .join()
-            .await
-            .map_err(|_| "joining the channel mesh failed".to_string())?;
-        let n = senders.nr_consumers();
-        let me = senders.peer_id();
-        let state = Rc::new(State {
-            inbox: RefCell::new(Vec::new()),
-            backlog: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
-            backlog_max: Cell::new(0),
-            sender_wakers: RefCell::new((0..n).map(|_| None).collect()),
-            kick,
-            dropped: Cell::new(0),
-        });
-        let senders = Rc::new(senders);
-        for (_, rx) in receivers.streams() {
-            glommio::spawn_local(receive(rx, state.clone())).detach();
+    /// Takes ownership of this core's links.
+    pub fn new(links: Links, bells: Doorbells) -> Mesh {
+        Mesh {
+            me: links.me,
+            peers: links
+                .to
+                .into_iter()
+                .map(|(core, ring)| Peer {
+                    core,
+                    ring,
+                    backlog: VecDeque::new(),
+                    pushed: false,
+                })
+                .collect(),
+            from: links.from,
+            bells,
+            backlog_high_water: 0,
         }
-        for peer in (0..n).filter(|&p| p != me) {
-            glommio::spawn_local(send_backlog(peer, senders.clone(), state.clone())).detach();
-        }
-        Ok(Mesh { senders, state, me })
     }
 
     /// Sends frames published on this core to every other core, in order.
-    pub fn send(&self, frames: &[Frame]) {
+    pub fn send(&mut self, frames: &[Frame]) {
         if frames.is_empty() {
             return;
         }
-        let mut backlog = self.state.backlog.borrow_mut();
-        for peer in 0..backlog.len() {
-            if peer == self.me {
-                continue;
+        for peer in &mut self.peers {
+            for f in frames {
+                if !peer.backlog.is_empty() {
+                    peer.backlog.push_back(f.share());
+                } else if let Some(back) = peer.ring.try_push(f.share()) {
+                    peer.backlog.push_back(back);
+                } else {
+                    peer.pushed = true;
+                }
             }
-            let q = &mut backlog[peer];
-            let mut i = 0;
-            // Straight into the ring while it has room and nothing waits before us.
-            if q.is_empty() {
-                while i < frames.len() {
-                    match self.senders.try_send_to(peer, frames[i].share()) {
-                        Ok(()) => i += 1,
-                        Err(glommio::GlommioError::WouldBlock(_)) => break,
-                        Err(_) => {
-                            // The peer exited (shutdown): nobody left to deliver to.
-                            self.state
-                                .dropped
-                                .set(self.state.dropped.get() + (frames.len() - i) as u64);
-                            i = frames.len();
-                        }
+            self.backlog_high_water = self.backlog_high_water.max(peer.backlog.len());
+        }
+    }
+
+    /// Moves backlogged frames into rings that have room again. Returns
+    /// whether anything moved.
+    pub fn retry_backlog(&mut self) -> bool {
+        let mut moved = false;
+        for peer in &mut self.peers {
+            while let Some(f) = peer.backlog.pop_front() {
+                match peer.ring.try_push(f) {
+                    None => {
+                        moved = true;
+                        peer.pushed = true;
+                    }
+                    Some(back) => {
+                        peer.backlog.push_front(back);
+                        break;
                     }
                 }
             }
-            if i < frames.len() {
-                q.extend(frames[i..].iter().map(Frame::share));
-                self.state
-                    .backlog_max
-                    .set(self.state.backlog_max.get().max(q.len()));
-                if let Some(w) = self.state.sender_wakers.borrow_mut()[peer].take() {
-                    w.wake();
-                }
+        }
+        moved
+    }
+
+    /// Wakes every peer this core pushed to since the last call, if it is
+    /// asleep. Call once per pass, after all sends.
+    pub fn ring_doorbells(&mut self) {
+        let mut any = false;
+        for peer in &self.peers {
+            any |= peer.pushed;
+        }
+        if !any {
+            return;
+        }
+        // Pairs with the fence in `announce_sleep`: either the sleeper sees
+        // our frames when it re-checks, or we see its flag.
+        fence(Ordering::SeqCst);
+        for peer in &mut self.peers {
+            if std::mem::take(&mut peer.pushed) {
+                self.bells[peer.core].ring_if_sleeping();
             }
         }
     }
 
-    /// Moves frames received from other cores into `into`.
-    pub fn take_inbox(&self, into: &mut Vec<Frame>) {
-        let mut inbox = self.state.inbox.borrow_mut();
-        if into.is_empty() {
-            std::mem::swap(into, &mut inbox);
-        } else {
-            into.append(&mut inbox);
+    /// Moves frames from other cores into `inbox`, each wrapped once for
+    /// local fan-out. Returns how many arrived.
+    pub fn receive(&mut self, inbox: &mut Vec<Frame>) -> usize {
+        let before = inbox.len();
+        for c in &self.from {
+            while let Some(f) = c.try_pop() {
+                inbox.push(Frame::new(f));
+            }
         }
+        inbox.len() - before
+    }
+
+    /// Announces that this core is about to sleep. Returns `false` (and
+    /// withdraws the announcement) if frames arrived meanwhile; they are in
+    /// `inbox` then.
+    pub fn announce_sleep(&mut self, inbox: &mut Vec<Frame>) -> bool {
+        self.bells[self.me].sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.receive(inbox) > 0 {
+            self.bells[self.me].sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Clears the sleep announcement after waking.
+    pub fn woke(&self) {
+        self.bells[self.me].sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether frames wait for ring room (the loop must retry soon).
+    pub fn backlogged(&self) -> bool {
+        self.peers.iter().any(|p| !p.backlog.is_empty())
     }
 
     /// Whether a peer is so far behind that this core should stop reading.
     pub fn congested(&self) -> bool {
-        self.state
-            .backlog
-            .borrow()
-            .iter()
-            .any(|q| q.len() >= BACKLOG_PAUSE)
+        self.peers.iter().any(|p| p.backlog.len() >= BACKLOG_PAUSE)
     }
 
     /// Largest backlog seen (frames waiting for ring room).
     pub fn backlog_high_water(&self) -> usize {
-        self.state.backlog_max.get()
+        self.backlog_high_water
     }
 }
 
-/// Drains one peer's ring into the inbox, a batch at a time.
-async fn receive(rx: ConnectedReceiver<SharedFrame>, state: Rc<State>) {
-    loop {
-        let Some(first) = rx.recv().await else { return };
-        state.inbox.borrow_mut().push(Frame::new(first));
-        // Take whatever else is already there without waiting.
-        while let Some(Some(f)) = future::poll_once(rx.recv()).await {
-            state.inbox.borrow_mut().push(Frame::new(f));
-        }
-        state.kick.kick();
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::OpCode;
 
-/// Feeds one peer's backlog into its ring as room appears, in order.
-async fn send_backlog(peer: usize, senders: Rc<Senders<SharedFrame>>, state: Rc<State>) {
-    loop {
-        // Peek, not pop: while this frame waits for room the backlog stays
-        // non-empty, so `Mesh::send` queues behind it instead of overtaking.
-        let next = future::poll_fn(|cx| {
-            let backlog = state.backlog.borrow();
-            match backlog[peer].front() {
-                Some(f) => Poll::Ready(f.share()),
-                None => {
-                    state.sender_wakers.borrow_mut()[peer] = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await;
-        if senders.send_to(peer, next).await.is_err() {
-            state.backlog.borrow_mut()[peer].clear();
-            return;
+    #[test]
+    fn delivers_in_order_with_backlog_and_shares_bytes() {
+        let bells = doorbells(2);
+        let mut links = build(2).into_iter();
+        let mut a = Mesh::new(links.next().unwrap(), bells.clone());
+        let mut b = Mesh::new(links.next().unwrap(), bells.clone());
+        let frames: Vec<Frame> = (0..RING_CAPACITY + 100)
+            .map(|i| {
+                Frame::new(SharedFrame::encode(
+                    OpCode::Binary,
+                    &(i as u32).to_be_bytes(),
+                ))
+            })
+            .collect();
+        a.send(&frames);
+        assert!(a.backlogged(), "more frames than ring slots");
+        let mut inbox = Vec::new();
+        assert_eq!(b.receive(&mut inbox), RING_CAPACITY);
+        assert!(a.retry_backlog());
+        assert!(!a.backlogged());
+        b.receive(&mut inbox);
+        assert_eq!(inbox.len(), frames.len());
+        for (i, f) in inbox.iter().enumerate() {
+            assert!(f.same_bytes(&frames[i]), "frame {i} copied or reordered");
         }
-        state.backlog.borrow_mut()[peer].pop_front();
-        // Room freed: the loop may resume reading.
-        state.kick.kick();
+    }
+
+    #[test]
+    fn sleeper_is_rung_once() {
+        let bells = doorbells(2);
+        let mut links = build(2).into_iter();
+        let mut a = Mesh::new(links.next().unwrap(), bells.clone());
+        let mut b = Mesh::new(links.next().unwrap(), bells.clone());
+        // SAFETY: plain eventfd for the test.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+        bells[1].set_fd(efd);
+        let mut inbox = Vec::new();
+        assert!(b.announce_sleep(&mut inbox));
+        let f = Frame::new(SharedFrame::encode(OpCode::Text, b"x"));
+        a.send(std::slice::from_ref(&f));
+        a.ring_doorbells();
+        a.send(std::slice::from_ref(&f));
+        a.ring_doorbells(); // flag already lowered: no second write
+        let mut v = 0u64;
+        // SAFETY: reading 8 bytes from our eventfd.
+        let n = unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) };
+        assert_eq!((n, v), (8, 1));
+        b.woke();
+        assert_eq!(b.receive(&mut inbox), 2);
+        // SAFETY: closing our eventfd.
+        unsafe { libc::close(efd) };
     }
 }

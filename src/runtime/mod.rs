@@ -1,7 +1,6 @@
 //! Start-up and shutdown: one pinned glommio executor per CPU, each running
 //! its own [`Shard`], plus the signal handling that drains them.
 
-pub mod kick;
 pub mod limits;
 pub mod timer;
 
@@ -19,11 +18,6 @@ use crate::config::Config;
 use crate::hub::mesh;
 use crate::shard::{Control, Shard, ShardConfig, Stats};
 use crate::ws::Limits;
-
-/// How often glommio may preempt a busy loop to run its own reactor (timers,
-/// cross-core channel wake-ups). A busy core otherwise would not look at its
-/// channel mesh for glommio's default of 100 ms.
-const PREEMPT: Duration = Duration::from_millis(1);
 
 /// glommio reserves this much registered memory per executor for its own
 /// storage I/O, which ringcast does not use (default would be 10 MiB).
@@ -68,19 +62,22 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     };
     let listen = shard_cfg.listen;
     let control = Control::new(n);
-    let mesh = (n > 1).then(|| mesh::builder(n));
+    let mut links: Vec<Option<mesh::Links>> = if n > 1 {
+        mesh::build(n).into_iter().map(Some).collect()
+    } else {
+        vec![None]
+    };
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
 
     let mut handles = Vec::with_capacity(n);
     for (i, &cpu) in cpus.iter().enumerate() {
         let shard_cfg = shard_cfg.clone();
         let control = control.clone();
-        let mesh = mesh.clone();
+        let mesh = links[i].take();
         let ready = ready_tx.clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringcast-{i}"))
             .io_memory(GLOMMIO_IO_MEMORY)
-            .preempt_timer(PREEMPT)
             .spawn(move || async move {
                 let shard = match Shard::start(i, Rc::new(shard_cfg), control, mesh).await {
                     Ok(s) => {

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,11 @@ use io_uring::{cqueue, opcode, types};
 use tracing::{debug, info, warn};
 
 use crate::app::{ConnIo, MsgStats, Route};
-use crate::hub::mesh::{self, Mesh};
+use crate::hub::mesh::{self, Doorbells, Mesh};
 use crate::hub::Hub;
 use crate::io::bufring::BufRing;
 use crate::io::park;
 use crate::io::ring::Ring;
-use crate::runtime::kick::Kick;
 use crate::runtime::timer::TimerWheel;
 use crate::ws::handshake::{self, Refusal};
 use crate::ws::{CloseCode, Limits, Session, State};
@@ -57,10 +56,11 @@ pub struct ShardConfig {
 }
 
 /// What the main thread and the cores share: the shutdown flag and each
-/// core's wake-up eventfd. Touched only at start-up and shutdown.
+/// core's doorbell. The flag is read once per loop pass (a read-shared cache
+/// line); nothing else here is touched on the data path.
 pub struct Control {
     pub shutdown: AtomicBool,
-    pub wake_fds: Vec<AtomicI32>,
+    pub bells: Doorbells,
 }
 
 impl Control {
@@ -68,20 +68,15 @@ impl Control {
     pub fn new(cores: usize) -> Arc<Control> {
         Arc::new(Control {
             shutdown: AtomicBool::new(false),
-            wake_fds: (0..cores).map(|_| AtomicI32::new(-1)).collect(),
+            bells: mesh::doorbells(cores),
         })
     }
 
     /// Asks every core to shut down and wakes the ones that sleep.
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
-        for fd in &self.wake_fds {
-            let fd = fd.load(Ordering::SeqCst);
-            if fd >= 0 {
-                let one = 1u64;
-                // SAFETY: writing 8 bytes to a core's eventfd.
-                unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-            }
+        for bell in self.bells.iter() {
+            bell.ring();
         }
     }
 }
@@ -129,7 +124,6 @@ pub struct Shard {
     wheel: TimerWheel<ConnKey>,
     cfg: Rc<ShardConfig>,
     control: Arc<Control>,
-    kick: Rc<Kick>,
     stats: Stats,
     msg_stats: MsgStats,
     /// Shutdown: when the close handshakes must be done.
@@ -140,12 +134,6 @@ pub struct Shard {
     wakeup: Option<WakeWait>,
 }
 
-/// Why a park ended.
-enum Woke {
-    Ring,
-    Other,
-}
-
 /// A pending wait for the ring's eventfd (see [`Shard::park`]).
 type WakeWait = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>>>>;
 
@@ -154,6 +142,8 @@ const ACCEPT: ConnKey = ConnKey {
     idx: u32::MAX,
     gen: 0,
 };
+/// How soon a core with frames waiting for room in a peer's ring retries.
+const MESH_RETRY: Duration = Duration::from_micros(200);
 /// After the shutdown grace period, how long aborted connections get for
 /// their in-flight operations to complete before the core exits anyway.
 const DRAIN_CUTOFF: Duration = Duration::from_secs(1);
@@ -168,21 +158,13 @@ impl Shard {
         id: usize,
         cfg: Rc<ShardConfig>,
         control: Arc<Control>,
-        mesh: Option<mesh::Builder>,
+        links: Option<mesh::Links>,
     ) -> io::Result<Shard> {
         let ring = Ring::new(4096)?;
         let bufs = BufRing::new(&ring, 0, cfg.recv_buffers, cfg.recv_buffer_size)?;
         let listener = crate::io::listener::bind_reuseport(cfg.listen, cfg.backlog)?;
-        control.wake_fds[id].store(ring.eventfd(), Ordering::SeqCst);
-        let kick = Rc::new(Kick::default());
-        let mesh = match mesh {
-            Some(b) => Some(
-                Mesh::join(b, kick.clone())
-                    .await
-                    .map_err(io::Error::other)?,
-            ),
-            None => None,
-        };
+        control.bells[id].set_fd(ring.eventfd());
+        let mesh = links.map(|l| Mesh::new(l, control.bells.clone()));
         let mut shard = Shard {
             id,
             ring,
@@ -203,7 +185,6 @@ impl Shard {
             wheel: TimerWheel::new(Instant::now()),
             cfg,
             control,
-            kick,
             stats: Stats::default(),
             msg_stats: MsgStats::default(),
             drain_deadline: None,
@@ -268,8 +249,9 @@ impl Shard {
             worked = true;
             self.dispatch(cqe, congested);
         }
-        if let Some(m) = &self.mesh {
-            m.take_inbox(&mut self.hub.inbox);
+        if let Some(m) = &mut self.mesh {
+            worked |= m.retry_backlog();
+            m.receive(&mut self.hub.inbox);
         }
         if self.hub.has_pending() {
             worked = true;
@@ -283,7 +265,9 @@ impl Shard {
         self.rearm_recvs();
         self.flush()?;
         self.timers();
-        self.kick.take();
+        if let Some(m) = &mut self.mesh {
+            m.ring_doorbells();
+        }
         Ok(worked)
     }
 
@@ -314,15 +298,29 @@ impl Shard {
         self.drain_cutoff.or(self.drain_deadline)
     }
 
-    /// Sleeps until the ring has work, another task kicks us, or a timer is due.
+    /// Sleeps until the ring has work, another core rings our doorbell, or
+    /// a timer is due.
     async fn park(&mut self) -> io::Result<()> {
         if !self.ring.arm_wakeup() {
             return Ok(());
         }
+        if let Some(m) = &mut self.mesh {
+            if !m.announce_sleep(&mut self.hub.inbox) {
+                self.ring.disarm_wakeup();
+                return Ok(());
+            }
+        }
+        // Frames waiting for room in a peer's ring are retried soon.
+        let backlog_retry = self
+            .mesh
+            .as_ref()
+            .is_some_and(Mesh::backlogged)
+            .then(|| Instant::now() + MESH_RETRY);
         let next_timer = [
             self.wheel.next_wake(),
             self.accept_retry_at,
             self.drain_timer(),
+            backlog_retry,
         ]
         .into_iter()
         .flatten()
@@ -335,24 +333,22 @@ impl Shard {
             .wakeup
             .take()
             .unwrap_or_else(|| Box::pin(park::readable(efd)));
-        let kick = self.kick.clone();
-        let ready = async { (&mut wait).await.map(|_| Woke::Ring) };
-        let kicked = async {
-            kick.wait().await;
-            Ok(Woke::Other)
-        };
+        let ready = async { (&mut wait).await.map(|_| true) };
         let timer = async {
             match next_timer {
                 Some(t) => {
                     glommio::timer::sleep(t.saturating_duration_since(Instant::now())).await;
-                    Ok(Woke::Other)
+                    Ok(false)
                 }
                 None => std::future::pending().await,
             }
         };
-        let r = futures_lite::future::or(ready, futures_lite::future::or(kicked, timer)).await;
-        if matches!(r, Ok(Woke::Other)) {
+        let r = futures_lite::future::or(ready, timer).await;
+        if matches!(r, Ok(false)) {
             self.wakeup = Some(wait);
+        }
+        if let Some(m) = &self.mesh {
+            m.woke();
         }
         self.ring.disarm_wakeup();
         r.map(|_| ())
