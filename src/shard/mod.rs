@@ -19,7 +19,7 @@ pub mod outq;
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -218,6 +218,9 @@ impl Shard {
             messages_in = self.stats.messages_in,
             deliveries = self.stats.deliveries,
             slow_consumer_closes = self.stats.slow_consumer_closes,
+            loop_passes = self.stats.turns,
+            ring_enters = self.stats.enters,
+            sends = self.stats.sends,
             mesh_backlog_high_water = self.mesh.as_ref().map_or(0, |m| m.backlog_high_water()),
             "core {} stopped: accepted {} connections",
             self.id,
@@ -976,16 +979,6 @@ impl Shard {
                 self.set_deadline(key, deadline);
             }
         }
-    }
-
-    /// This core's index.
-    pub fn id(&self) -> usize {
-        self.id
-    }
-
-    /// The eventfd that wakes this core.
-    pub fn wake_fd(&self) -> RawFd {
-        self.ring.eventfd()
     }
 }
 
