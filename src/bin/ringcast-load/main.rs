@@ -1,0 +1,474 @@
+//! `ringcast-load`: the load generator for ringcast and its baseline.
+//!
+//! Scenarios: `echo` (closed loop), `broadcast` (open loop, paced
+//! publisher), `idle` (open and hold connections) and `churn` (connect,
+//! handshake, one echo, close, repeat). Each thread runs one epoll loop over
+//! its connections with frames encoded in advance. With `--server-pid` the
+//! server's CPU time and memory are read from /proc around the measured
+//! window, giving work per server CPU-second: the figure that stays
+//! meaningful when the generator, not the server, is the limit. The
+//! generator reports its own CPU use too. A human summary is printed, then
+//! one JSON line.
+
+mod procfs;
+mod wire;
+mod worker;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use wire::now_ns;
+use worker::{Outcome, Plan, Scenario, Shared, Worker};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Echo,
+    Broadcast,
+    Idle,
+    Churn,
+}
+
+/// Load generator for WebSocket servers with /echo and /broadcast.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    scenario: Kind,
+    /// Server address (host:port or ws://host:port).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    addr: String,
+    /// Connections: echo clients, broadcast subscribers, idle connections.
+    #[arg(long)]
+    conns: Option<usize>,
+    /// Echo: messages each connection keeps in flight.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Message payload size in bytes.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Echo: send binary messages (default: text).
+    #[arg(long)]
+    binary: bool,
+    /// Broadcast: messages per second the publisher sends.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Churn: connect/echo/close loops running in parallel.
+    #[arg(long, default_value_t = 64)]
+    parallel: usize,
+    /// Idle: handshakes in flight per thread while opening.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Generator threads (one event loop each). Default: available CPUs.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds measured (after warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Spread client sockets over source addresses 127.0.0.1 ..= 127.0.0.N
+    /// (each gives ~28k ports towards one server address). Default: enough
+    /// for the connection count.
+    #[arg(long)]
+    sources: Option<usize>,
+    /// Server process to measure (CPU seconds, RSS) around the window.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A label copied into the JSON line (e.g. the server's name).
+    #[arg(long)]
+    label: Option<String>,
+    /// Give up if connections are not all open within this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    open_timeout: f64,
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    let a = addr.trim_start_matches("ws://").trim_end_matches('/');
+    let a = a.split('/').next().unwrap_or(a);
+    a.to_socket_addrs()
+        .map_err(|e| format!("bad --addr {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--addr {addr} resolved to nothing"))
+}
+
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit on our own process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn sleep_until(t_ns: u64) {
+    let now = now_ns();
+    if t_ns > now {
+        thread::sleep(Duration::from_nanos(t_ns - now));
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("ringcast-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    raise_nofile();
+    let addr = resolve(&args.addr)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let (scenario, conns, size) = match args.scenario {
+        Kind::Echo => (
+            Scenario::Echo {
+                in_flight: args.in_flight.max(1),
+                size: args.size.unwrap_or(32),
+                binary: args.binary,
+            },
+            args.conns.unwrap_or(100),
+            args.size.unwrap_or(32),
+        ),
+        Kind::Broadcast => (
+            Scenario::Broadcast {
+                rate: args.rate.max(1),
+                size: args.size.unwrap_or(64).max(16),
+            },
+            args.conns.unwrap_or(1000),
+            args.size.unwrap_or(64).max(16),
+        ),
+        Kind::Idle => (
+            Scenario::Idle {
+                concurrency: args.concurrency,
+            },
+            args.conns.unwrap_or(1000),
+            0,
+        ),
+        Kind::Churn => (Scenario::Churn, args.parallel.max(1), 32),
+    };
+    let per_source = 25_000usize;
+    let sources_n = args
+        .sources
+        .unwrap_or_else(|| conns.div_ceil(per_source))
+        .clamp(1, 254);
+    let sources: Vec<IpAddr> = if addr.is_ipv4() && addr.ip().is_loopback() {
+        (1..=sources_n as u8)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+            .collect()
+    } else {
+        vec![]
+    };
+    let threads = threads.min(conns.max(1));
+    let conns_per_worker: Vec<usize> = (0..threads)
+        .map(|i| conns / threads + usize::from(i < conns % threads))
+        .collect();
+    let first_conn: Vec<usize> = conns_per_worker
+        .iter()
+        .scan(0, |acc, &n| {
+            let s = *acc;
+            *acc += n;
+            Some(s)
+        })
+        .collect();
+    let plan = Arc::new(Plan {
+        addr,
+        sources: sources.clone(),
+        scenario: scenario.clone(),
+        conns_per_worker,
+        first_conn,
+        publisher_worker: 0,
+    });
+    let shared = Arc::new(Shared::default());
+
+    let server_before_start = args.server_pid.and_then(procfs::sample);
+    let open_started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let plan = plan.clone();
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name(format!("load-{i}"))
+                .spawn(move || match Worker::new(i, plan, shared) {
+                    Ok(w) => Ok(w.run()),
+                    Err(e) => Err(format!("worker {i}: {e}")),
+                })
+                .map_err(|e| format!("spawning worker: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+
+    // Wait for every connection (churn: none to wait for).
+    let must_open = if args.scenario == Kind::Churn {
+        0
+    } else {
+        conns
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(args.open_timeout);
+    while shared.opened.load(Ordering::Relaxed) < must_open {
+        if Instant::now() > deadline || handles.iter().all(|h| h.is_finished()) {
+            shared.stop.store(true, Ordering::SeqCst);
+            let errs: Vec<String> = join(handles)
+                .into_iter()
+                .filter_map(|o| o.ok()?.first_error)
+                .collect();
+            return Err(format!(
+                "only {} of {} connections opened ({} failed); first error: {}",
+                shared.opened.load(Ordering::Relaxed),
+                must_open,
+                shared.failed.load(Ordering::Relaxed),
+                errs.first().map_or("none", String::as_str)
+            ));
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    let open_secs = open_started.elapsed().as_secs_f64();
+    if args.scenario == Kind::Broadcast {
+        shared.publish.store(true, Ordering::Release);
+        // The publisher connection is one more.
+        let deadline = Instant::now() + Duration::from_secs_f64(args.open_timeout);
+        while shared.opened.load(Ordering::Relaxed) < conns + 1 {
+            if Instant::now() > deadline {
+                shared.stop.store(true, Ordering::SeqCst);
+                join(handles);
+                return Err("publisher did not connect".into());
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    // The measured window.
+    let idle_settle = if args.scenario == Kind::Idle {
+        1.0
+    } else {
+        0.0
+    };
+    let start = now_ns() + ((args.warmup + idle_settle) * 1e9) as u64;
+    let end = start + (args.duration * 1e9) as u64;
+    shared.window_end.store(end, Ordering::SeqCst);
+    shared.window_start.store(start, Ordering::SeqCst);
+    sleep_until(start);
+    let server_a = args.server_pid.and_then(procfs::sample);
+    let self_a = procfs::self_cpu_seconds();
+    sleep_until(end);
+    let server_b = args.server_pid.and_then(procfs::sample);
+    let self_b = procfs::self_cpu_seconds();
+    let window_s = (end - start) as f64 / 1e9;
+
+    // Broadcast: let in-flight deliveries of in-window messages arrive.
+    let mut drain_s = 0.0;
+    if args.scenario == Kind::Broadcast {
+        let t = Instant::now();
+        let expected = || shared.published_in_window.load(Ordering::Relaxed) * conns as u64;
+        while shared.delivered.load(Ordering::Relaxed) < expected()
+            && t.elapsed() < Duration::from_secs(5)
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
+        drain_s = t.elapsed().as_secs_f64();
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    let outcomes: Vec<Outcome> = join(handles).into_iter().collect::<Result<_, _>>()?;
+
+    // ----- aggregate and report -----------------------------------------
+    let mut lat =
+        Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| e.to_string())?;
+    let mut hs = lat.clone();
+    let (mut count, mut bytes, mut published, mut errors, mut lag, mut opened, mut last_open) =
+        (0, 0, 0, 0, 0, 0, 0);
+    let mut first_error = None;
+    for o in &outcomes {
+        lat.add(&o.latency_us).map_err(|e| e.to_string())?;
+        hs.add(&o.handshake_us).map_err(|e| e.to_string())?;
+        count += o.count;
+        bytes += o.bytes;
+        published += o.published;
+        errors += o.errors;
+        lag = lag.max(o.publisher_lag_us);
+        opened += o.opened;
+        last_open = last_open.max(o.last_open_ns);
+        if first_error.is_none() {
+            first_error.clone_from(&o.first_error);
+        }
+    }
+    let _ = last_open;
+    let rate = count as f64 / window_s;
+    let server = match (server_a, server_b) {
+        (Some(a), Some(b)) => Some(procfs::Delta::between(a, b)),
+        _ => None,
+    };
+    let gen_cpu = self_b - self_a;
+    let pct = |q: f64| lat.value_at_quantile(q);
+    let unit = match args.scenario {
+        Kind::Echo => "messages",
+        Kind::Broadcast => "deliveries",
+        Kind::Idle => "connections",
+        Kind::Churn => "cycles",
+    };
+
+    let label = args.label.clone().unwrap_or_default();
+    println!(
+        "ringcast-load {:?} against {addr}{}",
+        args.scenario,
+        if label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({label})")
+        }
+    );
+    match args.scenario {
+        Kind::Echo => println!(
+            "  {conns} connections x {} in flight x {size} B {}, {threads} threads, {window_s:.1} s measured",
+            args.in_flight,
+            if args.binary { "binary" } else { "text" }
+        ),
+        Kind::Broadcast => println!(
+            "  {conns} subscribers, publisher at {} msg/s x {size} B, {threads} threads, {window_s:.1} s measured",
+            args.rate
+        ),
+        Kind::Idle => println!("  {conns} connections held, {threads} threads"),
+        Kind::Churn => println!("  {conns} parallel loops, {threads} threads, {window_s:.1} s measured"),
+    }
+    let mut expected = None;
+    let mut loss = None;
+    match args.scenario {
+        Kind::Idle => {
+            println!(
+                "  opened {opened} connections in {open_secs:.2} s: {:.0} handshakes/s (handshake p50 {} us, p99 {} us)",
+                opened as f64 / open_secs,
+                hs.value_at_quantile(0.5),
+                hs.value_at_quantile(0.99)
+            );
+        }
+        _ => {
+            println!(
+                "  {count} {unit} in window: {rate:.0} {unit}/s, {:.1} MB/s payload",
+                bytes as f64 / window_s / 1e6
+            );
+            if count > 0 {
+                println!(
+                    "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {}",
+                    pct(0.5),
+                    pct(0.9),
+                    pct(0.99),
+                    pct(0.999),
+                    lat.max()
+                );
+            }
+        }
+    }
+    if args.scenario == Kind::Broadcast {
+        let exp = published * conns as u64;
+        expected = Some(exp);
+        loss = Some(exp.saturating_sub(count));
+        println!(
+            "  published {published} in window; expected {exp} deliveries, received {count}, lost {} (drained {drain_s:.2} s); publisher max lag {lag} us",
+            exp.saturating_sub(count)
+        );
+    }
+    let mut server_json = serde_json::Value::Null;
+    if let Some(d) = server {
+        let per_cpu = if d.cpu_s > 0.0 {
+            count as f64 / d.cpu_s
+        } else {
+            0.0
+        };
+        let rss_hold = d.rss_after;
+        let base = server_before_start.map_or(d.rss_before, |s| s.rss);
+        let per_conn = (rss_hold as f64 - base as f64) / conns.max(1) as f64;
+        println!(
+            "  server: {:.2} CPU-s ({:.2} user + {:.2} sys) = {:.0}% of a core; {}",
+            d.cpu_s,
+            d.user_s,
+            d.sys_s,
+            d.cpu_s / window_s * 100.0,
+            if args.scenario == Kind::Idle {
+                format!(
+                    "RSS {:.1} MiB before, {:.1} MiB holding: {per_conn:.0} B per connection",
+                    base as f64 / 1048576.0,
+                    rss_hold as f64 / 1048576.0
+                )
+            } else {
+                format!(
+                    "{per_cpu:.0} {unit} per server CPU-s; RSS {:.1} MiB",
+                    rss_hold as f64 / 1048576.0
+                )
+            }
+        );
+        server_json = json!({
+            "pid": args.server_pid,
+            "cpu_s": d.cpu_s, "user_s": d.user_s, "sys_s": d.sys_s,
+            "utilization": d.cpu_s / window_s,
+            "per_cpu_s": per_cpu,
+            "rss_before": base, "rss": rss_hold,
+            "rss_per_conn": if args.scenario == Kind::Idle { json!(per_conn) } else { serde_json::Value::Null },
+        });
+    }
+    println!(
+        "  generator: {gen_cpu:.2} CPU-s = {:.0}% of {threads} thread(s){}",
+        gen_cpu / window_s * 100.0,
+        if gen_cpu / window_s > 0.9 * threads as f64 {
+            " (the generator may be the limit)"
+        } else {
+            ""
+        }
+    );
+    if errors > 0 {
+        println!(
+            "  errors: {errors} (first: {})",
+            first_error.as_deref().unwrap_or("?")
+        );
+    }
+    let j = json!({
+        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "label": label,
+        "addr": addr.to_string(),
+        "conns": conns,
+        "in_flight": args.in_flight,
+        "size": size,
+        "binary": args.binary,
+        "rate": args.rate,
+        "threads": threads,
+        "sources": sources.len().max(1),
+        "window_s": window_s,
+        "count": count,
+        "per_s": rate,
+        "bytes_per_s": bytes as f64 / window_s,
+        "latency_us": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999), "max": lat.max(), "samples": lat.len()},
+        "published": published,
+        "expected": expected,
+        "loss": loss,
+        "publisher_lag_us": lag,
+        "opened": opened,
+        "open_s": open_secs,
+        "handshakes_per_s": if args.scenario == Kind::Idle { opened as f64 / open_secs } else { 0.0 },
+        "handshake_us": {"p50": hs.value_at_quantile(0.5), "p99": hs.value_at_quantile(0.99)},
+        "errors": errors,
+        "server": server_json,
+        "generator": {"cpu_s": gen_cpu, "utilization": gen_cpu / window_s},
+    });
+    println!("{j}");
+    Ok(())
+}
+
+fn join(handles: Vec<thread::JoinHandle<Result<Outcome, String>>>) -> Vec<Result<Outcome, String>> {
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|_| Err("worker panicked".into())))
+        .collect()
+}

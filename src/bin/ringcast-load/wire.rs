@@ -1,0 +1,132 @@
+//! Client side of the wire: pre-encoded masked frames, the upgrade request,
+//! and a minimal parser for the (unmasked) frames a server sends.
+
+/// Mask key for every frame the generator sends. RFC 6455 wants keys to be
+/// unpredictable to defeat cache poisoning by scripts in browsers; a load
+/// generator has no such adversary, and a fixed key lets frames be encoded
+/// once and reused. The server still unmasks every byte.
+pub const MASK: [u8; 4] = [0x5a, 0xa5, 0x3c, 0xc3];
+
+/// Opcodes used here.
+pub const TEXT: u8 = 1;
+pub const BINARY: u8 = 2;
+pub const CLOSE: u8 = 8;
+
+/// A complete masked client frame.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + 14);
+    v.push(0x80 | opcode);
+    let n = payload.len();
+    if n < 126 {
+        v.push(0x80 | n as u8);
+    } else if n <= 0xFFFF {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        v.push(0x80 | 127);
+        v.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    v.extend_from_slice(&MASK);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    v
+}
+
+/// Offset of the payload in a frame built by [`masked_frame`].
+pub fn payload_offset(payload_len: usize) -> usize {
+    match payload_len {
+        0..=125 => 6,
+        126..=0xFFFF => 8,
+        _ => 14,
+    }
+}
+
+/// XORs `bytes` into a masked frame's payload at payload offset `at`.
+pub fn write_masked(frame: &mut [u8], payload_off: usize, at: usize, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        let p = at + i;
+        frame[payload_off + p] = b ^ MASK[p & 3];
+    }
+}
+
+/// The upgrade request (fixed key: the generator checks the status line,
+/// the server's accept value is covered by the test suite).
+pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// End of an HTTP response head in `buf`, if complete.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// A server frame at the start of `buf`: (opcode, header length, payload
+/// length), or `None` if incomplete.
+#[inline]
+pub fn server_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let op = buf[0] & 0x0F;
+    let (len, hl) = match buf[1] & 0x7F {
+        126 => {
+            if buf.len() < 4 {
+                return None;
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return None;
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(b) as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    (buf.len() >= hl + len).then_some((op, hl, len))
+}
+
+/// Monotonic clock in nanoseconds; the same clock in every process on the
+/// host, so a timestamp written by one generator process can be read by
+/// another.
+#[inline]
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_roundtrip_through_the_server_codec() {
+        for n in [0usize, 32, 125, 126, 16384, 70000] {
+            let payload: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let mut f = masked_frame(BINARY, &payload);
+            let (h, hl) = ringcast::ws::frame::parse_header(&f).unwrap().unwrap();
+            assert_eq!(h.payload_len as usize, n);
+            assert_eq!(hl, payload_offset(n));
+            ringcast::ws::frame::apply_mask(&mut f[hl..], h.mask, 0);
+            assert_eq!(&f[hl..], &payload[..]);
+        }
+    }
+
+    #[test]
+    fn parses_server_frames() {
+        let mut out = Vec::new();
+        ringcast::ws::frame::encode_frame_into(ringcast::ws::OpCode::Text, &[b'a'; 300], &mut out);
+        assert_eq!(server_frame(&out), Some((TEXT, 4, 300)));
+        assert_eq!(server_frame(&out[..100]), None);
+    }
+}
