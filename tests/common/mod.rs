@@ -12,6 +12,46 @@ use std::time::{Duration, Instant};
 /// instead of hanging it. Not a performance assertion.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// A server implementation the shared tests run against.
+#[derive(Clone, Copy, Debug)]
+pub struct Flavor {
+    pub name: &'static str,
+    pub bin: &'static str,
+    /// The flag that sets its parallelism (ringcast: cores, tokio: threads).
+    pub parallelism_flag: &'static str,
+}
+
+/// ringcast and the tokio baseline.
+pub fn flavors() -> [Flavor; 2] {
+    [
+        Flavor {
+            name: "ringcast",
+            bin: env!("CARGO_BIN_EXE_ringcast"),
+            parallelism_flag: "--cores",
+        },
+        Flavor {
+            name: "ringcast-tokio",
+            bin: env!("CARGO_BIN_EXE_ringcast-tokio"),
+            parallelism_flag: "--threads",
+        },
+    ]
+}
+
+impl Flavor {
+    /// Starts this server with `parallelism` cores/threads and extra args.
+    pub fn start(&self, parallelism: usize, args: &[&str]) -> Server {
+        let n = parallelism.to_string();
+        let mut all = vec![self.parallelism_flag, n.as_str()];
+        all.extend_from_slice(args);
+        Server::start_bin(self.bin, &all)
+    }
+
+    /// Whether this is ringcast itself (per-core counters in its log).
+    pub fn is_ringcast(&self) -> bool {
+        self.name == "ringcast"
+    }
+}
+
 /// A running server process.
 pub struct Server {
     child: Option<Child>,
@@ -186,8 +226,10 @@ pub fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
     s.write_all(upgrade_request(path).as_bytes()).unwrap();
     let head = read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 101 "), "upgrade failed: {head}");
+    // Header names are case-insensitive (tokio-tungstenite sends lowercase).
     assert!(
-        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
         "{head}"
     );
     s
