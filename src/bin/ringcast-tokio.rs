@@ -4,14 +4,17 @@
 //! a tokio multi-thread runtime (`--threads N`, default all cores) and
 //! tokio-tungstenite, with the same flags, endpoints and limits as ringcast.
 //!
-//! Each client gets a task pair: the reader task parses messages and either
-//! queues the echo on the client's own outbound queue or publishes to the
-//! hub; the writer task drains that queue with `feed` and flushes only when
-//! the queue is momentarily empty, so bursts are coalesced into few writes.
-//! The queue is an unbounded `mpsc` with a byte counter beside it, so the
-//! bound is in bytes like ringcast's (`--max-send-queue-bytes`): a client
-//! whose backlog is over the bound when a message is queued for it is closed
-//! with 1008 and its backlog dropped; nobody else waits for it.
+//! `/echo` is one task per client: echoes are fed into the socket's write
+//! buffer and flushed when no more input is ready, so a burst of requests is
+//! answered with one write; a client that stops reading stops being read.
+//!
+//! `/broadcast` clients get a task pair: the reader task publishes to the
+//! hub; the writer task takes everything queued for its client at once
+//! (`recv_many`), feeds it and flushes once. The queue is an unbounded
+//! `mpsc` with a byte counter beside it, so the bound is in bytes like
+//! ringcast's (`--max-send-queue-bytes`): a client whose backlog is over the
+//! bound when a message is queued for it is closed with 1008 and its backlog
+//! dropped; nobody else waits for it.
 //!
 //! Why not `tokio::sync::broadcast` for the hub: its bound is a message
 //! count shared by all receivers, and a lagging receiver silently skips
@@ -163,8 +166,10 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         &args,
         "info",
         &format!(
-            "ringcast-tokio listening on ws://{local} with {threads} worker thread(s); max message {} B, send queue bound {} B per connection",
-            args.max_message_bytes, args.max_send_queue_bytes
+            "ringcast-tokio listening on ws://{local} (pid {}) with {threads} worker thread(s); max message {} B, send queue bound {} B per connection",
+            std::process::id(),
+            args.max_message_bytes,
+            args.max_send_queue_bytes
         ),
     );
     let server = Arc::new(Server {
@@ -279,9 +284,12 @@ async fn serve(stream: TcpStream, server: &Server, mut shutdown: watch::Receiver
         server.hub.clients.write().expect("hub lock").remove(&id);
         return;
     };
+    if route == Route::Echo {
+        return echo(ws, shutdown, args).await;
+    }
     let (mut sink, mut stream) = ws.split();
 
-    // Writer: drain the queue, coalescing bursts into one flush.
+    // Writer: take everything queued at once, feed it, flush once.
     let wclient = client.clone();
     let writer = tokio::spawn(async move {
         let close = |code, reason: &'static str| {
@@ -290,8 +298,9 @@ async fn serve(stream: TcpStream, server: &Server, mut shutdown: watch::Receiver
                 reason: reason.into(),
             }))
         };
-        loop {
-            tokio::select! {
+        let mut batch = Vec::with_capacity(64);
+        'outer: loop {
+            let n = tokio::select! {
                 biased;
                 _ = wclient.slow_notify.notified() => {
                     let _ = sink.send(close(CloseCode::Policy, "send queue over limit")).await;
@@ -301,26 +310,33 @@ async fn serve(stream: TcpStream, server: &Server, mut shutdown: watch::Receiver
                     let _ = sink.send(close(CloseCode::Away, "server shutting down")).await;
                     break;
                 }
-                out = rx.recv() => match out {
-                    Some(Out::Msg(m)) => {
+                n = rx.recv_many(&mut batch, 256) => n,
+            };
+            if n == 0 {
+                let _ = sink.flush().await;
+                break;
+            }
+            for out in batch.drain(..) {
+                match out {
+                    Out::Msg(m) => {
                         let len = m.len();
                         if sink.feed(m).await.is_err() {
-                            break;
+                            break 'outer;
                         }
                         wclient.queued.fetch_sub(len, Ordering::Relaxed);
-                        if rx.is_empty() && sink.flush().await.is_err() {
-                            break;
-                        }
                     }
-                    Some(Out::Close(code, reason)) => {
+                    Out::Close(code, reason) => {
                         let _ = sink.send(close(code, reason)).await;
-                        break;
+                        break 'outer;
                     }
-                    Some(Out::Done) | None => {
+                    Out::Done => {
                         let _ = sink.flush().await;
-                        break;
+                        break 'outer;
                     }
-                },
+                }
+            }
+            if sink.flush().await.is_err() {
+                break;
             }
         }
         sink
@@ -369,6 +385,73 @@ async fn serve(stream: TcpStream, server: &Server, mut shutdown: watch::Receiver
             .await;
         }
     }
+}
+
+/// `/echo` needs no queue shared with other tasks, so it is one task: feed
+/// every echo into the socket's write buffer and flush once no more input is
+/// ready. A client that stops reading stops being read (TCP backpressure),
+/// so its backlog is bounded by tungstenite's write buffer.
+async fn echo<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    mut shutdown: watch::Receiver<bool>,
+    args: &Args,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::FutureExt;
+    let fail = |e: &WsError| match e {
+        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8")),
+        WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
+        _ => None,
+    };
+    let close = |code, reason: &'static str| {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+    };
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let _ = ws.send(close(CloseCode::Away, "server shutting down")).await;
+                break;
+            }
+            m = ws.next() => m,
+        };
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if ws.feed(m).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {} // control frames: tungstenite replies itself
+                Some(Err(e)) => {
+                    if let Some((code, reason)) = fail(&e) {
+                        let _ = ws.send(close(code, reason)).await;
+                    }
+                    return;
+                }
+                None => return,
+            }
+            // Keep going while input is already there; flush when it is not.
+            match ws.next().now_or_never() {
+                Some(m) => next = m,
+                None => break,
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+    }
+    // Shutting down: wait for the peer's close reply (bounded).
+    let _ = tokio::time::timeout(Duration::from_secs_f64(args.close_timeout), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 fn raise_nofile() {

@@ -116,10 +116,11 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
         control.request_shutdown();
     } else {
         info!(
-            "ringcast listening on ws://{} with {} core(s) on CPUs {:?}; max message {} B, max header {} B, \
+            "ringcast listening on ws://{} (pid {}) with {} core(s) on CPUs {:?}; max message {} B, max header {} B, \
              send queue bound {} B per connection, {} recv buffers x {} B per core, handshake timeout {}s, \
              shutdown grace {}s",
             listen,
+            std::process::id(),
             n,
             cpus,
             cfg.max_message_bytes,

@@ -86,6 +86,11 @@ struct Args {
     /// A label copied into the JSON line (e.g. the server's name).
     #[arg(long)]
     label: Option<String>,
+    /// A `perf stat --control fifo:PATH` control FIFO: the generator writes
+    /// `enable` at the start of the measured window and `disable` at its
+    /// end, so perf counts exactly the window.
+    #[arg(long)]
+    perf_ctl: Option<std::path::PathBuf>,
     /// Give up if connections are not all open within this many seconds.
     #[arg(long, default_value_t = 60.0)]
     open_timeout: f64,
@@ -262,10 +267,21 @@ fn run(args: &Args) -> Result<(), String> {
     let end = start + (args.duration * 1e9) as u64;
     shared.window_end.store(end, Ordering::SeqCst);
     shared.window_start.store(start, Ordering::SeqCst);
+    let mut perf = match &args.perf_ctl {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(|e| format!("opening perf control fifo {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     sleep_until(start);
+    perf_command(&mut perf, "enable");
     let server_a = args.server_pid.and_then(procfs::sample);
     let self_a = procfs::self_cpu_seconds();
     sleep_until(end);
+    perf_command(&mut perf, "disable");
     let server_b = args.server_pid.and_then(procfs::sample);
     let self_b = procfs::self_cpu_seconds();
     let window_s = (end - start) as f64 / 1e9;
@@ -464,6 +480,15 @@ fn run(args: &Args) -> Result<(), String> {
     });
     println!("{j}");
     Ok(())
+}
+
+fn perf_command(ctl: &mut Option<std::fs::File>, cmd: &str) {
+    use std::io::Write;
+    if let Some(f) = ctl {
+        if let Err(e) = f.write_all(format!("{cmd}\n").as_bytes()) {
+            eprintln!("ringcast-load: perf control: {e}");
+        }
+    }
 }
 
 fn join(handles: Vec<thread::JoinHandle<Result<Outcome, String>>>) -> Vec<Result<Outcome, String>> {
