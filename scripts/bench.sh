@@ -154,8 +154,8 @@ run_one() { # scenario server round
   fi
   local addr="" i
   for i in $(seq 1 200); do
-    addr=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$log" | head -n1)
-    SERVER_PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" | head -n1)
+    addr=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$log" | sed -n 1p)
+    SERVER_PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" | sed -n 1p)
     [ -n "$addr" ] && [ -n "$SERVER_PID" ] && break
     sleep 0.05
   done
@@ -194,7 +194,7 @@ if os.path.exists(perf):
 rec.update({"bench_scenario": scen, "server_name": server, "round": int(rnd), "perf": counts})
 print(json.dumps(rec))
 PY
-  grep -E "^  " "$OUT/raw/$name.out" | sed "s/^/  [$name] /" | head -n 4
+  grep -E "^  " "$OUT/raw/$name.out" | sed "s/^/  [$name] /" | sed -n 1,4p
 }
 
 for round in $(seq 1 "$ROUNDS"); do

@@ -18,17 +18,17 @@ require_cargo() {
   fi
 }
 
-# start_server BIN [ARGS...]: starts BIN on an ephemeral port, sets
-# SERVER_PID, SERVER_ADDR and SERVER_LOG. BIN must print
-# "listening on ws://ADDR" once it accepts connections.
+# start_server CMD [ARGS...]: runs CMD ARGS --listen 127.0.0.1:0 (CMD may be
+# a wrapper such as taskset), sets SERVER_PID, SERVER_ADDR and SERVER_LOG.
+# The server must print "listening on ws://ADDR" once it accepts connections.
 start_server() {
-  local bin=$1; shift
+  local bin=$1
   SERVER_LOG=$(mktemp -t ringcast-server.XXXXXX.log)
-  "$bin" --listen 127.0.0.1:0 "$@" >"$SERVER_LOG" 2>&1 &
+  "$@" --listen 127.0.0.1:0 >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   local i
   for i in $(seq 1 200); do
-    SERVER_ADDR=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$SERVER_LOG" | head -n1)
+    SERVER_ADDR=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$SERVER_LOG" | sed -n 1p)
     [ -n "$SERVER_ADDR" ] && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$SERVER_LOG" >&2; die "$bin exited during start-up"; }
     sleep 0.05
