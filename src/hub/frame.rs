@@ -19,14 +19,17 @@ impl SharedFrame {
         let mut hdr = [0u8; MAX_SERVER_HEADER_LEN];
         let h = encode_header(opcode, payload.len(), &mut hdr);
         let mut bytes = Arc::<[u8]>::new_uninit_slice(h + payload.len());
-        // A fresh Arc is unique.
-        if let Some(dst) = Arc::get_mut(&mut bytes) {
-            for (d, s) in dst.iter_mut().zip(hdr[..h].iter().chain(payload.iter())) {
-                d.write(*s);
-            }
+        let dst = Arc::get_mut(&mut bytes)
+            .expect("a fresh Arc is unique")
+            .as_mut_ptr()
+            .cast::<u8>();
+        // SAFETY: `dst` points at h + payload.len() writable bytes; the two
+        // copies fill all of them, so the slice is initialised afterwards.
+        unsafe {
+            std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, h);
+            std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(h), payload.len());
+            SharedFrame(bytes.assume_init())
         }
-        // SAFETY: every byte was written above (the zip covers h + len bytes).
-        SharedFrame(unsafe { bytes.assume_init() })
     }
 
     /// Another reference to the same bytes (for another core).

@@ -1,0 +1,259 @@
+//! Micro-benchmarks of ringcast's hot paths, no sockets involved:
+//!
+//! - `frame_parse_unmask`: header parse + unmask of one client frame, and a
+//!   whole read of 16 pipelined 32-byte echo requests through `Session::feed`
+//!   with the real echo handler (what one `/echo` read costs in user space);
+//! - `frame_encode`: encoding a server frame into a reused buffer, and once
+//!   into a shared frame for broadcast;
+//! - `handshake`: parsing a realistic browser upgrade request, the accept key,
+//!   writing the 101;
+//! - `utf8`: whole-message and incremental validation;
+//! - `fanout_10k`: queueing one frame (and a batch of 16) to 10,000 local
+//!   subscribers.
+//!
+//! Sizes: 32 B is a typical chat/ticker message, 1 KiB a JSON document,
+//! 16 KiB the `echo-big` benchmark, 1 MiB a large upload.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringcast::app::{ConnIo, MsgStats, Route};
+use ringcast::hub::frame::{Frame, SharedFrame};
+use ringcast::hub::Hub;
+use ringcast::shard::conn::{Conn, Slab};
+use ringcast::shard::outq::{BufPool, OutQueue, MAX_IOV};
+use ringcast::ws::frame::{apply_mask, encode_frame_into, parse_header, OpCode};
+use ringcast::ws::handshake::{accept_key, parse_request};
+use ringcast::ws::utf8::{validate, Utf8Stream};
+use ringcast::ws::{Limits, Session};
+
+const SIZES: [usize; 4] = [32, 1024, 16 * 1024, 1024 * 1024];
+const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80 | opcode];
+    let n = payload.len();
+    if n < 126 {
+        v.push(0x80 | n as u8);
+    } else if n <= 0xFFFF {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        v.push(0x80 | 127);
+        v.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    v.extend_from_slice(&MASK);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    v
+}
+
+fn mixed_text(len: usize) -> Vec<u8> {
+    let unit = "Καλημέρα κόσμε, こんにちは世界 🌍 hello world! ";
+    let mut s = String::new();
+    while s.len() < len {
+        s.push_str(unit);
+    }
+    let mut cut = len;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.into_bytes()
+}
+
+fn frame_parse_unmask(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame_parse_unmask");
+    for size in SIZES {
+        let template = masked(2, &vec![7u8; size]);
+        let mut buf = template.clone();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.iter(|| {
+                // Unmasking is its own inverse, so the same buffer serves
+                // every iteration without a copy.
+                let (h, hl) = parse_header(black_box(&buf)).unwrap().unwrap();
+                apply_mask(&mut buf[hl..], h.mask, 0);
+                black_box(&buf);
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("session_feed_echo");
+    let read: Vec<u8> = (0..16).flat_map(|_| masked(1, &[b'x'; 32])).collect();
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("16x32B_text", |b| {
+        let mut session = Session::new(Limits {
+            max_message: 16 << 20,
+        });
+        let mut out = OutQueue::default();
+        let mut pool = BufPool::default();
+        let mut outbox = Vec::new();
+        let mut stats = MsgStats::default();
+        let mut buf = read.clone();
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        b.iter(|| {
+            // The session unmasks in place: refill the read buffer (a 608-byte
+            // copy, the same as the kernel's copy into a receive buffer).
+            buf.copy_from_slice(&read);
+            let mut io = ConnIo::new(
+                Route::Echo,
+                &mut out,
+                &mut pool,
+                &mut outbox,
+                &mut stats,
+                usize::MAX,
+            );
+            session.feed(&mut buf, &mut io);
+            // Drain the queue as a completed send would.
+            out.prepare_send(&mut iov);
+            let n = out.queued_bytes();
+            out.complete_send(n, &mut pool);
+        })
+    });
+    g.finish();
+}
+
+fn frame_encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame_encode");
+    for size in SIZES {
+        let payload = vec![b'x'; size];
+        let mut out = Vec::with_capacity(size + 16);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("into_vec", size), &size, |b, _| {
+            b.iter(|| {
+                out.clear();
+                encode_frame_into(OpCode::Text, black_box(&payload), &mut out);
+                black_box(&out);
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("shared_frame", size), &size, |b, _| {
+            b.iter(|| black_box(SharedFrame::encode(OpCode::Text, black_box(&payload))))
+        });
+    }
+    g.finish();
+}
+
+const BROWSER_REQUEST: &str = "GET /echo?room=lobby HTTP/1.1\r\n\
+Host: chat.example.com\r\n\
+Connection: Upgrade\r\n\
+Pragma: no-cache\r\n\
+Cache-Control: no-cache\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36\r\n\
+Upgrade: websocket\r\n\
+Origin: https://chat.example.com\r\n\
+Sec-WebSocket-Version: 13\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Accept-Language: en-US,en;q=0.9\r\n\
+Cookie: session=8f14e45fceea167a5a36dedd4bea2543; theme=dark\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+fn handshake(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handshake");
+    let req = BROWSER_REQUEST.as_bytes();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_request", |b| {
+        b.iter(|| {
+            parse_request(black_box(req), 8192, |p| (p == "/echo").then_some(()))
+                .unwrap()
+                .unwrap()
+        })
+    });
+    g.bench_function("accept_key", |b| {
+        b.iter(|| accept_key(black_box(b"dGhlIHNhbXBsZSBub25jZQ==")))
+    });
+    let up = parse_request(req, 8192, |p| (p == "/echo").then_some(()))
+        .unwrap()
+        .unwrap();
+    let mut out = Vec::with_capacity(256);
+    g.bench_function("write_101", |b| {
+        b.iter(|| {
+            out.clear();
+            up.write_response(&mut out);
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+fn utf8(c: &mut Criterion) {
+    let mut g = c.benchmark_group("utf8");
+    for size in [32usize, 1024, 64 * 1024, 1024 * 1024] {
+        let ascii = vec![b'a'; size];
+        let mixed = mixed_text(size);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("ascii", size), &size, |b, _| {
+            b.iter(|| validate(black_box(&ascii)).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("mixed", size), &size, |b, _| {
+            b.iter(|| validate(black_box(&mixed)).unwrap())
+        });
+    }
+    let text = mixed_text(64 * 1024);
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("stream_64KiB_in_1KiB_pieces", |b| {
+        b.iter(|| {
+            let mut v = Utf8Stream::new();
+            for piece in text.chunks(1000) {
+                v.feed(black_box(piece)).unwrap();
+            }
+            v.finish().unwrap();
+        })
+    });
+    g.finish();
+}
+
+fn fanout(c: &mut Criterion) {
+    const SUBS: usize = 10_000;
+    let mut g = c.benchmark_group("fanout_10k");
+    for batch in [1usize, 16] {
+        let mut slab = Slab::default();
+        let mut hub = Hub::default();
+        let mut pool = BufPool::default();
+        let keys: Vec<_> = (0..SUBS)
+            .map(|_| {
+                let k = slab.insert(Conn::new(-1, Instant::now()));
+                hub.subscribe(k);
+                k
+            })
+            .collect();
+        let frames: Vec<Frame> = (0..batch)
+            .map(|_| Frame::new(SharedFrame::encode(OpCode::Text, &[b'x'; 64])))
+            .collect();
+        g.throughput(Throughput::Elements((SUBS * batch) as u64));
+        g.bench_function(BenchmarkId::new("frames_per_batch", batch), |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    hub.outbox.extend(frames.iter().cloned());
+                    let t = Instant::now();
+                    hub.fan_out(&mut slab, usize::MAX, |_, _, _| {});
+                    total += t.elapsed();
+                    hub.outbox.clear();
+                    for &k in &keys {
+                        if let Some(conn) = slab.get_mut(k) {
+                            conn.out.clear(&mut pool);
+                        }
+                    }
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    frame_parse_unmask,
+    frame_encode,
+    handshake,
+    utf8,
+    fanout
+);
+criterion_main!(benches);
