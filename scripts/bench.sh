@@ -140,6 +140,7 @@ run_one() { # scenario server round
   esac
   local bin="$RINGCAST_ROOT/target/release/$server"
   local perf_args=()
+  : >"$log" # exists before the background job opens it
   if [ -n "$EVENTS" ]; then
     rm -f "$fifo"; mkfifo "$fifo"
     # shellcheck disable=SC2086
@@ -154,8 +155,8 @@ run_one() { # scenario server round
   fi
   local addr="" i
   for i in $(seq 1 200); do
-    addr=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$log" | sed -n 1p)
-    SERVER_PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" | sed -n 1p)
+    addr=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
+    SERVER_PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
     [ -n "$addr" ] && [ -n "$SERVER_PID" ] && break
     sleep 0.05
   done

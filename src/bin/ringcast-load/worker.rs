@@ -120,8 +120,11 @@ struct Conn {
     sock: TcpStream,
     phase: Phase,
     role: Role,
+    /// Read buffer, zeroed once when it grows (never per read): bytes
+    /// `rstart..rend` are unprocessed input.
     rbuf: Vec<u8>,
     rstart: usize,
+    rend: usize,
     wbuf: Vec<u8>,
     woff: usize,
     /// Echo: send times of messages in flight, oldest first.
@@ -131,7 +134,9 @@ struct Conn {
     number: usize,
 }
 
-const READ_CHUNK: usize = 64 * 1024;
+/// Initial read buffer per connection; grows (doubling) only when a frame
+/// does not fit.
+const READ_BUF: usize = 4096;
 const TIMER: Token = Token(usize::MAX - 1);
 
 /// One generator thread.
@@ -366,8 +371,9 @@ impl Worker {
             sock,
             phase: Phase::Connecting,
             role,
-            rbuf: Vec::new(),
+            rbuf: vec![0; READ_BUF],
             rstart: 0,
+            rend: 0,
             wbuf: Vec::new(),
             woff: 0,
             sent: VecDeque::new(),
@@ -540,25 +546,29 @@ impl Worker {
             if c.phase == Phase::Connecting {
                 return;
             }
-            // Compact, then read into spare capacity.
-            if c.rstart > 0 && (c.rstart == c.rbuf.len() || c.rstart > READ_CHUNK) {
-                c.rbuf.drain(..c.rstart);
+            if c.rstart == c.rend {
                 c.rstart = 0;
+                c.rend = 0;
             }
-            let len = c.rbuf.len();
-            c.rbuf.resize(len + READ_CHUNK, 0);
-            let r = c.sock.read(&mut c.rbuf[len..]);
-            match r {
-                Ok(0) => {
-                    c.rbuf.truncate(len);
-                    return self.on_eof(t);
+            // Make room: move unprocessed bytes to the front, or grow.
+            if c.rend == c.rbuf.len() {
+                if c.rstart > 0 {
+                    c.rbuf.copy_within(c.rstart..c.rend, 0);
+                    c.rend -= c.rstart;
+                    c.rstart = 0;
+                } else {
+                    let n = c.rbuf.len() * 2;
+                    c.rbuf.resize(n, 0);
                 }
+            }
+            let r = c.sock.read(&mut c.rbuf[c.rend..]);
+            match r {
+                Ok(0) => return self.on_eof(t),
                 Ok(n) => {
-                    c.rbuf.truncate(len + n);
+                    c.rend += n;
                     self.process(t);
                 }
                 Err(e) => {
-                    c.rbuf.truncate(len);
                     if e.kind() == io::ErrorKind::WouldBlock {
                         return;
                     }
@@ -587,10 +597,10 @@ impl Worker {
             return;
         };
         if c.phase == Phase::Handshake {
-            let Some(end) = wire::head_end(&c.rbuf[c.rstart..]) else {
+            let Some(end) = wire::head_end(&c.rbuf[c.rstart..c.rend]) else {
                 return;
             };
-            if !c.rbuf[c.rstart..].starts_with(b"HTTP/1.1 101") {
+            if !c.rbuf[c.rstart..c.rend].starts_with(b"HTTP/1.1 101") {
                 let line =
                     String::from_utf8_lossy(&c.rbuf[c.rstart..c.rstart + end.min(64)]).into_owned();
                 return self.fail(
@@ -648,7 +658,7 @@ impl Worker {
             let Some(c) = self.conns.get_mut(t).and_then(Option::as_mut) else {
                 return;
             };
-            while let Some((op, hl, len)) = wire::server_frame(&c.rbuf[c.rstart..]) {
+            while let Some((op, hl, len)) = wire::server_frame(&c.rbuf[c.rstart..c.rend]) {
                 let p = c.rstart + hl;
                 match (op, c.role) {
                     (wire::CLOSE, _) => {
