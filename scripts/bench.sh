@@ -123,8 +123,8 @@ EOF
 
 PERF_PID=
 cleanup() {
-  [ -n "${SERVER_PID:-}" ] && kill -KILL "$SERVER_PID" 2>/dev/null || true
-  [ -n "$PERF_PID" ] && kill -KILL "$PERF_PID" 2>/dev/null || true
+  if [ -n "${SERVER_PID:-}" ]; then kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
+  if [ -n "$PERF_PID" ]; then kill -KILL "$PERF_PID" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
