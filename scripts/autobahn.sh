@@ -13,6 +13,7 @@
 # repo), AUTOBAHN_STRICT_CLOSE (default 1), AUTOBAHN_REPORT_DIR (default
 # target/autobahn/<bin>). Server arguments can be passed in SERVER_ARGS.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BIN=ringcast

@@ -29,6 +29,7 @@
 # every other CPU) for the generator, one thread per CPU. Both servers get the
 # same CPUs (ringcast --cpus, ringcast-tokio --threads <count>).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$RINGCAST_ROOT"
 
@@ -153,8 +154,8 @@ run_one() { # scenario server round
     taskset -c "$SERVER_CPUS" "$bin" $sargs --listen 127.0.0.1:0 >"$log" 2>&1 &
     PERF_PID=
   fi
-  local addr="" i
-  for i in $(seq 1 200); do
+  local addr=""
+  for _ in $(seq 1 200); do
     addr=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
     SERVER_PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
     [ -n "$addr" ] && [ -n "$SERVER_PID" ] && break
@@ -167,9 +168,9 @@ run_one() { # scenario server round
     --addr "$addr" --server-pid "$SERVER_PID" --threads "$GEN_N" --label "$server" \
     --duration "$DURATION" --warmup "$WARMUP" "${perf_args[@]}" >"$OUT/raw/$name.out" 2>&1 || rc=$?
   kill -TERM "$SERVER_PID" 2>/dev/null || true
-  for i in $(seq 1 300); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
+  for _ in $(seq 1 300); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
   kill -KILL "$SERVER_PID" 2>/dev/null || true
-  [ -n "$PERF_PID" ] && wait "$PERF_PID" 2>/dev/null || true
+  if [ -n "$PERF_PID" ]; then wait "$PERF_PID" 2>/dev/null || true; fi
   PERF_PID=; SERVER_PID=
   rm -f "$fifo"
   if [ "$rc" -ne 0 ]; then

@@ -1,6 +1,8 @@
+# shellcheck shell=bash
 # Shared helpers for ringcast's scripts (sourced, not run).
 
 # The repository root.
+# shellcheck disable=SC2034 # used by the scripts that source this file
 RINGCAST_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
@@ -42,8 +44,7 @@ start_server() {
 stop_server() {
   [ -n "${SERVER_PID:-}" ] || return 0
   kill -TERM "$SERVER_PID" 2>/dev/null || true
-  local i
-  for i in $(seq 1 300); do
+  for _ in $(seq 1 300); do
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.05
   done

@@ -19,6 +19,7 @@
 # Needs perf (Debian: apt-get install linux-perf). Installs inferno's
 # collapse/flamegraph tools with `cargo install inferno` if missing.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$RINGCAST_ROOT"
 
