@@ -26,7 +26,9 @@ use ringcast::hub::frame::{Frame, SharedFrame};
 use ringcast::hub::Hub;
 use ringcast::shard::conn::{Conn, Slab};
 use ringcast::shard::outq::{BufPool, OutQueue, MAX_IOV};
-use ringcast::ws::frame::{apply_mask, encode_frame_into, parse_header, OpCode};
+use ringcast::ws::frame::{
+    apply_mask, encode_client_frame, encode_frame_into, parse_header, OpCode,
+};
 use ringcast::ws::handshake::{accept_key, parse_request};
 use ringcast::ws::utf8::{validate, Utf8Stream};
 use ringcast::ws::{Limits, Session, State};
@@ -35,19 +37,8 @@ const SIZES: [usize; 4] = [32, 1024, 16 * 1024, 1024 * 1024];
 const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
 
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x80 | opcode];
-    let n = payload.len();
-    if n < 126 {
-        v.push(0x80 | n as u8);
-    } else if n <= 0xFFFF {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        v.push(0x80 | 127);
-        v.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    v.extend_from_slice(&MASK);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    let mut v = Vec::new();
+    encode_client_frame(true, opcode, payload, MASK, &mut v);
     v
 }
 

@@ -113,7 +113,7 @@ fn log(args: &Args, level: &str, msg: &str) {
 }
 
 async fn run(args: Args, threads: usize) -> Result<(), String> {
-    raise_nofile();
+    ringcast::runtime::limits::raise_nofile();
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("bind {}: {e}", args.listen))?;
@@ -385,18 +385,4 @@ async fn echo<S>(
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
-}
-
-fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: get/setrlimit on our own process.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
 }

@@ -13,14 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// `TCP_NODELAY` is set on the listener because accepted sockets inherit it
 /// on Linux, which saves one `setsockopt` per connection.
 pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let sock = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
+    let sock = reuseport_socket(addr)?;
     sock.set_tcp_nodelay(true)?;
     sock.bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
@@ -32,6 +25,17 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
 /// to choose a free port that every core can then bind. Returns the socket,
 /// which must stay open until they have, and the chosen address.
 pub fn reserve_port(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
+    let sock = reuseport_socket(addr)?;
+    sock.bind(&addr.into())?;
+    let chosen = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
+    Ok((sock.into(), chosen))
+}
+
+/// A TCP socket for `addr`'s family with `SO_REUSEADDR` and `SO_REUSEPORT`.
+fn reuseport_socket(addr: SocketAddr) -> io::Result<Socket> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -40,10 +44,5 @@ pub fn reserve_port(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
     let sock = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
-    sock.bind(&addr.into())?;
-    let chosen = sock
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
-    Ok((sock.into(), chosen))
+    Ok(sock)
 }

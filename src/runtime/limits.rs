@@ -13,6 +13,7 @@ fn get(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
 
 /// Raises the soft open-files limit to the hard limit: every connection is
 /// a descriptor, and the default soft limit (often 1024) is far too low.
+/// Used by the server, the baseline and the load generator alike.
 pub fn raise_nofile() {
     let Some(mut r) = get(libc::RLIMIT_NOFILE) else {
         return;

@@ -183,6 +183,34 @@ pub fn encode_frame_into(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Appends a masked client frame: the client side of the codec, for the
+/// load generator, tests and benchmarks. `opcode` is the raw 4-bit value so
+/// callers can also build frames a server must reject.
+pub fn encode_client_frame(
+    fin: bool,
+    opcode: u8,
+    payload: &[u8],
+    mask: [u8; 4],
+    out: &mut Vec<u8>,
+) {
+    out.reserve(payload.len() + MAX_HEADER_LEN);
+    out.push((if fin { 0x80 } else { 0 }) | (opcode & 0x0F));
+    let n = payload.len();
+    if n < 126 {
+        out.push(0x80 | n as u8);
+    } else if n <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask, 0);
+}
+
 /// XORs `buf` with the 4-byte `mask`, starting at byte `offset` of the mask
 /// stream (the payload position of `buf[0]`), so a payload may be unmasked in
 /// pieces as it arrives.
@@ -213,20 +241,19 @@ mod tests {
     use super::*;
 
     fn masked(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
-        let n = payload.len();
-        if n < 126 {
-            v.push(0x80 | n as u8);
-        } else if n <= 0xFFFF {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        v.extend_from_slice(&mask);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut v = Vec::new();
+        encode_client_frame(fin, op, payload, mask, &mut v);
         v
+    }
+
+    #[test]
+    fn client_frames_unmask_to_their_payload() {
+        let payload: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        let mut f = masked(true, 2, &payload, [9, 8, 7, 6]);
+        let (h, hl) = parse_header(&f).unwrap().unwrap();
+        assert_eq!((h.payload_len, h.opcode), (300, OpCode::Binary));
+        apply_mask(&mut f[hl..], h.mask, 0);
+        assert_eq!(&f[hl..], &payload[..]);
     }
 
     #[test]

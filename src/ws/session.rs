@@ -409,19 +409,8 @@ mod tests {
     const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
 
     fn frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
-        let n = payload.len();
-        if n < 126 {
-            v.push(0x80 | n as u8);
-        } else if n <= 0xFFFF {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        v.extend_from_slice(&MASK);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        let mut v = Vec::new();
+        crate::ws::frame::encode_client_frame(fin, op, payload, MASK, &mut v);
         v
     }
 

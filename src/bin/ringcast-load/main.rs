@@ -105,20 +105,6 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--addr {addr} resolved to nothing"))
 }
 
-fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: get/setrlimit on our own process.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 fn sleep_until(t_ns: u64) {
     let now = now_ns();
     if t_ns > now {
@@ -135,7 +121,7 @@ fn main() {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    raise_nofile();
+    ringcast::runtime::limits::raise_nofile();
     let addr = resolve(&args.addr)?;
     let threads = args
         .threads

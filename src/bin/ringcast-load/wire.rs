@@ -14,20 +14,8 @@ pub const CLOSE: u8 = 8;
 
 /// A complete masked client frame.
 pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(payload.len() + 14);
-    v.push(0x80 | opcode);
-    let n = payload.len();
-    if n < 126 {
-        v.push(0x80 | n as u8);
-    } else if n <= 0xFFFF {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        v.push(0x80 | 127);
-        v.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    v.extend_from_slice(&MASK);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    let mut v = Vec::new();
+    ringcast::ws::frame::encode_client_frame(true, opcode, payload, MASK, &mut v);
     v
 }
 
