@@ -14,26 +14,41 @@ use crate::hub::frame::Frame;
 /// Most iovecs in one `sendmsg` (the kernel allows 1024).
 pub const MAX_IOV: usize = 64;
 
-/// Owned buffers up to this capacity are kept for reuse by the core's pool.
-const POOL_BUF_MAX: usize = 64 * 1024;
+/// Owned buffers up to this capacity are kept for reuse by the core's pool
+/// (a coalesced send of a few 16 KiB echoes must not fall out of it: a
+/// buffer that is freed and grown again costs page faults and reallocs).
+const POOL_BUF_MAX: usize = 256 * 1024;
 /// Buffers kept in the pool.
 const POOL_LEN: usize = 256;
+/// Total capacity the pool keeps, so a burst of large sends does not pin
+/// memory after it.
+const POOL_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// A per-core free list of send buffers, so steady-state echo traffic does
 /// not allocate.
 #[derive(Default)]
 pub struct BufPool {
     free: Vec<Vec<u8>>,
+    /// Sum of the capacities in `free`.
+    bytes: usize,
 }
 
 impl BufPool {
     fn get(&mut self) -> Vec<u8> {
-        self.free.pop().unwrap_or_default()
+        match self.free.pop() {
+            Some(v) => {
+                self.bytes -= v.capacity();
+                v
+            }
+            None => Vec::new(),
+        }
     }
 
     fn put(&mut self, mut v: Vec<u8>) {
-        if v.capacity() <= POOL_BUF_MAX && self.free.len() < POOL_LEN {
+        let cap = v.capacity();
+        if cap <= POOL_BUF_MAX && self.free.len() < POOL_LEN && self.bytes + cap <= POOL_BYTES_MAX {
             v.clear();
+            self.bytes += cap;
             self.free.push(v);
         }
     }
