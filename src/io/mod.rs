@@ -1,7 +1,6 @@
-//! Socket I/O on a per-core io_uring: the ring, its provided buffers, the
-//! listener, and the bridge that lets glommio sleep until the ring has work.
+//! Socket I/O on a per-core io_uring: the ring (where an idle core also
+//! sleeps), its provided buffers, and the listener.
 
 pub mod bufring;
 pub mod listener;
-pub mod park;
 pub mod ring;

@@ -8,17 +8,19 @@
 //! on unrelated syscalls); completions are produced only when the loop asks
 //! for them, one `io_uring_enter` per loop pass for everything queued.
 //!
-//! A registered eventfd lets the core sleep in glommio's reactor and be woken
-//! when this ring has work (see [`super::park`]); it is switched off while the
-//! loop is running so a busy core pays nothing for it.
+//! An idle core sleeps inside this ring ([`Ring::wait`]): one
+//! `io_uring_enter` that returns on the first completion or at the next
+//! timer. Other threads wake it through an eventfd the ring polls
+//! (multishot), so a sleeping core needs nothing from glommio's reactor and a
+//! wake-up costs the sleeper no extra syscall.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, Ordering};
+use std::time::Duration;
 
-use io_uring::{cqueue, squeue, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-/// The ring plus its wake-up eventfd.
+/// The ring plus the eventfd other threads write to wake it.
 pub struct Ring {
     ring: IoUring,
     eventfd: OwnedFd,
@@ -48,10 +50,20 @@ impl Ring {
         }
         // SAFETY: fd is a fresh descriptor we own.
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        ring.submitter().register_eventfd(fd)?;
-        let mut r = Ring { ring, eventfd };
-        r.set_eventfd_enabled(false);
-        Ok(r)
+        Ok(Ring { ring, eventfd })
+    }
+
+    /// Queues a multishot poll of the wake-up eventfd, completing with
+    /// `user_data` on every write to it. The eventfd is never read: each
+    /// write is a new wake-up event for the poll even while the counter
+    /// stays non-zero. Call again when a completion says the poll ended.
+    pub fn arm_wake_poll(&mut self, user_data: u64) -> io::Result<()> {
+        let sqe = opcode::PollAdd::new(types::Fd(self.eventfd.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the entry references no memory.
+        unsafe { self.push(&sqe) }
     }
 
     /// The underlying ring, for registering buffer rings.
@@ -123,43 +135,33 @@ impl Ring {
         self.ring.completion().next()
     }
 
-    /// Arms the eventfd before the core sleeps. Returns `false` (and leaves
-    /// it disarmed) if work arrived in the meantime, so the caller must not
-    /// sleep: the kernel only signals on the transition to "work pending",
-    /// so work that was already pending would never wake us.
-    pub fn arm_wakeup(&mut self) -> bool {
-        self.set_eventfd_enabled(true);
-        fence(Ordering::SeqCst);
-        let busy = {
-            let sq = self.ring.submission();
-            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
-        } || !self.ring.completion().is_empty();
-        if busy {
-            self.set_eventfd_enabled(false);
+    /// Sleeps until at least one completion is ready or `timeout` passes,
+    /// submitting whatever is queued on the way in: one syscall. Returns at
+    /// once if completions or deferred work are already pending, so no
+    /// wake-up that happened before the call can be lost.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ts = timeout.map(types::Timespec::from);
+        let mut args = types::SubmitArgs::new();
+        if let Some(ts) = &ts {
+            args = args.timespec(ts);
         }
-        !busy
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY) | Some(libc::EINTR) | Some(libc::ETIME)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Disarms the eventfd after waking and clears its counter.
-    pub fn disarm_wakeup(&mut self) {
-        self.set_eventfd_enabled(false);
-        let mut v = 0u64;
-        // SAFETY: reading 8 bytes into a u64 from our own non-blocking eventfd.
-        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
-
-    /// The eventfd the kernel signals when this ring has work while armed.
-    /// Anyone may also write it to wake the core (e.g. on shutdown).
+    /// The eventfd that wakes this ring's core: anyone may write it (other
+    /// cores' doorbells, the shutdown signal).
     pub fn eventfd(&self) -> RawFd {
         self.eventfd.as_raw_fd()
-    }
-
-    fn set_eventfd_enabled(&mut self, on: bool) {
-        let cq = self.ring.completion();
-        if on {
-            cq.enable_eventfd();
-        } else {
-            cq.disable_eventfd();
-        }
     }
 }

@@ -24,6 +24,8 @@ pub enum Op {
     Send = 3,
     /// Completions we do not act on (cancellations).
     Ignore = 4,
+    /// The wake-up eventfd's poll: another thread woke this core.
+    Wake = 5,
 }
 
 const GEN_BITS: u32 = 24;
@@ -43,6 +45,7 @@ pub fn untoken(ud: u64) -> (Option<Op>, ConnKey) {
         2 => Some(Op::Recv),
         3 => Some(Op::Send),
         4 => Some(Op::Ignore),
+        5 => Some(Op::Wake),
         _ => None,
     };
     let key = ConnKey {

@@ -32,7 +32,6 @@ use crate::app::{ConnIo, MsgStats, Route};
 use crate::hub::mesh::{self, Doorbells, Mesh};
 use crate::hub::Hub;
 use crate::io::bufring::BufRing;
-use crate::io::park;
 use crate::io::ring::Ring;
 use crate::runtime::timer::TimerWheel;
 use crate::ws::handshake::{self, Refusal};
@@ -131,11 +130,7 @@ pub struct Shard {
     /// Shutdown: set once stragglers were aborted at the deadline; the loop
     /// ends when their descriptors are closed or at this instant.
     drain_cutoff: Option<Instant>,
-    wakeup: Option<WakeWait>,
 }
-
-/// A pending wait for the ring's eventfd (see [`Shard::park`]).
-type WakeWait = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>>>>;
 
 /// Token for the listener's multishot accept.
 const ACCEPT: ConnKey = ConnKey {
@@ -189,8 +184,8 @@ impl Shard {
             msg_stats: MsgStats::default(),
             drain_deadline: None,
             drain_cutoff: None,
-            wakeup: None,
         };
+        shard.ring.arm_wake_poll(token(Op::Wake, ACCEPT))?;
         shard.arm_accept()?;
         Ok(shard)
     }
@@ -205,7 +200,7 @@ impl Shard {
             if worked {
                 glommio::yield_if_needed().await;
             } else {
-                self.park().await?;
+                self.park()?;
             }
         }
         self.stats.messages_in = self.msg_stats.messages_in;
@@ -285,6 +280,12 @@ impl Shard {
             }
             (Some(Op::Send), key) => self.on_send(key, cqe.result()),
             (Some(Op::Accept), _) => self.on_accept(cqe.result(), cqe.flags()),
+            // The multishot poll ended (rare): poll again.
+            (Some(Op::Wake), _) if !cqueue::more(cqe.flags()) => {
+                if let Err(e) = self.ring.arm_wake_poll(token(Op::Wake, ACCEPT)) {
+                    warn!(core = self.id, "re-arming the wake-up poll: {e}");
+                }
+            }
             _ => {}
         }
     }
@@ -302,16 +303,21 @@ impl Shard {
     }
 
     /// Sleeps until the ring has work, another core rings our doorbell, or
-    /// a timer is due.
-    async fn park(&mut self) -> io::Result<()> {
-        if !self.ring.arm_wakeup() {
-            return Ok(());
-        }
+    /// a timer is due: one blocking `io_uring_enter` on our own ring, which
+    /// also submits whatever this pass queued. The core's loop is the only
+    /// task on its executor, so blocking the thread here starves nothing.
+    fn park(&mut self) -> io::Result<()> {
         if let Some(m) = &mut self.mesh {
             if !m.announce_sleep(&mut self.hub.inbox) {
-                self.ring.disarm_wakeup();
                 return Ok(());
             }
+        }
+        if self.control.shutdown.load(Ordering::SeqCst) && self.drain_deadline.is_none() {
+            // Shutdown was requested between the pass and here.
+            if let Some(m) = &self.mesh {
+                m.woke();
+            }
+            return Ok(());
         }
         // Frames waiting for room in a peer's ring are retried soon.
         let backlog_retry = self
@@ -328,33 +334,13 @@ impl Shard {
         .into_iter()
         .flatten()
         .min();
-        // The readiness wait survives parks that end for another reason:
-        // glommio keeps a dropped wait's poll (and a waker) alive until the
-        // eventfd fires, so a new one per park would pile up while idle.
-        let efd = self.ring.eventfd();
-        let mut wait = self
-            .wakeup
-            .take()
-            .unwrap_or_else(|| Box::pin(park::readable(efd)));
-        let ready = async { (&mut wait).await.map(|_| true) };
-        let timer = async {
-            match next_timer {
-                Some(t) => {
-                    glommio::timer::sleep(t.saturating_duration_since(Instant::now())).await;
-                    Ok(false)
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let r = futures_lite::future::or(ready, timer).await;
-        if matches!(r, Ok(false)) {
-            self.wakeup = Some(wait);
-        }
+        let timeout = next_timer.map(|t| t.saturating_duration_since(Instant::now()));
+        self.stats.enters += 1;
+        let r = self.ring.wait(timeout);
         if let Some(m) = &self.mesh {
             m.woke();
         }
-        self.ring.disarm_wakeup();
-        r.map(|_| ())
+        r
     }
 
     // ----- accept -------------------------------------------------------
