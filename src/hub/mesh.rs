@@ -65,11 +65,15 @@ impl Doorbell {
         }
     }
 
-    /// Wakes the core if it announced it is going to sleep.
-    fn ring_if_sleeping(&self) {
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+    /// Wakes the core if it announced it is going to sleep. Returns whether
+    /// it rang.
+    fn ring_if_sleeping(&self) -> bool {
+        let rang =
+            self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst);
+        if rang {
             self.ring();
         }
+        rang
     }
 }
 
@@ -123,6 +127,19 @@ pub struct Mesh {
     from: Vec<Consumer<SharedFrame>>,
     bells: Doorbells,
     backlog_high_water: usize,
+    counters: MeshCounters,
+}
+
+/// What this core's end of the mesh did: the cross-core cost of broadcast,
+/// for the cost model in README (one push per remote core per message).
+#[derive(Default, Debug, Clone, Copy)]
+pub struct MeshCounters {
+    /// Frames pushed into peers' rings (each a pointer-sized `Arc` handle).
+    pub pushed: u64,
+    /// Frames popped from peers' rings.
+    pub received: u64,
+    /// Doorbells rung (eventfd writes to a sleeping peer).
+    pub doorbells: u64,
 }
 
 impl Mesh {
@@ -143,6 +160,7 @@ impl Mesh {
             from: links.from,
             bells,
             backlog_high_water: 0,
+            counters: MeshCounters::default(),
         }
     }
 
@@ -159,6 +177,7 @@ impl Mesh {
                     peer.backlog.push_back(back);
                 } else {
                     peer.pushed = true;
+                    self.counters.pushed += 1;
                 }
             }
             self.backlog_high_water = self.backlog_high_water.max(peer.backlog.len());
@@ -175,6 +194,7 @@ impl Mesh {
                     None => {
                         moved = true;
                         peer.pushed = true;
+                        self.counters.pushed += 1;
                     }
                     Some(back) => {
                         peer.backlog.push_front(back);
@@ -200,8 +220,8 @@ impl Mesh {
         // our frames when it re-checks, or we see its flag.
         fence(Ordering::SeqCst);
         for peer in &mut self.peers {
-            if std::mem::take(&mut peer.pushed) {
-                self.bells[peer.core].ring_if_sleeping();
+            if std::mem::take(&mut peer.pushed) && self.bells[peer.core].ring_if_sleeping() {
+                self.counters.doorbells += 1;
             }
         }
     }
@@ -215,7 +235,9 @@ impl Mesh {
                 inbox.push(Frame::new(f));
             }
         }
-        inbox.len() - before
+        let n = inbox.len() - before;
+        self.counters.received += n as u64;
+        n
     }
 
     /// Announces that this core is about to sleep. Returns `false` (and
@@ -234,6 +256,11 @@ impl Mesh {
     /// Clears the sleep announcement after waking.
     pub fn woke(&self) {
         self.bells[self.me].sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> MeshCounters {
+        self.counters
     }
 
     /// Whether frames wait for ring room (the loop must retry soon).

@@ -205,6 +205,7 @@ impl Shard {
         }
         self.stats.messages_in = self.msg_stats.messages_in;
         self.stats.bytes_in = self.msg_stats.bytes_in;
+        let mesh = self.mesh.as_ref().map(Mesh::counters).unwrap_or_default();
         info!(
             core = self.id,
             accepted = self.stats.accepted,
@@ -216,6 +217,9 @@ impl Shard {
             loop_passes = self.stats.turns,
             ring_enters = self.stats.enters,
             sends = self.stats.sends,
+            mesh_pushed = mesh.pushed,
+            mesh_received = mesh.received,
+            doorbells_rung = mesh.doorbells,
             mesh_backlog_high_water = self.mesh.as_ref().map_or(0, |m| m.backlog_high_water()),
             "core {} stopped: accepted {} connections",
             self.id,
