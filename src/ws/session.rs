@@ -92,9 +92,8 @@ pub struct Session {
     ctrl_len: u8,
 }
 
-/// Buffers larger than this are released after their message is delivered,
-/// so one big message does not pin memory on an otherwise idle connection.
-const KEEP_MSG_CAPACITY: usize = 64 * 1024;
+/// The most a message buffer is sized for up front from a length claim.
+const RESERVE_MAX: usize = 64 * 1024;
 
 impl Session {
     /// A session for a connection that just completed its handshake.
@@ -306,7 +305,7 @@ impl Session {
             if self.msg.is_empty() {
                 // First bytes: size the buffer for this frame, but never trust
                 // a length claim for more than 64 KiB up front.
-                let want = (self.msg_len as usize).min(KEEP_MSG_CAPACITY);
+                let want = (self.msg_len as usize).min(RESERVE_MAX);
                 self.msg.reserve(want.max(chunk.len()));
             }
             self.msg.extend_from_slice(chunk);
@@ -334,11 +333,8 @@ impl Session {
         if self.state == State::Open {
             h.on_message(kind, &self.msg);
         }
-        if self.msg.capacity() > KEEP_MSG_CAPACITY {
-            self.msg = Vec::new();
-        } else {
-            self.msg.clear();
-        }
+        // An idle connection keeps no message buffer.
+        self.msg = Vec::new();
     }
 
     fn control(&mut self, opcode: OpCode, payload: &[u8], h: &mut impl Handler) {
