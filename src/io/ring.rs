@@ -115,18 +115,7 @@ impl Ring {
         }
         // submit() adds GETEVENTS when the TASKRUN flag is set.
         let args = io_uring::types::SubmitArgs::new();
-        match self.ring.submitter().submit_with_args(0, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EBUSY) | Some(libc::EINTR) | Some(libc::ETIME)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        transient_ok(self.ring.submitter().submit_with_args(0, &args))
     }
 
     /// Pops the next completion, if any.
@@ -145,23 +134,29 @@ impl Ring {
         if let Some(ts) = &ts {
             args = args.timespec(ts);
         }
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EBUSY) | Some(libc::EINTR) | Some(libc::ETIME)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        transient_ok(self.ring.submitter().submit_with_args(1, &args))
     }
 
     /// The eventfd that wakes this ring's core: anyone may write it (other
     /// cores' doorbells, the shutdown signal).
     pub fn eventfd(&self) -> RawFd {
         self.eventfd.as_raw_fd()
+    }
+}
+
+/// `io_uring_enter` results that only mean "nothing more this time": the
+/// CQ is busy (EBUSY), a signal arrived (EINTR), the wait timed out (ETIME).
+fn transient_ok(r: io::Result<usize>) -> io::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EBUSY) | Some(libc::EINTR) | Some(libc::ETIME)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
