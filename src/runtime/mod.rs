@@ -62,6 +62,10 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     };
     let listen = shard_cfg.listen;
     let control = Control::new(n);
+    // Before any core starts and before the startup line: a signal that
+    // arrives as soon as someone sees "listening" must reach our handler,
+    // not the default action (which kills the process without close frames).
+    spawn_signal_thread(control.clone())?;
     let mut links: Vec<Option<mesh::Links>> = if n > 1 {
         mesh::build(n).into_iter().map(Some).collect()
     } else {
@@ -132,7 +136,6 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
             cfg.shutdown_grace
         );
         limits::warn_if_low(n);
-        spawn_signal_thread(control.clone())?;
     }
 
     let mut stats = Vec::with_capacity(n);
