@@ -193,18 +193,14 @@ pub fn encode_client_frame(
     mask: [u8; 4],
     out: &mut Vec<u8>,
 ) {
-    out.reserve(payload.len() + MAX_HEADER_LEN);
-    out.push((if fin { 0x80 } else { 0 }) | (opcode & 0x0F));
-    let n = payload.len();
-    if n < 126 {
-        out.push(0x80 | n as u8);
-    } else if n <= u16::MAX as usize {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
+    // Same length encoding as a server frame; then the client's first byte
+    // (any FIN and raw opcode) and the MASK bit.
+    let mut hdr = [0u8; MAX_SERVER_HEADER_LEN];
+    let h = encode_header(OpCode::Binary, payload.len(), &mut hdr);
+    hdr[0] = (if fin { 0x80 } else { 0 }) | (opcode & 0x0F);
+    hdr[1] |= 0x80;
+    out.reserve(h + mask.len() + payload.len());
+    out.extend_from_slice(&hdr[..h]);
     out.extend_from_slice(&mask);
     let start = out.len();
     out.extend_from_slice(payload);
