@@ -2,7 +2,7 @@
 //!
 //! Scenarios: `echo` (closed loop), `broadcast` (open loop, paced
 //! publisher), `idle` (open and hold connections) and `churn` (connect,
-//! handshake, one echo, close, repeat). Each thread runs one epoll loop over
+//! handshake, one echo, close, repeat). Each thread runs one io_uring loop over
 //! its connections with frames encoded in advance. With `--server-pid` the
 //! server's CPU time and memory are read from /proc around the measured
 //! window, giving work per server CPU-second: the figure that stays
