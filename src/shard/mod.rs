@@ -433,14 +433,18 @@ impl Shard {
         let (_, key) = untoken(cqe.user_data());
         let res = cqe.result();
         let flags = cqe.flags();
-        let bid = cqueue::buffer_select(flags);
-        if bid.is_some() {
-            self.bufs.taken();
-        }
         let more = cqueue::more(flags);
+        // Where this completion's bytes are; the buffer goes back to the
+        // kernel after them unless the kernel is still filling it.
+        let chunk = cqueue::buffer_select(flags).map(|bid| Chunk {
+            bid,
+            at: self.bufs.claim(bid, res.max(0) as usize),
+            len: res.max(0) as usize,
+            buffer_more: cqueue::buffer_more(flags),
+        });
         let Some(conn) = self.conns.get_mut(key) else {
-            if let Some(bid) = bid {
-                self.recycle(bid);
+            if let Some(chunk) = chunk {
+                self.release_chunk(chunk);
             }
             return;
         };
@@ -449,8 +453,8 @@ impl Shard {
         }
         let lingering = matches!(conn.phase, Phase::Lingering);
         if res <= 0 {
-            if let Some(bid) = bid {
-                self.recycle(bid);
+            if let Some(chunk) = chunk {
+                self.release_chunk(chunk);
             }
             if res == -libc::ENOBUFS {
                 // The core ran out of receive buffers: pick up again once
@@ -467,21 +471,23 @@ impl Shard {
             }
             return;
         }
-        let Some(bid) = bid else { return };
-        self.on_data(key, bid, res as usize);
-        self.recycle(bid);
+        let Some(chunk) = chunk else { return };
+        self.on_data(key, chunk);
+        self.release_chunk(chunk);
         if !more {
             self.rearm.push(key);
             self.maybe_release(key);
         }
     }
 
-    fn recycle(&mut self, bid: u16) {
-        self.bufs.recycle(bid);
-        self.recycled = true;
+    fn release_chunk(&mut self, chunk: Chunk) {
+        if self.bufs.release(chunk.bid, chunk.buffer_more) {
+            self.recycled = true;
+        }
     }
 
-    fn on_data(&mut self, key: ConnKey, bid: u16, len: usize) {
+    fn on_data(&mut self, key: ConnKey, chunk: Chunk) {
+        let len = chunk.len;
         let outcome = {
             let Shard {
                 conns,
@@ -495,9 +501,9 @@ impl Shard {
             let Some(conn) = conns.get_mut(key) else {
                 return;
             };
-            // SAFETY: `bid` came from this completion and is recycled only
-            // after this function returns.
-            let data = unsafe { bufs.get(bid, len) };
+            // SAFETY: the chunk came from this completion and is released
+            // only after this function returns.
+            let data = unsafe { bufs.get(chunk.bid, chunk.at, chunk.len) };
             match &mut conn.phase {
                 Phase::Open(session) => {
                     let route = conn.route.unwrap_or(Route::Echo);
@@ -555,7 +561,7 @@ impl Shard {
                 }
                 self.after_output(key);
             }
-            DataOutcome::Upgrade(up, rest_from) => self.upgrade(key, up, bid, rest_from, len),
+            DataOutcome::Upgrade(up, rest_from) => self.upgrade(key, up, chunk, rest_from),
             DataOutcome::Refuse(r) => self.refuse(key, r),
             DataOutcome::Nothing => {}
         }
@@ -565,9 +571,8 @@ impl Shard {
         &mut self,
         key: ConnKey,
         up: handshake::Upgrade<Route>,
-        bid: u16,
+        chunk: Chunk,
         rest_from: usize,
-        len: usize,
     ) {
         let limits = self.cfg.limits;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -583,13 +588,13 @@ impl Shard {
             conn.sub_slot = Some(self.hub.subscribe(key));
         }
         self.mark_dirty(key);
-        if rest_from < len {
+        if rest_from < chunk.len {
             // Pipelined frames in the same read as the request head.
-            self.feed_slice(key, bid, rest_from, len);
+            self.feed_slice(key, chunk, rest_from);
         }
     }
 
-    fn feed_slice(&mut self, key: ConnKey, bid: u16, from: usize, len: usize) {
+    fn feed_slice(&mut self, key: ConnKey, chunk: Chunk, from: usize) {
         let Shard {
             conns,
             bufs,
@@ -603,7 +608,7 @@ impl Shard {
             return;
         };
         // SAFETY: as in on_data; the buffer is still ours.
-        let data = unsafe { bufs.get(bid, len) };
+        let data = unsafe { bufs.get(chunk.bid, chunk.at, chunk.len) };
         if let Phase::Open(session) = &mut conn.phase {
             let route = conn.route.unwrap_or(Route::Echo);
             let max = cfg.max_send_queue_bytes;
@@ -977,4 +982,16 @@ enum DataOutcome {
     },
     Upgrade(handshake::Upgrade<Route>, usize),
     Refuse(Refusal),
+}
+
+/// The bytes one receive completion delivered: `len` bytes at `at` in
+/// provided buffer `bid`.
+#[derive(Clone, Copy)]
+struct Chunk {
+    bid: u16,
+    at: usize,
+    len: usize,
+    /// The kernel keeps filling this buffer (incremental mode): not ours to
+    /// give back yet.
+    buffer_more: bool,
 }
