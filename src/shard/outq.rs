@@ -101,25 +101,53 @@ impl OutQueue {
         self.chunks.len() > self.in_flight
     }
 
-    /// Appends bytes produced by `write` to the owned tail buffer.
+    /// Appends bytes produced by `write` to the owned tail buffer and
+    /// returns them (so the caller can check what it wrote).
     #[inline]
-    pub fn write_with(&mut self, pool: &mut BufPool, write: impl FnOnce(&mut Vec<u8>)) {
+    pub fn write_with(&mut self, pool: &mut BufPool, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
         let tail_free = self.chunks.len() > self.in_flight;
-        if tail_free {
-            if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+        let tail = match self.chunks.back_mut() {
+            Some(Chunk::Owned(v)) if tail_free => Some(v),
+            _ => None,
+        };
+        let start = match tail {
+            Some(v) => {
                 let before = v.len();
                 write(v);
                 self.queued += v.len() - before;
-                return;
+                before
             }
+            None => {
+                let mut v = pool.get();
+                write(&mut v);
+                self.queued += v.len();
+                if v.is_empty() {
+                    pool.put(v);
+                    return &[];
+                }
+                self.chunks.push_back(Chunk::Owned(v));
+                0
+            }
+        };
+        match self.chunks.back() {
+            Some(Chunk::Owned(v)) => &v[start..],
+            _ => &[],
         }
-        let mut v = pool.get();
-        write(&mut v);
-        self.queued += v.len();
-        if v.is_empty() {
-            pool.put(v);
-        } else {
-            self.chunks.push_back(Chunk::Owned(v));
+    }
+
+    /// Takes back the last `n` bytes [`OutQueue::write_with`] appended (a
+    /// reply that turned out invalid before it was sent).
+    pub fn unwrite(&mut self, n: usize) {
+        if self.chunks.len() <= self.in_flight {
+            return;
+        }
+        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+            let keep = v.len().saturating_sub(n);
+            self.queued -= v.len() - keep;
+            v.truncate(keep);
+            if v.is_empty() {
+                self.chunks.pop_back();
+            }
         }
     }
 
@@ -252,6 +280,37 @@ mod tests {
         q.complete_send(6, &mut pool);
         assert_eq!(q.queued_bytes(), 0);
         assert!(!q.has_unsent());
+    }
+
+    #[test]
+    fn write_with_shows_what_it_wrote_and_unwrite_takes_it_back() {
+        let mut pool = BufPool::default();
+        let mut q = OutQueue::default();
+        assert_eq!(
+            q.write_with(&mut pool, |v| v.extend_from_slice(b"ab")),
+            b"ab"
+        );
+        assert_eq!(
+            q.write_with(&mut pool, |v| v.extend_from_slice(b"cde")),
+            b"cde"
+        );
+        q.unwrite(3);
+        assert_eq!(q.queued_bytes(), 2);
+        let (bytes, _) = gather(&mut q);
+        assert_eq!(bytes, b"ab");
+        // In flight: a new write goes to a new chunk, and taking it back
+        // leaves the sent bytes alone.
+        assert_eq!(
+            q.write_with(&mut pool, |v| v.extend_from_slice(b"xy")),
+            b"xy"
+        );
+        q.unwrite(2);
+        assert_eq!(q.queued_bytes(), 2);
+        assert!(!q.has_unsent());
+        q.unwrite(2);
+        assert_eq!(q.queued_bytes(), 2, "bytes in flight are never taken back");
+        q.complete_send(2, &mut pool);
+        assert_eq!(q.queued_bytes(), 0);
     }
 
     #[test]

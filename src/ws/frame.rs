@@ -232,9 +232,52 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: u64) {
     }
 }
 
+/// Appends `src` unmasked with `mask` to `out`: the copy and the unmasking
+/// in one pass over the bytes. A handler that copies a payload anyway (an
+/// echo) uses this instead of unmasking in place and then copying, which
+/// reads and writes every byte twice.
+pub fn unmask_into(src: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    let m64 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    out.reserve(src.len());
+    let start = out.len();
+    let (words, tail) = src.as_chunks::<8>();
+    // SAFETY: `reserve` made room for `src.len()` bytes after `start`; every
+    // one of them is written below before `set_len` exposes them.
+    unsafe {
+        let dst = out.as_mut_ptr().add(start);
+        for (i, w) in words.iter().enumerate() {
+            dst.add(i * 8)
+                .cast::<u64>()
+                .write_unaligned(u64::from_ne_bytes(*w) ^ m64);
+        }
+        let done = words.len() * 8;
+        for (i, b) in tail.iter().enumerate() {
+            // `done` is a multiple of 4, so the mask phase restarts at 0.
+            dst.add(done + i).write(b ^ mask[i & 3]);
+        }
+        out.set_len(start + src.len());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unmask_into_matches_unmasking_in_place() {
+        for n in [0usize, 1, 3, 7, 8, 9, 31, 1000, 16 * 1024 + 5] {
+            let src: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let mask = [0xA1, 0x02, 0x7F, 0xE4];
+            let mut want = src.clone();
+            apply_mask(&mut want, mask, 0);
+            let mut out = vec![9u8, 9];
+            unmask_into(&src, mask, &mut out);
+            assert_eq!(&out[..2], &[9, 9]);
+            assert_eq!(&out[2..], &want[..], "length {n}");
+        }
+    }
 
     fn masked(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -2,7 +2,8 @@
 //!
 //! [`Session::feed`] takes bytes exactly as they came off the socket (any
 //! split: half a header, many frames, a frame across reads), unmasks payloads
-//! in place, validates everything RFC 6455 requires, and reports complete
+//! in place (or while the handler copies them, see
+//! [`Handler::copy_masked`]), validates everything RFC 6455 requires, and reports complete
 //! messages and the control frames to send to a [`Handler`]. It owns no
 //! socket and no output buffer, so the I/O underneath can be anything.
 //!
@@ -42,6 +43,18 @@ pub trait Handler {
     fn send_control(&mut self, opcode: OpCode, payload: &[u8]);
     /// A pong arrived (used for round-trip measurement).
     fn on_pong(&mut self, _payload: &[u8]) {}
+    /// Offered first, before `on_message`, for a whole unfragmented data
+    /// message that is still masked. A handler that copies the payload
+    /// anyway (an echo) unmasks it while copying — one pass over the bytes
+    /// instead of two — and returns its copy, which the session then
+    /// validates. `None` (the default): the session unmasks in place and
+    /// calls `on_message`.
+    fn copy_masked(&mut self, _kind: MessageKind, _masked: &[u8], _mask: [u8; 4]) -> Option<&[u8]> {
+        None
+    }
+    /// Takes back the copy `copy_masked` just returned: its text was not
+    /// valid UTF-8, and the session is failing the connection.
+    fn withdraw_copy(&mut self) {}
 }
 
 /// Where the closing handshake stands.
@@ -279,16 +292,28 @@ impl Session {
         if input.len() - *pos < len || !whole_message {
             return;
         }
-        let payload = &mut input[*pos..*pos + len];
+        let range = *pos..*pos + len;
         *pos += len;
-        apply_mask(payload, f.mask, 0);
         self.frame = None;
         if f.opcode.is_control() {
+            let payload = &mut input[range];
+            apply_mask(payload, f.mask, 0);
             self.control(f.opcode, payload, h);
             return;
         }
         let kind = self.msg_kind.take().unwrap_or(MessageKind::Binary);
         self.msg_len = 0;
+        if self.state == State::Open {
+            if let Some(copy) = h.copy_masked(kind, &input[range.clone()], f.mask) {
+                if kind == MessageKind::Text && utf8::validate(copy).is_err() {
+                    h.withdraw_copy();
+                    self.fail(CloseCode::INVALID_DATA, "invalid UTF-8 in text message", h);
+                }
+                return;
+            }
+        }
+        let payload = &mut input[range];
+        apply_mask(payload, f.mask, 0);
         if kind == MessageKind::Text && utf8::validate(payload).is_err() {
             self.fail(CloseCode::INVALID_DATA, "invalid UTF-8 in text message", h);
         } else if self.state == State::Open {
@@ -376,6 +401,8 @@ mod tests {
     struct Rec {
         messages: Vec<(MessageKind, Vec<u8>)>,
         control: Vec<(OpCode, Vec<u8>)>,
+        /// Take whole messages through `copy_masked`, as the echo does.
+        copying: bool,
     }
 
     impl Handler for Rec {
@@ -384,6 +411,23 @@ mod tests {
         }
         fn send_control(&mut self, opcode: OpCode, payload: &[u8]) {
             self.control.push((opcode, payload.to_vec()));
+        }
+        fn copy_masked(
+            &mut self,
+            kind: MessageKind,
+            masked: &[u8],
+            mask: [u8; 4],
+        ) -> Option<&[u8]> {
+            if !self.copying {
+                return None;
+            }
+            let mut v = Vec::new();
+            crate::ws::frame::unmask_into(masked, mask, &mut v);
+            self.messages.push((kind, v));
+            self.messages.last().map(|(_, v)| &v[..])
+        }
+        fn withdraw_copy(&mut self) {
+            self.messages.pop();
         }
     }
 
@@ -418,8 +462,16 @@ mod tests {
 
     /// Feeds `bytes` cut into pieces of `chunk` bytes.
     fn run(bytes: &[u8], chunk: usize) -> (Rec, State) {
+        run_with(bytes, chunk, false)
+    }
+
+    /// As `run`, the handler optionally copying whole messages itself.
+    fn run_with(bytes: &[u8], chunk: usize, copying: bool) -> (Rec, State) {
         let mut s = Session::new(limits());
-        let mut r = Rec::default();
+        let mut r = Rec {
+            copying,
+            ..Rec::default()
+        };
         let mut buf = bytes.to_vec();
         let mut state = State::Open;
         for piece in buf.chunks_mut(chunk.max(1)) {
@@ -429,9 +481,11 @@ mod tests {
     }
 
     fn every_chunking(bytes: &[u8], check: impl Fn(&Rec, State)) {
-        for chunk in [1, 2, 3, 5, 7, 13, 64, 1000, bytes.len().max(1)] {
-            let (r, st) = run(bytes, chunk);
-            check(&r, st);
+        for copying in [false, true] {
+            for chunk in [1, 2, 3, 5, 7, 13, 64, 1000, bytes.len().max(1)] {
+                let (r, st) = run_with(bytes, chunk, copying);
+                check(&r, st);
+            }
         }
     }
 
