@@ -7,6 +7,7 @@
 use crate::hub::frame::{Frame, SharedFrame};
 use crate::shard::outq::{BufPool, OutQueue};
 use crate::ws::frame::{encode_frame_into, encode_header, unmask_into, MAX_SERVER_HEADER_LEN};
+use crate::ws::handshake::Target;
 use crate::ws::session::{Handler, MessageKind};
 use crate::ws::OpCode;
 
@@ -19,6 +20,17 @@ pub enum Route {
     Broadcast,
 }
 
+/// A plain HTTP resource for operators and load balancers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// `GET /healthz`: 200 while the process serves requests at all.
+    Health,
+    /// `GET /readyz`: 200 once every core listens, 503 once draining.
+    Ready,
+    /// `GET /metrics`: every core's counters, Prometheus text format.
+    Metrics,
+}
+
 impl Route {
     /// Maps a request path to an endpoint.
     pub fn from_path(path: &str) -> Option<Route> {
@@ -26,6 +38,16 @@ impl Route {
             "/echo" => Some(Route::Echo),
             "/broadcast" => Some(Route::Broadcast),
             _ => None,
+        }
+    }
+
+    /// Maps a request path to a WebSocket endpoint or an HTTP resource.
+    pub fn target(path: &str) -> Option<Target<Route, Resource>> {
+        match path {
+            "/healthz" => Some(Target::Http(Resource::Health)),
+            "/readyz" => Some(Target::Http(Resource::Ready)),
+            "/metrics" => Some(Target::Http(Resource::Metrics)),
+            _ => Route::from_path(path).map(Target::WebSocket),
         }
     }
 }

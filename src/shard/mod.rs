@@ -15,6 +15,7 @@
 //! nothing here can leak to another core.
 
 pub mod conn;
+pub mod metrics;
 pub mod outq;
 
 use std::collections::VecDeque;
@@ -28,13 +29,13 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 use tracing::{debug, info, warn};
 
-use crate::app::{ConnIo, MsgStats, Route};
+use crate::app::{ConnIo, MsgStats, Resource, Route};
 use crate::hub::mesh::{self, Doorbells, Mesh};
 use crate::hub::Hub;
 use crate::io::bufring::BufRing;
 use crate::io::ring::Ring;
 use crate::runtime::timer::TimerWheel;
-use crate::ws::handshake::{self, Refusal};
+use crate::ws::handshake::{self, Refusal, Request};
 use crate::ws::{CloseCode, Limits, Session, State};
 use conn::{token, untoken, Conn, ConnKey, Op, Phase, SendMsg, Slab};
 use outq::BufPool;
@@ -60,6 +61,8 @@ pub struct ShardConfig {
 pub struct Control {
     pub shutdown: AtomicBool,
     pub bells: Doorbells,
+    /// Each core's published counters (written only by that core).
+    pub metrics: Box<[metrics::CoreMetrics]>,
 }
 
 impl Control {
@@ -68,7 +71,19 @@ impl Control {
         Arc::new(Control {
             shutdown: AtomicBool::new(false),
             bells: mesh::doorbells(cores),
+            metrics: (0..cores)
+                .map(|_| metrics::CoreMetrics::default())
+                .collect(),
         })
+    }
+
+    /// Ready for traffic: every core listens and no shutdown has begun.
+    pub fn ready(&self) -> bool {
+        !self.shutdown.load(Ordering::Relaxed)
+            && self
+                .metrics
+                .iter()
+                .all(|m| m.listening.load(Ordering::Relaxed))
     }
 
     /// Asks every core to shut down and wakes the ones that sleep.
@@ -94,6 +109,8 @@ pub struct Stats {
     pub sends: u64,
     pub enters: u64,
     pub turns: u64,
+    /// Plain HTTP requests answered (health, readiness, metrics).
+    pub http_requests: u64,
 }
 
 /// One core's state. Owned by its loop task.
@@ -187,6 +204,9 @@ impl Shard {
         };
         shard.ring.arm_wake_poll(token(Op::Wake, ACCEPT))?;
         shard.arm_accept()?;
+        shard.control.metrics[id]
+            .listening
+            .store(true, Ordering::Relaxed);
         Ok(shard)
     }
 
@@ -265,6 +285,7 @@ impl Shard {
             self.recycled = false;
         }
         self.rearm_recvs();
+        self.publish_metrics();
         self.flush()?;
         self.timers();
         if let Some(m) = &mut self.mesh {
@@ -520,11 +541,12 @@ impl Shard {
                 Phase::Handshake(head) => {
                     let max = cfg.max_header_bytes;
                     if head.is_empty() {
-                        match handshake::parse_request(data, max, Route::from_path) {
-                            Ok(Some(up)) => {
+                        match handshake::parse_any(data, max, Route::target) {
+                            Ok(Some(Request::Upgrade(up))) => {
                                 let from = up.head_len;
                                 DataOutcome::Upgrade(up, from)
                             }
+                            Ok(Some(Request::Get { resource, .. })) => DataOutcome::Http(resource),
                             Ok(None) => {
                                 head.extend_from_slice(data);
                                 DataOutcome::Nothing
@@ -535,11 +557,12 @@ impl Shard {
                         // The head came in pieces; it stays bounded because
                         // the parser refuses anything reaching `max` (431).
                         head.extend_from_slice(data);
-                        match handshake::parse_request(head, max, Route::from_path) {
-                            Ok(Some(up)) => {
+                        match handshake::parse_any(head, max, Route::target) {
+                            Ok(Some(Request::Upgrade(up))) => {
                                 let after_head = head.len() - up.head_len;
                                 DataOutcome::Upgrade(up, len - after_head)
                             }
+                            Ok(Some(Request::Get { resource, .. })) => DataOutcome::Http(resource),
                             Ok(None) => DataOutcome::Nothing,
                             Err(r) => DataOutcome::Refuse(r),
                         }
@@ -563,8 +586,46 @@ impl Shard {
             }
             DataOutcome::Upgrade(up, rest_from) => self.upgrade(key, up, chunk, rest_from),
             DataOutcome::Refuse(r) => self.refuse(key, r),
+            DataOutcome::Http(resource) => self.answer_http(key, resource),
             DataOutcome::Nothing => {}
         }
+    }
+
+    /// Answers a plain HTTP resource and closes the connection after it
+    /// (anything the client sent after the request head is ignored).
+    fn answer_http(&mut self, key: ConnKey, resource: Resource) {
+        self.stats.http_requests += 1;
+        // The scrape includes this core's latest counts.
+        self.publish_metrics();
+        let control = &self.control;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.write_with(&mut self.pool, |v| match resource {
+            Resource::Health => handshake::write_ok("text/plain; charset=utf-8", b"ok\n", v),
+            Resource::Ready if control.ready() => {
+                handshake::write_ok("text/plain; charset=utf-8", b"ready\n", v)
+            }
+            Resource::Ready => Refusal {
+                status: 503,
+                reason: "not ready: starting or draining",
+            }
+            .write_response(v),
+            Resource::Metrics => handshake::write_ok(
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(&control.metrics).as_bytes(),
+                v,
+            ),
+        });
+        self.linger(key);
+    }
+
+    /// Copies this core's counters where a scrape on any core can read them.
+    fn publish_metrics(&self) {
+        let mut s = self.stats;
+        s.messages_in = self.msg_stats.messages_in;
+        s.bytes_in = self.msg_stats.bytes_in;
+        self.control.metrics[self.id].publish(&s, self.conns.len());
     }
 
     fn upgrade(
@@ -946,6 +1007,9 @@ impl Shard {
     fn begin_drain(&mut self) {
         let deadline = Instant::now() + self.cfg.shutdown_grace;
         self.drain_deadline = Some(deadline);
+        self.control.metrics[self.id]
+            .listening
+            .store(false, Ordering::Relaxed);
         info!(
             core = self.id,
             connections = self.conns.len(),
@@ -981,6 +1045,7 @@ enum DataOutcome {
         overflowed: bool,
     },
     Upgrade(handshake::Upgrade<Route>, usize),
+    Http(Resource),
     Refuse(Refusal),
 }
 

@@ -137,6 +137,37 @@ pub fn parse_request<R>(
     max_head: usize,
     route: impl FnOnce(&str) -> Option<R>,
 ) -> Result<Option<Upgrade<R>>, Refusal> {
+    match parse_any::<R, ()>(buf, max_head, |p| route(p).map(Target::WebSocket))? {
+        Some(Request::Upgrade(up)) => Ok(Some(up)),
+        _ => Ok(None),
+    }
+}
+
+/// What a request path names: a WebSocket endpoint, or a plain HTTP `GET`
+/// resource (health, readiness, metrics) answered without upgrading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<W, H> {
+    WebSocket(W),
+    Http(H),
+}
+
+/// A complete, valid request head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<W, H> {
+    /// A WebSocket upgrade: answer 101.
+    Upgrade(Upgrade<W>),
+    /// A plain `GET` of an HTTP resource; the head is `head_len` bytes.
+    Get { resource: H, head_len: usize },
+}
+
+/// Parses a request head that may name a WebSocket endpoint or a plain
+/// HTTP resource (see [`Target`]); upgrade requests are checked exactly as
+/// [`parse_request`] checks them.
+pub fn parse_any<R, H>(
+    buf: &[u8],
+    max_head: usize,
+    route: impl FnOnce(&str) -> Option<Target<R, H>>,
+) -> Result<Option<Request<R, H>>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -162,7 +193,11 @@ pub fn parse_request<R>(
         return Err(refuse(400, "WebSocket upgrade requires HTTP/1.1"));
     }
     let path = target_path(req.path.unwrap_or("/"));
-    let route = route(path).ok_or(refuse(404, "no WebSocket endpoint at this path"))?;
+    let route = match route(path) {
+        Some(Target::WebSocket(r)) => r,
+        Some(Target::Http(resource)) => return Ok(Some(Request::Get { resource, head_len })),
+        None => return Err(refuse(404, "no WebSocket endpoint at this path")),
+    };
 
     let mut upgrade = false;
     let mut connection = false;
@@ -215,11 +250,24 @@ pub fn parse_request<R>(
     if body {
         return Err(refuse(400, "an upgrade request must not have a body"));
     }
-    Ok(Some(Upgrade {
+    Ok(Some(Request::Upgrade(Upgrade {
         route,
         accept: accept_key(key),
         head_len,
-    }))
+    })))
+}
+
+/// Appends a complete `200 OK` response with `body`, closing the connection
+/// after it (plain HTTP resources are one request per connection).
+pub fn write_ok(content_type: &str, body: &[u8], out: &mut Vec<u8>) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    out.extend_from_slice(body);
 }
 
 #[cfg(test)]
@@ -230,6 +278,39 @@ mod tests {
 
     fn route(p: &str) -> Option<u8> {
         (p == "/echo").then_some(1)
+    }
+
+    #[test]
+    fn plain_get_resources_skip_the_upgrade_checks() {
+        let route = |p: &str| match p {
+            "/healthz" => Some(Target::Http(7u16)),
+            "/echo" => Some(Target::WebSocket(1u8)),
+            _ => None,
+        };
+        let req = "GET /healthz?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_any(req.as_bytes(), 8192, route),
+            Ok(Some(Request::Get {
+                resource: 7,
+                head_len: req.len()
+            }))
+        );
+        // Still HTTP: wrong method or version is refused as before.
+        let post = "POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_any(post.as_bytes(), 8192, route).unwrap_err().status,
+            405
+        );
+        assert!(matches!(
+            parse_any(OK.as_bytes(), 8192, route),
+            Ok(Some(Request::Upgrade(_)))
+        ));
+        let mut out = Vec::new();
+        write_ok("text/plain", b"ok\n", &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+        );
     }
 
     fn parse(s: &str) -> Result<Option<Upgrade<u8>>, Refusal> {
