@@ -33,20 +33,11 @@ pub struct CoreMetrics {
     http_requests: AtomicU64,
 }
 
-/// A consistent-enough copy of one core's counters.
-#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+/// A copy of one core's published counters.
+#[derive(Default, Debug, Clone, Copy)]
 pub struct Snapshot {
     pub connections: u64,
-    pub accepted: u64,
-    pub upgraded: u64,
-    pub refused: u64,
-    pub closed: u64,
-    pub messages_in: u64,
-    pub bytes_in: u64,
-    pub deliveries: u64,
-    pub sends: u64,
-    pub slow_consumer_closes: u64,
-    pub http_requests: u64,
+    pub stats: Stats,
 }
 
 impl CoreMetrics {
@@ -73,16 +64,19 @@ impl CoreMetrics {
         let r = Ordering::Relaxed;
         Snapshot {
             connections: self.connections.load(r),
-            accepted: self.accepted.load(r),
-            upgraded: self.upgraded.load(r),
-            refused: self.refused.load(r),
-            closed: self.closed.load(r),
-            messages_in: self.messages_in.load(r),
-            bytes_in: self.bytes_in.load(r),
-            deliveries: self.deliveries.load(r),
-            sends: self.sends.load(r),
-            slow_consumer_closes: self.slow_consumer_closes.load(r),
-            http_requests: self.http_requests.load(r),
+            stats: Stats {
+                accepted: self.accepted.load(r),
+                upgraded: self.upgraded.load(r),
+                refused: self.refused.load(r),
+                closed: self.closed.load(r),
+                messages_in: self.messages_in.load(r),
+                bytes_in: self.bytes_in.load(r),
+                deliveries: self.deliveries.load(r),
+                sends: self.sends.load(r),
+                slow_consumer_closes: self.slow_consumer_closes.load(r),
+                http_requests: self.http_requests.load(r),
+                ..Stats::default()
+            },
         }
     }
 }
@@ -107,7 +101,7 @@ const FAMILIES: &[Family] = &[
         name: "ringcast_accepted_total",
         kind: "counter",
         help: "TCP connections accepted.",
-        series: |s| vec![("", s.accepted)],
+        series: |s| vec![("", s.stats.accepted)],
     },
     Family {
         name: "ringcast_handshakes_total",
@@ -115,9 +109,9 @@ const FAMILIES: &[Family] = &[
         help: "Opening handshakes by outcome (plain HTTP requests count as http).",
         series: |s| {
             vec![
-                ("outcome=\"upgraded\"", s.upgraded),
-                ("outcome=\"refused\"", s.refused),
-                ("outcome=\"http\"", s.http_requests),
+                ("outcome=\"upgraded\"", s.stats.upgraded),
+                ("outcome=\"refused\"", s.stats.refused),
+                ("outcome=\"http\"", s.stats.http_requests),
             ]
         },
     },
@@ -125,37 +119,37 @@ const FAMILIES: &[Family] = &[
         name: "ringcast_closed_total",
         kind: "counter",
         help: "Connections closed and released.",
-        series: |s| vec![("", s.closed)],
+        series: |s| vec![("", s.stats.closed)],
     },
     Family {
         name: "ringcast_messages_in_total",
         kind: "counter",
         help: "Complete data messages received from clients.",
-        series: |s| vec![("", s.messages_in)],
+        series: |s| vec![("", s.stats.messages_in)],
     },
     Family {
         name: "ringcast_bytes_in_total",
         kind: "counter",
         help: "Payload bytes of the data messages received from clients.",
-        series: |s| vec![("", s.bytes_in)],
+        series: |s| vec![("", s.stats.bytes_in)],
     },
     Family {
         name: "ringcast_deliveries_total",
         kind: "counter",
         help: "Broadcast messages queued to a local subscriber.",
-        series: |s| vec![("", s.deliveries)],
+        series: |s| vec![("", s.stats.deliveries)],
     },
     Family {
         name: "ringcast_sends_total",
         kind: "counter",
         help: "Send operations submitted (each coalesces everything queued for a connection).",
-        series: |s| vec![("", s.sends)],
+        series: |s| vec![("", s.stats.sends)],
     },
     Family {
         name: "ringcast_slow_consumer_closes_total",
         kind: "counter",
         help: "Connections closed with 1008 because their send backlog passed the bound.",
-        series: |s| vec![("", s.slow_consumer_closes)],
+        series: |s| vec![("", s.stats.slow_consumer_closes)],
     },
 ];
 
