@@ -65,6 +65,70 @@ pub struct Config {
     #[arg(long, default_value_t = 64 * 1024)]
     pub recv_buffer_size: usize,
 
+    /// Base heartbeat interval in seconds. A connection's ping interval is
+    /// `base * 0.5 + rtt * 2`, clamped to [--ping-min, --ping-max].
+    #[arg(long, default_value_t = 30.0, value_parser = parse_seconds)]
+    pub ping_interval: f64,
+
+    /// Shortest heartbeat interval, seconds (also the retry delay after a
+    /// missed pong).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub ping_min: f64,
+
+    /// Longest heartbeat interval, seconds.
+    #[arg(long, default_value_t = 120.0, value_parser = parse_seconds)]
+    pub ping_max: f64,
+
+    /// Close a WebSocket connection that sent no message for this many
+    /// seconds (pongs do not count). 0 disables it: heartbeats already find
+    /// dead peers, and a pure subscriber may never send anything.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_seconds)]
+    pub idle_timeout: f64,
+
+    /// Seconds between SIGTERM and the start of the drain, during which
+    /// `/readyz` already answers 503 so a load balancer stops sending
+    /// traffic while open connections are still served.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_seconds)]
+    pub drain_delay: f64,
+
+    /// HS256 secret: when set, every WebSocket upgrade needs a valid JWT
+    /// (`?token=` or `Authorization: Bearer`), else 401.
+    #[arg(long, env = "RINGCAST_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// Origins allowed to open WebSockets (comma-separated, exact match,
+    /// e.g. `https://app.example.com`); others get 403. Default: any.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Key for the publish API (`Authorization: Bearer KEY` or
+    /// `X-Api-Key: KEY`). Without it the API answers 403.
+    #[arg(long, env = "RINGCAST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Largest HTTP request body accepted by the API, in bytes (else 413).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most WebSocket connections in total (each core takes its share);
+    /// over it, upgrades get 503. 0: no limit but the descriptor limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Messages per second one connection may send (token bucket); a
+    /// client over it is closed with 1008. 0: no limit.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_msgs_per_sec: f64,
+
+    /// Burst the rate limit allows above --max-msgs-per-sec (bucket size).
+    /// 0: one second's worth.
+    #[arg(long, default_value_t = 0.0)]
+    pub msg_burst: f64,
+
+    /// Channels one `/ws` connection may subscribe to at once.
+    #[arg(long, default_value_t = 100)]
+    pub max_subscriptions: usize,
+
     /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
     #[arg(long)]
     pub log: Option<String>,
