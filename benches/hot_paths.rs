@@ -21,10 +21,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::app::{ConnIo, MsgStats, Route};
+use ringcast::app::{ConnIo, Env, MsgStats, Policy, Route};
+use ringcast::hub::channels::Channels;
 use ringcast::hub::frame::{Frame, SharedFrame};
 use ringcast::hub::Hub;
-use ringcast::shard::conn::{Conn, Slab};
+use ringcast::shard::conn::{Conn, ConnCtl, ConnKey, Slab};
+use ringcast::shard::heartbeat;
 use ringcast::shard::outq::{BufPool, OutQueue, MAX_IOV};
 use ringcast::ws::frame::{
     apply_mask, encode_client_frame, encode_frame_into, parse_header, OpCode,
@@ -94,15 +96,33 @@ fn frame_parse_unmask(c: &mut Criterion) {
 
         // Untimed check that this really is the echo path: 16 messages in,
         // 16 unmasked 34-byte frames queued in one coalesced buffer.
-        let mut io = ConnIo::new(
-            Route::Echo,
-            &mut out,
-            &mut pool,
-            &mut outbox,
-            &mut stats,
-            usize::MAX,
-        );
-        assert_eq!(session.feed(&mut buf, &mut io), State::Open);
+        let mut channels = Channels::new(0, 1);
+        let mut scratch = Vec::new();
+        let policy = Policy {
+            max_queue: usize::MAX,
+            rate_per_us: 0.0,
+            burst: 1.0,
+            max_subscriptions: 0,
+            heartbeat: heartbeat::Policy {
+                base_us: 30_000_000,
+                min_us: 10_000_000,
+                max_us: 120_000_000,
+            },
+        };
+        let mut ctl = ConnCtl::default();
+        let key = ConnKey { idx: 0, gen: 0 };
+        {
+            let mut env = Env {
+                outbox: &mut outbox,
+                channels: &mut channels,
+                stats: &mut stats,
+                scratch: &mut scratch,
+                policy: &policy,
+                now_us: 0,
+            };
+            let mut io = ConnIo::new(Route::Echo, key, &mut out, &mut ctl, &mut pool, &mut env);
+            assert_eq!(session.feed(&mut buf, &mut io), State::Open);
+        }
         assert_eq!(stats.messages_in, 16);
         assert_eq!(out.queued_bytes(), 16 * 34);
         assert_eq!(out.prepare_send(&mut iov), 1);
@@ -113,14 +133,15 @@ fn frame_parse_unmask(c: &mut Criterion) {
             // copy, like the kernel's copy into a receive buffer; measured on
             // its own as `refill_copy_608B` below).
             buf.copy_from_slice(&read);
-            let mut io = ConnIo::new(
-                Route::Echo,
-                &mut out,
-                &mut pool,
-                &mut outbox,
-                &mut stats,
-                usize::MAX,
-            );
+            let mut env = Env {
+                outbox: &mut outbox,
+                channels: &mut channels,
+                stats: &mut stats,
+                scratch: &mut scratch,
+                policy: &policy,
+                now_us: 0,
+            };
+            let mut io = ConnIo::new(Route::Echo, key, &mut out, &mut ctl, &mut pool, &mut env);
             session.feed(&mut buf, &mut io);
             // Drain the queue as a completed send would (the buffer goes back
             // to the pool, as in the server).

@@ -1,11 +1,22 @@
 //! The `ringcast` server binary.
 
-use clap::Parser;
-use ringcast::config::Config;
+use std::io::Write;
+
+use ringcast::config::{self, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cfg = Config::parse();
+    let cfg = match config::load() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            std::process::exit(2);
+        }
+    };
+    if cfg.print_config {
+        print_config(&cfg);
+        return;
+    }
     let filter = match &cfg.log {
         Some(level) => EnvFilter::try_new(level),
         None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
@@ -28,5 +39,20 @@ fn main() {
             eprintln!("ringcast: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// `--print-config`. A reader that stops early (`| head`) is not an error.
+fn print_config(cfg: &Config) {
+    let written = cfg.to_toml().and_then(|text| {
+        let result = std::io::stdout().write_all(text.as_bytes());
+        match result {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    });
+    if let Err(e) = written {
+        eprintln!("ringcast: {e}");
+        std::process::exit(1);
     }
 }

@@ -16,18 +16,31 @@ pub struct SharedFrame(Arc<[u8]>);
 impl SharedFrame {
     /// Encodes `payload` as one unfragmented frame: one allocation, one copy.
     pub fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
+        SharedFrame::encode_parts(opcode, &[payload])
+    }
+
+    /// Encodes the concatenation of `parts` as one frame's payload (a
+    /// channel message wraps the client's payload in its envelope this way:
+    /// the payload is copied once, straight into the shared frame).
+    pub fn encode_parts(opcode: OpCode, parts: &[&[u8]]) -> SharedFrame {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut hdr = [0u8; MAX_SERVER_HEADER_LEN];
-        let h = encode_header(opcode, payload.len(), &mut hdr);
-        let mut bytes = Arc::<[u8]>::new_uninit_slice(h + payload.len());
+        let h = encode_header(opcode, len, &mut hdr);
+        let mut bytes = Arc::<[u8]>::new_uninit_slice(h + len);
         let dst = Arc::get_mut(&mut bytes)
             .expect("a fresh Arc is unique")
             .as_mut_ptr()
             .cast::<u8>();
-        // SAFETY: `dst` points at h + payload.len() writable bytes; the two
-        // copies fill all of them, so the slice is initialised afterwards.
+        // SAFETY: `dst` points at h + len writable bytes; the header and the
+        // parts (len bytes in total) fill all of them, so the slice is
+        // initialised afterwards.
         unsafe {
             std::ptr::copy_nonoverlapping(hdr.as_ptr(), dst, h);
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(h), payload.len());
+            let mut at = h;
+            for p in parts {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len());
+                at += p.len();
+            }
             SharedFrame(bytes.assume_init())
         }
     }
@@ -87,5 +100,7 @@ mod tests {
         let big = SharedFrame::encode(OpCode::Binary, &vec![9u8; 70_000]);
         assert_eq!(big.bytes().len(), 10 + 70_000);
         assert_eq!(big.bytes()[1], 127);
+        let parts = SharedFrame::encode_parts(OpCode::Text, &[b"{\"a\":", b"1", b"}"]);
+        assert_eq!(parts.bytes(), b"\x81\x07{\"a\":1}");
     }
 }

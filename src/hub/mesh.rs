@@ -10,8 +10,10 @@
 //! which a busy core only runs when preempted. Reading the rings from the
 //! loop delivers remote frames in the very pass they arrive.
 //!
-//! Frames cross as [`SharedFrame`] (an `Arc` of the encoded bytes): one
-//! reference per receiving core, never a copy. A core that is about to sleep
+//! What crosses is a [`MeshMsg`]: frames as a `SharedFrame` (an `Arc` of
+//! the encoded bytes, one reference per receiving core, never a copy), and
+//! the small control messages that keep each core's view of which cores
+//! subscribe to which channel current. A core that is about to sleep
 //! raises its `sleeping` flag and re-checks its inbound rings; a producer
 //! that pushed to it lowers the flag and writes the core's eventfd once. A
 //! busy core costs producers one read of that flag per pass, not a syscall.
@@ -26,7 +28,8 @@ use std::sync::Arc;
 
 use glommio::channels::spsc_queue::{self, Consumer, Producer};
 
-use super::frame::{Frame, SharedFrame};
+use super::frame::Frame;
+use super::MeshMsg;
 
 /// Slots in each SPSC ring.
 pub const RING_CAPACITY: usize = 8192;
@@ -89,8 +92,8 @@ pub fn doorbells(cores: usize) -> Doorbells {
 /// core's executor.
 pub struct Links {
     me: usize,
-    to: Vec<(usize, Producer<SharedFrame>)>,
-    from: Vec<Consumer<SharedFrame>>,
+    to: Vec<(usize, Producer<MeshMsg>)>,
+    from: Vec<Consumer<MeshMsg>>,
 }
 
 /// Builds the full mesh for `cores` cores: `cores * (cores - 1)` rings.
@@ -114,8 +117,8 @@ pub fn build(cores: usize) -> Vec<Links> {
 
 struct Peer {
     core: usize,
-    ring: Producer<SharedFrame>,
-    backlog: VecDeque<SharedFrame>,
+    ring: Producer<MeshMsg>,
+    backlog: VecDeque<MeshMsg>,
     /// Pushed to since the last doorbell check.
     pushed: bool,
 }
@@ -124,7 +127,7 @@ struct Peer {
 pub struct Mesh {
     me: usize,
     peers: Vec<Peer>,
-    from: Vec<Consumer<SharedFrame>>,
+    from: Vec<Consumer<MeshMsg>>,
     bells: Doorbells,
     backlog_high_water: usize,
     counters: MeshCounters,
@@ -164,24 +167,40 @@ impl Mesh {
         }
     }
 
-    /// Sends frames published on this core to every other core, in order.
+    /// Sends `/broadcast` frames published on this core to every other
+    /// core, in order.
     pub fn send(&mut self, frames: &[Frame]) {
         if frames.is_empty() {
             return;
         }
-        for peer in &mut self.peers {
+        for i in 0..self.peers.len() {
             for f in frames {
-                if !peer.backlog.is_empty() {
-                    peer.backlog.push_back(f.share());
-                } else if let Some(back) = peer.ring.try_push(f.share()) {
-                    peer.backlog.push_back(back);
-                } else {
-                    peer.pushed = true;
-                    self.counters.pushed += 1;
-                }
+                self.push_to_peer(i, MeshMsg::Broadcast(f.share()));
             }
-            self.backlog_high_water = self.backlog_high_water.max(peer.backlog.len());
         }
+    }
+
+    /// Sends one message to one other core (behind anything already
+    /// waiting for that core, so per-pair order holds).
+    pub fn send_to(&mut self, core: usize, msg: MeshMsg) {
+        debug_assert_ne!(core, self.me);
+        let i = if core < self.me { core } else { core - 1 };
+        if i < self.peers.len() {
+            self.push_to_peer(i, msg);
+        }
+    }
+
+    fn push_to_peer(&mut self, i: usize, msg: MeshMsg) {
+        let peer = &mut self.peers[i];
+        if !peer.backlog.is_empty() {
+            peer.backlog.push_back(msg);
+        } else if let Some(back) = peer.ring.try_push(msg) {
+            peer.backlog.push_back(back);
+        } else {
+            peer.pushed = true;
+            self.counters.pushed += 1;
+        }
+        self.backlog_high_water = self.backlog_high_water.max(peer.backlog.len());
     }
 
     /// Moves backlogged frames into rings that have room again. Returns
@@ -226,13 +245,13 @@ impl Mesh {
         }
     }
 
-    /// Moves frames from other cores into `inbox`, each wrapped once for
-    /// local fan-out. Returns how many arrived.
-    pub fn receive(&mut self, inbox: &mut Vec<Frame>) -> usize {
+    /// Moves messages from other cores into `inbox`, in the order each
+    /// core sent them. Returns how many arrived.
+    pub fn receive(&mut self, inbox: &mut Vec<MeshMsg>) -> usize {
         let before = inbox.len();
         for c in &self.from {
-            while let Some(f) = c.try_pop() {
-                inbox.push(Frame::new(f));
+            while let Some(m) = c.try_pop() {
+                inbox.push(m);
             }
         }
         let n = inbox.len() - before;
@@ -243,7 +262,7 @@ impl Mesh {
     /// Announces that this core is about to sleep. Returns `false` (and
     /// withdraws the announcement) if frames arrived meanwhile; they are in
     /// `inbox` then.
-    pub fn announce_sleep(&mut self, inbox: &mut Vec<Frame>) -> bool {
+    pub fn announce_sleep(&mut self, inbox: &mut Vec<MeshMsg>) -> bool {
         self.bells[self.me].sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.receive(inbox) > 0 {
@@ -282,6 +301,7 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::frame::SharedFrame;
     use crate::ws::OpCode;
 
     #[test]
@@ -307,7 +327,13 @@ mod tests {
         b.receive(&mut inbox);
         assert_eq!(inbox.len(), frames.len());
         for (i, f) in inbox.iter().enumerate() {
-            assert!(f.same_bytes(&frames[i]), "frame {i} copied or reordered");
+            let MeshMsg::Broadcast(f) = f else {
+                panic!("frame {i}: not a broadcast");
+            };
+            assert!(
+                Frame::new(f.share()).same_bytes(&frames[i]),
+                "frame {i} copied or reordered"
+            );
         }
     }
 

@@ -7,12 +7,46 @@
 //! cores: one push per frame into each peer's SPSC ring of glommio's channel
 //! mesh. Nothing here is shared with another core except those rings.
 
+pub mod channels;
 pub mod frame;
 pub mod mesh;
 
-use frame::Frame;
+use std::sync::Arc;
+
+use frame::{Frame, SharedFrame};
 
 use crate::shard::conn::{Conn, ConnKey, Slab};
+
+/// What one core sends another through its SPSC ring. Channel names travel
+/// as `Arc<str>` so a name is allocated once per core that holds it, and
+/// frames as [`SharedFrame`]s, encoded once on the publishing core.
+pub enum MeshMsg {
+    /// A `/broadcast` frame for every `/broadcast` client.
+    Broadcast(SharedFrame),
+    /// A channel message for this core's subscribers of `channel`. Sent only
+    /// to cores that announced interest in it.
+    Publish {
+        channel: Arc<str>,
+        frame: SharedFrame,
+    },
+    /// Core `from` now has (`on`) or no longer has local subscribers of
+    /// `channel`; an `on` is answered with [`MeshMsg::InterestAck`].
+    Interest {
+        channel: Arc<str>,
+        from: u16,
+        on: bool,
+    },
+    /// Core `from` has recorded an interest announcement: any publish it
+    /// handles from now on reaches the announcing core.
+    InterestAck { channel: Arc<str>, from: u16 },
+    /// `GET /api/channels`: core `from` asks for this core's channels.
+    ChannelsQuery { from: u16, query: u32 },
+    /// The answer: every channel with local subscribers, and how many.
+    ChannelsReply {
+        query: u32,
+        channels: Vec<(Arc<str>, u32)>,
+    },
+}
 
 /// Local subscribers and the frames waiting for them.
 #[derive(Default)]

@@ -5,6 +5,7 @@ pub mod limits;
 pub mod timer;
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use crate::app::Policy;
 use crate::config::Config;
 use crate::hub::mesh;
-use crate::shard::{Control, Shard, ShardConfig, Stats};
+use crate::shard::{heartbeat, Control, Shard, ShardConfig, Stats};
 use crate::ws::Limits;
 
 /// glommio reserves this much registered memory per executor for its own
@@ -39,8 +41,38 @@ impl Config {
             shutdown_grace: self.grace(),
             recv_buffers: self.recv_buffers,
             recv_buffer_size: self.recv_buffer_size,
+            policy: Policy {
+                max_queue: self.max_send_queue_bytes,
+                rate_per_us: self.max_msgs_per_sec / 1e6,
+                burst: if self.msg_burst > 0.0 {
+                    self.msg_burst as f32
+                } else {
+                    self.max_msgs_per_sec.max(1.0) as f32
+                },
+                max_subscriptions: self.max_subscriptions,
+                heartbeat: heartbeat::Policy {
+                    base_us: micros(self.ping_interval),
+                    min_us: micros(self.ping_min),
+                    max_us: micros(self.ping_max),
+                },
+            },
+            idle_timeout: (self.idle_timeout > 0.0)
+                .then(|| Duration::from_secs_f64(self.idle_timeout)),
+            max_connections: self.max_connections,
+            cores: 1,
+            verifier: self
+                .auth_secret
+                .as_ref()
+                .map(|s| crate::app::auth::Verifier::new(s.as_bytes())),
+            allowed_origins: self.allowed_origins.clone(),
+            api_key: self.api_key.clone(),
+            max_body_bytes: self.max_body_bytes,
         }
     }
+}
+
+fn micros(seconds: f64) -> u64 {
+    (seconds * 1e6) as u64
 }
 
 /// Runs the server until SIGINT/SIGTERM and a completed drain. Returns the
@@ -50,6 +82,7 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     let n = cpus.len();
     limits::raise_nofile();
     let mut shard_cfg = cfg.shard_config();
+    shard_cfg.cores = n;
     // Port 0: pick one port for all cores. The placeholder holds it (bound,
     // never listening, so it receives nothing) until every core has bound.
     let placeholder = if cfg.listen.port() == 0 {
@@ -65,7 +98,7 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     // Before any core starts and before the startup line: a signal that
     // arrives as soon as someone sees "listening" must reach our handler,
     // not the default action (which kills the process without close frames).
-    spawn_signal_thread(control.clone())?;
+    spawn_signal_thread(control.clone(), Duration::from_secs_f64(cfg.drain_delay))?;
     let mut links: Vec<Option<mesh::Links>> = if n > 1 {
         mesh::build(n).into_iter().map(Some).collect()
     } else {
@@ -162,9 +195,10 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     }
 }
 
-/// First SIGINT/SIGTERM drains (close 1001, wait up to the grace period);
-/// a second one exits at once.
-fn spawn_signal_thread(control: Arc<Control>) -> Result<(), String> {
+/// First SIGINT/SIGTERM drains: `/readyz` turns 503 at once, then after
+/// `--drain-delay` every connection is closed with 1001 (waiting up to the
+/// grace period). A second signal exits at once.
+fn spawn_signal_thread(control: Arc<Control>, drain_delay: Duration) -> Result<(), String> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("installing signal handlers: {e}"))?;
     std::thread::Builder::new()
@@ -174,11 +208,32 @@ fn spawn_signal_thread(control: Arc<Control>) -> Result<(), String> {
             for sig in signals.forever() {
                 seen += 1;
                 if seen == 1 {
-                    info!(
-                        signal = sig,
-                        "shutting down: no new connections, closing open ones with 1001"
-                    );
-                    control.request_shutdown();
+                    // Readiness flips first, so a load balancer stops
+                    // routing here while open connections are still served.
+                    control.draining.store(true, Ordering::SeqCst);
+                    if drain_delay.is_zero() {
+                        info!(
+                            signal = sig,
+                            "shutting down: no new connections, closing open ones with 1001"
+                        );
+                        control.request_shutdown();
+                    } else {
+                        info!(
+                            signal = sig,
+                            "draining: /readyz answers 503; closing connections with 1001 in {:?}",
+                            drain_delay
+                        );
+                        let later = control.clone();
+                        let delayed = std::thread::Builder::new()
+                            .name("ringcast-drain".into())
+                            .spawn(move || {
+                                std::thread::sleep(drain_delay);
+                                later.request_shutdown();
+                            });
+                        if delayed.is_err() {
+                            control.request_shutdown();
+                        }
+                    }
                 } else {
                     warn!(signal = sig, "second signal: exiting without waiting");
                     std::process::exit(130);

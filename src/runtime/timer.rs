@@ -1,10 +1,11 @@
 //! A hashed timing wheel for per-connection deadlines.
 //!
-//! Handshake, close and linger timeouts (and later heartbeats) cost one
-//! entry in a slot vector per armed connection: no task, no timer object, no
-//! heap node each. Entries are cancelled lazily: a connection keeps its own
-//! deadline, and an entry that fires early for a deadline that moved later is
-//! simply re-inserted.
+//! Handshake, close and linger timeouts, heartbeats and idle timeouts cost
+//! one entry in a slot vector per connection: no task, no timer object, no
+//! heap node each. Entries are cancelled lazily: the owner remembers the
+//! tick of the one entry it counts on ([`TimerWheel::insert`] returns it)
+//! and ignores any other that fires; an entry that fires before anything is
+//! due just leads to the next one being inserted.
 
 use std::time::{Duration, Instant};
 
@@ -32,17 +33,20 @@ impl<K: Copy> TimerWheel<K> {
         }
     }
 
-    fn tick_of(&self, t: Instant) -> u64 {
+    /// The tick an entry for `t` would fire at.
+    pub fn tick_of(&self, t: Instant) -> u64 {
         // Round up so nothing fires before its deadline.
         let d = t.saturating_duration_since(self.start);
         (d.as_nanos().div_ceil(TICK.as_nanos())) as u64
     }
 
-    /// Schedules `key` to be reported at or after `deadline`.
-    pub fn insert(&mut self, deadline: Instant, key: K) {
+    /// Schedules `key` to be reported at or after `deadline`; returns the
+    /// entry's tick, which [`TimerWheel::advance`] reports with it.
+    pub fn insert(&mut self, deadline: Instant, key: K) -> u64 {
         let tick = self.tick_of(deadline).max(self.cursor);
         self.slots[(tick as usize) % SLOTS].push((tick, key));
         self.len += 1;
+        tick
     }
 
     /// Entries scheduled and not yet reported.
@@ -60,17 +64,17 @@ impl<K: Copy> TimerWheel<K> {
         (self.len > 0).then(|| self.start + TICK * self.cursor as u32)
     }
 
-    /// Reports every key whose tick has passed at `now`.
-    pub fn advance(&mut self, now: Instant, mut fire: impl FnMut(K)) {
+    /// Reports every entry (tick, key) whose tick has passed at `now`.
+    pub fn advance(&mut self, now: Instant, mut fire: impl FnMut(u64, K)) {
         let now_tick = self.tick_of(now);
         while self.cursor <= now_tick && self.len > 0 {
             let slot = &mut self.slots[(self.cursor as usize) % SLOTS];
             let mut i = 0;
             while i < slot.len() {
                 if slot[i].0 <= self.cursor {
-                    let (_, k) = slot.swap_remove(i);
+                    let (t, k) = slot.swap_remove(i);
                     self.len -= 1;
-                    fire(k);
+                    fire(t, k);
                 } else {
                     i += 1;
                 }
@@ -95,15 +99,15 @@ mod tests {
         w.insert(t0 + Duration::from_millis(10), 2);
         w.insert(t0 + Duration::from_secs(60), 3); // wraps the wheel
         let mut got = Vec::new();
-        w.advance(t0 + Duration::from_millis(60), |k| got.push(k));
+        w.advance(t0 + Duration::from_millis(60), |_, k| got.push(k));
         assert_eq!(got, vec![2]);
-        w.advance(t0 + Duration::from_millis(100), |k| got.push(k));
+        w.advance(t0 + Duration::from_millis(100), |_, k| got.push(k));
         assert_eq!(got, vec![2]);
-        w.advance(t0 + Duration::from_millis(150), |k| got.push(k));
+        w.advance(t0 + Duration::from_millis(150), |_, k| got.push(k));
         assert_eq!(got, vec![2, 1]);
-        w.advance(t0 + Duration::from_secs(59), |k| got.push(k));
+        w.advance(t0 + Duration::from_secs(59), |_, k| got.push(k));
         assert_eq!(got, vec![2, 1]);
-        w.advance(t0 + Duration::from_secs(61), |k| got.push(k));
+        w.advance(t0 + Duration::from_secs(61), |_, k| got.push(k));
         assert_eq!(got, vec![2, 1, 3]);
         assert!(w.is_empty());
         assert_eq!(w.next_wake(), None);

@@ -3,13 +3,14 @@
 use std::os::fd::RawFd;
 use std::time::Instant;
 
+use super::heartbeat::Beat;
 use super::outq::OutQueue;
-use crate::app::Route;
+use crate::app::{Route, WsConn};
 use crate::ws::Session;
 
 /// Identifies a connection across slot reuse: a completion for a closed
 /// connection never reaches the one that took its slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
     pub idx: u32,
     pub gen: u32,
@@ -106,10 +107,36 @@ pub struct Conn {
     pub dirty: bool,
     /// Shut down the write side once the queue is flushed.
     pub fin_after_flush: bool,
+    /// `100 Continue` was sent for the request body.
+    pub continue_sent: bool,
     /// Position in the hub's subscriber list, if subscribed.
     pub sub_slot: Option<u32>,
     /// When the current phase times out.
     pub deadline: Option<Instant>,
+    /// Tick of the timer-wheel entry this connection counts on
+    /// ([`NO_TICK`]: none); other entries for it are stale.
+    pub wheel_tick: u64,
+    /// What the endpoints and the heartbeat keep per open connection.
+    pub ctl: ConnCtl,
+}
+
+/// No timer-wheel entry.
+pub const NO_TICK: u64 = u64::MAX;
+
+/// Per-connection state of an open WebSocket beyond the protocol session.
+/// Times are microseconds on the core's clock.
+#[derive(Default)]
+pub struct ConnCtl {
+    /// Heartbeat state.
+    pub beat: Beat,
+    /// When the client last sent a data message (idle timeout).
+    pub last_msg_us: u64,
+    /// Rate-limit token bucket: tokens left and when it was refilled.
+    pub tokens: f32,
+    pub refill_us: u64,
+    /// `/ws` subscriptions and token claims; boxed so the other endpoints'
+    /// idle connections do not pay for them.
+    pub ws: Option<Box<WsConn>>,
 }
 
 impl Conn {
@@ -124,8 +151,11 @@ impl Conn {
             recv_armed: false,
             dirty: false,
             fin_after_flush: false,
+            continue_sent: false,
             sub_slot: None,
             deadline: Some(deadline),
+            wheel_tick: NO_TICK,
+            ctl: ConnCtl::default(),
         }
     }
 
@@ -198,6 +228,13 @@ impl Slab {
     /// Whether there are no live connections.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Calls `f` on every live connection.
+    pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
+        for c in self.slots.iter().filter_map(|s| s.conn.as_ref()) {
+            f(c);
+        }
     }
 
     /// Keys of all live connections.

@@ -1,36 +1,54 @@
 //! Per-core counters an operator can scrape, and the Prometheus text for
 //! them.
 //!
-//! Each core counts in plain integers on its own data path ([`super::Stats`])
-//! and copies them once per loop pass into its own [`CoreMetrics`]: a block of
-//! atomics on cache lines no other core writes. Relaxed stores of a few words
-//! per pass cost next to nothing and never contend; a scrape, served by
-//! whichever core accepted it, reads every core's block. Values are at most
-//! one pass old, and a pass publishes before the sends it queued are
-//! submitted, so a reply a client has seen is already counted.
+//! Each core counts in plain integers on its own data path ([`Stats`]) and
+//! copies them once per loop pass into its own [`CoreMetrics`]: a block of
+//! atomics on cache lines no other core writes. Relaxed stores of a few
+//! dozen words per pass cost next to nothing and never contend; a scrape,
+//! served by whichever core accepted it, reads every core's block. Values
+//! are at most one pass old, and a pass publishes before the sends it queued
+//! are submitted, so a reply a client has seen is already counted.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::Stats;
+use crate::app::RTT_BUCKETS_US;
+
+/// `Stats` is `repr(C)` and made only of `u64`s (and arrays of them), so it
+/// is exactly this many words with no padding.
+const WORDS: usize = std::mem::size_of::<Stats>() / 8;
+const _: () = assert!(std::mem::size_of::<Stats>() == WORDS * 8);
+const _: () = assert!(std::mem::align_of::<Stats>() == 8);
+
+fn words(s: &Stats) -> &[u64; WORDS] {
+    // SAFETY: Stats is repr(C), all u64 fields, size WORDS * 8, align 8
+    // (checked above), so it has the layout of [u64; WORDS].
+    unsafe { &*(s as *const Stats).cast::<[u64; WORDS]>() }
+}
+
+fn from_words(w: [u64; WORDS]) -> Stats {
+    // SAFETY: as in `words`; every bit pattern is a valid u64.
+    unsafe { std::mem::transmute::<[u64; WORDS], Stats>(w) }
+}
 
 /// One core's published counters.
 #[repr(align(128))]
-#[derive(Default)]
 pub struct CoreMetrics {
     /// The core's listener is bound and its accept is armed.
     pub listening: AtomicBool,
     connections: AtomicU64,
-    accepted: AtomicU64,
-    upgraded: AtomicU64,
-    refused: AtomicU64,
-    closed: AtomicU64,
-    messages_in: AtomicU64,
-    bytes_in: AtomicU64,
-    deliveries: AtomicU64,
-    sends: AtomicU64,
-    slow_consumer_closes: AtomicU64,
-    http_requests: AtomicU64,
+    stats: [AtomicU64; WORDS],
+}
+
+impl Default for CoreMetrics {
+    fn default() -> CoreMetrics {
+        CoreMetrics {
+            listening: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            stats: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// A copy of one core's published counters.
@@ -46,17 +64,9 @@ impl CoreMetrics {
     pub fn publish(&self, stats: &Stats, connections: usize) {
         let r = Ordering::Relaxed;
         self.connections.store(connections as u64, r);
-        self.accepted.store(stats.accepted, r);
-        self.upgraded.store(stats.upgraded, r);
-        self.refused.store(stats.refused, r);
-        self.closed.store(stats.closed, r);
-        self.messages_in.store(stats.messages_in, r);
-        self.bytes_in.store(stats.bytes_in, r);
-        self.deliveries.store(stats.deliveries, r);
-        self.sends.store(stats.sends, r);
-        self.slow_consumer_closes
-            .store(stats.slow_consumer_closes, r);
-        self.http_requests.store(stats.http_requests, r);
+        for (a, &v) in self.stats.iter().zip(words(stats)) {
+            a.store(v, r);
+        }
     }
 
     /// Reads the counters (any core).
@@ -64,30 +74,41 @@ impl CoreMetrics {
         let r = Ordering::Relaxed;
         Snapshot {
             connections: self.connections.load(r),
-            stats: Stats {
-                accepted: self.accepted.load(r),
-                upgraded: self.upgraded.load(r),
-                refused: self.refused.load(r),
-                closed: self.closed.load(r),
-                messages_in: self.messages_in.load(r),
-                bytes_in: self.bytes_in.load(r),
-                deliveries: self.deliveries.load(r),
-                sends: self.sends.load(r),
-                slow_consumer_closes: self.slow_consumer_closes.load(r),
-                http_requests: self.http_requests.load(r),
-                ..Stats::default()
-            },
+            stats: from_words(std::array::from_fn(|i| self.stats[i].load(r))),
         }
     }
 }
+
+/// One sample of a family: name suffix (`_bucket`, `_sum`...), extra
+/// labels, value.
+type Sample = (&'static str, String, f64);
 
 /// One metric family: name, type, help, and how to read it from a snapshot.
 struct Family {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    /// `(extra label, value)` pairs per core.
-    series: fn(&Snapshot) -> Vec<(&'static str, u64)>,
+    series: fn(&Snapshot) -> Vec<Sample>,
+}
+
+fn one(v: u64) -> Vec<Sample> {
+    vec![("", String::new(), v as f64)]
+}
+
+fn rtt_histogram(s: &Snapshot) -> Vec<Sample> {
+    let m = &s.stats.msg;
+    let mut out = Vec::with_capacity(RTT_BUCKETS_US.len() + 3);
+    let mut cumulative = 0;
+    for (i, &le) in RTT_BUCKETS_US.iter().enumerate() {
+        cumulative += m.rtt_buckets[i];
+        let le = le as f64 / 1e6;
+        out.push(("_bucket", format!("le=\"{le}\""), cumulative as f64));
+    }
+    cumulative += m.rtt_buckets[RTT_BUCKETS_US.len()];
+    out.push(("_bucket", "le=\"+Inf\"".into(), cumulative as f64));
+    out.push(("_sum", String::new(), m.rtt_sum_us as f64 / 1e6));
+    out.push(("_count", String::new(), m.rtt_count as f64));
+    out
 }
 
 const FAMILIES: &[Family] = &[
@@ -95,61 +116,165 @@ const FAMILIES: &[Family] = &[
         name: "ringcast_connections",
         kind: "gauge",
         help: "Open TCP connections in any phase (handshake, open, closing).",
-        series: |s| vec![("", s.connections)],
+        series: |s| one(s.connections),
     },
     Family {
         name: "ringcast_accepted_total",
         kind: "counter",
         help: "TCP connections accepted.",
-        series: |s| vec![("", s.stats.accepted)],
+        series: |s| one(s.stats.accepted),
     },
     Family {
         name: "ringcast_handshakes_total",
         kind: "counter",
-        help: "Opening handshakes by outcome (plain HTTP requests count as http).",
+        help: "Requests by outcome: upgraded, refused (bad request), unauthorized (401), \
+               forbidden (403 origin), over_capacity (503 connection limit), http (plain HTTP).",
         series: |s| {
-            vec![
-                ("outcome=\"upgraded\"", s.stats.upgraded),
-                ("outcome=\"refused\"", s.stats.refused),
-                ("outcome=\"http\"", s.stats.http_requests),
+            let t = &s.stats;
+            [
+                ("upgraded", t.upgraded),
+                ("refused", t.refused),
+                ("unauthorized", t.unauthorized),
+                ("forbidden", t.forbidden_origin),
+                ("over_capacity", t.over_capacity),
+                ("http", t.http_requests),
             ]
+            .into_iter()
+            .map(|(o, v)| ("", format!("outcome=\"{o}\""), v as f64))
+            .collect()
         },
     },
     Family {
         name: "ringcast_closed_total",
         kind: "counter",
         help: "Connections closed and released.",
-        series: |s| vec![("", s.stats.closed)],
+        series: |s| one(s.stats.closed),
     },
     Family {
         name: "ringcast_messages_in_total",
         kind: "counter",
         help: "Complete data messages received from clients.",
-        series: |s| vec![("", s.stats.messages_in)],
+        series: |s| one(s.stats.msg.messages_in),
     },
     Family {
         name: "ringcast_bytes_in_total",
         kind: "counter",
         help: "Payload bytes of the data messages received from clients.",
-        series: |s| vec![("", s.stats.bytes_in)],
+        series: |s| one(s.stats.msg.bytes_in),
+    },
+    Family {
+        name: "ringcast_messages_out_total",
+        kind: "counter",
+        help: "Data messages queued to clients: replies (echo, /ws acks, pongs, errors) and deliveries.",
+        series: |s| one(s.stats.msg.replies + s.stats.deliveries),
+    },
+    Family {
+        name: "ringcast_bytes_out_total",
+        kind: "counter",
+        help: "Bytes sent to clients (frames and HTTP responses, as the kernel accepted them).",
+        series: |s| one(s.stats.bytes_out),
     },
     Family {
         name: "ringcast_deliveries_total",
         kind: "counter",
-        help: "Broadcast messages queued to a local subscriber.",
-        series: |s| vec![("", s.stats.deliveries)],
+        help: "Broadcast and channel messages queued to a local subscriber.",
+        series: |s| one(s.stats.deliveries),
+    },
+    Family {
+        name: "ringcast_publishes_total",
+        kind: "counter",
+        help: "Channel messages published (from /ws clients and the publish API).",
+        series: |s| one(s.stats.msg.publishes),
     },
     Family {
         name: "ringcast_sends_total",
         kind: "counter",
         help: "Send operations submitted (each coalesces everything queued for a connection).",
-        series: |s| vec![("", s.stats.sends)],
+        series: |s| one(s.stats.sends),
+    },
+    Family {
+        name: "ringcast_send_queue_bytes",
+        kind: "gauge",
+        help: "Unsent bytes queued over all connections (refreshed every second).",
+        series: |s| one(s.stats.send_queue_bytes),
     },
     Family {
         name: "ringcast_slow_consumer_closes_total",
         kind: "counter",
         help: "Connections closed with 1008 because their send backlog passed the bound.",
-        series: |s| vec![("", s.stats.slow_consumer_closes)],
+        series: |s| one(s.stats.slow_consumer_closes),
+    },
+    Family {
+        name: "ringcast_rate_limit_closes_total",
+        kind: "counter",
+        help: "Connections closed with 1008 for sending over --max-msgs-per-sec.",
+        series: |s| one(s.stats.rate_limit_closes),
+    },
+    Family {
+        name: "ringcast_subscription_limit_total",
+        kind: "counter",
+        help: "Subscribes refused at --max-subscriptions.",
+        series: |s| one(s.stats.msg.subscription_limit),
+    },
+    Family {
+        name: "ringcast_claims_denied_total",
+        kind: "counter",
+        help: "Subscribes and publishes refused by the token's channel claims.",
+        series: |s| one(s.stats.msg.claims_denied),
+    },
+    Family {
+        name: "ringcast_protocol_errors_total",
+        kind: "counter",
+        help: "/ws requests answered with an error message.",
+        series: |s| one(s.stats.msg.protocol_errors),
+    },
+    Family {
+        name: "ringcast_pings_total",
+        kind: "counter",
+        help: "Heartbeat pings sent.",
+        series: |s| one(s.stats.pings),
+    },
+    Family {
+        name: "ringcast_ping_rtt_seconds",
+        kind: "histogram",
+        help: "Heartbeat round-trip time (ping sent to pong received).",
+        series: rtt_histogram,
+    },
+    Family {
+        name: "ringcast_suspect_connections",
+        kind: "gauge",
+        help: "Connections that missed 3 or more pongs in a row (refreshed every second).",
+        series: |s| one(s.stats.suspects),
+    },
+    Family {
+        name: "ringcast_suspects_total",
+        kind: "counter",
+        help: "Connections that became suspect.",
+        series: |s| one(s.stats.suspects_total),
+    },
+    Family {
+        name: "ringcast_heartbeat_closes_total",
+        kind: "counter",
+        help: "Connections closed with 1011 after 5 missed pongs.",
+        series: |s| one(s.stats.heartbeat_closes),
+    },
+    Family {
+        name: "ringcast_idle_closes_total",
+        kind: "counter",
+        help: "Connections closed for sending no message within --idle-timeout.",
+        series: |s| one(s.stats.idle_closes),
+    },
+    Family {
+        name: "ringcast_channels",
+        kind: "gauge",
+        help: "Channels this core holds (local subscribers or remote interest).",
+        series: |s| one(s.stats.channels),
+    },
+    Family {
+        name: "ringcast_subscriptions",
+        kind: "gauge",
+        help: "Channel subscriptions of this core's connections.",
+        series: |s| one(s.stats.subscriptions),
     },
 ];
 
@@ -163,9 +288,9 @@ pub fn render(cores: &[CoreMetrics]) -> String {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for (core, s) in snaps.iter().enumerate() {
-            for (label, v) in (f.series)(s) {
+            for (suffix, label, v) in (f.series)(s) {
                 let sep = if label.is_empty() { "" } else { "," };
-                let _ = writeln!(out, "{}{{core=\"{core}\"{sep}{label}}} {v}", f.name);
+                let _ = writeln!(out, "{}{suffix}{{core=\"{core}\"{sep}{label}}} {v}", f.name);
             }
         }
     }
@@ -175,22 +300,37 @@ pub fn render(cores: &[CoreMetrics]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::MsgStats;
 
     #[test]
     fn renders_one_series_per_core() {
         let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
-        let stats = Stats {
+        let mut stats = Stats {
             upgraded: 3,
-            messages_in: 42,
+            msg: MsgStats {
+                messages_in: 42,
+                ..MsgStats::default()
+            },
             ..Stats::default()
         };
+        stats.msg.rtt_buckets[0] = 2;
+        stats.msg.rtt_buckets[RTT_BUCKETS_US.len()] = 1;
+        stats.msg.rtt_sum_us = 1_500_000;
+        stats.msg.rtt_count = 3;
         cores[1].publish(&stats, 5);
+        let snap = cores[1].snapshot();
+        assert_eq!(snap.stats.msg.messages_in, 42, "round trip through words");
         let text = render(&cores);
         assert!(text.contains("# TYPE ringcast_connections gauge\n"));
         assert!(text.contains("ringcast_connections{core=\"0\"} 0\n"));
         assert!(text.contains("ringcast_connections{core=\"1\"} 5\n"));
         assert!(text.contains("ringcast_handshakes_total{core=\"1\",outcome=\"upgraded\"} 3\n"));
         assert!(text.contains("ringcast_messages_in_total{core=\"1\"} 42\n"));
+        assert!(text.contains("ringcast_ping_rtt_seconds_bucket{core=\"1\",le=\"0.00025\"} 2\n"));
+        assert!(text.contains("ringcast_ping_rtt_seconds_bucket{core=\"1\",le=\"10\"} 2\n"));
+        assert!(text.contains("ringcast_ping_rtt_seconds_bucket{core=\"1\",le=\"+Inf\"} 3\n"));
+        assert!(text.contains("ringcast_ping_rtt_seconds_sum{core=\"1\"} 1.5\n"));
+        assert!(text.contains("ringcast_ping_rtt_seconds_count{core=\"1\"} 3\n"));
         assert!(text.ends_with('\n'));
     }
 }

@@ -15,6 +15,8 @@
 //! nothing here can leak to another core.
 
 pub mod conn;
+pub mod heartbeat;
+mod http;
 pub mod metrics;
 pub mod outq;
 
@@ -29,19 +31,24 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 use tracing::{debug, info, warn};
 
-use crate::app::{ConnIo, MsgStats, Resource, Route};
+use crate::app::{ConnIo, Env, MsgStats, Policy, Resource, Route, WsConn};
+use crate::hub::channels::Channels;
+use crate::hub::frame::Frame;
 use crate::hub::mesh::{self, Doorbells, Mesh};
-use crate::hub::Hub;
+use crate::hub::{Hub, MeshMsg};
 use crate::io::bufring::BufRing;
 use crate::io::ring::Ring;
 use crate::runtime::timer::TimerWheel;
-use crate::ws::handshake::{self, Refusal, Request};
-use crate::ws::{CloseCode, Limits, Session, State};
-use conn::{token, untoken, Conn, ConnKey, Op, Phase, SendMsg, Slab};
+use crate::ws::frame::encode_frame_into;
+use crate::ws::handshake::{self, Parsed, Progress, Refusal};
+use crate::ws::{CloseCode, Limits, OpCode, Session, State};
+use conn::{token, untoken, Conn, ConnKey, Op, Phase, SendMsg, Slab, NO_TICK};
+use heartbeat::{Beat, Due};
+use http::{HeadOutcome, RefusedBy};
 use outq::BufPool;
 
 /// Settings every core shares (read-only).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ShardConfig {
     pub listen: std::net::SocketAddr,
     pub backlog: i32,
@@ -53,6 +60,22 @@ pub struct ShardConfig {
     pub shutdown_grace: Duration,
     pub recv_buffers: u16,
     pub recv_buffer_size: usize,
+    /// Limits and heartbeat settings applied per connection.
+    pub policy: Policy,
+    /// Close connections that sent no message for this long.
+    pub idle_timeout: Option<Duration>,
+    /// This core's share of `--max-connections` (0: no limit).
+    pub max_connections: usize,
+    /// Number of cores (for interest announcements).
+    pub cores: usize,
+    /// Token verification for upgrades (`--auth-secret`).
+    pub verifier: Option<crate::app::auth::Verifier>,
+    /// `--allowed-origins` (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// The HTTP API's key (`--api-key`; none: the API is off).
+    pub api_key: Option<String>,
+    /// Largest API request body.
+    pub max_body_bytes: usize,
 }
 
 /// What the main thread and the cores share: the shutdown flag and each
@@ -60,6 +83,9 @@ pub struct ShardConfig {
 /// line); nothing else here is touched on the data path.
 pub struct Control {
     pub shutdown: AtomicBool,
+    /// Set on SIGTERM, before `shutdown` (which waits `--drain-delay`):
+    /// readiness is withdrawn first.
+    pub draining: AtomicBool,
     pub bells: Doorbells,
     /// Each core's published counters (written only by that core).
     pub metrics: Box<[metrics::CoreMetrics]>,
@@ -70,6 +96,7 @@ impl Control {
     pub fn new(cores: usize) -> Arc<Control> {
         Arc::new(Control {
             shutdown: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             bells: mesh::doorbells(cores),
             metrics: (0..cores)
                 .map(|_| metrics::CoreMetrics::default())
@@ -77,9 +104,10 @@ impl Control {
         })
     }
 
-    /// Ready for traffic: every core listens and no shutdown has begun.
+    /// Ready for traffic: every core listens and no drain has begun.
     pub fn ready(&self) -> bool {
-        !self.shutdown.load(Ordering::Relaxed)
+        !self.draining.load(Ordering::Relaxed)
+            && !self.shutdown.load(Ordering::Relaxed)
             && self
                 .metrics
                 .iter()
@@ -95,22 +123,48 @@ impl Control {
     }
 }
 
-/// Per-core counters (plain integers: only this core writes them).
+/// Per-core counters and gauges (plain integers: only this core writes
+/// them). `repr(C)` of `u64`s only, so the metrics block copies it word by
+/// word.
+#[repr(C)]
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Stats {
     pub accepted: u64,
     pub upgraded: u64,
     pub refused: u64,
     pub closed: u64,
-    pub messages_in: u64,
-    pub bytes_in: u64,
     pub deliveries: u64,
     pub slow_consumer_closes: u64,
     pub sends: u64,
     pub enters: u64,
     pub turns: u64,
-    /// Plain HTTP requests answered (health, readiness, metrics).
+    /// Plain HTTP requests answered (health, readiness, metrics, API).
     pub http_requests: u64,
+    /// Upgrades refused: 401 (token), 403 (origin), 503 (connection limit).
+    pub unauthorized: u64,
+    pub forbidden_origin: u64,
+    pub over_capacity: u64,
+    /// Connections closed with 1008 for their message rate.
+    pub rate_limit_closes: u64,
+    /// Connections closed with 1011 after missed pongs.
+    pub heartbeat_closes: u64,
+    /// Connections closed for sending nothing within the idle timeout.
+    pub idle_closes: u64,
+    /// Connections that became suspect (missed pongs), ever.
+    pub suspects_total: u64,
+    /// Pings sent.
+    pub pings: u64,
+    /// Bytes the kernel accepted from our sends.
+    pub bytes_out: u64,
+    /// Gauges, refreshed about once a second: suspect connections now,
+    /// unsent bytes queued over all connections.
+    pub suspects: u64,
+    pub send_queue_bytes: u64,
+    /// Gauges: channel entries and local subscriptions.
+    pub channels: u64,
+    pub subscriptions: u64,
+    /// Counters of the connections' messages.
+    pub msg: MsgStats,
 }
 
 /// One core's state. Owned by its loop task.
@@ -125,7 +179,26 @@ pub struct Shard {
     accept_retry_at: Option<Instant>,
     conns: Slab,
     hub: Hub,
+    channels: Channels,
     mesh: Option<Mesh>,
+    /// Messages from other cores, read this pass.
+    mesh_in: Vec<MeshMsg>,
+    /// Open WebSocket connections, and this core's share of
+    /// `--max-connections` (0: no limit).
+    open_ws: usize,
+    max_open: usize,
+    /// `/api/channels` requests waiting for other cores' answers.
+    queries: Vec<ChannelsQuery>,
+    next_query: u32,
+    /// Reused for `/ws` replies.
+    scratch: Vec<u8>,
+    /// The core's clock: `now` is read once per pass; `now_us` is it in
+    /// microseconds since `epoch`.
+    epoch: Instant,
+    now: Instant,
+    now_us: u64,
+    /// When the gauges were last refreshed.
+    gauges_at: Instant,
     pool: BufPool,
     // Boxed on purpose: a header moves between this pool and a connection,
     // and its address must not change while the kernel reads it.
@@ -138,6 +211,8 @@ pub struct Shard {
     deferred: VecDeque<cqueue::Entry>,
     recycled: bool,
     wheel: TimerWheel<ConnKey>,
+    /// Scratch list of due timer entries.
+    due: Vec<(u64, ConnKey)>,
     cfg: Rc<ShardConfig>,
     control: Arc<Control>,
     stats: Stats,
@@ -162,6 +237,17 @@ const DRAIN_CUTOFF: Duration = Duration::from_secs(1);
 /// Pause before re-arming accept after EMFILE/ENFILE, so a full descriptor
 /// table does not turn the accept path into a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the gauges that need a walk over all connections (send-queue
+/// bytes, suspects) are refreshed.
+const GAUGE_PERIOD: Duration = Duration::from_secs(1);
+
+/// An `/api/channels` request gathering every core's counts.
+struct ChannelsQuery {
+    id: u32,
+    key: ConnKey,
+    waiting_for: usize,
+    counts: std::collections::BTreeMap<String, u64>,
+}
 
 impl Shard {
     /// Sets up this core: ring, buffers, listener, mesh. Runs on the core's
@@ -177,6 +263,7 @@ impl Shard {
         let listener = crate::io::listener::bind_reuseport(cfg.listen, cfg.backlog)?;
         control.bells[id].set_fd(ring.eventfd());
         let mesh = links.map(|l| Mesh::new(l, control.bells.clone()));
+        let now = Instant::now();
         let mut shard = Shard {
             id,
             ring,
@@ -186,7 +273,18 @@ impl Shard {
             accept_retry_at: None,
             conns: Slab::default(),
             hub: Hub::default(),
+            channels: Channels::new(id, cfg.cores),
             mesh,
+            mesh_in: Vec::new(),
+            open_ws: 0,
+            max_open: share(cfg.max_connections, cfg.cores, id),
+            queries: Vec::new(),
+            next_query: 0,
+            scratch: Vec::new(),
+            epoch: now,
+            now,
+            now_us: 0,
+            gauges_at: now,
             pool: BufPool::default(),
             sendmsgs: Vec::new(),
             dirty: Vec::new(),
@@ -194,7 +292,8 @@ impl Shard {
             overflow: Vec::new(),
             deferred: VecDeque::new(),
             recycled: false,
-            wheel: TimerWheel::new(Instant::now()),
+            wheel: TimerWheel::new(now),
+            due: Vec::new(),
             cfg,
             control,
             stats: Stats::default(),
@@ -223,15 +322,14 @@ impl Shard {
                 self.park()?;
             }
         }
-        self.stats.messages_in = self.msg_stats.messages_in;
-        self.stats.bytes_in = self.msg_stats.bytes_in;
+        self.stats.msg = self.msg_stats;
         let mesh = self.mesh.as_ref().map(Mesh::counters).unwrap_or_default();
         info!(
             core = self.id,
             accepted = self.stats.accepted,
             upgraded = self.stats.upgraded,
             refused = self.stats.refused,
-            messages_in = self.stats.messages_in,
+            messages_in = self.stats.msg.messages_in,
             deliveries = self.stats.deliveries,
             slow_consumer_closes = self.stats.slow_consumer_closes,
             loop_passes = self.stats.turns,
@@ -256,6 +354,8 @@ impl Shard {
             self.stats.enters += 1;
             self.ring.enter()?;
         }
+        self.now = Instant::now();
+        self.now_us = self.now.saturating_duration_since(self.epoch).as_micros() as u64;
         if self.control.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
             self.begin_drain();
             worked = true;
@@ -273,12 +373,22 @@ impl Shard {
         }
         if let Some(m) = &mut self.mesh {
             worked |= m.retry_backlog();
-            m.receive(&mut self.hub.inbox);
+            m.receive(&mut self.mesh_in);
+        }
+        if !self.mesh_in.is_empty() {
+            worked = true;
+            self.handle_mesh_messages();
         }
         if self.hub.has_pending() {
             worked = true;
             self.fan_out();
         }
+        if self.channels.has_pending() {
+            worked = true;
+            self.fan_out_channels();
+        }
+        self.channels.end_pass();
+        self.send_channel_messages();
         self.close_overflowed();
         if self.recycled {
             self.bufs.publish();
@@ -336,7 +446,7 @@ impl Shard {
     /// wait return at once.
     fn park(&mut self) -> io::Result<()> {
         if let Some(m) = &mut self.mesh {
-            if !m.announce_sleep(&mut self.hub.inbox) {
+            if !m.announce_sleep(&mut self.mesh_in) {
                 return Ok(());
             }
         }
@@ -393,7 +503,7 @@ impl Shard {
             }
             let deadline = Instant::now() + self.cfg.handshake_timeout;
             let key = self.conns.insert(Conn::new(res, deadline));
-            self.wheel.insert(deadline, key);
+            self.schedule(key);
             debug!(core = self.id, fd = res, "accepted connection");
             self.arm_recv(key);
         } else {
@@ -514,9 +624,12 @@ impl Shard {
                 conns,
                 bufs,
                 hub,
+                channels,
                 pool,
                 cfg,
                 msg_stats,
+                scratch,
+                now_us,
                 ..
             } = &mut *self;
             let Some(conn) = conns.get_mut(key) else {
@@ -528,45 +641,72 @@ impl Shard {
             match &mut conn.phase {
                 Phase::Open(session) => {
                     let route = conn.route.unwrap_or(Route::Echo);
-                    let max = cfg.max_send_queue_bytes;
+                    let mut env = Env {
+                        outbox: &mut hub.outbox,
+                        channels,
+                        stats: msg_stats,
+                        scratch,
+                        policy: &cfg.policy,
+                        now_us: *now_us,
+                    };
                     let mut io =
-                        ConnIo::new(route, &mut conn.out, pool, &mut hub.outbox, msg_stats, max);
+                        ConnIo::new(route, key, &mut conn.out, &mut conn.ctl, pool, &mut env);
                     let before = session.state();
                     let after = session.feed(data, &mut io);
                     DataOutcome::Fed {
                         changed: (after != before).then_some(after),
                         overflowed: io.overflowed,
+                        rate_limited: io.rate_limited,
                     }
                 }
                 Phase::Handshake(head) => {
-                    let max = cfg.max_header_bytes;
-                    if head.is_empty() {
-                        match handshake::parse_any(data, max, Route::target) {
-                            Ok(Some(Request::Upgrade(up))) => {
-                                let from = up.head_len;
-                                DataOutcome::Upgrade(up, from)
-                            }
-                            Ok(Some(Request::Get { resource, .. })) => DataOutcome::Http(resource),
-                            Ok(None) => {
-                                head.extend_from_slice(data);
-                                DataOutcome::Nothing
-                            }
-                            Err(r) => DataOutcome::Refuse(r),
-                        }
-                    } else {
-                        // The head came in pieces; it stays bounded because
-                        // the parser refuses anything reaching `max` (431).
+                    let (max_head, max_body) = (cfg.max_header_bytes, cfg.max_body_bytes);
+                    // A head that came in pieces is collected; it stays
+                    // bounded because the parser refuses anything past
+                    // `max_head` (431) and `max_body` (413).
+                    let buffered = !head.is_empty();
+                    if buffered {
                         head.extend_from_slice(data);
-                        match handshake::parse_any(head, max, Route::target) {
-                            Ok(Some(Request::Upgrade(up))) => {
-                                let after_head = head.len() - up.head_len;
-                                DataOutcome::Upgrade(up, len - after_head)
-                            }
-                            Ok(Some(Request::Get { resource, .. })) => DataOutcome::Http(resource),
-                            Ok(None) => DataOutcome::Nothing,
-                            Err(r) => DataOutcome::Refuse(r),
-                        }
                     }
+                    let buf: &[u8] = if buffered { head } else { data };
+                    let outcome =
+                        match handshake::parse_http(buf, max_head, max_body, Route::target) {
+                            Ok(Progress::Partial) => HeadOutcome::Nothing,
+                            Ok(Progress::AwaitingBody { continue_expected }) => {
+                                if continue_expected && !conn.continue_sent {
+                                    conn.continue_sent = true;
+                                    HeadOutcome::Continue
+                                } else {
+                                    HeadOutcome::Nothing
+                                }
+                            }
+                            Ok(Progress::Done(Parsed::Upgrade { upgrade, creds })) => {
+                                // Where the frames after the head start in this chunk.
+                                let after_head = buf.len() - upgrade.head_len;
+                                http::admit(cfg, upgrade, &creds, len - after_head)
+                            }
+                            Ok(Progress::Done(Parsed::Http {
+                                resource,
+                                method,
+                                body,
+                                creds,
+                                ..
+                            })) => {
+                                let req = http::HttpRequest {
+                                    resource,
+                                    method,
+                                    body,
+                                    creds,
+                                };
+                                http::request(cfg, channels, msg_stats, scratch, req)
+                            }
+                            Err(r) => HeadOutcome::Refuse(r, RefusedBy::Protocol),
+                        };
+                    if !buffered && matches!(outcome, HeadOutcome::Nothing | HeadOutcome::Continue)
+                    {
+                        head.extend_from_slice(data);
+                    }
+                    DataOutcome::Head(outcome)
                 }
                 Phase::Lingering | Phase::Closing => DataOutcome::Nothing,
             }
@@ -575,19 +715,42 @@ impl Shard {
             DataOutcome::Fed {
                 changed,
                 overflowed,
-            } => {
-                if let Some(state) = changed {
-                    self.session_changed(key, state);
-                }
-                if overflowed {
-                    self.overflow.push(key);
-                }
-                self.after_output(key);
-            }
-            DataOutcome::Upgrade(up, rest_from) => self.upgrade(key, up, chunk, rest_from),
-            DataOutcome::Refuse(r) => self.refuse(key, r),
-            DataOutcome::Http(resource) => self.answer_http(key, resource),
+                rate_limited,
+            } => self.after_feed(key, changed, overflowed, rate_limited),
+            DataOutcome::Head(h) => self.after_head(key, h, chunk),
             DataOutcome::Nothing => {}
+        }
+    }
+
+    /// Acts on a request head once its bytes are released.
+    fn after_head(&mut self, key: ConnKey, outcome: HeadOutcome, chunk: Chunk) {
+        match outcome {
+            HeadOutcome::Nothing => {}
+            HeadOutcome::Continue => {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.out
+                        .write_with(&mut self.pool, |v| v.extend_from_slice(handshake::CONTINUE));
+                    self.mark_dirty(key);
+                }
+            }
+            HeadOutcome::Upgrade(up, claims, from) => self.upgrade(key, up, claims, chunk, from),
+            HeadOutcome::Refuse(r, by) => {
+                match by {
+                    RefusedBy::Protocol => self.stats.refused += 1,
+                    RefusedBy::Token => self.stats.unauthorized += 1,
+                    RefusedBy::Origin => self.stats.forbidden_origin += 1,
+                }
+                debug!(
+                    core = self.id,
+                    status = r.status,
+                    reason = r.reason,
+                    "handshake refused"
+                );
+                self.refuse_quietly(key, r);
+            }
+            HeadOutcome::Respond => self.respond(key),
+            HeadOutcome::Resource(r) => self.answer_http(key, r),
+            HeadOutcome::Query => self.start_query(key),
         }
     }
 
@@ -616,26 +779,64 @@ impl Shard {
                 metrics::render(&control.metrics).as_bytes(),
                 v,
             ),
+            // Answered in `http` before they get here.
+            Resource::Publish | Resource::ChannelList => {
+                handshake::write_response(500, "text/plain", "", b"misrouted\n", v)
+            }
         });
         self.linger(key);
     }
 
     /// Copies this core's counters where a scrape on any core can read them.
-    fn publish_metrics(&self) {
+    fn publish_metrics(&mut self) {
+        if self.now.saturating_duration_since(self.gauges_at) >= GAUGE_PERIOD {
+            self.gauges_at = self.now;
+            self.refresh_gauges();
+        }
         let mut s = self.stats;
-        s.messages_in = self.msg_stats.messages_in;
-        s.bytes_in = self.msg_stats.bytes_in;
+        s.msg = self.msg_stats;
+        s.channels = self.channels.len() as u64;
+        s.subscriptions = self.channels.subscriptions() as u64;
         self.control.metrics[self.id].publish(&s, self.conns.len());
+    }
+
+    /// The gauges that need a walk over every connection; about once a
+    /// second, a few nanoseconds per connection.
+    fn refresh_gauges(&mut self) {
+        let (mut queued, mut suspects) = (0u64, 0u64);
+        self.conns.for_each(|c| {
+            queued += c.out.queued_bytes() as u64;
+            suspects += c.ctl.beat.suspect as u64;
+        });
+        self.stats.send_queue_bytes = queued;
+        self.stats.suspects = suspects;
     }
 
     fn upgrade(
         &mut self,
         key: ConnKey,
         up: handshake::Upgrade<Route>,
+        claims: Option<crate::app::auth::Claims>,
         chunk: Chunk,
         rest_from: usize,
     ) {
         let limits = self.cfg.limits;
+        let max = self.max_open;
+        if max > 0 && self.open_ws >= max {
+            self.stats.over_capacity += 1;
+            debug!(
+                core = self.id,
+                limit = max,
+                "upgrade refused: --max-connections (503)"
+            );
+            return self.refuse_quietly(
+                key,
+                Refusal {
+                    status: 503,
+                    reason: "server at its connection limit; retry later",
+                },
+            );
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -644,10 +845,23 @@ impl Shard {
         conn.phase = Phase::Open(Session::new(limits));
         conn.route = Some(up.route);
         conn.deadline = None;
+        conn.ctl.beat = Beat::start(self.now_us, &self.cfg.policy.heartbeat);
+        conn.ctl.last_msg_us = self.now_us;
+        conn.ctl.tokens = self.cfg.policy.burst;
+        conn.ctl.refill_us = self.now_us;
+        self.open_ws += 1;
         self.stats.upgraded += 1;
-        if up.route == Route::Broadcast {
-            conn.sub_slot = Some(self.hub.subscribe(key));
+        match up.route {
+            Route::Broadcast => conn.sub_slot = Some(self.hub.subscribe(key)),
+            Route::Channels => {
+                conn.ctl.ws = Some(Box::new(WsConn {
+                    subs: Vec::new(),
+                    claims,
+                }))
+            }
+            Route::Echo => {}
         }
+        self.schedule(key);
         self.mark_dirty(key);
         if rest_from < chunk.len {
             // Pipelined frames in the same read as the request head.
@@ -660,9 +874,12 @@ impl Shard {
             conns,
             bufs,
             hub,
+            channels,
             pool,
             msg_stats,
             cfg,
+            scratch,
+            now_us,
             ..
         } = self;
         let Some(conn) = conns.get_mut(key) else {
@@ -672,28 +889,47 @@ impl Shard {
         let data = unsafe { bufs.get(chunk.bid, chunk.at, chunk.len) };
         if let Phase::Open(session) = &mut conn.phase {
             let route = conn.route.unwrap_or(Route::Echo);
-            let max = cfg.max_send_queue_bytes;
-            let mut io = ConnIo::new(route, &mut conn.out, pool, &mut hub.outbox, msg_stats, max);
+            let mut env = Env {
+                outbox: &mut hub.outbox,
+                channels,
+                stats: msg_stats,
+                scratch,
+                policy: &cfg.policy,
+                now_us: *now_us,
+            };
+            let mut io = ConnIo::new(route, key, &mut conn.out, &mut conn.ctl, pool, &mut env);
             let after = session.feed(&mut data[from..], &mut io);
-            let overflowed = io.overflowed;
-            if after != State::Open {
-                self.session_changed(key, after);
-            }
-            if overflowed {
-                self.overflow.push(key);
-            }
-            self.after_output(key);
+            let (overflowed, rate_limited) = (io.overflowed, io.rate_limited);
+            let changed = (after != State::Open).then_some(after);
+            self.after_feed(key, changed, overflowed, rate_limited);
         }
     }
 
-    fn refuse(&mut self, key: ConnKey, refusal: Refusal) {
-        self.stats.refused += 1;
-        debug!(
-            core = self.id,
-            status = refusal.status,
-            reason = refusal.reason,
-            "handshake refused"
-        );
+    /// Acts on what parsing a read led to.
+    fn after_feed(
+        &mut self,
+        key: ConnKey,
+        changed: Option<State>,
+        overflowed: bool,
+        rate_limited: bool,
+    ) {
+        if let Some(state) = changed {
+            self.session_changed(key, state);
+        }
+        if overflowed {
+            self.overflow.push(key);
+        }
+        if rate_limited
+            && self.close_open(key, CloseCode::POLICY, "message rate limit exceeded", false)
+        {
+            self.stats.rate_limit_closes += 1;
+            debug!(core = self.id, "closed for message rate (1008)");
+        }
+        self.after_output(key);
+    }
+
+    /// Answers with a refusal (counted by the caller) and closes.
+    fn refuse_quietly(&mut self, key: ConnKey, refusal: Refusal) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -741,12 +977,42 @@ impl Shard {
     fn set_deadline(&mut self, key: ConnKey, at: Instant) {
         if let Some(c) = self.conns.get_mut(key) {
             c.deadline = Some(at);
-            self.wheel.insert(at, key);
+        }
+        self.schedule(key);
+    }
+
+    /// Makes sure the wheel holds an entry for the connection's earliest
+    /// timer: its phase deadline, or (open) its next ping or idle limit.
+    fn schedule(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut next = c.deadline;
+        if matches!(c.phase, Phase::Open(_)) && c.deadline.is_none() {
+            let at = |us: u64| self.epoch + Duration::from_micros(us);
+            let ping = at(c.ctl.beat.next_us);
+            let idle = self.cfg.idle_timeout.map(|t| at(c.ctl.last_msg_us) + t);
+            next = Some(idle.map_or(ping, |i| i.min(ping)));
+        }
+        let Some(next) = next else {
+            return;
+        };
+        let tick = self.wheel.tick_of(next);
+        if c.wheel_tick == NO_TICK || tick < c.wheel_tick {
+            c.wheel_tick = self.wheel.insert(next, key);
         }
     }
 
     fn unsubscribe(&mut self, key: ConnKey) {
-        let Some(slot) = self.conns.get_mut(key).and_then(|c| c.sub_slot.take()) else {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(ws) = conn.ctl.ws.as_mut() {
+            for idx in ws.subs.drain(..) {
+                self.channels.unsubscribe(key, idx);
+            }
+        }
+        let Some(slot) = conn.sub_slot.take() else {
             return;
         };
         if let Some(moved) = self.hub.unsubscribe(slot) {
@@ -809,7 +1075,11 @@ impl Shard {
             conns,
             pool,
             hub,
+            channels,
             msg_stats,
+            scratch,
+            cfg,
+            now_us,
             ..
         } = &mut *self;
         let Some(conn) = conns.get_mut(key) else {
@@ -825,14 +1095,15 @@ impl Shard {
             conn.out.drop_unsent(pool);
         }
         let route = conn.route.unwrap_or(Route::Echo);
-        let mut io = ConnIo::new(
-            route,
-            &mut conn.out,
-            pool,
-            &mut hub.outbox,
-            msg_stats,
-            usize::MAX,
-        );
+        let mut env = Env {
+            outbox: &mut hub.outbox,
+            channels,
+            stats: msg_stats,
+            scratch,
+            policy: &cfg.policy,
+            now_us: *now_us,
+        };
+        let mut io = ConnIo::new(route, key, &mut conn.out, &mut conn.ctl, pool, &mut env);
         session.close(code, reason, &mut io);
         self.session_changed(key, State::AwaitingClose);
         self.mark_dirty(key);
@@ -903,6 +1174,7 @@ impl Shard {
             self.maybe_release(key);
             return;
         }
+        self.stats.bytes_out += res as u64;
         conn.out.complete_send(res as usize, &mut self.pool);
         if conn.out.has_unsent() || conn.fin_after_flush {
             self.mark_dirty(key);
@@ -952,6 +1224,9 @@ impl Shard {
             // SAFETY: no operation references the descriptor any more.
             unsafe { libc::close(conn.fd) };
             self.stats.closed += 1;
+            if conn.route.is_some() {
+                self.open_ws -= 1;
+            }
             if let Some(m) = conn.sendmsg {
                 self.sendmsgs.push(m);
             }
@@ -973,26 +1248,13 @@ impl Shard {
                 }
             }
         }
-        if self.wheel.next_wake().is_none_or(|t| t > now) {
-            return;
-        }
-        let mut due = Vec::new();
-        self.wheel.advance(now, |k| due.push(k));
-        for key in due {
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            match conn.deadline {
-                Some(d) if d <= now => {
-                    conn.deadline = None;
-                    if matches!(conn.phase, Phase::Handshake(_)) {
-                        debug!(core = self.id, "handshake timeout");
-                    }
-                    self.abort(key);
-                }
-                Some(d) => self.wheel.insert(d, key),
-                None => {}
+        if self.wheel.next_wake().is_some_and(|t| t <= now) {
+            let mut due = std::mem::take(&mut self.due);
+            self.wheel.advance(now, |tick, k| due.push((tick, k)));
+            for (tick, key) in due.drain(..) {
+                self.timer_fired(tick, key, now);
             }
+            self.due = due;
         }
         if self.drain_cutoff.is_none() && self.drain_deadline.is_some_and(|d| now >= d) {
             // Grace is over: drop whoever has not finished closing. Their
@@ -1002,6 +1264,161 @@ impl Shard {
                 self.abort(key);
             }
         }
+    }
+
+    /// A wheel entry fired: act on whatever of the connection's timers is
+    /// due, then make sure its next one is in the wheel.
+    fn timer_fired(&mut self, tick: u64, key: ConnKey, now: Instant) {
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.wheel_tick != tick {
+            return; // superseded by an earlier entry
+        }
+        conn.wheel_tick = NO_TICK;
+        if let Some(d) = conn.deadline {
+            if d <= now {
+                conn.deadline = None;
+                if matches!(conn.phase, Phase::Handshake(_)) {
+                    debug!(core = self.id, "handshake timeout");
+                }
+                self.abort(key);
+                return;
+            }
+        } else if matches!(conn.phase, Phase::Open(_)) {
+            let idle = self
+                .cfg
+                .idle_timeout
+                .is_some_and(|t| now_us >= conn.ctl.last_msg_us + t.as_micros() as u64);
+            if idle {
+                if self.close_open(key, CloseCode::NORMAL, "idle timeout", false) {
+                    self.stats.idle_closes += 1;
+                    debug!(core = self.id, "closed idle connection");
+                }
+                return;
+            }
+            if now_us >= conn.ctl.beat.next_us {
+                self.heartbeat(key, now_us);
+            }
+        }
+        self.schedule(key);
+    }
+
+    /// A connection's ping is due: ping it, or close it after too many
+    /// missed pongs. A peer that does not even read gets no ping (its
+    /// backlog is over the bound); its misses still count.
+    fn heartbeat(&mut self, key: ConnKey, now_us: u64) {
+        let max = self.cfg.max_send_queue_bytes;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.ctl.beat.due(now_us) {
+            Due::Close => {
+                if self.close_open(key, CloseCode::INTERNAL, "heartbeat timeout", true) {
+                    self.stats.heartbeat_closes += 1;
+                    debug!(core = self.id, "closed after missed pongs (1011)");
+                }
+            }
+            Due::Ping {
+                payload,
+                now_suspect,
+            } => {
+                if now_suspect {
+                    self.stats.suspects_total += 1;
+                    debug!(core = self.id, "connection suspect: missed pongs");
+                }
+                if conn.out.queued_bytes() <= max {
+                    conn.out.write_with(&mut self.pool, |v| {
+                        encode_frame_into(OpCode::Ping, &payload, v)
+                    });
+                    self.stats.pings += 1;
+                    self.mark_dirty(key);
+                }
+            }
+        }
+    }
+
+    // ----- channels -----------------------------------------------------
+
+    /// Dispatches what other cores sent this pass.
+    fn handle_mesh_messages(&mut self) {
+        let mut msgs = std::mem::take(&mut self.mesh_in);
+        for msg in msgs.drain(..) {
+            match self.channels.receive(msg) {
+                None => {}
+                Some(MeshMsg::Broadcast(f)) => self.hub.inbox.push(Frame::new(f)),
+                Some(MeshMsg::ChannelsQuery { from, query }) => {
+                    let channels = self.channels.local_counts();
+                    if let Some(m) = &mut self.mesh {
+                        m.send_to(from as usize, MeshMsg::ChannelsReply { query, channels });
+                    }
+                }
+                Some(MeshMsg::ChannelsReply { query, channels }) => {
+                    self.channels_reply(query, &channels)
+                }
+                Some(_) => {}
+            }
+        }
+        self.mesh_in = msgs;
+        // Subscriptions every peer has now confirmed.
+        let acks = std::mem::take(&mut self.channels.acks_due);
+        for (key, id) in acks {
+            self.ws_reply(key, |v| crate::app::protocol::write_ack(id, v));
+        }
+    }
+
+    /// Queues a `/ws` reply to an open connection outside its own read.
+    fn ws_reply(&mut self, key: ConnKey, write: impl FnOnce(&mut Vec<u8>)) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !matches!(&conn.phase, Phase::Open(s) if s.state() == State::Open) {
+            return;
+        }
+        self.scratch.clear();
+        write(&mut self.scratch);
+        let scratch = &self.scratch;
+        conn.out.write_with(&mut self.pool, |v| {
+            encode_frame_into(OpCode::Text, scratch, v)
+        });
+        self.mark_dirty(key);
+    }
+
+    fn fan_out_channels(&mut self) {
+        let max = self.cfg.max_send_queue_bytes;
+        let Shard {
+            channels,
+            conns,
+            dirty,
+            overflow,
+            ..
+        } = self;
+        let n = channels.fan_out(conns, max, |key, conn, over| {
+            if over {
+                overflow.push(key);
+            }
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(key);
+            }
+        });
+        self.stats.deliveries += n;
+    }
+
+    /// Hands this pass's channel messages for other cores to the mesh.
+    fn send_channel_messages(&mut self) {
+        if self.channels.outgoing.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.channels.outgoing);
+        if let Some(m) = &mut self.mesh {
+            for (core, msg) in out.drain(..) {
+                m.send_to(core, msg);
+            }
+        }
+        out.clear();
+        self.channels.outgoing = out;
     }
 
     fn begin_drain(&mut self) {
@@ -1037,16 +1454,26 @@ impl Shard {
     }
 }
 
+/// Core `id`'s share of a global limit: `total` split as evenly as it goes
+/// (the shares sum to `total`). A limit below the core count still lets
+/// every core hold one connection.
+fn share(total: usize, cores: usize, id: usize) -> usize {
+    if total == 0 {
+        return 0;
+    }
+    let cores = cores.max(1);
+    (total / cores + usize::from(id < total % cores)).max(1)
+}
+
 /// What parsing one read led to, acted on once the buffer is released.
 enum DataOutcome {
     Nothing,
     Fed {
         changed: Option<State>,
         overflowed: bool,
+        rate_limited: bool,
     },
-    Upgrade(handshake::Upgrade<Route>, usize),
-    Http(Resource),
-    Refuse(Refusal),
+    Head(HeadOutcome),
 }
 
 /// The bytes one receive completion delivered: `len` bytes at `at` in

@@ -1,0 +1,914 @@
+//! The `/ws` message protocol: typed JSON objects in WebSocket text frames.
+//!
+//! Client → server: `subscribe`, `unsubscribe`, `publish` (with a `payload`
+//! of any JSON value) and `ping`, each with an optional `id` the reply
+//! echoes. Server → client: `ack`, `error`, `pong` and `message`.
+//!
+//! Pure functions, no I/O. Parsing borrows from the frame: channel names are
+//! `Cow`s (owned only when the client escaped characters in them) and a
+//! payload is a [`RawValue`], the exact bytes the client sent, validated but
+//! never re-encoded, so fan-out copies it once into the outgoing frame.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Unexpected, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The longest channel name, in bytes: names are keys in every core's
+/// subscription table and are copied into every `message` frame, so they are
+/// kept short.
+pub const MAX_CHANNEL_LEN: usize = 128;
+
+/// Checks a channel name: 1..=128 bytes of ASCII letters, digits and
+/// `_ - . : / @`.
+///
+/// `*` is excluded because it is the wildcard in token claims (a channel
+/// named `chat.*` would be ambiguous), and quotes, backslashes and control
+/// characters are excluded so a name can be copied into JSON output without
+/// escaping (see [`message_parts`]).
+///
+/// The error's `id` is `None`: [`parse_client`] fills in the request's.
+pub fn validate_channel(name: &str) -> Result<(), ProtoError> {
+    const RULE: &str = "channel names are 1 to 128 ASCII letters, digits and `_ - . : / @`";
+    let cause = if name.is_empty() {
+        "empty channel name".to_owned()
+    } else if name.len() > MAX_CHANNEL_LEN {
+        format!("channel name too long ({} bytes)", name.len())
+    } else if let Some(c) = name.chars().find(|&c| !is_channel_char(c)) {
+        format!("{c:?} is not allowed in a channel name")
+    } else {
+        return Ok(());
+    };
+    Err(ProtoError::new(
+        ErrorCode::BadChannel,
+        format!("{cause}: {RULE}"),
+        None,
+    ))
+}
+
+fn is_channel_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/' | '@')
+}
+
+/// One parsed client message, borrowing from the frame it came in.
+#[derive(Debug)]
+pub enum ClientMsg<'a> {
+    /// Start receiving `message`s published on `channel`.
+    Subscribe {
+        channel: Cow<'a, str>,
+        id: Option<u64>,
+    },
+    /// Stop receiving `message`s published on `channel`.
+    Unsubscribe {
+        channel: Cow<'a, str>,
+        id: Option<u64>,
+    },
+    /// Send `payload` to every subscriber of `channel`.
+    Publish {
+        channel: Cow<'a, str>,
+        payload: &'a RawValue,
+        id: Option<u64>,
+    },
+    /// A liveness check at the application level (answered with `pong`).
+    Ping { id: Option<u64> },
+}
+
+impl ClientMsg<'_> {
+    /// The request id the reply must echo, whatever the message type.
+    pub fn id(&self) -> Option<u64> {
+        match *self {
+            ClientMsg::Subscribe { id, .. }
+            | ClientMsg::Unsubscribe { id, .. }
+            | ClientMsg::Publish { id, .. }
+            | ClientMsg::Ping { id } => id,
+        }
+    }
+}
+
+/// Why a request was refused, as the `code` field of an `error` reply:
+/// stable machine-readable names clients can match on, unlike the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Not a JSON object, or a field of the wrong JSON type.
+    BadJson,
+    /// A `type` the server does not know.
+    UnknownType,
+    /// A field the message type requires is absent.
+    MissingField,
+    /// A channel name outside the rules of [`validate_channel`].
+    BadChannel,
+    /// The connection's token does not grant this channel.
+    Forbidden,
+    /// The connection is at its subscription limit.
+    TooManySubscriptions,
+    /// `unsubscribe` from a channel the connection is not subscribed to.
+    NotSubscribed,
+    /// A binary frame: the protocol is JSON text only.
+    BinaryUnsupported,
+}
+
+impl ErrorCode {
+    /// The wire name of the code (`snake_case`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::BinaryUnsupported => "binary_unsupported",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused request: everything [`write_error`] needs for the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtoError {
+    pub code: ErrorCode,
+    /// Human-readable detail; may quote the client's input (it is escaped
+    /// when written).
+    pub message: String,
+    /// The request's `id`, when it could be read, so the client can match
+    /// the error to its request.
+    pub id: Option<u64>,
+}
+
+impl ProtoError {
+    /// A refusal with its reply fields.
+    pub fn new(code: ErrorCode, message: impl Into<String>, id: Option<u64>) -> ProtoError {
+        ProtoError {
+            code,
+            message: message.into(),
+            id,
+        }
+    }
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// Parses one text message; channel names are validated here.
+///
+/// Unknown fields are ignored (newer clients may send more), duplicate known
+/// fields are refused (two `channel`s would be ambiguous). On error,
+/// [`ProtoError::id`] carries the request's id when it could be read, so
+/// the error reply can name it.
+pub fn parse_client<'a>(text: &'a [u8]) -> Result<ClientMsg<'a>, ProtoError> {
+    let wire: Wire<'a> = match serde_json::from_slice(text) {
+        Ok(wire) => wire,
+        Err(e) => {
+            return Err(ProtoError::new(
+                ErrorCode::BadJson,
+                e.to_string(),
+                recover_id(text),
+            ))
+        }
+    };
+    let id = wire.id;
+    let missing = |field: &str| {
+        ProtoError::new(
+            ErrorCode::MissingField,
+            format!("missing field `{field}`"),
+            id,
+        )
+    };
+    let channel = |c: Option<Cow<'a, str>>| -> Result<Cow<'a, str>, ProtoError> {
+        let c = c.ok_or_else(|| missing("channel"))?;
+        validate_channel(&c).map_err(|e| ProtoError { id, ..e })?;
+        Ok(c)
+    };
+    let kind = wire.kind.ok_or_else(|| missing("type"))?;
+    match &*kind {
+        "subscribe" => Ok(ClientMsg::Subscribe {
+            channel: channel(wire.channel)?,
+            id,
+        }),
+        "unsubscribe" => Ok(ClientMsg::Unsubscribe {
+            channel: channel(wire.channel)?,
+            id,
+        }),
+        "publish" => {
+            let payload = wire.payload.ok_or_else(|| missing("payload"))?;
+            Ok(ClientMsg::Publish {
+                channel: channel(wire.channel)?,
+                payload,
+                id,
+            })
+        }
+        "ping" => Ok(ClientMsg::Ping { id }),
+        _ => Err(ProtoError::new(
+            ErrorCode::UnknownType,
+            "unknown `type`: expected subscribe, unsubscribe, publish or ping",
+            id,
+        )),
+    }
+}
+
+/// The fields of any client message, all optional: which ones are required
+/// depends on `type`, checked after parsing so the errors can say so.
+#[derive(Default)]
+struct Wire<'a> {
+    kind: Option<Cow<'a, str>>,
+    channel: Option<Cow<'a, str>>,
+    payload: Option<&'a RawValue>,
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Key {
+    Type,
+    Channel,
+    Payload,
+    Id,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Wire<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(WireVisitor)
+    }
+}
+
+struct WireVisitor;
+
+impl<'de> Visitor<'de> for WireVisitor {
+    type Value = Wire<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a message object such as {\"type\":\"ping\"}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire<'de>, A::Error> {
+        let mut w = Wire::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Type => set_once(&mut w.kind, map.next_value_seed(Text("type"))?, "type")?,
+                Key::Channel => set_once(
+                    &mut w.channel,
+                    map.next_value_seed(Text("channel"))?,
+                    "channel",
+                )?,
+                Key::Payload => set_once(&mut w.payload, map.next_value()?, "payload")?,
+                Key::Id => {
+                    if let Some(id) = map.next_value_seed(IdSeed)? {
+                        set_once(&mut w.id, id, "id")?;
+                    }
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// Stores a field's value, refusing a second occurrence of the field.
+pub(crate) fn set_once<T, E: de::Error>(
+    slot: &mut Option<T>,
+    value: T,
+    field: &'static str,
+) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(field));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// A string field, borrowed from the input unless it contained escapes; the
+/// field name makes a type error say which field was wrong.
+pub(crate) struct Text(pub(crate) &'static str);
+
+impl<'de> DeserializeSeed<'de> for Text {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a string for `{}`", self.0)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// An `id`: a non-negative integer; `null` counts as absent.
+struct IdSeed;
+
+impl<'de> DeserializeSeed<'de> for IdSeed {
+    type Value = Option<u64>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdSeed {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a non-negative integer for `id`")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        u64::try_from(v)
+            .map(Some)
+            .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Reads just the `id` of a message the full parse refused, so the error
+/// reply can still name the request.
+///
+/// The id is recorded the moment it is read, before the parser reaches the
+/// fault: `{"id":7,"channel":` (truncated) still yields 7, and so does a
+/// message whose `channel` has the wrong type, since other fields are
+/// skipped without being interpreted.
+fn recover_id(text: &[u8]) -> Option<u64> {
+    let found = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(text);
+    // The result is irrelevant: only what the probe saw on the way counts.
+    let _ = IdProbe(&found).deserialize(&mut de);
+    found.get()
+}
+
+struct IdProbe<'c>(&'c Cell<Option<u64>>);
+
+impl<'de> DeserializeSeed<'de> for IdProbe<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdProbe<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key>()? {
+            if let Key::Id = key {
+                self.0.set(map.next_value_seed(IdSeed)?);
+                return Ok(());
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends `{"type":"ack","id":N}` (no `id` when the request had none): the
+/// request took effect.
+pub fn write_ack(id: Option<u64>, out: &mut Vec<u8>) {
+    write_reply(b"{\"type\":\"ack\"", id, out);
+    out.push(b'}');
+}
+
+/// Appends `{"type":"pong","id":N}` (no `id` when the ping had none).
+pub fn write_pong(id: Option<u64>, out: &mut Vec<u8>) {
+    write_reply(b"{\"type\":\"pong\"", id, out);
+    out.push(b'}');
+}
+
+/// Appends `{"type":"error","id":N,"code":"...","message":"..."}` (no `id`
+/// when the request had none or it could not be read). The message is
+/// JSON-escaped, so it may quote client input.
+pub fn write_error(id: Option<u64>, code: ErrorCode, message: &str, out: &mut Vec<u8>) {
+    write_reply(b"{\"type\":\"error\"", id, out);
+    out.extend_from_slice(b",\"code\":\"");
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"message\":");
+    write_json_string(message, out);
+    out.push(b'}');
+}
+
+fn write_reply(head: &[u8], id: Option<u64>, out: &mut Vec<u8>) {
+    out.extend_from_slice(head);
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"id\":");
+        write_u64(id, out);
+    }
+}
+
+/// The pieces of a `message` frame's payload in order, so a caller can
+/// write them straight into one frame buffer (after sizing the header from
+/// their total length) with a single copy of the payload:
+/// `{"type":"message","channel":"C","payload":P}`.
+///
+/// `channel` must have passed [`validate_channel`]: it is copied without
+/// JSON escaping, which the channel rules make unnecessary.
+pub fn message_parts<'a>(channel: &'a str, payload: &'a RawValue) -> [&'a [u8]; 5] {
+    debug_assert!(validate_channel(channel).is_ok(), "{channel:?}");
+    [
+        b"{\"type\":\"message\",\"channel\":\"",
+        channel.as_bytes(),
+        b"\",\"payload\":",
+        payload.get().as_bytes(),
+        b"}",
+    ]
+}
+
+/// Appends `s` as a JSON string literal (quotes included), escaping `"`,
+/// `\` and control characters; everything else, non-ASCII included, is
+/// copied as is (JSON text is UTF-8).
+pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends `n` in decimal.
+pub(crate) fn write_u64(mut n: u64, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parse(text: &str) -> Result<ClientMsg<'_>, ProtoError> {
+        parse_client(text.as_bytes())
+    }
+
+    fn err(text: &str) -> ProtoError {
+        match parse(text) {
+            Ok(m) => panic!("{text} parsed as {m:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn to_value(out: &[u8]) -> Value {
+        serde_json::from_slice(out).unwrap_or_else(|e| {
+            panic!("{e}: {:?}", String::from_utf8_lossy(out));
+        })
+    }
+
+    #[test]
+    fn subscribe_with_and_without_id() {
+        match parse(r#"{"type":"subscribe","channel":"chat.room1","id":7}"#).unwrap() {
+            ClientMsg::Subscribe { channel, id } => {
+                assert_eq!(channel, "chat.room1");
+                assert!(matches!(channel, Cow::Borrowed(_)), "zero-copy");
+                assert_eq!(id, Some(7));
+            }
+            m => panic!("{m:?}"),
+        }
+        match parse(r#"{"channel":"a","type":"subscribe"}"#).unwrap() {
+            ClientMsg::Subscribe { channel, id } => {
+                assert_eq!(channel, "a");
+                assert_eq!(id, None);
+            }
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn unsubscribe_with_and_without_id() {
+        match parse(r#"{"type":"unsubscribe","channel":"x","id":0}"#).unwrap() {
+            ClientMsg::Unsubscribe { channel, id } => {
+                assert_eq!(channel, "x");
+                assert_eq!(id, Some(0));
+            }
+            m => panic!("{m:?}"),
+        }
+        match parse(r#" { "type" : "unsubscribe" , "channel" : "x" } "#).unwrap() {
+            ClientMsg::Unsubscribe { id, .. } => assert_eq!(id, None),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn ping_with_and_without_id() {
+        let m = parse(r#"{"type":"ping","id":18446744073709551615}"#).unwrap();
+        assert!(matches!(m, ClientMsg::Ping { id: Some(u64::MAX) }));
+        assert_eq!(m.id(), Some(u64::MAX));
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientMsg::Ping { id: None }
+        ));
+        // `null` is the same as no id.
+        assert!(matches!(
+            parse(r#"{"type":"ping","id":null}"#).unwrap(),
+            ClientMsg::Ping { id: None }
+        ));
+    }
+
+    #[test]
+    fn publish_payload_is_byte_exact() {
+        for payload in [
+            r#"{"b": [1, 2, {"c": null}],   "a":"x"}"#,
+            r#"[1,"two",3.0,  true,false,null]"#,
+            r#""quote \" backslash \\ unicode \u00e9 \ud83d\ude00 newline \n""#,
+            "\"raw é 😀\"",
+            "-12.5e+3",
+            "0",
+            "18446744073709551616123",
+            "null",
+            "true",
+            "{}",
+            "[]",
+        ] {
+            let text = format!(r#"{{"type":"publish","channel":"c","payload":{payload},"id":3}}"#);
+            match parse(&text).unwrap() {
+                ClientMsg::Publish {
+                    channel,
+                    payload: p,
+                    id,
+                } => {
+                    assert_eq!(channel, "c");
+                    assert_eq!(p.get(), payload);
+                    assert_eq!(id, Some(3));
+                }
+                m => panic!("{m:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn publish_without_id() {
+        match parse(r#"{"type":"publish","payload":{"k":1},"channel":"c"}"#).unwrap() {
+            ClientMsg::Publish { payload, id, .. } => {
+                assert_eq!(payload.get(), r#"{"k":1}"#);
+                assert_eq!(id, None);
+            }
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn escaped_channel_name_is_unescaped_then_validated() {
+        match parse(r#"{"type":"subscribe","channel":"chat\/room\u0031"}"#).unwrap() {
+            ClientMsg::Subscribe { channel, .. } => {
+                assert_eq!(channel, "chat/room1");
+                assert!(matches!(channel, Cow::Owned(_)));
+            }
+            m => panic!("{m:?}"),
+        }
+        // An escape that unescapes to a forbidden character is still refused.
+        let e = err(r#"{"type":"subscribe","channel":"a\"b","id":1}"#);
+        assert_eq!((e.code, e.id), (ErrorCode::BadChannel, Some(1)));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let m = parse(
+            r#"{"v":2,"type":"subscribe","extra":{"nested":[1,2]},"channel":"a","id":5,"z":null}"#,
+        )
+        .unwrap();
+        assert!(matches!(m, ClientMsg::Subscribe { id: Some(5), .. }));
+        // A payload on a subscribe is just another field it does not use.
+        assert!(parse(r#"{"type":"subscribe","channel":"a","payload":1}"#).is_ok());
+    }
+
+    #[test]
+    fn validate_channel_rules() {
+        for ok in [
+            "a",
+            "Z",
+            "0",
+            "chat.room-1_x:y/z@host",
+            &"x".repeat(MAX_CHANNEL_LEN),
+        ] {
+            assert_eq!(validate_channel(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(MAX_CHANNEL_LEN + 1),
+            "chat.*",
+            "*",
+            "a b",
+            "a\"b",
+            "a\\b",
+            "a\nb",
+            "a\0",
+            "é",
+            "a,b",
+            "a#b",
+            "a+b",
+        ] {
+            let e = validate_channel(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadChannel, "{bad:?}");
+            assert!(
+                e.message.contains("1 to 128 ASCII letters"),
+                "{}",
+                e.message
+            );
+        }
+        let e = validate_channel("a*").unwrap_err();
+        assert!(e.message.starts_with("'*' is not allowed"), "{}", e.message);
+        let e = validate_channel(&"x".repeat(200)).unwrap_err();
+        assert!(e.message.contains("200 bytes"), "{}", e.message);
+    }
+
+    #[test]
+    fn bad_json() {
+        for (text, id) in [
+            ("", None),
+            ("not json", None),
+            (r#"{"type":"ping""#, None),
+            (r#"{"type":"ping"} trailing"#, None),
+            (r#"["ping"]"#, None),
+            (r#""ping""#, None),
+            ("null", None),
+            ("42", None),
+            (r#"{"type":5,"id":1}"#, Some(1)),
+            (r#"{"type":"subscribe","channel":7,"id":2}"#, Some(2)),
+            (r#"{"type":"subscribe","channel":null,"id":2}"#, Some(2)),
+            (r#"{"type":"ping","id":-1}"#, None),
+            (r#"{"type":"ping","id":1.5}"#, None),
+            (r#"{"type":"ping","id":"1"}"#, None),
+            (r#"{"type":"ping","id":1e3}"#, None),
+            (r#"{"type":"ping","type":"ping","id":3}"#, Some(3)),
+            (
+                r#"{"type":"publish","channel":"c","payload":[1,2,"id":4}"#,
+                None,
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.code, ErrorCode::BadJson, "{text}: {e:?}");
+            assert_eq!(e.id, id, "{text}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn bad_json_messages_name_the_problem() {
+        let e = err(r#"{"type":"subscribe","channel":7}"#);
+        assert!(
+            e.message.contains("expected a string for `channel`"),
+            "{}",
+            e.message
+        );
+        let e = err(r#"{"type":"ping","id":-1}"#);
+        assert!(
+            e.message
+                .contains("expected a non-negative integer for `id`"),
+            "{}",
+            e.message
+        );
+        let e = err(r#"{"type":"ping","type":"ping"}"#);
+        assert!(
+            e.message.contains("duplicate field `type`"),
+            "{}",
+            e.message
+        );
+        let e = err(r#"["ping"]"#);
+        assert!(
+            e.message.contains("expected a message object"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn id_recovery() {
+        // The id comes before the fault in the text...
+        assert_eq!(err(r#"{"id":9,"type":"ping""#).id, Some(9));
+        assert_eq!(err(r#"{"id":9,"type":"subscribe","channel":"#).id, Some(9));
+        // ...or after a field of the wrong type, which the probe skips.
+        assert_eq!(
+            err(r#"{"channel":{"x":1},"type":"publish","id":10}"#).id,
+            Some(10)
+        );
+        assert_eq!(err(r#"{"type":["a"],"id":11}"#).id, Some(11));
+        // Nothing to recover when the id itself is the problem or never read.
+        assert_eq!(err(r#"{"id":"x","type":"ping"}"#).id, None);
+        assert_eq!(err(r#"{"type":"ping","#).id, None);
+        // Semantic errors always carry the parsed id.
+        assert_eq!(err(r#"{"id":12}"#).id, Some(12));
+        assert_eq!(err(r#"{"type":"nope","id":13}"#).id, Some(13));
+    }
+
+    #[test]
+    fn missing_field() {
+        for (text, field) in [
+            (r#"{}"#, "type"),
+            (r#"{"id":1,"channel":"a"}"#, "type"),
+            (r#"{"type":"subscribe"}"#, "channel"),
+            (r#"{"type":"unsubscribe","id":1}"#, "channel"),
+            (r#"{"type":"publish","channel":"a"}"#, "payload"),
+            (r#"{"type":"publish","payload":1}"#, "channel"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.code, ErrorCode::MissingField, "{text}");
+            assert_eq!(e.message, format!("missing field `{field}`"), "{text}");
+        }
+        // `"payload":null` is a payload, not a missing one.
+        match parse(r#"{"type":"publish","channel":"a","payload":null}"#).unwrap() {
+            ClientMsg::Publish { payload, .. } => assert_eq!(payload.get(), "null"),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_type() {
+        for t in ["Subscribe", "", "message", "ack", "pub"] {
+            let text = format!(r#"{{"type":"{t}","channel":"a","id":4}}"#);
+            let e = err(&text);
+            assert_eq!((e.code, e.id), (ErrorCode::UnknownType, Some(4)), "{t}");
+        }
+    }
+
+    #[test]
+    fn bad_channel() {
+        for t in ["subscribe", "unsubscribe", "publish"] {
+            let text = format!(r#"{{"type":"{t}","channel":"a*","payload":1,"id":6}}"#);
+            let e = err(&text);
+            assert_eq!((e.code, e.id), (ErrorCode::BadChannel, Some(6)), "{t}");
+        }
+        let e = err(r#"{"type":"subscribe","channel":""}"#);
+        assert_eq!((e.code, e.id), (ErrorCode::BadChannel, None));
+    }
+
+    #[test]
+    fn error_codes_have_stable_names() {
+        let all = [
+            (ErrorCode::BadJson, "bad_json"),
+            (ErrorCode::UnknownType, "unknown_type"),
+            (ErrorCode::MissingField, "missing_field"),
+            (ErrorCode::BadChannel, "bad_channel"),
+            (ErrorCode::Forbidden, "forbidden"),
+            (ErrorCode::TooManySubscriptions, "too_many_subscriptions"),
+            (ErrorCode::NotSubscribed, "not_subscribed"),
+            (ErrorCode::BinaryUnsupported, "binary_unsupported"),
+        ];
+        for (code, name) in all {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(code.to_string(), name);
+            let mut out = Vec::new();
+            write_error(Some(1), code, "m", &mut out);
+            assert_eq!(to_value(&out)["code"], name);
+        }
+    }
+
+    #[test]
+    fn ack_and_pong() {
+        let mut out = Vec::new();
+        write_ack(Some(42), &mut out);
+        assert_eq!(to_value(&out), json!({"type":"ack","id":42}));
+        out.clear();
+        write_ack(None, &mut out);
+        assert_eq!(out, br#"{"type":"ack"}"#);
+        out.clear();
+        write_pong(Some(u64::MAX), &mut out);
+        assert_eq!(to_value(&out), json!({"type":"pong","id":u64::MAX}));
+        out.clear();
+        write_pong(None, &mut out);
+        assert_eq!(to_value(&out), json!({"type":"pong"}));
+        // Appends rather than overwrites.
+        write_ack(Some(0), &mut out);
+        assert_eq!(out, br#"{"type":"pong"}{"type":"ack","id":0}"#);
+    }
+
+    #[test]
+    fn error_reply_escapes_the_message() {
+        let message = "quote \" backslash \\ newline \n tab \t nul \0 esc \x1b del \x7f é 😀";
+        let mut out = Vec::new();
+        write_error(Some(7), ErrorCode::BadChannel, message, &mut out);
+        assert_eq!(
+            to_value(&out),
+            json!({"type":"error","id":7,"code":"bad_channel","message":message})
+        );
+        out.clear();
+        write_error(None, ErrorCode::BadJson, "", &mut out);
+        assert_eq!(
+            to_value(&out),
+            json!({"type":"error","code":"bad_json","message":""})
+        );
+        // A parse error's own message round-trips too.
+        let e = err("{\"type\":\"\\q\"}");
+        out.clear();
+        write_error(e.id, e.code, &e.message, &mut out);
+        assert_eq!(to_value(&out)["message"], e.message.as_str());
+    }
+
+    #[test]
+    fn json_string_escaping() {
+        let all: String = (0u8..0x80).map(char::from).collect();
+        let mut out = Vec::new();
+        write_json_string(&all, &mut out);
+        assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), all);
+        out.clear();
+        write_json_string("\u{1}\u{1f}", &mut out);
+        assert_eq!(out, br#""\u0001\u001f""#);
+    }
+
+    #[test]
+    fn integers() {
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(n, &mut out);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn message_parts_concatenate_to_the_message() {
+        let text = r#"{"type":"publish","channel":"chat:1/a@b","payload":{"s":"\"\\\u00e9","n":[1,-2.5e3,null]}}"#;
+        let (channel, payload) = match parse(text).unwrap() {
+            ClientMsg::Publish {
+                channel, payload, ..
+            } => (channel, payload),
+            m => panic!("{m:?}"),
+        };
+        let parts = message_parts(&channel, payload);
+        let joined = parts.concat();
+        assert_eq!(
+            to_value(&joined),
+            json!({"type":"message","channel":"chat:1/a@b","payload":{"s":"\"\\é","n":[1,-2500.0,null]}})
+        );
+        // The payload appears verbatim: one copy, no re-encoding.
+        assert_eq!(parts[3], br#"{"s":"\"\\\u00e9","n":[1,-2.5e3,null]}"#);
+        let expected = format!(
+            r#"{{"type":"message","channel":"chat:1/a@b","payload":{}}}"#,
+            payload.get()
+        );
+        assert_eq!(joined, expected.as_bytes());
+    }
+}
