@@ -192,6 +192,10 @@ pub struct Shard {
     next_query: u32,
     /// Reused for `/ws` replies.
     scratch: Vec<u8>,
+    /// `X-Ringcast-Core: N`, sent with every 101: which core holds the
+    /// connection (operators correlating per-core metrics, and tests that
+    /// need clients on different cores).
+    core_header: String,
     /// The core's clock: `now` is read once per pass; `now_us` is it in
     /// microseconds since `epoch`.
     epoch: Instant,
@@ -281,6 +285,7 @@ impl Shard {
             queries: Vec::new(),
             next_query: 0,
             scratch: Vec::new(),
+            core_header: format!("X-Ringcast-Core: {id}\r\n"),
             epoch: now,
             now,
             now_us: 0,
@@ -837,11 +842,12 @@ impl Shard {
                 },
             );
         }
+        let core_header = self.core_header.as_bytes();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         conn.out
-            .write_with(&mut self.pool, |v| up.write_response(v));
+            .write_with(&mut self.pool, |v| up.write_response_with(core_header, v));
         conn.phase = Phase::Open(Session::new(limits));
         conn.route = Some(up.route);
         conn.deadline = None;

@@ -87,11 +87,19 @@ pub struct Upgrade<R> {
 impl<R> Upgrade<R> {
     /// Appends the `101 Switching Protocols` response.
     pub fn write_response(&self, out: &mut Vec<u8>) {
+        self.write_response_with(b"", out);
+    }
+
+    /// Appends the `101` response with extra header lines (each ending in
+    /// `\r\n`).
+    pub fn write_response_with(&self, extra_headers: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
         );
         out.extend_from_slice(&self.accept);
-        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(extra_headers);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
