@@ -169,6 +169,7 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
             cfg.shutdown_grace
         );
         limits::warn_if_low(n);
+        warn_if_open(cfg);
     }
 
     let mut stats = Vec::with_capacity(n);
@@ -192,6 +193,21 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     match failure {
         Some(e) => Err(e),
         None => Ok(stats),
+    }
+}
+
+/// Warns about settings that leave a door open.
+fn warn_if_open(cfg: &Config) {
+    if cfg.auth_secret.is_some() && cfg.allowed_origins.is_empty() {
+        warn!(
+            "--auth-secret is set but --allowed-origins is not: any web page can open WebSockets \
+             here with a token it holds (cross-site WebSocket hijacking); list your origins"
+        );
+    }
+    if cfg.api_key.is_none() {
+        info!(
+            "publish API off (/api/publish, /api/channels answer 403): set --api-key to enable it"
+        );
     }
 }
 
