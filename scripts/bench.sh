@@ -16,6 +16,8 @@
 #   echo-lat        1,000 conns x 1 in flight x 32 B
 #   broadcast       1,000 subscribers, publisher 2,000 msg/s x 64 B
 #   broadcast-wide  5,000 subscribers, publisher 300 msg/s x 64 B
+#   channels        as broadcast, through one /ws channel (subscribe, JSON
+#                   publish; ringcast only: the baseline has no /ws)
 #   idle            15,000 connections held (RSS per connection)
 #   churn           64 parallel connect/handshake/echo/close loops
 #
@@ -51,7 +53,7 @@ while [ $# -gt 0 ]; do
     *) SCENARIOS+=("$1"); shift ;;
   esac
 done
-ALL=(echo echo-big echo-lat broadcast broadcast-wide idle churn)
+ALL=(echo echo-big echo-lat broadcast broadcast-wide channels idle churn)
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   if [ "$QUICK" = 1 ]; then SCENARIOS=(echo broadcast churn idle); else SCENARIOS=("${ALL[@]}"); fi
 fi
@@ -69,6 +71,7 @@ scenario_args() { # the generator's arguments for a scenario
     echo-lat)       echo "echo --conns 1000 --in-flight 1 --size 32" ;;
     broadcast)      echo "broadcast --conns 1000 --rate 2000 --size 64" ;;
     broadcast-wide) echo "broadcast --conns 5000 --rate 300 --size 64" ;;
+    channels)       echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench" ;;
     idle)           if [ "$QUICK" = 1 ]; then echo "idle --conns 2000"; else echo "idle --conns 15000"; fi ;;
     churn)          echo "churn --parallel 64" ;;
     *) die "unknown scenario '$1' (one of: ${ALL[*]})" ;;
@@ -202,6 +205,7 @@ PY
 for round in $(seq 1 "$ROUNDS"); do
   for scen in "${SCENARIOS[@]}"; do
     for server in $SERVERS; do
+      if [ "$scen" = channels ] && [ "$server" != ringcast ]; then continue; fi
       run_one "$scen" "$server" "$round"
     done
   done

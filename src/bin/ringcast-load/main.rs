@@ -60,6 +60,10 @@ struct Args {
     /// Broadcast: messages per second the publisher sends.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Broadcast through a `/ws` channel of this name instead of
+    /// `/broadcast` (subscribe, then JSON publish messages).
+    #[arg(long, value_parser = parse_channel)]
+    channel: Option<String>,
     /// Churn: connect/echo/close loops running in parallel.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
@@ -105,6 +109,12 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--addr {addr} resolved to nothing"))
 }
 
+fn parse_channel(s: &str) -> Result<String, String> {
+    ringcast::app::protocol::validate_channel(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.message)
+}
+
 fn sleep_until(t_ns: u64) {
     let now = now_ns();
     if t_ns > now {
@@ -141,6 +151,7 @@ fn run(args: &Args) -> Result<(), String> {
             Scenario::Broadcast {
                 rate: args.rate.max(1),
                 size: args.size.unwrap_or(64).max(16),
+                channel: args.channel.clone(),
             },
             args.conns.unwrap_or(1000),
             args.size.unwrap_or(64).max(16),

@@ -34,8 +34,16 @@ pub enum Scenario {
         binary: bool,
     },
     /// `subscribers` on `/broadcast`; one publisher sends `rate` messages/s
-    /// of `size` bytes, evenly paced (open loop).
-    Broadcast { rate: u64, size: usize },
+    /// of `size` bytes, evenly paced (open loop). With `channel`, everyone
+    /// is on `/ws` instead: subscribers subscribe to the channel (a
+    /// connection counts as open once its subscription is acknowledged), and
+    /// the publisher sends `publish` messages whose payload is a JSON string
+    /// of `size` characters.
+    Broadcast {
+        rate: u64,
+        size: usize,
+        channel: Option<String>,
+    },
     /// Connections opened (at most `concurrency` handshakes at a time per
     /// thread) and held.
     Idle { concurrency: usize },
@@ -211,6 +219,11 @@ pub struct Worker {
     next_number: usize,
     request_echo: Vec<u8>,
     request_broadcast: Vec<u8>,
+    /// Channels mode: the subscribe frame, and the length of the envelope
+    /// before a delivered message's payload string
+    /// (`{"type":"message","channel":"C","payload":"`).
+    subscribe_frame: Vec<u8>,
+    message_prefix: Vec<u8>,
     /// Echo: `in_flight` copies of the message frame, back to back; never
     /// changed after start-up, because sends point straight into it.
     echo_batch: Box<[u8]>,
@@ -219,6 +232,9 @@ pub struct Worker {
     /// Broadcast publisher.
     pub_frame: Vec<u8>,
     pub_off: usize,
+    /// Where in the payload the sequence number and time go (the mask
+    /// phase follows the payload offset).
+    pub_at: usize,
     pub_token: Option<usize>,
     pub_seq: u64,
     pub_active: bool,
@@ -256,17 +272,41 @@ impl Worker {
             Scenario::Broadcast { size, .. } => (Vec::new(), 0, size),
             Scenario::Idle { .. } => (Vec::new(), 0, 0),
         };
+        let channel = match &plan.scenario {
+            Scenario::Broadcast {
+                channel: Some(c), ..
+            } => Some(c.clone()),
+            _ => None,
+        };
         let read_buf = match plan.scenario {
             Scenario::Echo { .. } => echo_batch.len().clamp(READ_BUF, ECHO_READ_BUF_MAX),
             _ => READ_BUF,
         };
-        let (pub_frame, pub_off) = match plan.scenario {
-            Scenario::Broadcast { size, .. } => {
-                let size = size.max(16);
-                let f = wire::masked_frame(wire::BINARY, &vec![0u8; size]);
-                (f, wire::payload_offset(size))
+        let (pub_frame, pub_off, pub_at) = match (&plan.scenario, &channel) {
+            // The sequence number and send time go into the payload string
+            // as 32 hex digits, the rest is padding.
+            (Scenario::Broadcast { size, .. }, Some(c)) => {
+                let head = format!(r#"{{"type":"publish","channel":"{c}","payload":""#);
+                let json = format!("{head}{}\"}}", "0".repeat((*size).max(32)));
+                let f = wire::masked_frame(wire::TEXT, json.as_bytes());
+                (f, wire::payload_offset(json.len()), head.len())
             }
-            _ => (Vec::new(), 0),
+            (Scenario::Broadcast { size, .. }, None) => {
+                let size = (*size).max(16);
+                let f = wire::masked_frame(wire::BINARY, &vec![0u8; size]);
+                (f, wire::payload_offset(size), 0)
+            }
+            _ => (Vec::new(), 0, 0),
+        };
+        let (subscribe_frame, message_prefix) = match &channel {
+            Some(c) => (
+                wire::masked_frame(
+                    wire::TEXT,
+                    format!(r#"{{"type":"subscribe","channel":"{c}"}}"#).as_bytes(),
+                ),
+                format!(r#"{{"type":"message","channel":"{c}","payload":""#).into_bytes(),
+            ),
+            None => (Vec::new(), Vec::new()),
         };
         // Room for a pass that opens 256 connections (3 operations each) or
         // answers every connection; a fuller queue is flushed early by push().
@@ -283,12 +323,22 @@ impl Worker {
             free: Vec::new(),
             connecting: 0,
             request_echo: wire::upgrade_request(&host, "/echo"),
-            request_broadcast: wire::upgrade_request(&host, "/broadcast"),
+            request_broadcast: wire::upgrade_request(
+                &host,
+                if channel.is_some() {
+                    "/ws"
+                } else {
+                    "/broadcast"
+                },
+            ),
+            subscribe_frame,
+            message_prefix,
             echo_batch: echo_batch.into_boxed_slice(),
             echo_frame_len,
             read_buf,
             pub_frame,
             pub_off,
+            pub_at,
             pub_token: None,
             pub_seq: 0,
             pub_active: false,
@@ -483,7 +533,7 @@ impl Worker {
     }
 
     fn start_publisher(&mut self) {
-        let Scenario::Broadcast { rate, .. } = self.plan.scenario else {
+        let Scenario::Broadcast { rate, .. } = self.plan.scenario.clone() else {
             return;
         };
         // The publisher is one more /broadcast connection, on this worker.
@@ -508,8 +558,13 @@ impl Worker {
             self.out.publisher_lag_us = self.out.publisher_lag_us.max(lag);
             self.pub_next_ns += self.pub_interval_ns;
             let mut f = self.pub_frame.clone();
-            wire::write_masked(&mut f, self.pub_off, 0, &self.pub_seq.to_le_bytes());
-            wire::write_masked(&mut f, self.pub_off, 8, &now.to_le_bytes());
+            if self.message_prefix.is_empty() {
+                wire::write_masked(&mut f, self.pub_off, 0, &self.pub_seq.to_le_bytes());
+                wire::write_masked(&mut f, self.pub_off, 8, &now.to_le_bytes());
+            } else {
+                let hex = format!("{:016x}{now:016x}", self.pub_seq);
+                wire::write_masked(&mut f, self.pub_off, self.pub_at, hex.as_bytes());
+            }
             self.pub_seq += 1;
             if self.window(now) {
                 self.out.published += 1;
@@ -732,17 +787,31 @@ impl Worker {
                     self.pub_active = true;
                     self.pub_next_ns = now;
                 }
+                Role::Subscriber if !self.subscribe_frame.is_empty() => {
+                    // Open once the subscription is acknowledged.
+                    let f = self.subscribe_frame.clone();
+                    self.send(t, &f);
+                    self.out
+                        .handshake_us
+                        .saturating_record(now.saturating_sub(started) / 1000);
+                    return self.frames(t);
+                }
                 Role::Subscriber | Role::Idle => {}
             }
             self.out
                 .handshake_us
                 .saturating_record(now.saturating_sub(started) / 1000);
-            self.out.opened += 1;
-            self.out.last_open_ns = now;
-            self.connecting -= 1;
-            self.shared.opened.fetch_add(1, Ordering::Relaxed);
+            self.opened(now);
         }
         self.frames(t);
+    }
+
+    /// A connection is ready for the measurement.
+    fn opened(&mut self, now: u64) {
+        self.out.opened += 1;
+        self.out.last_open_ns = now;
+        self.connecting -= 1;
+        self.shared.opened.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Consumes complete server frames.
@@ -756,6 +825,8 @@ impl Worker {
             self.shared.window_end.load(Ordering::Relaxed),
         );
         let window = |ts: u64| ws != 0 && ts >= ws && ts < we;
+        let prefix = std::mem::take(&mut self.message_prefix);
+        let mut acked = false;
         let Some(c) = live(&mut self.conns, t) else {
             return;
         };
@@ -776,6 +847,26 @@ impl Worker {
                     }
                     replies += 1;
                 }
+                (wire::TEXT, Role::Subscriber) if !prefix.is_empty() => {
+                    let body = &c.rbuf[p..p + len];
+                    if body.starts_with(&prefix) && len >= prefix.len() + 32 {
+                        let hex = &body[prefix.len() + 16..prefix.len() + 32];
+                        let ts = std::str::from_utf8(hex)
+                            .ok()
+                            .and_then(|h| u64::from_str_radix(h, 16).ok())
+                            .unwrap_or(0);
+                        if window(ts) {
+                            self.out.count += 1;
+                            self.out.bytes += len as u64;
+                            self.out
+                                .latency_us
+                                .saturating_record(now.saturating_sub(ts) / 1000);
+                            self.delivered_unreported += 1;
+                        }
+                    } else if body.starts_with(br#"{"type":"ack""#) {
+                        acked = true;
+                    }
+                }
                 (wire::TEXT | wire::BINARY, Role::Subscriber) if len >= 16 => {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&c.rbuf[p + 8..p + 16]);
@@ -795,6 +886,7 @@ impl Worker {
             c.rstart += hl + len;
         }
         let (role, phase) = (c.role, c.phase);
+        self.message_prefix = prefix;
         if closed {
             if role == Role::Churn && phase == Phase::Closing {
                 return self.finish_cycle(t);
@@ -817,6 +909,9 @@ impl Worker {
                 self.send(t, &close);
             }
             _ => {}
+        }
+        if acked {
+            self.opened(now);
         }
     }
 
