@@ -66,7 +66,11 @@ impl<K: Copy> TimerWheel<K> {
 
     /// Reports every entry (tick, key) whose tick has passed at `now`.
     pub fn advance(&mut self, now: Instant, mut fire: impl FnMut(u64, K)) {
-        let now_tick = self.tick_of(now);
+        // Rounded down: tick k (deadlines up to k * TICK) has passed only
+        // once `now` reaches k * TICK; `tick_of`'s rounding up would fire
+        // entries up to a tick early.
+        let d = now.saturating_duration_since(self.start);
+        let now_tick = (d.as_nanos() / TICK.as_nanos()) as u64;
         while self.cursor <= now_tick && self.len > 0 {
             let slot = &mut self.slots[(self.cursor as usize) % SLOTS];
             let mut i = 0;
@@ -102,6 +106,10 @@ mod tests {
         w.advance(t0 + Duration::from_millis(60), |_, k| got.push(k));
         assert_eq!(got, vec![2]);
         w.advance(t0 + Duration::from_millis(100), |_, k| got.push(k));
+        assert_eq!(got, vec![2]);
+        // Past 120 ms's tick start but before its end: not yet.
+        w.advance(t0 + Duration::from_millis(101), |_, k| got.push(k));
+        w.advance(t0 + Duration::from_millis(149), |_, k| got.push(k));
         assert_eq!(got, vec![2]);
         w.advance(t0 + Duration::from_millis(150), |_, k| got.push(k));
         assert_eq!(got, vec![2, 1]);
