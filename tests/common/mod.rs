@@ -341,3 +341,98 @@ pub fn client(url: &str) -> tungstenite::WebSocket<tungstenite::stream::MaybeTls
     }
     ws
 }
+
+// ----- requests with extra headers, /metrics, /ws JSON --------------------
+
+/// A tungstenite client connection.
+pub type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+/// [`upgrade_request`] with extra header lines (each ending in `\r\n`).
+pub fn upgrade_request_with(path: &str, extra_headers: &str) -> String {
+    let req = upgrade_request(path);
+    format!("{}{extra_headers}\r\n", &req[..req.len() - 2])
+}
+
+/// Upgrades with tungstenite, sending extra headers; `Err` carries the
+/// refusal (`tungstenite::Error::Http` with the response).
+pub fn try_client_with(url: &str, headers: &[(&str, &str)]) -> tungstenite::Result<Ws> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request()?;
+    for (name, value) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("name");
+        req.headers_mut()
+            .insert(name, value.parse().expect("header value"));
+    }
+    let (ws, resp) = tungstenite::connect(req)?;
+    assert_eq!(resp.status(), 101);
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.set_write_timeout(Some(PATIENCE)).unwrap();
+    }
+    Ok(ws)
+}
+
+/// The body of an HTTP response text.
+pub fn http_body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Scrapes `/metrics` and parses it as Prometheus text.
+pub fn scrape(server: &Server) -> prometheus_parse::Scrape {
+    let (status, resp) = http_exchange(server.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{resp}");
+    let lines = http_body(&resp).lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
+}
+
+/// Sums a metric's samples over cores (optionally only those with a label).
+pub fn metric_sum(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name}: unexpected sample type"),
+        })
+        .sum()
+}
+
+/// `ringcast_handshakes_total{outcome=...}` summed over cores.
+pub fn handshakes(scrape: &prometheus_parse::Scrape, outcome: &str) -> f64 {
+    metric_sum(
+        scrape,
+        "ringcast_handshakes_total",
+        Some(("outcome", outcome)),
+    )
+}
+
+/// Sends a `/ws` JSON message.
+pub fn send_json(ws: &mut Ws, v: serde_json::Value) {
+    ws.send(tungstenite::Message::text(v.to_string())).unwrap();
+}
+
+/// The next `/ws` JSON message (pings are answered by tungstenite itself).
+pub fn recv_json(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        match ws.read().expect("read") {
+            tungstenite::Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Closes a tungstenite client and waits for the server's side of the
+/// close handshake.
+pub fn close_client(mut ws: Ws) {
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+}

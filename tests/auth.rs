@@ -1,0 +1,202 @@
+//! Who may connect, over real sockets: HS256 tokens on the upgrade (query
+//! or `Authorization: Bearer`), the token's channel claims on `/ws`, the
+//! `Origin` allow-list, and the counters they leave in `/metrics`.
+
+mod common;
+
+use common::{
+    client, handshakes, http_body, http_exchange, metric_sum, recv_json, scrape, send_json,
+    try_client_with, upgrade_request, upgrade_request_with, Server,
+};
+use ringcast::app::auth::{sign, Claims};
+use serde_json::json;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tungstenite::Message;
+
+const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(secret: &str, exp: u64, channels: Option<&[&str]>) -> String {
+    let claims = Claims {
+        sub: "user-1".into(),
+        exp,
+        channels: channels.map(|c| c.iter().map(|s| s.to_string()).collect()),
+    };
+    sign(secret.as_bytes(), &claims)
+}
+
+fn echo_once(ws: &mut common::Ws, text: &str) {
+    ws.send(Message::text(text)).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text(text));
+}
+
+#[test]
+fn valid_token_upgrades_via_query_or_bearer() {
+    let server = Server::start(&["--cores", "2", "--auth-secret", SECRET]);
+    let t = token(SECRET, now() + 3600, None);
+
+    let mut by_query = client(&server.url(&format!("/echo?token={t}")));
+    echo_once(&mut by_query, "via query");
+
+    let bearer = format!("Bearer {t}");
+    let mut by_header = try_client_with(&server.url("/echo"), &[("Authorization", &bearer)])
+        .expect("upgrade with a bearer token");
+    echo_once(&mut by_header, "via header");
+
+    let m = scrape(&server);
+    assert_eq!(handshakes(&m, "upgraded"), 2.0);
+    assert_eq!(handshakes(&m, "unauthorized"), 0.0);
+    common::close_client(by_query);
+    common::close_client(by_header);
+}
+
+#[test]
+fn bad_or_missing_tokens_get_401_before_the_upgrade() {
+    let server = Server::start(&["--cores", "2", "--auth-secret", SECRET]);
+    let expired = token(SECRET, now() - 3600, None);
+    let forged = token("some-other-secret-0123456789abcdef", now() + 3600, None);
+    let cases = [
+        (upgrade_request("/echo"), "missing token"),
+        (upgrade_request("/ws"), "missing token"),
+        (upgrade_request("/echo?token=garbage"), "invalid token"),
+        (
+            upgrade_request_with("/echo", "Authorization: Bearer not.a.jwt\r\n"),
+            "invalid token",
+        ),
+        (
+            upgrade_request(&format!("/echo?token={expired}")),
+            "token expired",
+        ),
+        (
+            upgrade_request_with("/ws", &format!("Authorization: Bearer {expired}\r\n")),
+            "token expired",
+        ),
+        (
+            upgrade_request(&format!("/echo?token={forged}")),
+            "invalid token",
+        ),
+        (
+            upgrade_request_with("/ws", &format!("Authorization: Bearer {forged}\r\n")),
+            "invalid token",
+        ),
+    ];
+    for (req, reason) in &cases {
+        let (status, resp) = http_exchange(server.addr, req.as_bytes());
+        assert_eq!(status, 401, "{req}\n{resp}");
+        assert_eq!(http_body(&resp), format!("{reason}\n"), "{req}");
+        assert!(resp.contains("WWW-Authenticate: Bearer\r\n"), "{resp}");
+        assert!(!resp.contains("Sec-WebSocket-Accept"), "{resp}");
+    }
+    // A real client sees the refusal as an HTTP error.
+    match try_client_with(&server.url(&format!("/echo?token={expired}")), &[]) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected a 401, got {:?}", other.map(|_| "a WebSocket")),
+    }
+
+    let m = scrape(&server);
+    assert_eq!(handshakes(&m, "unauthorized"), (cases.len() + 1) as f64);
+    assert_eq!(handshakes(&m, "upgraded"), 0.0);
+    assert_eq!(handshakes(&m, "forbidden"), 0.0);
+}
+
+#[test]
+fn channel_claims_limit_subscribe_and_publish() {
+    let server = Server::start(&["--cores", "2", "--auth-secret", SECRET]);
+    let t = token(SECRET, now() + 3600, Some(&["chat.*"]));
+    let mut ws = client(&server.url(&format!("/ws?token={t}")));
+
+    send_json(
+        &mut ws,
+        json!({"type":"subscribe","channel":"chat.room","id":1}),
+    );
+    assert_eq!(recv_json(&mut ws), json!({"type":"ack","id":1}));
+
+    send_json(&mut ws, json!({"type":"subscribe","channel":"news","id":2}));
+    let err = recv_json(&mut ws);
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["id"], 2, "{err}");
+    assert_eq!(err["code"], "forbidden", "{err}");
+
+    // Still open and answering.
+    send_json(&mut ws, json!({"type":"ping","id":3}));
+    assert_eq!(recv_json(&mut ws), json!({"type":"pong","id":3}));
+
+    send_json(
+        &mut ws,
+        json!({"type":"publish","channel":"news","payload":"x","id":4}),
+    );
+    let err = recv_json(&mut ws);
+    assert_eq!((&err["type"], &err["id"]), (&json!("error"), &json!(4)));
+    assert_eq!(err["code"], "forbidden", "{err}");
+
+    // Within the claims: the ack and the delivery to itself, in either order.
+    send_json(
+        &mut ws,
+        json!({"type":"publish","channel":"chat.room","payload":{"n":1},"id":5}),
+    );
+    let mut got = vec![recv_json(&mut ws), recv_json(&mut ws)];
+    got.sort_by_key(|v| v["type"].to_string());
+    assert_eq!(
+        got,
+        vec![
+            json!({"type":"ack","id":5}),
+            json!({"type":"message","channel":"chat.room","payload":{"n":1}}),
+        ]
+    );
+
+    // A token without `channels` may use any channel.
+    let open = token(SECRET, now() + 3600, None);
+    let mut any = client(&server.url(&format!("/ws?token={open}")));
+    send_json(
+        &mut any,
+        json!({"type":"subscribe","channel":"news","id":1}),
+    );
+    assert_eq!(recv_json(&mut any), json!({"type":"ack","id":1}));
+
+    let m = scrape(&server);
+    assert_eq!(metric_sum(&m, "ringcast_claims_denied_total", None), 2.0);
+    assert_eq!(handshakes(&m, "upgraded"), 2.0);
+    assert_eq!(handshakes(&m, "unauthorized"), 0.0);
+    common::close_client(ws);
+    common::close_client(any);
+}
+
+#[test]
+fn origins_outside_the_allow_list_get_403() {
+    let server = Server::start(&[
+        "--cores",
+        "2",
+        "--allowed-origins",
+        "https://app.example,https://admin.example",
+    ]);
+    let req = upgrade_request_with("/echo", "Origin: https://evil.example\r\n");
+    let (status, resp) = http_exchange(server.addr, req.as_bytes());
+    assert_eq!(status, 403, "{resp}");
+    assert_eq!(http_body(&resp), "origin not allowed\n");
+
+    let mut allowed = Vec::new();
+    for origin in ["https://app.example", "https://admin.example"] {
+        let mut ws = try_client_with(&server.url("/echo"), &[("Origin", origin)])
+            .unwrap_or_else(|e| panic!("Origin {origin}: {e}"));
+        echo_once(&mut ws, origin);
+        allowed.push(ws);
+    }
+    // No Origin: not a browser, allowed.
+    let mut no_origin = client(&server.url("/echo"));
+    echo_once(&mut no_origin, "no origin");
+    allowed.push(no_origin);
+
+    let m = scrape(&server);
+    assert_eq!(handshakes(&m, "forbidden"), 1.0);
+    assert_eq!(handshakes(&m, "upgraded"), 3.0);
+    assert_eq!(handshakes(&m, "unauthorized"), 0.0);
+    for ws in allowed {
+        common::close_client(ws);
+    }
+}
