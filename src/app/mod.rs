@@ -319,6 +319,11 @@ impl<'a, 'e> ConnIo<'a, 'e> {
         match idx.and_then(|i| ws.subs.iter().position(|&s| s == i)) {
             Some(pos) => {
                 let idx = ws.subs.swap_remove(pos);
+                // A subscribe still waiting for confirmations is answered
+                // first: every request gets its reply, in order.
+                for held in self.env.channels.take_held_acks(self.key, idx) {
+                    self.reply(|v| protocol::write_ack(held, v));
+                }
                 self.env.channels.unsubscribe(self.key, idx);
                 self.reply(|v| protocol::write_ack(id, v));
             }

@@ -207,6 +207,22 @@ impl Channels {
         }
     }
 
+    /// Takes `key`'s subscribe acks still held on channel `idx` for
+    /// confirmations (oldest first), so an unsubscribe can answer them
+    /// before its own ack instead of dropping them.
+    pub fn take_held_acks(&mut self, key: ConnKey, idx: u32) -> Vec<Option<u64>> {
+        let mut held = Vec::new();
+        if let Some(ch) = self.slot(idx) {
+            ch.waiting.retain(|&(k, id)| {
+                if k == key {
+                    held.push(id);
+                }
+                k != key
+            });
+        }
+        held
+    }
+
     /// Unsubscribes `key` from channel `idx`. Returns whether it was
     /// subscribed.
     pub fn unsubscribe(&mut self, key: ConnKey, idx: u32) -> bool {
@@ -524,6 +540,18 @@ mod tests {
         assert!(cores[1].is_empty());
         let f = Frame::new(SharedFrame::encode(OpCode::Text, b"m"));
         assert!(!cores[1].publish("c", &f));
+    }
+
+    #[test]
+    fn unsubscribe_takes_only_its_own_held_acks() {
+        let mut cores: Vec<Channels> = (0..2).map(|i| Channels::new(i, 2)).collect();
+        let (idx, _) = cores[0].subscribe(key(1), "c", Some(1));
+        let (_, s) = cores[0].subscribe(key(2), "c", Some(5));
+        assert_eq!(s, Subscribed::Pending { new: true });
+        assert_eq!(cores[0].take_held_acks(key(1), idx), vec![Some(1)]);
+        assert!(cores[0].unsubscribe(key(1), idx));
+        pump(&mut cores);
+        assert_eq!(cores[0].acks_due, vec![(key(2), Some(5))]);
     }
 
     #[test]
