@@ -1388,6 +1388,8 @@ impl Shard {
         conn.out.write_with(&mut self.pool, |v| {
             encode_frame_into(OpCode::Text, scratch, v)
         });
+        // Counted like a reply queued during the connection's own read.
+        self.msg_stats.replies += 1;
         self.mark_dirty(key);
     }
 
