@@ -4,8 +4,17 @@
 
 mod common;
 
-use common::{client, http_exchange, Server};
+use std::collections::BTreeSet;
+use std::net::TcpStream;
+use std::time::Instant;
+
+use common::{client, http_exchange, Server, PATIENCE};
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
+
+type Ws = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
 
 fn get(server: &Server, path: &str) -> (u16, String) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -118,4 +127,342 @@ fn metrics_parse_and_count_what_the_clients_did() {
     }
     let (status, _) = server.stop();
     assert!(status.success());
+}
+
+// ----- /ws helpers ------------------------------------------------------
+
+/// A `/ws` client and the core it landed on (`X-Ringcast-Core`).
+fn ws_client(server: &Server) -> (Ws, usize) {
+    let (ws, resp) = tungstenite::connect(server.url("/ws")).expect("upgrade");
+    let core = resp
+        .headers()
+        .get("x-ringcast-core")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("X-Ringcast-Core");
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+    (ws, core)
+}
+
+/// Sends a JSON message; returns its length in bytes.
+fn send(ws: &mut Ws, v: Value) -> usize {
+    let text = v.to_string();
+    ws.send(Message::text(text.clone())).unwrap();
+    text.len()
+}
+
+/// The next JSON message (heartbeat pings are answered by tungstenite).
+fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("read") {
+            Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn scrape(server: &Server) -> (String, prometheus_parse::Scrape) {
+    let (status, resp) = get(server, "/metrics");
+    assert_eq!(status, 200, "{resp}");
+    let text = body(&resp).to_owned();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    (text, parsed)
+}
+
+/// SIGTERM with `--drain-delay`: `/readyz` turns 503 at once, open
+/// connections are still served during the delay, then closed with 1001,
+/// and the process exits 0.
+#[test]
+fn readyz_fails_first_and_open_clients_are_served_during_the_drain_delay() {
+    let mut server = Server::start(&["--cores", "2", "--drain-delay", "3"]);
+    let (mut ws, _) = ws_client(&server);
+    send(&mut ws, json!({"type":"subscribe","channel":"d","id":1}));
+    assert_eq!(recv(&mut ws), json!({"type":"ack","id":1}));
+    assert_eq!(get(&server, "/readyz").0, 200);
+
+    server.signal(libc::SIGTERM);
+    let start = Instant::now();
+    loop {
+        let (status, resp) = get(&server, "/readyz");
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 200, "{resp}");
+        assert!(start.elapsed() < PATIENCE, "/readyz never turned 503");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Still liveness: /healthz is 200 while draining.
+    assert_eq!(get(&server, "/healthz").0, 200);
+
+    // The open connection still works during the delay.
+    send(&mut ws, json!({"type":"ping","id":2}));
+    assert_eq!(recv(&mut ws), json!({"type":"pong","id":2}));
+    send(&mut ws, json!({"type":"subscribe","channel":"e","id":3}));
+    assert_eq!(recv(&mut ws), json!({"type":"ack","id":3}));
+    send(
+        &mut ws,
+        json!({"type":"publish","channel":"d","payload":"still here","id":4}),
+    );
+    let mut got = vec![recv(&mut ws), recv(&mut ws)];
+    got.sort_by_key(|v| v["type"].as_str().map(str::to_owned));
+    assert_eq!(
+        got,
+        [
+            json!({"type":"ack","id":4}),
+            json!({"type":"message","channel":"d","payload":"still here"}),
+        ]
+    );
+
+    // Then the server closes it as going away.
+    let close = loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => break f,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(other) => panic!("unexpected {other:?} before the close"),
+            Err(e) => panic!("connection ended without a close frame: {e}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    while ws.read().is_ok() {}
+    // Our FIN: the server waits for it before it lets the socket go.
+    drop(ws);
+    let status = server.wait();
+    assert!(status.success(), "{status}\n{}", server.log());
+}
+
+/// After a channel load (subscribers on both cores, publishes over /ws and
+/// the API, every message received by every client), the scrape's counters
+/// match what the clients did exactly.
+#[test]
+fn metrics_count_a_channel_load_exactly() {
+    const PER_PUBLISHER: usize = 10;
+    let server = Server::start(&["--cores", "2", "--api-key", "k"]);
+
+    // At least six subscribers, at least two on each core; every upgrade
+    // is kept, so they are all counted.
+    let mut clients: Vec<(Ws, usize)> = Vec::new();
+    let on = |cs: &[(Ws, usize)], core| cs.iter().filter(|c| c.1 == core).count();
+    while clients.len() < 6 || on(&clients, 0) < 2 || on(&clients, 1) < 2 {
+        assert!(clients.len() < 200, "connections did not spread over cores");
+        clients.push(ws_client(&server));
+    }
+    let n = clients.len();
+    let (mut ws_in, mut bytes_in) = (0usize, 0usize);
+    for (ws, _) in &mut clients {
+        bytes_in += send(ws, json!({"type":"subscribe","channel":"load","id":1}));
+        ws_in += 1;
+        assert_eq!(recv(ws), json!({"type":"ack","id":1}));
+    }
+
+    // One publisher on each core (both are subscribers too).
+    let publishers = [
+        clients.iter().position(|c| c.1 == 0).unwrap(),
+        clients.iter().position(|c| c.1 == 1).unwrap(),
+    ];
+    for seq in 0..PER_PUBLISHER {
+        for &p in &publishers {
+            let msg =
+                json!({"type":"publish","channel":"load","payload":{"p":p,"seq":seq},"id":seq});
+            bytes_in += send(&mut clients[p].0, msg);
+            ws_in += 1;
+        }
+    }
+    let m = PER_PUBLISHER * publishers.len();
+
+    // And through the API: two single publishes and a batch of three.
+    let api = |body: String| {
+        let req = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-Api-Key: k\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, resp) = http_exchange(server.addr, req.as_bytes());
+        assert_eq!(status, 200, "{resp}");
+    };
+    api(json!({"channel":"load","payload":"api 1"}).to_string());
+    api(json!({"channel":"load","payload":"api 2"}).to_string());
+    api(json!({"messages":[
+        {"channel":"load","payload":"api 3"},
+        {"channel":"load","payload":"api 4"},
+        {"channel":"load","payload":"api 5"},
+    ]})
+    .to_string());
+    let k = 5;
+    let api_requests = 3;
+
+    // Every client receives everything (publishers also their acks), then
+    // a ping round trip, before the scrape.
+    for (i, (ws, _)) in clients.iter_mut().enumerate() {
+        let want_acks = if publishers.contains(&i) {
+            PER_PUBLISHER
+        } else {
+            0
+        };
+        let (mut msgs, mut acks) = (0, 0);
+        while msgs < m + k || acks < want_acks {
+            let v = recv(ws);
+            match v["type"].as_str() {
+                Some("message") => msgs += 1,
+                Some("ack") => acks += 1,
+                _ => panic!("client {i}: unexpected {v}"),
+            }
+        }
+        assert_eq!((msgs, acks), (m + k, want_acks), "client {i}");
+        bytes_in += send(ws, json!({"type":"ping","id":7}));
+        ws_in += 1;
+        assert_eq!(recv(ws), json!({"type":"pong","id":7}));
+    }
+
+    let (text, scrape) = scrape(&server);
+    println!("----- /metrics after the channel load -----\n{text}");
+
+    let total = (m + k) as f64;
+    assert_eq!(sum(&scrape, "ringcast_publishes_total", None), total);
+    assert_eq!(
+        sum(&scrape, "ringcast_deliveries_total", None),
+        total * n as f64
+    );
+    assert_eq!(sum(&scrape, "ringcast_subscriptions", None), n as f64);
+    // Each core holds the channel: local subscribers on both.
+    assert_eq!(sum(&scrape, "ringcast_channels", None), 2.0);
+    let outcome = |o| sum(&scrape, "ringcast_handshakes_total", Some(("outcome", o)));
+    assert_eq!(outcome("upgraded"), n as f64);
+    // The API requests and this scrape.
+    assert_eq!(outcome("http"), (api_requests + 1) as f64);
+    assert_eq!(outcome("refused"), 0.0);
+    assert_eq!(
+        sum(&scrape, "ringcast_messages_in_total", None),
+        ws_in as f64
+    );
+    assert_eq!(
+        sum(&scrape, "ringcast_bytes_in_total", None),
+        bytes_in as f64
+    );
+    // Replies (a subscribe ack each, a publish ack each, a pong each) and
+    // deliveries.
+    assert_eq!(
+        sum(&scrape, "ringcast_messages_out_total", None),
+        (n + m + n) as f64 + total * n as f64
+    );
+    assert_eq!(sum(&scrape, "ringcast_protocol_errors_total", None), 0.0);
+    assert_eq!(
+        sum(&scrape, "ringcast_slow_consumer_closes_total", None),
+        0.0
+    );
+    assert!(sum(&scrape, "ringcast_connections", None) >= n as f64);
+
+    // The heartbeat histogram: one per core, ending in a +Inf bucket.
+    let hist: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ringcast_ping_rtt_seconds")
+        .collect();
+    let cores: BTreeSet<_> = hist.iter().filter_map(|s| s.labels.get("core")).collect();
+    assert_eq!(cores.len(), 2, "a histogram per core");
+    for h in &hist {
+        let prometheus_parse::Value::Histogram(buckets) = &h.value else {
+            panic!(
+                "ringcast_ping_rtt_seconds is not a histogram: {:?}",
+                h.value
+            );
+        };
+        let inf = buckets.iter().find(|b| b.less_than == f64::INFINITY);
+        assert!(inf.is_some(), "no +Inf bucket: {buckets:?}");
+    }
+    for core in 0..2 {
+        let line = format!("ringcast_ping_rtt_seconds_bucket{{core=\"{core}\",le=\"+Inf\"}} ");
+        assert!(text.contains(&line), "{line}");
+        assert!(text.contains(&format!(
+            "ringcast_ping_rtt_seconds_count{{core=\"{core}\"}} "
+        )));
+    }
+
+    for (mut ws, _) in clients {
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+    }
+    let (status, _) = server.stop();
+    assert!(status.success());
+}
+
+/// A `--config` TOML file sets flags (here: cores, a subscription limit and
+/// the API key), and `--print-config` shows the merged result.
+#[test]
+fn config_file_settings_take_effect() {
+    let dir = std::env::temp_dir().join(format!("ringcast-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ringcast.toml");
+    std::fs::write(
+        &path,
+        "# test settings\ncores = 2\nmax-subscriptions = 2\napi-key = \"k\"\n",
+    )
+    .unwrap();
+    let path_str = path.to_str().unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["--print-config", "--config", path_str])
+        .output()
+        .expect("run ringcast --print-config");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{printed}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("max-subscriptions = 2\n"), "{printed}");
+    assert!(printed.contains("cores = 2\n"), "{printed}");
+    // The key itself is never printed.
+    assert!(printed.contains("api-key = \"<redacted>\"\n"), "{printed}");
+
+    let server = Server::start(&["--config", path_str]);
+    let (mut ws, _) = ws_client(&server);
+    for (id, ch) in [(1, "a"), (2, "b")] {
+        send(&mut ws, json!({"type":"subscribe","channel":ch,"id":id}));
+        assert_eq!(recv(&mut ws), json!({"type":"ack","id":id}));
+    }
+    send(&mut ws, json!({"type":"subscribe","channel":"c","id":3}));
+    let e = recv(&mut ws);
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "too_many_subscriptions", "{e}");
+    assert_eq!(e["id"], 3, "{e}");
+    // Already subscribed channels still are.
+    send(&mut ws, json!({"type":"subscribe","channel":"a","id":4}));
+    assert_eq!(recv(&mut ws), json!({"type":"ack","id":4}));
+
+    let publish = |key: &str| {
+        let body = r#"{"channel":"a","payload":"from the API"}"#;
+        let req = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        http_exchange(server.addr, req.as_bytes())
+    };
+    let (status, resp) = publish("k");
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(
+        recv(&mut ws),
+        json!({"type":"message","channel":"a","payload":"from the API"})
+    );
+    let (status, resp) = publish("wrong");
+    assert_eq!(status, 401, "{resp}");
+
+    // Both cores run (the file's `cores = 2`).
+    let (_, parsed) = scrape(&server);
+    let cores: BTreeSet<_> = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ringcast_connections")
+        .filter_map(|s| s.labels.get("core").map(str::to_owned))
+        .collect();
+    assert_eq!(cores.len(), 2);
+
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    drop(ws);
+    let (status, _) = server.stop();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&dir);
 }
