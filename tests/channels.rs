@@ -543,6 +543,20 @@ fn publish_api_reaches_subscribers_on_every_core() {
         assert_eq!(recv(s), message("news", json!("continued")));
     }
 
+    // A wrong key is refused from the head alone: 401 instead of
+    // `100 Continue`, so the body is never sent or buffered.
+    let mut s = tcp(server.addr);
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        2000
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 401 "), "{resp}");
+    assert_eq!(error_code(&resp), "unauthorized");
+
     // Refusals. None of them publishes anything (checked below).
     let good = r#"{"channel":"news","payload":"refused"}"#;
     for auth in [String::new(), "Authorization: Bearer wrong\r\n".into()] {

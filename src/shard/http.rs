@@ -86,6 +86,34 @@ pub(super) struct HttpRequest<'a> {
     pub creds: Credentials<'a>,
 }
 
+/// Refuses a request from its head alone — wrong method (405), missing or
+/// wrong API key (401/403) — so a refused client never gets to send, and
+/// the core never buffers, its body. `None`: go ahead.
+pub(super) fn precheck(
+    cfg: &ShardConfig,
+    resource: Resource,
+    method: Method,
+    creds: &Credentials<'_>,
+    scratch: &mut Vec<u8>,
+) -> Option<HeadOutcome> {
+    scratch.clear();
+    let allowed = match resource {
+        Resource::Publish => Method::Post,
+        _ => Method::Get,
+    };
+    if method != allowed {
+        let allow = if allowed == Method::Post {
+            "Allow: POST\r\n"
+        } else {
+            "Allow: GET\r\n"
+        };
+        json_error(405, allow, "method_not_allowed", "wrong method", scratch);
+        return Some(HeadOutcome::Respond);
+    }
+    let api = matches!(resource, Resource::Publish | Resource::ChannelList);
+    (api && !api_authorised(cfg, creds, scratch)).then_some(HeadOutcome::Respond)
+}
+
 /// Answers a plain HTTP request, or says who will.
 pub(super) fn request(
     cfg: &ShardConfig,
@@ -94,31 +122,15 @@ pub(super) fn request(
     scratch: &mut Vec<u8>,
     req: HttpRequest<'_>,
 ) -> HeadOutcome {
-    scratch.clear();
-    let allowed = match req.resource {
-        Resource::Publish => Method::Post,
-        _ => Method::Get,
-    };
-    if req.method != allowed {
-        let allow = if allowed == Method::Post {
-            "Allow: POST\r\n"
-        } else {
-            "Allow: GET\r\n"
-        };
-        json_error(405, allow, "method_not_allowed", "wrong method", scratch);
-        return HeadOutcome::Respond;
+    if let Some(refused) = precheck(cfg, req.resource, req.method, &req.creds, scratch) {
+        return refused;
     }
     match req.resource {
         Resource::Health | Resource::Ready | Resource::Metrics => {
             HeadOutcome::Resource(req.resource)
         }
-        Resource::Publish | Resource::ChannelList => {
-            if !api_authorised(cfg, &req.creds, scratch) {
-                return HeadOutcome::Respond;
-            }
-            if req.resource == Resource::ChannelList {
-                return HeadOutcome::Query;
-            }
+        Resource::ChannelList => HeadOutcome::Query,
+        Resource::Publish => {
             publish(channels, stats, req.body, scratch);
             HeadOutcome::Respond
         }

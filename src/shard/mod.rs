@@ -677,8 +677,17 @@ impl Shard {
                     let outcome =
                         match handshake::parse_http(buf, max_head, max_body, Route::target) {
                             Ok(Progress::Partial) => HeadOutcome::Nothing,
-                            Ok(Progress::AwaitingBody { continue_expected }) => {
-                                if continue_expected && !conn.continue_sent {
+                            Ok(Progress::AwaitingBody {
+                                continue_expected,
+                                resource,
+                                method,
+                                creds,
+                            }) => {
+                                if let Some(refused) =
+                                    http::precheck(cfg, resource, method, &creds, scratch)
+                                {
+                                    refused
+                                } else if continue_expected && !conn.continue_sent {
                                     conn.continue_sent = true;
                                     HeadOutcome::Continue
                                 } else {

@@ -454,9 +454,14 @@ pub enum Progress<'a, W, H> {
     /// has not fully arrived. `continue_expected`: the client sent
     /// `Expect: 100-continue` (curl does for bodies > 1 KiB and waits 1 s for
     /// `100 Continue`), so the caller should send one [`CONTINUE`] the first
-    /// time it sees this.
+    /// time it sees this. The resource, method and credentials are known
+    /// already, so the caller can refuse (405, 401) before the body is
+    /// sent or buffered.
     AwaitingBody {
         continue_expected: bool,
+        resource: H,
+        method: Method,
+        creds: Credentials<'a>,
     },
     Done(Parsed<'a, W, H>),
 }
@@ -556,6 +561,9 @@ pub fn parse_http<'a, W, H>(
             let Some(body) = buf.get(head.len..head.len.saturating_add(framing.len)) else {
                 return Ok(Progress::AwaitingBody {
                     continue_expected: framing.continue_expected,
+                    resource,
+                    method: Method::from_token(head.method),
+                    creds,
                 });
             };
             Parsed::Http {
@@ -823,6 +831,9 @@ mod tests {
             } else {
                 Progress::AwaitingBody {
                     continue_expected: false,
+                    resource: "publish",
+                    method: Method::Post,
+                    creds: Credentials::default(),
                 }
             };
             assert_eq!(http(&req.as_bytes()[..cut]), Ok(want), "cut {cut}");
@@ -839,7 +850,10 @@ mod tests {
         assert_eq!(
             http(head.as_bytes()),
             Ok(Progress::AwaitingBody {
-                continue_expected: true
+                continue_expected: true,
+                resource: "publish",
+                method: Method::Post,
+                creds: Credentials::default(),
             })
         );
         let full = format!("{head}{BODY}");
