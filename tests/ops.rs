@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::time::Instant;
 
-use common::{client, http_exchange, Server, PATIENCE};
+use common::{client, http_exchange, metric_sum as sum, Server, PATIENCE};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
@@ -23,22 +23,6 @@ fn get(server: &Server, path: &str) -> (u16, String) {
 
 fn body(resp: &str) -> &str {
     resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
-/// Sums a metric's samples over cores (optionally only those with a label).
-fn sum(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{name}: unexpected sample type"),
-        })
-        .sum()
 }
 
 #[test]

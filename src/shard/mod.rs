@@ -1049,15 +1049,7 @@ impl Shard {
             mesh,
             ..
         } = self;
-        let r = hub.fan_out(conns, max, |key, conn, over| {
-            if over {
-                overflow.push(key);
-            }
-            if !conn.dirty {
-                conn.dirty = true;
-                dirty.push(key);
-            }
-        });
+        let r = hub.fan_out(conns, max, on_delivery(overflow, dirty));
         self.stats.deliveries += r.deliveries;
         if let Some(m) = mesh {
             m.send(&hub.outbox);
@@ -1411,15 +1403,7 @@ impl Shard {
             overflow,
             ..
         } = self;
-        let n = channels.fan_out(conns, max, |key, conn, over| {
-            if over {
-                overflow.push(key);
-            }
-            if !conn.dirty {
-                conn.dirty = true;
-                dirty.push(key);
-            }
-        });
+        let n = channels.fan_out(conns, max, on_delivery(overflow, dirty));
         self.stats.deliveries += n;
     }
 
@@ -1467,6 +1451,23 @@ impl Shard {
             } else if self.close_open(key, CloseCode::GOING_AWAY, "server shutting down", false) {
                 self.set_deadline(key, deadline);
             }
+        }
+    }
+}
+
+/// What fan-out does per subscriber: one over its backlog bound is queued
+/// for a 1008 close, one that got frames is queued for the flush.
+fn on_delivery<'a>(
+    overflow: &'a mut Vec<ConnKey>,
+    dirty: &'a mut Vec<ConnKey>,
+) -> impl FnMut(ConnKey, &mut Conn, bool) + 'a {
+    move |key, conn, over| {
+        if over {
+            overflow.push(key);
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            dirty.push(key);
         }
     }
 }

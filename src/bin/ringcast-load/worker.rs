@@ -847,31 +847,23 @@ impl Worker {
                     }
                     replies += 1;
                 }
-                (wire::TEXT, Role::Subscriber) if !prefix.is_empty() => {
+                (wire::TEXT | wire::BINARY, Role::Subscriber) => {
+                    // The send time: binary at payload offset 8 (/broadcast),
+                    // or hex digits 16..32 of the payload string (/ws).
                     let body = &c.rbuf[p..p + len];
-                    if body.starts_with(&prefix) && len >= prefix.len() + 32 {
-                        let hex = &body[prefix.len() + 16..prefix.len() + 32];
-                        let ts = std::str::from_utf8(hex)
-                            .ok()
+                    let ts = if prefix.is_empty() {
+                        body.get(8..16)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_le_bytes)
+                    } else if body.starts_with(&prefix) {
+                        body.get(prefix.len() + 16..prefix.len() + 32)
+                            .and_then(|h| std::str::from_utf8(h).ok())
                             .and_then(|h| u64::from_str_radix(h, 16).ok())
-                            .unwrap_or(0);
-                        if window(ts) {
-                            self.out.count += 1;
-                            self.out.bytes += len as u64;
-                            self.out
-                                .latency_us
-                                .saturating_record(now.saturating_sub(ts) / 1000);
-                            self.delivered_unreported += 1;
-                        }
-                    } else if body.starts_with(br#"{"type":"ack""#) {
-                        acked = true;
-                    }
-                }
-                (wire::TEXT | wire::BINARY, Role::Subscriber) if len >= 16 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&c.rbuf[p + 8..p + 16]);
-                    let ts = u64::from_le_bytes(b);
-                    if window(ts) {
+                    } else {
+                        acked |= body.starts_with(br#"{"type":"ack""#);
+                        None
+                    };
+                    if let Some(ts) = ts.filter(|&t| window(t)) {
                         self.out.count += 1;
                         self.out.bytes += len as u64;
                         self.out
