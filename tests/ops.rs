@@ -40,6 +40,14 @@ fn health_and_readiness_answer_plain_http() {
     assert_eq!(status, 405);
     let (status, _) = get(&server, "/nothing-here");
     assert_eq!(status, 404);
+    // A body announced for a resource that takes none is refused from the
+    // head, not waited for and buffered.
+    let (status, resp) = http_exchange(
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+    );
+    assert_eq!(status, 413, "{resp}");
+    assert!(resp.contains("body_not_allowed"), "{resp}");
     let (status, _) = server.stop();
     assert!(status.success());
 }

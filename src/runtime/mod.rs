@@ -80,6 +80,12 @@ fn micros(seconds: f64) -> u64 {
 pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     let cpus = cfg.cpu_set()?;
     let n = cpus.len();
+    if n > crate::hub::channels::MAX_CORES {
+        return Err(format!(
+            "{n} cores requested; at most {} are supported (use --cores or --cpus)",
+            crate::hub::channels::MAX_CORES
+        ));
+    }
     limits::raise_nofile();
     let mut shard_cfg = cfg.shard_config();
     shard_cfg.cores = n;

@@ -114,6 +114,23 @@ pub(super) fn precheck(
     (api && !api_authorised(cfg, creds, scratch)).then_some(HeadOutcome::Respond)
 }
 
+/// A body announced for a resource that takes none is refused at once
+/// (413) rather than buffered up to `--max-body-bytes`.
+pub(super) fn body_not_wanted(resource: Resource, scratch: &mut Vec<u8>) -> Option<HeadOutcome> {
+    if resource == Resource::Publish {
+        return None;
+    }
+    scratch.clear();
+    json_error(
+        413,
+        "",
+        "body_not_allowed",
+        "this resource takes no request body",
+        scratch,
+    );
+    Some(HeadOutcome::Respond)
+}
+
 /// Answers a plain HTTP request, or says who will.
 pub(super) fn request(
     cfg: &ShardConfig,

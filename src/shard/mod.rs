@@ -683,9 +683,10 @@ impl Shard {
                                 method,
                                 creds,
                             }) => {
-                                if let Some(refused) =
+                                let refused =
                                     http::precheck(cfg, resource, method, &creds, scratch)
-                                {
+                                        .or_else(|| http::body_not_wanted(resource, scratch));
+                                if let Some(refused) = refused {
                                     refused
                                 } else if continue_expected && !conn.continue_sent {
                                     conn.continue_sent = true;
