@@ -461,11 +461,16 @@ impl Shard {
             .as_ref()
             .is_some_and(Mesh::backlogged)
             .then(|| Instant::now() + MESH_RETRY);
+        // Gauges still showing queued bytes or suspects are refreshed even
+        // while the core is otherwise idle, so a scrape never reads stale ones.
+        let gauges = (self.stats.send_queue_bytes > 0 || self.stats.suspects > 0)
+            .then(|| self.gauges_at + GAUGE_PERIOD);
         let next_timer = [
             self.wheel.next_wake(),
             self.accept_retry_at,
             self.drain_timer(),
             backlog_retry,
+            gauges,
         ]
         .into_iter()
         .flatten()
