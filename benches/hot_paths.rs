@@ -81,9 +81,7 @@ fn frame_parse_unmask(c: &mut Criterion) {
     let read: Vec<u8> = (0..16).flat_map(|_| masked(1, &[b'x'; 32])).collect();
     g.throughput(Throughput::Elements(16));
     g.bench_function("16x32B_text", |b| {
-        let mut session = Session::new(Limits {
-            max_message: 16 << 20,
-        });
+        let mut session = Session::new(Limits::bytes(16 << 20));
         let mut out = OutQueue::default();
         let mut pool = BufPool::default();
         let mut outbox = Vec::new();

@@ -60,6 +60,10 @@ pub struct Config {
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Most frames one message may be split into (else close 1009).
+    #[arg(long, default_value_t = 131_072)]
+    pub max_fragments: u32,
+
     /// Bound on a connection's unsent bytes; a consumer that falls further
     /// behind is closed with 1008.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]

@@ -34,6 +34,7 @@ impl Config {
             max_header_bytes: self.max_header_bytes,
             limits: Limits {
                 max_message: self.max_message_bytes,
+                max_fragments: self.max_fragments,
             },
             max_send_queue_bytes: self.max_send_queue_bytes,
             handshake_timeout: Duration::from_secs_f64(self.handshake_timeout),

@@ -75,6 +75,21 @@ pub enum State {
 pub struct Limits {
     /// Largest data message accepted, summed over fragments (else 1009).
     pub max_message: usize,
+    /// Most frames one message may be split into (else 1009): bounds the
+    /// work a stream of empty continuation frames can cause, which the byte
+    /// limit alone does not.
+    pub max_fragments: u32,
+}
+
+impl Limits {
+    /// Limits for tests and tools: `max_message` bytes, fragments bounded
+    /// only by it.
+    pub fn bytes(max_message: usize) -> Limits {
+        Limits {
+            max_message,
+            max_fragments: u32::MAX,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -98,6 +113,8 @@ pub struct Session {
     /// The data message being assembled (fragmented, or spanning reads).
     msg_kind: Option<MessageKind>,
     msg_len: u64,
+    /// Frames of the message in progress.
+    msg_frames: u32,
     msg: Vec<u8>,
     utf8: Utf8Stream,
     /// A control frame payload cut off at the end of a read.
@@ -119,6 +136,7 @@ impl Session {
             frame: None,
             msg_kind: None,
             msg_len: 0,
+            msg_frames: 0,
             msg: Vec::new(),
             utf8: Utf8Stream::new(),
             ctrl: [0; MAX_CONTROL_PAYLOAD],
@@ -261,6 +279,7 @@ impl Session {
                     MessageKind::Binary
                 });
                 self.msg_len = f.payload_len;
+                self.msg_frames = 1;
             }
             OpCode::Continuation => {
                 if self.msg_kind.is_none() {
@@ -269,6 +288,10 @@ impl Session {
                 self.msg_len += f.payload_len;
                 if self.msg_len > self.limits.max_message as u64 {
                     return Err((CloseCode::TOO_BIG, "message too big"));
+                }
+                self.msg_frames = self.msg_frames.saturating_add(1);
+                if self.msg_frames > self.limits.max_fragments {
+                    return Err((CloseCode::TOO_BIG, "too many fragments"));
                 }
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => {}
@@ -457,6 +480,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             max_message: 1 << 20,
+            max_fragments: 64,
         }
     }
 
@@ -592,8 +616,30 @@ mod tests {
     }
 
     #[test]
+    fn too_many_fragments_fail_with_1009() {
+        // 64 frames are allowed (limits()); the 65th closes with 1009,
+        // even though every fragment is empty.
+        let mut bytes = frame(false, 1, b"");
+        for _ in 0..62 {
+            bytes.extend(frame(false, 0, b""));
+        }
+        bytes.extend(frame(true, 0, b"ok"));
+        let (rec, state) = run(&bytes, 7);
+        assert_eq!(state, State::Open);
+        assert_eq!(rec.messages, vec![(MessageKind::Text, b"ok".to_vec())]);
+        let mut flood = frame(false, 2, b"x");
+        for _ in 0..100 {
+            flood.extend(frame(false, 0, b""));
+        }
+        let (rec, state) = run(&flood, 13);
+        assert_eq!(rec.close_code(), Some(1009));
+        assert_ne!(state, State::Open);
+        assert!(rec.messages.is_empty());
+    }
+
+    #[test]
     fn oversized_message_fails_with_1009_before_payload() {
-        let mut s = Session::new(Limits { max_message: 100 });
+        let mut s = Session::new(Limits::bytes(100));
         let mut r = Rec::default();
         // Just the header of a 2^40-byte frame: refused without any payload.
         let mut hdr = vec![0x82, 0xFF];
@@ -603,7 +649,7 @@ mod tests {
         assert_eq!(r.close_code(), Some(1009));
         assert_eq!(s.buffered_bytes(), 0);
         // Fragments that add up past the limit.
-        let mut s = Session::new(Limits { max_message: 100 });
+        let mut s = Session::new(Limits::bytes(100));
         let mut r = Rec::default();
         let mut input = frame(false, 2, &[0; 60]);
         input.extend(frame(true, 0, &[0; 60]));
