@@ -106,6 +106,7 @@ fn frame_parse_unmask(c: &mut Criterion) {
                 min_us: 10_000_000,
                 max_us: 120_000_000,
             },
+            failpoints: false,
         };
         let mut ctl = ConnCtl::default();
         let key = ConnKey { idx: 0, gen: 0 };

@@ -139,3 +139,39 @@ fn a_frame_trickled_one_byte_at_a_time_is_echoed() {
     let (_, op, payload) = common::read_frame(&mut s).unwrap();
     assert_eq!((op, payload.as_slice()), (1, "trickle → ok".as_bytes()));
 }
+
+#[test]
+fn a_ping_flood_gets_its_pongs_coalesced() {
+    // 1,000 pings in one write arrive in a few reads; past the first 32 of a
+    // read, each pong replaces the previous one (RFC 6455 §5.5.3), so the
+    // answer is bounded by reads, not by pings, and the most recent ping is
+    // always answered.
+    let server = Server::start(&["--cores", "1"]);
+    let mut s = raw_ws(server.addr, "/echo");
+    let mut flood = Vec::new();
+    for i in 0..1000u32 {
+        flood.extend(masked(true, 9, &i.to_be_bytes()));
+    }
+    flood.extend(masked(true, 1, b"done"));
+    s.write_all(&flood).unwrap();
+    let mut pongs = Vec::new();
+    loop {
+        let (_, op, payload) = common::read_frame(&mut s).unwrap();
+        match op {
+            0xA => pongs.push(payload),
+            1 => {
+                assert_eq!(payload, b"done");
+                break;
+            }
+            other => panic!("unexpected opcode {other}"),
+        }
+    }
+    assert!(pongs.len() < 1000, "{} pongs for 1000 pings", pongs.len());
+    assert_eq!(
+        pongs.last().map(Vec::as_slice),
+        Some(&999u32.to_be_bytes()[..])
+    );
+    let m = common::scrape(&server);
+    let coalesced = common::metric_sum(&m, "ringcast_pongs_coalesced_total", None);
+    assert_eq!(coalesced as usize + pongs.len(), 1000);
+}

@@ -96,6 +96,9 @@ pub struct MsgStats {
     pub claims_denied: u64,
     /// Subscribes refused at `--max-subscriptions`.
     pub subscription_limit: u64,
+    /// Pongs dropped because a later ping in the same read superseded them
+    /// (ping floods).
+    pub pongs_coalesced: u64,
     /// Ping round trips per bucket of [`RTT_BUCKETS_US`] (last: `+Inf`),
     /// not cumulative.
     pub rtt_buckets: [u64; RTT_BUCKETS_US.len() + 1],
@@ -115,6 +118,12 @@ impl MsgStats {
     }
 }
 
+/// Pings answered one by one in a single read; past this, each new pong
+/// replaces the previous one if nothing was queued after it (RFC 6455
+/// §5.5.3 lets an endpoint answer only the most recent ping). Autobahn's
+/// ping cases send 10; a flood gets one pong per read.
+pub const PONG_BURST: u32 = 32;
+
 /// Per-connection limits and heartbeat settings the handlers apply.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -126,6 +135,10 @@ pub struct Policy {
     /// Channels per `/ws` connection.
     pub max_subscriptions: usize,
     pub heartbeat: heartbeat::Policy,
+    /// Test hook (`RINGCAST_FAILPOINTS=1` in the environment, never a
+    /// flag): a message `ringcast:panic` panics in the handler, so the test
+    /// suite can check that a panic costs one connection, not the core.
+    pub failpoints: bool,
 }
 
 /// `/ws` state of one connection.
@@ -166,6 +179,11 @@ pub struct ConnIo<'a, 'e> {
     pub rate_limited: bool,
     /// Bytes of the reply `copy_masked` wrote last, for `withdraw_copy`.
     last_copy: usize,
+    /// Pongs queued during this read, and where the last one ends (queue
+    /// length right after it) and its size: a flood's pongs are coalesced.
+    pongs: u32,
+    pong_end: usize,
+    pong_len: usize,
 }
 
 impl<'a, 'e> ConnIo<'a, 'e> {
@@ -188,6 +206,9 @@ impl<'a, 'e> ConnIo<'a, 'e> {
             overflowed: false,
             rate_limited: false,
             last_copy: 0,
+            pongs: 0,
+            pong_end: 0,
+            pong_len: 0,
         }
     }
 
@@ -341,6 +362,9 @@ impl Handler for ConnIo<'_, '_> {
         if !self.admit(payload.len()) {
             return;
         }
+        if self.env.policy.failpoints && payload == b"ringcast:panic" {
+            panic!("failpoint: a handler panic requested by the client");
+        }
         match self.route {
             Route::Echo => {
                 if !self.backlogged() {
@@ -369,7 +393,10 @@ impl Handler for ConnIo<'_, '_> {
     /// pass over the bytes instead of two.
     #[inline]
     fn copy_masked(&mut self, kind: MessageKind, masked: &[u8], mask: [u8; 4]) -> Option<&[u8]> {
-        if self.route != Route::Echo || self.backlogged() || !self.admit(masked.len()) {
+        if self.route != Route::Echo || self.backlogged() || self.env.policy.failpoints {
+            return None;
+        }
+        if !self.admit(masked.len()) {
             return None;
         }
         let mut hdr = [0u8; MAX_SERVER_HEADER_LEN];
@@ -395,10 +422,28 @@ impl Handler for ConnIo<'_, '_> {
     fn send_control(&mut self, opcode: OpCode, payload: &[u8]) {
         // Close frames always go out; pongs to a peer that does not read
         // count against its backlog like any reply.
-        if opcode == OpCode::Close || !self.backlogged() {
-            self.out
-                .write_with(self.pool, |v| encode_frame_into(opcode, payload, v));
+        if opcode != OpCode::Close && self.backlogged() {
+            return;
         }
+        if opcode == OpCode::Pong {
+            self.pongs += 1;
+            if self.pongs > PONG_BURST
+                && self.pong_len > 0
+                && self.out.queued_bytes() == self.pong_end
+            {
+                self.out.unwrite(self.pong_len);
+                self.env.stats.pongs_coalesced += 1;
+            }
+        }
+        let frame = self
+            .out
+            .write_with(self.pool, |v| encode_frame_into(opcode, payload, v));
+        self.pong_len = if opcode == OpCode::Pong {
+            frame.len()
+        } else {
+            0
+        };
+        self.pong_end = self.out.queued_bytes();
     }
 
     fn on_pong(&mut self, payload: &[u8]) {

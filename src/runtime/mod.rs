@@ -56,6 +56,7 @@ impl Config {
                     min_us: micros(self.ping_min),
                     max_us: micros(self.ping_max),
                 },
+                failpoints: std::env::var_os("RINGCAST_FAILPOINTS").is_some_and(|v| v == "1"),
             },
             idle_timeout: (self.idle_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.idle_timeout)),
@@ -210,6 +211,9 @@ fn warn_if_open(cfg: &Config) {
             "--auth-secret is set but --allowed-origins is not: any web page can open WebSockets \
              here with a token it holds (cross-site WebSocket hijacking); list your origins"
         );
+    }
+    if std::env::var_os("RINGCAST_FAILPOINTS").is_some_and(|v| v == "1") {
+        warn!("RINGCAST_FAILPOINTS=1: test hooks are on (a client can make a handler panic); never in production");
     }
     if cfg.api_key.is_none() {
         info!(

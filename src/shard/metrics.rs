@@ -229,6 +229,18 @@ const FAMILIES: &[Family] = &[
         series: |s| one(s.stats.msg.protocol_errors),
     },
     Family {
+        name: "ringcast_pongs_coalesced_total",
+        kind: "counter",
+        help: "Pongs superseded by a later ping in the same read (ping floods get one pong per read).",
+        series: |s| one(s.stats.msg.pongs_coalesced),
+    },
+    Family {
+        name: "ringcast_handler_panics_total",
+        kind: "counter",
+        help: "Panics caught while handling one connection's input (that connection was dropped).",
+        series: |s| one(s.stats.handler_panics),
+    },
+    Family {
         name: "ringcast_pings_total",
         kind: "counter",
         help: "Heartbeat pings sent.",

@@ -23,13 +23,14 @@ pub mod outq;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::app::{ConnIo, Env, MsgStats, Policy, Resource, Route, WsConn};
 use crate::hub::channels::Channels;
@@ -154,6 +155,9 @@ pub struct Stats {
     pub suspects_total: u64,
     /// Pings sent.
     pub pings: u64,
+    /// Panics caught while handling one connection's input (that
+    /// connection was dropped; the core went on).
+    pub handler_panics: u64,
     /// Bytes the kernel accepted from our sends.
     pub bytes_out: u64,
     /// Gauges, refreshed about once a second: suspect connections now,
@@ -613,7 +617,19 @@ impl Shard {
             return;
         }
         let Some(chunk) = chunk else { return };
-        self.on_data(key, chunk);
+        // A bug reachable from one client's bytes must cost that client its
+        // connection, not the core its other connections: the input is
+        // handled under catch_unwind (release builds unwind, see
+        // Cargo.toml), and a panic drops just this connection.
+        let handled = panic::catch_unwind(AssertUnwindSafe(|| self.on_data(key, chunk)));
+        if handled.is_err() {
+            self.stats.handler_panics += 1;
+            error!(
+                core = self.id,
+                "panic while handling a connection's input; that connection is dropped"
+            );
+            self.abort(key);
+        }
         self.release_chunk(chunk);
         if !more {
             self.rearm.push(key);

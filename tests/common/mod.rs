@@ -65,13 +65,23 @@ impl Server {
         Server::start_bin(env!("CARGO_BIN_EXE_ringcast"), args)
     }
 
+    /// Starts `ringcast` with extra arguments and environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn(env!("CARGO_BIN_EXE_ringcast"), args, env)
+    }
+
     /// Starts a server binary that takes `--listen` and logs
     /// `listening on ws://ADDR` once it accepts connections.
     pub fn start_bin(bin: &str, args: &[&str]) -> Server {
+        Server::spawn(bin, args, &[])
+    }
+
+    fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
