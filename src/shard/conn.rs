@@ -107,6 +107,10 @@ pub struct Conn {
     pub dirty: bool,
     /// Shut down the write side once the queue is flushed.
     pub fin_after_flush: bool,
+    /// The peer's FIN came before our answer was flushed (lingering, or
+    /// while an `/api/channels` answer was gathered): release the
+    /// connection once it is.
+    pub peer_fin: bool,
     /// `100 Continue` was sent for the request body.
     pub continue_sent: bool,
     /// Position in the hub's subscriber list, if subscribed.
@@ -151,6 +155,7 @@ impl Conn {
             recv_armed: false,
             dirty: false,
             fin_after_flush: false,
+            peer_fin: false,
             continue_sent: false,
             sub_slot: None,
             deadline: Some(deadline),

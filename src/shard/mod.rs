@@ -606,7 +606,13 @@ impl Shard {
                 // this pass has recycled some.
                 self.rearm.push(key);
             } else if lingering && res == 0 {
-                self.release(key);
+                self.release_after_flush(key);
+            } else if res == 0 && self.queries.iter().any(|q| q.key == key) {
+                // A complete request whose answer the other cores are
+                // still gathering: the peer has simply finished sending.
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.peer_fin = true;
+                }
             } else {
                 // EOF or error: the peer is gone.
                 self.abort(key);
@@ -1157,6 +1163,10 @@ impl Shard {
                     // SAFETY: shutting down our own socket's write side.
                     unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
                 }
+                if conn.peer_fin {
+                    // Everything went out, and the peer had finished.
+                    self.release(key);
+                }
                 continue;
             }
             let mut msg = self.sendmsgs.pop().unwrap_or_else(SendMsg::new);
@@ -1205,7 +1215,7 @@ impl Shard {
         }
         self.stats.bytes_out += res as u64;
         conn.out.complete_send(res as usize, &mut self.pool);
-        if conn.out.has_unsent() || conn.fin_after_flush {
+        if conn.out.has_unsent() || conn.fin_after_flush || conn.peer_fin {
             self.mark_dirty(key);
         }
         self.maybe_release(key);
@@ -1230,6 +1240,22 @@ impl Shard {
             unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
         }
         self.maybe_release(key);
+    }
+
+    /// The peer's FIN arrived while lingering. What is still queued for it
+    /// (a response, a close reply) goes out first: releasing now would
+    /// close the descriptor with it unsent, e.g. for a client that sends
+    /// its request and shuts down its write side in the same breath.
+    fn release_after_flush(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.has_unsent() || conn.out.sending() || conn.fin_after_flush {
+            conn.peer_fin = true;
+            self.mark_dirty(key);
+        } else {
+            self.release(key);
+        }
     }
 
     /// Closes the socket normally (after our FIN and the peer's).
