@@ -446,3 +446,18 @@ pub fn close_client(mut ws: Ws) {
     ws.close(None).unwrap();
     while ws.read().is_ok() {}
 }
+
+// ----- server memory --------------------------------------------------------
+
+/// The server's resident set size in bytes (`VmRSS` in /proc/PID/status).
+pub fn rss_bytes(server: &Server) -> u64 {
+    let pid = server.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+    kib * 1024
+}
