@@ -54,6 +54,27 @@ fn each_protocol_violation_gets_its_close_code() {
             masked(true, 8, &2000u16.to_be_bytes()),
             1002,
         ),
+        ("close code 0", masked(true, 8, &0u16.to_be_bytes()), 1002),
+        (
+            "close code 1004",
+            masked(true, 8, &1004u16.to_be_bytes()),
+            1002,
+        ),
+        (
+            "close code 1006",
+            masked(true, 8, &1006u16.to_be_bytes()),
+            1002,
+        ),
+        (
+            "close code 1015",
+            masked(true, 8, &1015u16.to_be_bytes()),
+            1002,
+        ),
+        (
+            "close code 5000",
+            masked(true, 8, &5000u16.to_be_bytes()),
+            1002,
+        ),
         (
             "close reason not UTF-8",
             masked(true, 8, &[0x03, 0xE8, 0xC3, 0x28]),
