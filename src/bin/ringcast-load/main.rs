@@ -98,6 +98,10 @@ struct Args {
     /// Give up if connections are not all open within this many seconds.
     #[arg(long, default_value_t = 60.0)]
     open_timeout: f64,
+    /// Broadcast: seconds to wait after the window for the deliveries of
+    /// messages published in it (on a busy host a subscriber can lag).
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -289,7 +293,7 @@ fn run(args: &Args) -> Result<(), String> {
         let t = Instant::now();
         let expected = || shared.published_in_window.load(Ordering::Relaxed) * conns as u64;
         while shared.delivered.load(Ordering::Relaxed) < expected()
-            && t.elapsed() < Duration::from_secs(5)
+            && t.elapsed() < Duration::from_secs_f64(args.drain)
         {
             thread::sleep(Duration::from_millis(5));
         }

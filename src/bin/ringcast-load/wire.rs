@@ -11,6 +11,8 @@ pub const MASK: [u8; 4] = [0x5a, 0xa5, 0x3c, 0xc3];
 pub const TEXT: u8 = 1;
 pub const BINARY: u8 = 2;
 pub const CLOSE: u8 = 8;
+pub const PING: u8 = 9;
+pub const PONG: u8 = 10;
 
 /// A complete masked client frame.
 pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {

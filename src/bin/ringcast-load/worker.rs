@@ -827,6 +827,10 @@ impl Worker {
         let window = |ts: u64| ws != 0 && ts >= ws && ts < we;
         let prefix = std::mem::take(&mut self.message_prefix);
         let mut acked = false;
+        // Pongs owed for the server's heartbeat pings (a real client's
+        // WebSocket stack answers them; without it the server closes the
+        // connection with 1011 after a few missed pongs).
+        let mut pongs: Vec<u8> = Vec::new();
         let Some(c) = live(&mut self.conns, t) else {
             return;
         };
@@ -873,12 +877,20 @@ impl Worker {
                     }
                 }
                 (wire::TEXT | wire::BINARY, Role::Churn) => replies += 1,
+                (wire::PING, _) => {
+                    pongs.extend(wire::masked_frame(wire::PONG, &c.rbuf[p..p + len]));
+                }
                 _ => {} // the publisher's own copies, pongs
             }
             c.rstart += hl + len;
         }
         let (role, phase) = (c.role, c.phase);
         self.message_prefix = prefix;
+        let pong_owed = !pongs.is_empty() && !closed && phase != Phase::Closing;
+        if pong_owed {
+            // Queued ahead of anything this pass sends; flushed below.
+            c.wbuf.extend_from_slice(&pongs);
+        }
         if closed {
             if role == Role::Churn && phase == Phase::Closing {
                 return self.finish_cycle(t);
@@ -901,6 +913,9 @@ impl Worker {
                 self.send(t, &close);
             }
             _ => {}
+        }
+        if pong_owed {
+            self.send_now(t);
         }
         if acked {
             self.opened(now);
