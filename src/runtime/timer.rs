@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// Granularity of deadlines.
 pub const TICK: Duration = Duration::from_millis(50);
 const SLOTS: usize = 512;
+/// A slot keeps up to this many entries' worth of capacity when it drains;
+/// beyond it, capacity the remaining entries do not need is given back.
+const SLOT_KEEP: usize = 32;
 
 /// The wheel; `K` identifies a connection.
 pub struct TimerWheel<K> {
@@ -83,6 +86,16 @@ impl<K: Copy> TimerWheel<K> {
                     i += 1;
                 }
             }
+            // Deadlines set together (connections opened in a burst, their
+            // heartbeats in step) fill one slot, then the next one their
+            // interval leads to, and so on round the wheel: a slot that
+            // kept its largest burst would leave every slot, in time, at
+            // the size of the largest burst, 512 times the memory the
+            // entries need, held for good (a soak run showed RSS rising
+            // this way). A drained slot gives the excess back.
+            if slot.capacity() > SLOT_KEEP && slot.len() * 4 < slot.capacity() {
+                slot.shrink_to((slot.len() * 2).max(SLOT_KEEP));
+            }
             self.cursor += 1;
         }
         if self.len == 0 {
@@ -119,5 +132,36 @@ mod tests {
         assert_eq!(got, vec![2, 1, 3]);
         assert!(w.is_empty());
         assert_eq!(w.next_wake(), None);
+    }
+
+    #[test]
+    fn drained_slots_give_back_burst_capacity() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        // A burst of deadlines walking round the wheel, one slot after
+        // another, with a few entries a full turn later in each slot.
+        let turn = TICK * SLOTS as u32;
+        for step in 0..SLOTS as u32 * 2 {
+            let at = t0 + TICK * step;
+            for k in 0..1000 {
+                w.insert(at + Duration::from_millis(10), k);
+            }
+            w.insert(at + turn + Duration::from_millis(10), 7);
+            w.advance(at + Duration::from_millis(60), |_, _| {});
+        }
+        let capacity: usize = w.slots.iter().map(Vec::capacity).sum();
+        assert!(
+            capacity <= SLOTS * SLOT_KEEP + 2 * 1024,
+            "slots keep {capacity} entries of capacity"
+        );
+        // What is still scheduled is all there.
+        assert_eq!(w.len(), SLOTS);
+        let mut fired = 0;
+        w.advance(t0 + turn * 4, |_, k| {
+            assert_eq!(k, 7);
+            fired += 1;
+        });
+        assert_eq!(fired, SLOTS);
+        assert!(w.is_empty());
     }
 }
