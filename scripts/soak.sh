@@ -109,7 +109,7 @@ python3 "$SOAKPY" sample --addr "$ADDR" --pid "$SERVER_PID" --interval "$INTERVA
 SAMPLER_PID=$!
 # A baseline sample of the idle server before the first round (bounded).
 for _ in $(seq 1 100); do
-  [ "$(wc -l <"$OUT/samples.csv" 2>/dev/null || echo 0)" -ge 3 ] && break
+  [ -f "$OUT/samples.csv" ] && [ "$(wc -l <"$OUT/samples.csv")" -ge 3 ] && break
   kill -0 "$SAMPLER_PID" 2>/dev/null || die "the sampler exited; see above"
   sleep 0.2
 done
