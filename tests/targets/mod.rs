@@ -50,7 +50,7 @@ fn creds_inside(buf: &[u8], c: &Credentials<'_>) -> bool {
 
 /// Where a request stands, without borrows, to compare outcomes of
 /// different buffers.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Stage {
     Partial,
     Awaiting(String),
@@ -114,6 +114,27 @@ pub fn check_handshake(buf: &[u8], max_head: usize, max_body: usize) {
             assert_eq!(body.as_ptr() as usize, buf.as_ptr() as usize + n);
             assert!(creds_inside(&buf[..n], creds));
             head_end = Some(n);
+        }
+    }
+
+    // The head limit at and around this buffer's length: a head still
+    // incomplete at max_head bytes is refused, and a larger limit never
+    // turns an answer into a refusal or another answer.
+    let mut accepted: Option<Stage> = None;
+    for m in [
+        buf.len().saturating_sub(1),
+        buf.len(),
+        buf.len() + 1,
+        1 << 20,
+    ] {
+        let s = stage(&parse(buf, m, max_body));
+        if s == Stage::Partial {
+            assert!(buf.len() < m, "Partial at max_head {m}");
+        }
+        match (&accepted, &s) {
+            (Some(a), s) => assert_eq!(a, s, "max_head {m}"),
+            (None, Stage::Refused(_)) => {}
+            (None, s) => accepted = Some(s.clone()),
         }
     }
 
