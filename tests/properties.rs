@@ -155,8 +155,8 @@ fn handshake_known_good_requests() {
 
 fn limits() -> impl Strategy<Value = Limits> {
     (
-        prop::sample::select(&[16usize, 125, 1000, 1 << 20][..]),
-        prop::sample::select(&[1u32, 3, 16, u32::MAX][..]),
+        prop::sample::select(&targets::MAX_MESSAGE[..]),
+        prop::sample::select(&targets::MAX_FRAGMENTS[..]),
     )
         .prop_map(|(max_message, max_fragments)| Limits {
             max_message,

@@ -728,8 +728,14 @@ pub fn frames_from_bytes(mut data: &[u8]) -> Vec<FrameSpec> {
 
 /// A frames case decoded from fuzzer bytes: `[flags, n, n chunk sizes,
 /// stream...]`. Flags: bit 0: the stream is [`frames_from_bytes`] input;
-/// bit 1: close first; bits 2-3: max_message (16, 125, 1000, 1 MiB); bits
-/// 4-5: max_fragments (1, 3, 16, unbounded).
+/// bit 1: close first; bits 2-4: max_message, bits 5-7: max_fragments (an
+/// index into [`MAX_MESSAGE`], [`MAX_FRAGMENTS`]).
+/// `max_message` values the frames targets try (0 and 1 included: the
+/// server accepts any `--max-message-bytes`).
+pub const MAX_MESSAGE: [usize; 8] = [0, 1, 16, 125, 126, 1000, 65536, 1 << 20];
+/// `max_fragments` values the frames targets try.
+pub const MAX_FRAGMENTS: [u32; 8] = [0, 1, 2, 3, 16, 1000, 131_072, u32::MAX];
+
 pub struct FramesCase {
     pub limits: Limits,
     pub chunks: Vec<usize>,
@@ -750,8 +756,8 @@ impl FramesCase {
         };
         Some(FramesCase {
             limits: Limits {
-                max_message: [16, 125, 1000, 1 << 20][usize::from((flags >> 2) & 3)],
-                max_fragments: [1, 3, 16, u32::MAX][usize::from((flags >> 4) & 3)],
+                max_message: MAX_MESSAGE[usize::from((flags >> 2) & 7)],
+                max_fragments: MAX_FRAGMENTS[usize::from(flags >> 5)],
             },
             chunks: sizes.iter().map(|&s| usize::from(s)).collect(),
             stream,
