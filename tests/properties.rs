@@ -2,8 +2,9 @@
 //! inputs proptest generates, so they run on stable in every `cargo test`.
 //!
 //! 256 cases per property by default; `PROPTEST_CASES=100000 cargo test
-//! --release --test properties` runs longer. Inputs that once broke an
-//! invariant are kept as plain tests at the end.
+//! --release --test properties` runs longer. The fuzz seed corpus runs here
+//! too; an input that breaks an invariant belongs at the end as a plain
+//! test with its exact bytes.
 
 mod targets;
 
@@ -418,6 +419,44 @@ fn ws_json_known_messages() {
     assert!(targets::is_json(b" [1, -0.5e+3, \"\\u00e9\", {}] "));
 }
 
-// ---------------------------------------------------------------- found
+// ---------------------------------------------------------------- seeds
 
-// Inputs that broke an invariant once (from cargo-fuzz or proptest).
+/// The fuzz targets' seed corpus (`fuzz/corpus/<target>/seed-*`), run
+/// through the same checks on stable.
+#[test]
+fn fuzz_seed_corpus() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut ran = 0;
+    for target in ["handshake", "frames", "ws_json"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(target))
+            .expect("fuzz/corpus/<target>")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+            })
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no seeds for {target}");
+        for path in files {
+            let data = std::fs::read(&path).expect("seed");
+            match target {
+                "handshake" => {
+                    if let Some((&pick, buf)) = data.split_first() {
+                        let (h, b) =
+                            targets::HTTP_LIMITS[usize::from(pick) % targets::HTTP_LIMITS.len()];
+                        targets::check_handshake(buf, h, b);
+                    }
+                }
+                "frames" => {
+                    if let Some(case) = FramesCase::from_bytes(&data) {
+                        case.check();
+                    }
+                }
+                _ => targets::check_ws_json(&data),
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 60, "only {ran} seeds");
+}
