@@ -460,3 +460,16 @@ fn fuzz_seed_corpus() {
     }
     assert!(ran >= 60, "only {ran} seeds");
 }
+
+// ---------------------------------------------------------------- found
+
+/// A publish body with a byte that is not UTF-8 in a field nobody reads
+/// was accepted: serde_json validates only the strings it keeps. Such a
+/// body is not JSON (RFC 8259 §8.1) and is refused now.
+#[test]
+fn publish_body_must_be_utf8() {
+    let body = b"{\"channel\":\"a\",\"payload\":1,\"x\":\"\xff\"}";
+    targets::check_ws_json(body);
+    let e = ringcast::app::api::parse_publish(body).unwrap_err();
+    assert_eq!(e.code, "bad_json");
+}

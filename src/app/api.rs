@@ -64,8 +64,12 @@ impl std::error::Error for ApiError {}
 /// which half of a batch went out. Unknown fields are ignored, for
 /// forward compatibility.
 pub fn parse_publish(body: &[u8]) -> Result<Vec<Publication<'_>>, ApiError> {
-    let top: Body<'_> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+    // JSON text is UTF-8 (RFC 8259 §8.1). serde_json checks only the
+    // strings it keeps, so a bad byte in an ignored field would pass.
+    let body = simdutf8::basic::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("bad_json", "the body is not valid UTF-8"))?;
+    let top: Body<'_> =
+        serde_json::from_str(body).map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
     let Some(batch) = top.messages else {
         return Ok(vec![publication(top.single, "")?]);
     };
@@ -403,6 +407,10 @@ mod tests {
         ] {
             assert_eq!(err(body).code, "bad_json", "{body}");
         }
+        // Not UTF-8, though only in a field nobody reads.
+        let e = parse_publish(b"{\"channel\":\"a\",\"payload\":1,\"x\":\"\xff\"}").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "bad_json"));
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
         let e = err(r#"{"channel":5,"payload":1}"#);
         assert!(
             e.message.contains("a string for `channel`"),
