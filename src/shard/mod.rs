@@ -208,6 +208,8 @@ pub struct Shard {
     /// When the gauges were last refreshed.
     gauges_at: Instant,
     pool: BufPool,
+    /// When the send-buffer pool is next trimmed of buffers it did not need.
+    pool_trim_at: Instant,
     // Boxed on purpose: a header moves between this pool and a connection,
     // and its address must not change while the kernel reads it.
     #[allow(clippy::vec_box)]
@@ -248,6 +250,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often the gauges that need a walk over all connections (send-queue
 /// bytes, suspects) are refreshed.
 const GAUGE_PERIOD: Duration = Duration::from_secs(1);
+/// How long a pooled send buffer may sit unused before it is freed.
+const POOL_TRIM_PERIOD: Duration = Duration::from_secs(1);
 
 /// An `/api/channels` request gathering every core's counts.
 struct ChannelsQuery {
@@ -295,6 +299,7 @@ impl Shard {
             now_us: 0,
             gauges_at: now,
             pool: BufPool::default(),
+            pool_trim_at: now + POOL_TRIM_PERIOD,
             sendmsgs: Vec::new(),
             dirty: Vec::new(),
             rearm: Vec::new(),
@@ -469,12 +474,16 @@ impl Shard {
         // while the core is otherwise idle, so a scrape never reads stale ones.
         let gauges = (self.stats.send_queue_bytes > 0 || self.stats.suspects > 0)
             .then(|| self.gauges_at + GAUGE_PERIOD);
+        // A core gone quiet still frees its pooled buffers, then sleeps for
+        // good.
+        let pool_trim = (!self.pool.is_empty()).then_some(self.pool_trim_at);
         let next_timer = [
             self.wheel.next_wake(),
             self.accept_retry_at,
             self.drain_timer(),
             backlog_retry,
             gauges,
+            pool_trim,
         ]
         .into_iter()
         .flatten()
@@ -1294,6 +1303,10 @@ impl Shard {
 
     fn timers(&mut self) {
         let now = Instant::now();
+        if now >= self.pool_trim_at {
+            self.pool.trim();
+            self.pool_trim_at = now + POOL_TRIM_PERIOD;
+        }
         if self.accept_retry_at.is_some_and(|t| now >= t) {
             self.accept_retry_at = None;
             if !self.accept_armed && self.drain_deadline.is_none() {
