@@ -284,15 +284,15 @@ fn fanout(c: &mut Criterion) {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; MAX_IOV];
-        let mut drain_all = |slab: &mut Slab| {
+        let mut drain_all = |slab: &mut Slab, pool: &mut BufPool| {
             for &k in &keys {
                 let conn = slab.get_mut(k).expect("live connection");
                 if drain == "warm" {
                     conn.out.prepare_send(&mut iov);
                     let n = conn.out.queued_bytes();
-                    conn.out.complete_send(n, &mut pool);
+                    conn.out.complete_send(n, pool);
                 } else {
-                    conn.out.clear(&mut pool);
+                    conn.out.clear(pool);
                 }
             }
         };
@@ -305,10 +305,10 @@ fn fanout(c: &mut Criterion) {
 
         // Untimed check: every subscriber gets the whole batch.
         publish(&mut hub);
-        let done = hub.fan_out(&mut slab, usize::MAX, |_, _, _| {});
+        let done = hub.fan_out(&mut slab, &mut pool, usize::MAX, |_, _, _| {});
         assert_eq!(done.deliveries, (SUBS * batch) as u64);
         hub.outbox.clear();
-        drain_all(&mut slab);
+        drain_all(&mut slab, &mut pool);
 
         g.throughput(Throughput::Elements((SUBS * batch) as u64));
         let id = BenchmarkId::new(format!("{drain}_frames_per_fan_out"), batch);
@@ -320,11 +320,11 @@ fn fanout(c: &mut Criterion) {
                     // it to all 10,000 subscribers.
                     let t = Instant::now();
                     publish(&mut hub);
-                    black_box(hub.fan_out(&mut slab, usize::MAX, |_, _, _| {}));
+                    black_box(hub.fan_out(&mut slab, &mut pool, usize::MAX, |_, _, _| {}));
                     total += t.elapsed();
                     // Untimed: release the frames and empty every queue.
                     hub.outbox.clear();
-                    drain_all(&mut slab);
+                    drain_all(&mut slab, &mut pool);
                 }
                 total
             })

@@ -146,6 +146,11 @@ pub struct Policy {
 pub struct WsConn {
     /// Channel indices in the core's registry.
     pub subs: Vec<u32>,
+    /// Subscribe acks held on channels until other cores confirm (one per
+    /// request, repeats included); bounded by `--max-subscriptions`, so a
+    /// client repeating subscribes it does not read answers to cannot grow
+    /// the channels' waiting lists.
+    pub held_acks: u32,
     /// The token's claims when auth is on (channel patterns).
     pub claims: Option<auth::Claims>,
 }
@@ -177,6 +182,9 @@ pub struct ConnIo<'a, 'e> {
     /// Set when the client went over its message rate: the owner closes it
     /// with 1008; messages after that in the same read are dropped.
     pub rate_limited: bool,
+    /// Test hook (`ringcast:fail-core` with failpoints on): the owner fails
+    /// the whole core's loop, outside any `catch_unwind`.
+    pub fail_core: bool,
     /// Bytes of the reply `copy_masked` wrote last, for `withdraw_copy`.
     last_copy: usize,
     /// Pongs queued during this read, and where the last one ends (queue
@@ -205,6 +213,7 @@ impl<'a, 'e> ConnIo<'a, 'e> {
             env,
             overflowed: false,
             rate_limited: false,
+            fail_core: false,
             last_copy: 0,
             pongs: 0,
             pong_end: 0,
@@ -217,7 +226,7 @@ impl<'a, 'e> ConnIo<'a, 'e> {
     /// the bound (up to `--max-message-bytes`) is still delivered.
     #[inline]
     fn backlogged(&mut self) -> bool {
-        if self.out.queued_bytes() > self.env.policy.max_queue {
+        if self.out.cost() > self.env.policy.max_queue {
             self.overflowed = true;
         }
         self.overflowed
@@ -318,10 +327,15 @@ impl<'a, 'e> ConnIo<'a, 'e> {
         let known = self.env.channels.lookup(channel);
         let ws = self.ctl.ws.get_or_insert_with(Box::default);
         let already = known.is_some_and(|i| ws.subs.contains(&i));
-        if !already && ws.subs.len() >= max {
+        let full = !already && ws.subs.len() >= max;
+        if full || ws.held_acks as usize >= max {
             self.env.stats.subscription_limit += 1;
             debug!(limit = max, "subscription refused: --max-subscriptions");
-            let msg = format!("at most {max} subscriptions per connection");
+            let msg = if full {
+                format!("at most {max} subscriptions per connection")
+            } else {
+                format!("at most {max} subscribes waiting for confirmation per connection")
+            };
             return self.error(id, ErrorCode::TooManySubscriptions, &msg);
         }
         let (idx, outcome) = self.env.channels.subscribe(self.key, channel, id);
@@ -329,8 +343,9 @@ impl<'a, 'e> ConnIo<'a, 'e> {
         if new {
             ws.subs.push(idx);
         }
-        if let Subscribed::Now { .. } = outcome {
-            self.reply(|v| protocol::write_ack(id, v));
+        match outcome {
+            Subscribed::Now { .. } => self.reply(|v| protocol::write_ack(id, v)),
+            Subscribed::Pending { .. } => ws.held_acks += 1,
         }
     }
 
@@ -342,7 +357,9 @@ impl<'a, 'e> ConnIo<'a, 'e> {
                 let idx = ws.subs.swap_remove(pos);
                 // A subscribe still waiting for confirmations is answered
                 // first: every request gets its reply, in order.
-                for held in self.env.channels.take_held_acks(self.key, idx) {
+                let held = self.env.channels.take_held_acks(self.key, idx);
+                ws.held_acks = ws.held_acks.saturating_sub(held.len() as u32);
+                for held in held {
                     self.reply(|v| protocol::write_ack(held, v));
                 }
                 self.env.channels.unsubscribe(self.key, idx);
@@ -362,8 +379,15 @@ impl Handler for ConnIo<'_, '_> {
         if !self.admit(payload.len()) {
             return;
         }
-        if self.env.policy.failpoints && payload == b"ringcast:panic" {
-            panic!("failpoint: a handler panic requested by the client");
+        if self.env.policy.failpoints {
+            match payload {
+                b"ringcast:panic" => panic!("failpoint: a handler panic requested by the client"),
+                b"ringcast:fail-core" => {
+                    self.fail_core = true;
+                    return;
+                }
+                _ => {}
+            }
         }
         match self.route {
             Route::Echo => {
@@ -414,7 +438,7 @@ impl Handler for ConnIo<'_, '_> {
     #[inline]
     fn withdraw_copy(&mut self) {
         self.env.stats.replies -= 1;
-        self.out.unwrite(self.last_copy);
+        self.out.unwrite(self.last_copy, self.pool);
         self.last_copy = 0;
     }
 
@@ -431,7 +455,7 @@ impl Handler for ConnIo<'_, '_> {
                 && self.pong_len > 0
                 && self.out.queued_bytes() == self.pong_end
             {
-                self.out.unwrite(self.pong_len);
+                self.out.unwrite(self.pong_len, self.pool);
                 self.env.stats.pongs_coalesced += 1;
             }
         }

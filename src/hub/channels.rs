@@ -22,6 +22,9 @@ use indexmap::IndexSet;
 use super::frame::Frame;
 use super::MeshMsg;
 use crate::shard::conn::{Conn, ConnKey, Slab};
+use crate::shard::outq::BufPool;
+#[cfg(doc)]
+use crate::shard::outq::OutQueue;
 
 /// Most cores a channel's interest set can name.
 pub const MAX_CORES: usize = 256;
@@ -335,13 +338,14 @@ impl Channels {
     }
 
     /// Queues every pending message to its channel's local subscribers (a
-    /// reference each), skipping subscribers whose backlog is already over
-    /// `max_queue`; `touched` is called per delivery with whether the
-    /// subscriber was over the bound. Then frees entries that became
-    /// unused. Returns the number of deliveries.
+    /// reference or a copy each, see [`OutQueue::push_frames`]), checking
+    /// each subscriber's bound before every frame; `touched` is called per
+    /// subscriber and message with whether the subscriber was over the
+    /// bound. Returns the number of deliveries.
     pub fn fan_out(
         &mut self,
         conns: &mut Slab,
+        pool: &mut BufPool,
         max_queue: usize,
         mut touched: impl FnMut(ConnKey, &mut Conn, bool),
     ) -> u64 {
@@ -354,13 +358,9 @@ impl Channels {
                 let Some(conn) = conns.get_mut(key) else {
                     continue;
                 };
-                if conn.out.queued_bytes() > max_queue {
-                    touched(key, conn, true);
-                    continue;
-                }
-                conn.out.push_frame(frame.clone());
-                deliveries += 1;
-                touched(key, conn, false);
+                let pushed = conn.out.push_frames([&frame], max_queue, pool);
+                deliveries += pushed.frames;
+                touched(key, conn, pushed.over);
             }
         }
         deliveries
@@ -520,7 +520,12 @@ mod tests {
         // Fan-out shares the frame with every local subscriber.
         c1.pending.push((c1.lookup("x").unwrap(), fx.clone()));
         let mut seen = Vec::new();
-        assert_eq!(c1.fan_out(&mut slab, usize::MAX, |k, _, _| seen.push(k)), 2);
+        assert_eq!(
+            c1.fan_out(&mut slab, &mut BufPool::default(), usize::MAX, |k, _, _| {
+                seen.push(k)
+            }),
+            2
+        );
         assert_eq!(seen.len(), 2);
         assert!(!cores[2].publish("nobody", &f));
     }

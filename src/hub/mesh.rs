@@ -23,7 +23,9 @@
 //! of growing memory.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, Ordering};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 
 use glommio::channels::spsc_queue::{self, Consumer, Producer};
@@ -39,33 +41,42 @@ pub const BACKLOG_PAUSE: usize = 4 * RING_CAPACITY;
 
 /// One core's doorbell, on its own cache line so raising and lowering it
 /// never disturbs another core's.
+///
+/// The doorbell owns the core's wake-up eventfd: it lives in the shared
+/// [`Doorbells`], so it stays open as long as any thread can ring it. A core
+/// that stops (or dies) closes nothing another core may still write to; a
+/// descriptor number is never written after its close.
 #[repr(align(64))]
 pub struct Doorbell {
     sleeping: AtomicBool,
-    fd: AtomicI32,
+    fd: OwnedFd,
 }
 
 impl Doorbell {
-    fn new() -> Doorbell {
-        Doorbell {
-            sleeping: AtomicBool::new(false),
-            fd: AtomicI32::new(-1),
+    fn new() -> io::Result<Doorbell> {
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
+        Ok(Doorbell {
+            sleeping: AtomicBool::new(false),
+            // SAFETY: fd is a fresh descriptor we own.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
-    /// Registers the eventfd that wakes this core.
-    pub fn set_fd(&self, fd: i32) {
-        self.fd.store(fd, Ordering::SeqCst);
+    /// The eventfd the core's ring polls to wake up.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Wakes the core unconditionally (shutdown).
     pub fn ring(&self) {
-        let fd = self.fd.load(Ordering::SeqCst);
-        if fd >= 0 {
-            let one = 1u64;
-            // SAFETY: writing 8 bytes to an eventfd.
-            unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-        }
+        let one = 1u64;
+        // SAFETY: writing 8 bytes to an eventfd this doorbell owns (open
+        // for as long as `self` lives).
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
     /// Wakes the core if it announced it is going to sleep. Returns whether
@@ -84,7 +95,7 @@ impl Doorbell {
 pub type Doorbells = Arc<[Doorbell]>;
 
 /// Doorbells for `cores` cores.
-pub fn doorbells(cores: usize) -> Doorbells {
+pub fn doorbells(cores: usize) -> io::Result<Doorbells> {
     (0..cores).map(|_| Doorbell::new()).collect()
 }
 
@@ -121,6 +132,9 @@ struct Peer {
     backlog: VecDeque<MeshMsg>,
     /// Pushed to since the last doorbell check.
     pushed: bool,
+    /// The peer's loop is gone (its end of the ring was disconnected when
+    /// it stopped or failed): nothing more is queued for it.
+    gone: bool,
 }
 
 /// This core's end of the mesh. Lives in the core's loop; never shared.
@@ -139,6 +153,8 @@ pub struct Mesh {
 pub struct MeshCounters {
     /// Frames pushed into peers' rings (each a pointer-sized `Arc` handle).
     pub pushed: u64,
+    /// Messages dropped because their core had stopped.
+    pub dropped: u64,
     /// Frames popped from peers' rings.
     pub received: u64,
     /// Doorbells rung (eventfd writes to a sleeping peer).
@@ -158,6 +174,7 @@ impl Mesh {
                     ring,
                     backlog: VecDeque::new(),
                     pushed: false,
+                    gone: false,
                 })
                 .collect(),
             from: links.from,
@@ -192,10 +209,18 @@ impl Mesh {
 
     fn push_to_peer(&mut self, i: usize, msg: MeshMsg) {
         let peer = &mut self.peers[i];
-        if !peer.backlog.is_empty() {
+        if peer.gone {
+            self.counters.dropped += 1;
+        } else if !peer.backlog.is_empty() {
             peer.backlog.push_back(msg);
         } else if let Some(back) = peer.ring.try_push(msg) {
-            peer.backlog.push_back(back);
+            // Full, or the peer is gone (a disconnected ring refuses pushes).
+            if peer.ring.consumer_disconnected() {
+                peer.gone = true;
+                self.counters.dropped += 1;
+            } else {
+                peer.backlog.push_back(back);
+            }
         } else {
             peer.pushed = true;
             self.counters.pushed += 1;
@@ -203,11 +228,17 @@ impl Mesh {
         self.backlog_high_water = self.backlog_high_water.max(peer.backlog.len());
     }
 
-    /// Moves backlogged frames into rings that have room again. Returns
-    /// whether anything moved.
+    /// Moves backlogged frames into rings that have room again; drops what
+    /// waits for a core that is gone. Returns whether anything moved.
     pub fn retry_backlog(&mut self) -> bool {
         let mut moved = false;
         for peer in &mut self.peers {
+            if !peer.backlog.is_empty() && peer.ring.consumer_disconnected() {
+                peer.gone = true;
+                self.counters.dropped += peer.backlog.len() as u64;
+                peer.backlog = VecDeque::new();
+                moved = true;
+            }
             while let Some(f) = peer.backlog.pop_front() {
                 match peer.ring.try_push(f) {
                     None => {
@@ -220,6 +251,9 @@ impl Mesh {
                         break;
                     }
                 }
+            }
+            if peer.backlog.is_empty() && peer.backlog.capacity() > RING_CAPACITY {
+                peer.backlog = VecDeque::new();
             }
         }
         moved
@@ -239,7 +273,10 @@ impl Mesh {
         // our frames when it re-checks, or we see its flag.
         fence(Ordering::SeqCst);
         for peer in &mut self.peers {
-            if std::mem::take(&mut peer.pushed) && self.bells[peer.core].ring_if_sleeping() {
+            if std::mem::take(&mut peer.pushed)
+                && !peer.gone
+                && self.bells[peer.core].ring_if_sleeping()
+            {
                 self.counters.doorbells += 1;
             }
         }
@@ -289,12 +326,30 @@ impl Mesh {
 
     /// Whether a peer is so far behind that this core should stop reading.
     pub fn congested(&self) -> bool {
-        self.peers.iter().any(|p| p.backlog.len() >= BACKLOG_PAUSE)
+        self.peers
+            .iter()
+            .any(|p| !p.gone && p.backlog.len() >= BACKLOG_PAUSE)
     }
 
     /// Largest backlog seen (frames waiting for ring room).
     pub fn backlog_high_water(&self) -> usize {
         self.backlog_high_water
+    }
+
+    /// Frames waiting for ring room now, over all peers.
+    pub fn backlog_len(&self) -> usize {
+        self.peers.iter().map(|p| p.backlog.len()).sum()
+    }
+}
+
+impl Drop for Mesh {
+    /// A core that stops, normally or by a panic, disconnects its inbound
+    /// rings: its peers see it gone and stop queueing for it instead of
+    /// filling a ring nobody reads and stalling on it.
+    fn drop(&mut self) {
+        for c in &self.from {
+            c.disconnect();
+        }
     }
 }
 
@@ -306,7 +361,7 @@ mod tests {
 
     #[test]
     fn delivers_in_order_with_backlog_and_shares_bytes() {
-        let bells = doorbells(2);
+        let bells = doorbells(2).expect("eventfds");
         let mut links = build(2).into_iter();
         let mut a = Mesh::new(links.next().unwrap(), bells.clone());
         let mut b = Mesh::new(links.next().unwrap(), bells.clone());
@@ -339,13 +394,11 @@ mod tests {
 
     #[test]
     fn sleeper_is_rung_once() {
-        let bells = doorbells(2);
+        let bells = doorbells(2).expect("eventfds");
         let mut links = build(2).into_iter();
         let mut a = Mesh::new(links.next().unwrap(), bells.clone());
         let mut b = Mesh::new(links.next().unwrap(), bells.clone());
-        // SAFETY: plain eventfd for the test.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
-        bells[1].set_fd(efd);
+        let efd = bells[1].fd().as_raw_fd();
         let mut inbox = Vec::new();
         assert!(b.announce_sleep(&mut inbox));
         let f = Frame::new(SharedFrame::encode(OpCode::Text, b"x"));
@@ -354,12 +407,30 @@ mod tests {
         a.send(std::slice::from_ref(&f));
         a.ring_doorbells(); // flag already lowered: no second write
         let mut v = 0u64;
-        // SAFETY: reading 8 bytes from our eventfd.
+        // SAFETY: reading 8 bytes from the doorbell's eventfd.
         let n = unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) };
         assert_eq!((n, v), (8, 1));
         b.woke();
         assert_eq!(b.receive(&mut inbox), 2);
-        // SAFETY: closing our eventfd.
-        unsafe { libc::close(efd) };
+    }
+
+    #[test]
+    fn a_stopped_core_is_dropped_from_the_mesh_not_waited_for() {
+        let bells = doorbells(2).expect("eventfds");
+        let mut links = build(2).into_iter();
+        let mut a = Mesh::new(links.next().unwrap(), bells.clone());
+        let b = Mesh::new(links.next().unwrap(), bells.clone());
+        let frames: Vec<Frame> = (0..RING_CAPACITY + 10)
+            .map(|_| Frame::new(SharedFrame::encode(OpCode::Binary, b"x")))
+            .collect();
+        a.send(&frames);
+        assert!(a.backlogged());
+        drop(b); // core 1 stops: its inbound rings are disconnected
+        assert!(a.retry_backlog());
+        assert!(!a.backlogged(), "the backlog for a gone core is dropped");
+        a.send(&frames[..5]);
+        assert!(!a.backlogged() && !a.congested());
+        assert_eq!(a.counters().dropped, 10 + 5);
+        a.ring_doorbells(); // rings nobody: the peer is gone
     }
 }

@@ -16,6 +16,9 @@ use std::sync::Arc;
 use frame::{Frame, SharedFrame};
 
 use crate::shard::conn::{Conn, ConnKey, Slab};
+use crate::shard::outq::BufPool;
+#[cfg(doc)]
+use crate::shard::outq::OutQueue;
 
 /// What one core sends another through its SPSC ring. Channel names travel
 /// as `Arc<str>` so a name is allocated once per core that holds it, and
@@ -92,19 +95,19 @@ impl Hub {
         !self.outbox.is_empty() || !self.inbox.is_empty()
     }
 
-    /// Queues every pending frame to every local subscriber, in order.
-    /// A subscriber whose backlog is already over `max_queue` gets nothing
-    /// more (it is about to be closed as a slow consumer). `touched` is called
-    /// once per subscriber with whether it was over the bound. The outbox is
-    /// left for the mesh.
+    /// Queues every pending frame to every local subscriber, in order,
+    /// checking each subscriber's bound before every frame (see
+    /// [`OutQueue::push_frames`]). `touched` is called once per subscriber
+    /// with whether it went over the bound (it is about to be closed as a
+    /// slow consumer). The outbox is left for the mesh.
     pub fn fan_out(
         &mut self,
         conns: &mut Slab,
+        pool: &mut BufPool,
         max_queue: usize,
         mut touched: impl FnMut(ConnKey, &mut Conn, bool),
     ) -> FanOut {
-        let batch = self.outbox.len() + self.inbox.len();
-        if batch == 0 {
+        if self.outbox.is_empty() && self.inbox.is_empty() {
             return FanOut::default();
         }
         let mut deliveries = 0;
@@ -112,15 +115,10 @@ impl Hub {
             let Some(conn) = conns.get_mut(key) else {
                 continue;
             };
-            if conn.out.queued_bytes() > max_queue {
-                touched(key, conn, true);
-                continue;
-            }
-            for f in self.outbox.iter().chain(self.inbox.iter()) {
-                conn.out.push_frame(f.clone());
-            }
-            deliveries += batch as u64;
-            touched(key, conn, false);
+            let batch = self.outbox.iter().chain(self.inbox.iter());
+            let pushed = conn.out.push_frames(batch, max_queue, pool);
+            deliveries += pushed.frames;
+            touched(key, conn, pushed.over);
         }
         self.inbox.clear();
         FanOut { deliveries }

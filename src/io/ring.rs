@@ -15,15 +15,15 @@
 //! wake-up costs the sleeper no extra syscall.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-/// The ring plus the eventfd other threads write to wake it.
+/// The core's ring. The eventfd that wakes it belongs to the core's
+/// doorbell (shared with the threads that ring it), not to the ring.
 pub struct Ring {
     ring: IoUring,
-    eventfd: OwnedFd,
 }
 
 impl Ring {
@@ -43,22 +43,17 @@ impl Ring {
                     format!("io_uring setup with SINGLE_ISSUER|DEFER_TASKRUN failed (needs Linux >= 6.1): {e}"),
                 )
             })?;
-        // SAFETY: eventfd returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Ring { ring, eventfd })
+        Ok(Ring { ring })
     }
 
-    /// Queues a multishot poll of the wake-up eventfd, completing with
-    /// `user_data` on every write to it. The eventfd is never read: each
-    /// write is a new wake-up event for the poll even while the counter
-    /// stays non-zero. Call again when a completion says the poll ended.
-    pub fn arm_wake_poll(&mut self, user_data: u64) -> io::Result<()> {
-        let sqe = opcode::PollAdd::new(types::Fd(self.eventfd.as_raw_fd()), libc::POLLIN as u32)
+    /// Queues a multishot poll of the wake-up eventfd `wake`, completing
+    /// with `user_data` on every write to it. The eventfd is never read:
+    /// each write is a new wake-up event for the poll even while the counter
+    /// stays non-zero. Call again when a completion says the poll ended. The
+    /// descriptor must stay open at least until the next submission (the
+    /// kernel resolves it then and holds its own reference after).
+    pub fn arm_wake_poll(&mut self, wake: BorrowedFd<'_>, user_data: u64) -> io::Result<()> {
+        let sqe = opcode::PollAdd::new(types::Fd(wake.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
             .user_data(user_data);
@@ -135,12 +130,6 @@ impl Ring {
             args = args.timespec(ts);
         }
         transient_ok(self.ring.submitter().submit_with_args(1, &args))
-    }
-
-    /// The eventfd that wakes this ring's core: anyone may write it (other
-    /// cores' doorbells, the shutdown signal).
-    pub fn eventfd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
     }
 }
 

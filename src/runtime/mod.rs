@@ -102,7 +102,7 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
         None
     };
     let listen = shard_cfg.listen;
-    let control = Control::new(n);
+    let control = Control::new(n).map_err(|e| format!("creating the cores' doorbells: {e}"))?;
     // Before any core starts and before the startup line: a signal that
     // arrives as soon as someone sees "listening" must reach our handler,
     // not the default action (which kills the process without close frames).
@@ -113,6 +113,10 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
         vec![None]
     };
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    // Every core reports here when its loop ends, however it ends (a drop
+    // guard reports a panic too), so the main thread learns of a failed core
+    // at once rather than when it gets round to joining it.
+    let (exit_tx, exit_rx) = mpsc::channel::<(usize, Result<Stats, String>)>();
 
     let mut handles = Vec::with_capacity(n);
     for (i, &cpu) in cpus.iter().enumerate() {
@@ -120,10 +124,12 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
         let control = control.clone();
         let mesh = links[i].take();
         let ready = ready_tx.clone();
+        let exit = ExitReport::new(i, exit_tx.clone());
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringcast-{i}"))
             .io_memory(GLOMMIO_IO_MEMORY)
             .spawn(move || async move {
+                let mut exit = exit;
                 let shard = match Shard::start(i, Rc::new(shard_cfg), control, mesh).await {
                     Ok(s) => {
                         let _ = ready.send(Ok(()));
@@ -132,15 +138,18 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
                     Err(e) => {
                         let msg = format!("core {i} (CPU {cpu}): {e}");
                         let _ = ready.send(Err(msg.clone()));
-                        return Err(msg);
+                        exit.send(Err(msg));
+                        return;
                     }
                 };
-                shard.run().await.map_err(|e| format!("core {i}: {e}"))
+                let r = shard.run().await.map_err(|e| format!("core {i}: {e}"));
+                exit.send(r);
             })
             .map_err(|e| format!("starting executor on CPU {cpu}: {e}"))?;
         handles.push(h);
     }
     drop(ready_tx);
+    drop(exit_tx);
     let placeholder_guard = placeholder;
 
     let mut startup_error = None;
@@ -180,27 +189,71 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
         warn_if_open(cfg);
     }
 
-    let mut stats = Vec::with_capacity(n);
+    // Cores end in any order; the first that ends without a shutdown having
+    // been asked for has failed, and takes the process down with it.
+    let mut stats: Vec<Option<Stats>> = vec![None; n];
     let mut failure = startup_error;
-    for h in handles {
-        match h.join() {
-            Ok(Ok(s)) => stats.push(s),
-            Ok(Err(e)) => {
-                error!("{e}");
-                failure.get_or_insert(e);
-                control.request_shutdown();
-            }
+    for (core, r) in exit_rx.iter() {
+        match r {
+            Ok(s) => stats[core] = Some(s),
             Err(e) => {
-                let e = format!("executor failed: {e}");
-                error!("{e}");
+                let asked = control.shutdown.load(Ordering::SeqCst);
+                if failure.is_none() && !asked {
+                    error!(
+                        core,
+                        "core {core} failed: {e}; closing the other cores' connections with 1012 \
+                         and exiting with status 1 for the service manager to restart ringcast"
+                    );
+                    control.restart.store(true, Ordering::SeqCst);
+                } else {
+                    error!(core, "{e}");
+                }
                 failure.get_or_insert(e);
                 control.request_shutdown();
             }
         }
     }
+    for h in handles {
+        if let Err(e) = h.join() {
+            failure.get_or_insert(format!("executor failed: {e}"));
+        }
+    }
     match failure {
         Some(e) => Err(e),
-        None => Ok(stats),
+        None => Ok(stats.into_iter().flatten().collect()),
+    }
+}
+
+/// Reports a core's end to the main thread exactly once: with its result,
+/// or, if the core's thread unwinds before that (a panic outside every
+/// `catch_unwind`), with the panic.
+struct ExitReport {
+    core: usize,
+    tx: Option<mpsc::Sender<(usize, Result<Stats, String>)>>,
+}
+
+impl ExitReport {
+    fn new(core: usize, tx: mpsc::Sender<(usize, Result<Stats, String>)>) -> ExitReport {
+        ExitReport { core, tx: Some(tx) }
+    }
+
+    fn send(&mut self, r: Result<Stats, String>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.core, r));
+        }
+    }
+}
+
+impl Drop for ExitReport {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            let why = if std::thread::panicking() {
+                "its loop panicked (the panic message is logged above)"
+            } else {
+                "its loop ended without a result"
+            };
+            self.send(Err(why.to_string()));
+        }
     }
 }
 

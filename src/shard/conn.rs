@@ -63,6 +63,11 @@ pub enum Phase {
     Handshake(Vec<u8>),
     /// A WebSocket connection.
     Open(Session),
+    /// A complete HTTP request (`GET /api/channels`) whose answer other
+    /// cores are still gathering. It is no longer parsed: whatever else the
+    /// client sends is discarded (the answer closes the connection), so a
+    /// second request can never be read into it.
+    Answering,
     /// Sending what is queued, then FIN; reading on (and discarding) until
     /// the peer's FIN or the close timeout. Refused handshakes and finished
     /// close handshakes end here, so the peer reads every byte we sent.
@@ -113,6 +118,11 @@ pub struct Conn {
     pub peer_fin: bool,
     /// `100 Continue` was sent for the request body.
     pub continue_sent: bool,
+    /// Its input has made cross-core traffic: paused first when a peer
+    /// core is congested.
+    pub publisher: bool,
+    /// Reads are paused (receive cancelled) until the congestion clears.
+    pub paused: bool,
     /// Position in the hub's subscriber list, if subscribed.
     pub sub_slot: Option<u32>,
     /// When the current phase times out.
@@ -157,6 +167,8 @@ impl Conn {
             fin_after_flush: false,
             peer_fin: false,
             continue_sent: false,
+            publisher: false,
+            paused: false,
             sub_slot: None,
             deadline: Some(deadline),
             wheel_tick: NO_TICK,

@@ -208,6 +208,13 @@ impl Shard {
     /// Starts `GET /api/channels`: this core's counts now, the other
     /// cores' through the mesh; answered when the last one replies.
     pub(super) fn start_query(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.phase = super::conn::Phase::Answering;
+        // Bounded like a close: if an answer never comes, the connection
+        // is dropped rather than held.
+        self.set_deadline(key, std::time::Instant::now() + self.cfg.close_timeout);
         let mut counts = BTreeMap::new();
         for (name, n) in self.channels.local_counts() {
             counts.insert(name.to_string(), n as u64);

@@ -199,6 +199,48 @@ const FAMILIES: &[Family] = &[
         series: |s| one(s.stats.send_queue_bytes),
     },
     Family {
+        name: "ringcast_send_queue_memory_bytes",
+        kind: "gauge",
+        help: "Memory held by all send queues (owned buffers, shared frames, queue entries): what --max-send-queue-bytes bounds per connection.",
+        series: |s| one(s.stats.send_queue_memory),
+    },
+    Family {
+        name: "ringcast_loop_passes_total",
+        kind: "counter",
+        help: "Passes of the core's loop.",
+        series: |s| one(s.stats.turns),
+    },
+    Family {
+        name: "ringcast_loop_sleeps_total",
+        kind: "counter",
+        help: "Times the core slept in its ring with nothing to do (its wake-ups).",
+        series: |s| one(s.stats.sleeps),
+    },
+    Family {
+        name: "ringcast_mesh_backlog",
+        kind: "gauge",
+        help: "Frames waiting for room in other cores' rings.",
+        series: |s| one(s.stats.mesh_backlog),
+    },
+    Family {
+        name: "ringcast_mesh_congestion_total",
+        kind: "counter",
+        help: "Episodes of a peer core's backlog reaching the pause mark (publishing connections' reads paused).",
+        series: |s| one(s.stats.congestion_episodes),
+    },
+    Family {
+        name: "ringcast_mesh_paused_connections",
+        kind: "gauge",
+        help: "Publishing connections whose reads are paused while a peer core is congested.",
+        series: |s| one(s.stats.paused_connections),
+    },
+    Family {
+        name: "ringcast_mesh_dropped_total",
+        kind: "counter",
+        help: "Cross-core messages dropped because their core had stopped (a failed core).",
+        series: |s| one(s.stats.mesh_dropped),
+    },
+    Family {
         name: "ringcast_slow_consumer_closes_total",
         kind: "counter",
         help: "Connections closed with 1008 because their send backlog passed the bound.",

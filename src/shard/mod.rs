@@ -20,7 +20,6 @@ mod http;
 pub mod metrics;
 pub mod outq;
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
@@ -46,7 +45,7 @@ use crate::ws::{CloseCode, Limits, OpCode, Session, State};
 use conn::{token, untoken, Conn, ConnKey, Op, Phase, SendMsg, Slab, NO_TICK};
 use heartbeat::{Beat, Due};
 use http::{HeadOutcome, RefusedBy};
-use outq::BufPool;
+use outq::{BufPool, FreeList};
 
 /// Settings every core shares (read-only).
 #[derive(Clone)]
@@ -84,6 +83,10 @@ pub struct ShardConfig {
 /// line); nothing else here is touched on the data path.
 pub struct Control {
     pub shutdown: AtomicBool,
+    /// Set with `shutdown` when a core failed: the others close their
+    /// connections with 1012 (service restart) instead of 1001, since the
+    /// process is about to exit for its service manager to restart it.
+    pub restart: AtomicBool,
     /// Set on SIGTERM, before `shutdown` (which waits `--drain-delay`):
     /// readiness is withdrawn first.
     pub draining: AtomicBool,
@@ -93,16 +96,18 @@ pub struct Control {
 }
 
 impl Control {
-    /// Control block for `cores` cores.
-    pub fn new(cores: usize) -> Arc<Control> {
-        Arc::new(Control {
+    /// Control block for `cores` cores (one eventfd each for the
+    /// doorbells).
+    pub fn new(cores: usize) -> io::Result<Arc<Control>> {
+        Ok(Arc::new(Control {
             shutdown: AtomicBool::new(false),
+            restart: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            bells: mesh::doorbells(cores),
+            bells: mesh::doorbells(cores)?,
             metrics: (0..cores)
                 .map(|_| metrics::CoreMetrics::default())
                 .collect(),
-        })
+        }))
     }
 
     /// Ready for traffic: every core listens and no drain has begun.
@@ -151,6 +156,12 @@ pub struct Stats {
     pub heartbeat_closes: u64,
     /// Connections closed for sending nothing within the idle timeout.
     pub idle_closes: u64,
+    /// Times the loop slept (blocked in its ring with nothing to do).
+    pub sleeps: u64,
+    /// Times a peer core's backlog reached the pause mark (episodes).
+    pub congestion_episodes: u64,
+    /// Messages dropped for a core that had stopped.
+    pub mesh_dropped: u64,
     /// Connections that became suspect (missed pongs), ever.
     pub suspects_total: u64,
     /// Pings sent.
@@ -164,6 +175,12 @@ pub struct Stats {
     /// unsent bytes queued over all connections.
     pub suspects: u64,
     pub send_queue_bytes: u64,
+    /// Gauge: memory held by all send queues (what the bound counts).
+    pub send_queue_memory: u64,
+    /// Gauges: frames waiting for room in peers' rings; connections whose
+    /// reads are paused while a peer is congested.
+    pub mesh_backlog: u64,
+    pub paused_connections: u64,
     /// Gauges: channel entries and local subscriptions.
     pub channels: u64,
     pub subscriptions: u64,
@@ -210,15 +227,21 @@ pub struct Shard {
     pool: BufPool,
     /// When the send-buffer pool is next trimmed of buffers it did not need.
     pool_trim_at: Instant,
-    // Boxed on purpose: a header moves between this pool and a connection,
-    // and its address must not change while the kernel reads it.
-    #[allow(clippy::vec_box)]
-    sendmsgs: Vec<Box<SendMsg>>,
+    /// Free `sendmsg` headers (~1 KiB each). Boxed on purpose: a header
+    /// moves between this list and a connection, and its address must not
+    /// change while the kernel reads it. Trimmed with the buffer pool, so a
+    /// fan-out to 100k subscribers does not pin 100k headers.
+    sendmsgs: FreeList<Box<SendMsg>>,
     dirty: Vec<ConnKey>,
     rearm: Vec<ConnKey>,
     overflow: Vec<ConnKey>,
-    /// Receive completions held back while a peer core is congested.
-    deferred: VecDeque<cqueue::Entry>,
+    /// A peer core is congested (its backlog is past the pause mark).
+    congested: bool,
+    /// Connections whose receive was cancelled while congested: they
+    /// published cross-core traffic; re-armed when the backlog drains.
+    paused: Vec<ConnKey>,
+    /// Test hook: fail this core's loop outside any `catch_unwind`.
+    fail_core: bool,
     recycled: bool,
     wheel: TimerWheel<ConnKey>,
     /// Scratch list of due timer entries.
@@ -273,7 +296,6 @@ impl Shard {
         let ring = Ring::new(4096)?;
         let bufs = BufRing::new(&ring, 0, cfg.recv_buffers, cfg.recv_buffer_size)?;
         let listener = crate::io::listener::bind_reuseport(cfg.listen, cfg.backlog)?;
-        control.bells[id].set_fd(ring.eventfd());
         let mesh = links.map(|l| Mesh::new(l, control.bells.clone()));
         let now = Instant::now();
         let mut shard = Shard {
@@ -300,11 +322,13 @@ impl Shard {
             gauges_at: now,
             pool: BufPool::default(),
             pool_trim_at: now + POOL_TRIM_PERIOD,
-            sendmsgs: Vec::new(),
+            sendmsgs: FreeList::default(),
             dirty: Vec::new(),
             rearm: Vec::new(),
             overflow: Vec::new(),
-            deferred: VecDeque::new(),
+            congested: false,
+            paused: Vec::new(),
+            fail_core: false,
             recycled: false,
             wheel: TimerWheel::new(now),
             due: Vec::new(),
@@ -315,7 +339,9 @@ impl Shard {
             drain_deadline: None,
             drain_cutoff: None,
         };
-        shard.ring.arm_wake_poll(token(Op::Wake, ACCEPT))?;
+        shard
+            .ring
+            .arm_wake_poll(shard.control.bells[id].fd(), token(Op::Wake, ACCEPT))?;
         shard.arm_accept()?;
         shard.control.metrics[id]
             .listening
@@ -374,16 +400,13 @@ impl Shard {
             self.begin_drain();
             worked = true;
         }
-        let congested = self.mesh.as_ref().is_some_and(Mesh::congested);
-        if !congested {
-            while let Some(cqe) = self.deferred.pop_front() {
-                self.on_recv(cqe);
-                worked = true;
-            }
-        }
+        self.check_congestion();
         while let Some(cqe) = self.ring.next_completion() {
             worked = true;
-            self.dispatch(cqe, congested);
+            self.dispatch(cqe);
+        }
+        if self.fail_core {
+            panic!("failpoint: a core failure requested by a client (RINGCAST_FAILPOINTS=1)");
         }
         if let Some(m) = &mut self.mesh {
             worked |= m.retry_backlog();
@@ -401,6 +424,9 @@ impl Shard {
             worked = true;
             self.fan_out_channels();
         }
+        // Timers before the flush: a ping or a timeout's close frame leaves
+        // in the pass that queued it, not a pass (or a sleep) later.
+        self.timers();
         self.channels.end_pass();
         self.send_channel_messages();
         self.close_overflowed();
@@ -411,27 +437,74 @@ impl Shard {
         self.rearm_recvs();
         self.publish_metrics();
         self.flush()?;
-        self.timers();
         if let Some(m) = &mut self.mesh {
             m.ring_doorbells();
         }
         Ok(worked)
     }
 
-    fn dispatch(&mut self, cqe: cqueue::Entry, congested: bool) {
-        match untoken(cqe.user_data()) {
-            (Some(Op::Recv), _) => {
-                if congested || !self.deferred.is_empty() {
-                    self.deferred.push_back(cqe);
-                } else {
-                    self.on_recv(cqe);
+    /// Follows the mesh's congestion: on entering it, connections that
+    /// publish cross-core traffic get their reads paused as their next
+    /// bytes arrive (see [`Shard::pause_if_congested`]); on leaving it, they
+    /// are re-armed. Everyone else is read throughout, so pongs and close
+    /// replies of subscribers keep flowing while a peer catches up.
+    fn check_congestion(&mut self) {
+        let congested = self.mesh.as_ref().is_some_and(Mesh::congested);
+        if congested && !self.congested {
+            self.stats.congestion_episodes += 1;
+            warn!(
+                core = self.id,
+                "a peer core is {} frames behind: pausing reads from publishing connections",
+                mesh::BACKLOG_PAUSE
+            );
+        }
+        if !congested && self.congested {
+            for key in std::mem::take(&mut self.paused) {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.paused = false;
+                    self.rearm.push(key);
                 }
             }
+        }
+        self.congested = congested;
+    }
+
+    /// While congested, stops reading from a connection that publishes
+    /// cross-core traffic: its multishot receive is cancelled, its bytes
+    /// wait in the kernel (TCP pushes back on the client), and the backlog
+    /// can only grow by what was already received.
+    fn pause_if_congested(&mut self, key: ConnKey) {
+        if !self.congested {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !c.publisher || c.paused || matches!(c.phase, Phase::Closing) {
+            return;
+        }
+        c.paused = true;
+        self.paused.push(key);
+        if c.recv_armed {
+            let sqe = opcode::AsyncCancel::new(token(Op::Recv, key))
+                .build()
+                .user_data(token(Op::Ignore, key));
+            // SAFETY: a cancellation references no memory.
+            if let Err(e) = unsafe { self.ring.push(&sqe) } {
+                warn!(core = self.id, "cancelling a receive: {e}");
+            }
+        }
+    }
+
+    fn dispatch(&mut self, cqe: cqueue::Entry) {
+        match untoken(cqe.user_data()) {
+            (Some(Op::Recv), _) => self.on_recv(cqe),
             (Some(Op::Send), key) => self.on_send(key, cqe.result()),
             (Some(Op::Accept), _) => self.on_accept(cqe.result(), cqe.flags()),
             // The multishot poll ended (rare): poll again.
             (Some(Op::Wake), _) if !cqueue::more(cqe.flags()) => {
-                if let Err(e) = self.ring.arm_wake_poll(token(Op::Wake, ACCEPT)) {
+                let bell = self.control.bells[self.id].fd();
+                if let Err(e) = self.ring.arm_wake_poll(bell, token(Op::Wake, ACCEPT)) {
                     warn!(core = self.id, "re-arming the wake-up poll: {e}");
                 }
             }
@@ -476,7 +549,8 @@ impl Shard {
             .then(|| self.gauges_at + GAUGE_PERIOD);
         // A core gone quiet still frees its pooled buffers, then sleeps for
         // good.
-        let pool_trim = (!self.pool.is_empty()).then_some(self.pool_trim_at);
+        let pool_trim =
+            (!self.pool.is_empty() || !self.sendmsgs.is_empty()).then_some(self.pool_trim_at);
         let next_timer = [
             self.wheel.next_wake(),
             self.accept_retry_at,
@@ -490,6 +564,7 @@ impl Shard {
         .min();
         let timeout = next_timer.map(|t| t.saturating_duration_since(Instant::now()));
         self.stats.enters += 1;
+        self.stats.sleeps += 1;
         let r = self.ring.wait(timeout);
         if let Some(m) = &self.mesh {
             m.woke();
@@ -576,7 +651,7 @@ impl Shard {
             let wants = self
                 .conns
                 .get_mut(key)
-                .is_some_and(|c| !c.recv_armed && !matches!(c.phase, Phase::Closing));
+                .is_some_and(|c| !c.recv_armed && !c.paused && !matches!(c.phase, Phase::Closing));
             if wants {
                 self.arm_recv(key);
             }
@@ -606,17 +681,21 @@ impl Shard {
             conn.recv_armed = false;
         }
         let lingering = matches!(conn.phase, Phase::Lingering);
+        let answering = matches!(conn.phase, Phase::Answering);
         if res <= 0 {
             if let Some(chunk) = chunk {
                 self.release_chunk(chunk);
             }
-            if res == -libc::ENOBUFS {
+            let paused = self.conns.get_mut(key).is_some_and(|c| c.paused);
+            if res == -libc::ECANCELED && paused {
+                // Paused while a peer is congested: re-armed when it drains.
+            } else if res == -libc::ENOBUFS {
                 // The core ran out of receive buffers: pick up again once
                 // this pass has recycled some.
                 self.rearm.push(key);
             } else if lingering && res == 0 {
                 self.release_after_flush(key);
-            } else if res == 0 && self.queries.iter().any(|q| q.key == key) {
+            } else if res == 0 && answering {
                 // A complete request whose answer the other cores are
                 // still gathering: the peer has simply finished sending.
                 if let Some(conn) = self.conns.get_mut(key) {
@@ -646,6 +725,7 @@ impl Shard {
             self.abort(key);
         }
         self.release_chunk(chunk);
+        self.pause_if_congested(key);
         if !more {
             self.rearm.push(key);
             self.maybe_release(key);
@@ -690,15 +770,14 @@ impl Shard {
                         policy: &cfg.policy,
                         now_us: *now_us,
                     };
+                    let mesh_before = env.outbox.len() + env.channels.outgoing.len();
                     let mut io =
                         ConnIo::new(route, key, &mut conn.out, &mut conn.ctl, pool, &mut env);
                     let before = session.state();
                     let after = session.feed(data, &mut io);
-                    DataOutcome::Fed {
-                        changed: (after != before).then_some(after),
-                        overflowed: io.overflowed,
-                        rate_limited: io.rate_limited,
-                    }
+                    let fed = Fed::from_io(&io, (after != before).then_some(after));
+                    let published = env.outbox.len() + env.channels.outgoing.len() > mesh_before;
+                    DataOutcome::Fed(Fed { published, ..fed })
                 }
                 Phase::Handshake(head) => {
                     let (max_head, max_body) = (cfg.max_header_bytes, cfg.max_body_bytes);
@@ -759,15 +838,11 @@ impl Shard {
                     }
                     DataOutcome::Head(outcome)
                 }
-                Phase::Lingering | Phase::Closing => DataOutcome::Nothing,
+                Phase::Answering | Phase::Lingering | Phase::Closing => DataOutcome::Nothing,
             }
         };
         match outcome {
-            DataOutcome::Fed {
-                changed,
-                overflowed,
-                rate_limited,
-            } => self.after_feed(key, changed, overflowed, rate_limited),
+            DataOutcome::Fed(fed) => self.after_feed(key, fed),
             DataOutcome::Head(h) => self.after_head(key, h, chunk),
             DataOutcome::Nothing => {}
         }
@@ -846,6 +921,11 @@ impl Shard {
         }
         let mut s = self.stats;
         s.msg = self.msg_stats;
+        if let Some(m) = &self.mesh {
+            s.mesh_backlog = m.backlog_len() as u64;
+            s.mesh_dropped = m.counters().dropped;
+        }
+        s.paused_connections = self.paused.len() as u64;
         s.channels = self.channels.len() as u64;
         s.subscriptions = self.channels.subscriptions() as u64;
         self.control.metrics[self.id].publish(&s, self.conns.len());
@@ -854,12 +934,14 @@ impl Shard {
     /// The gauges that need a walk over every connection; about once a
     /// second, a few nanoseconds per connection.
     fn refresh_gauges(&mut self) {
-        let (mut queued, mut suspects) = (0u64, 0u64);
+        let (mut queued, mut memory, mut suspects) = (0u64, 0u64, 0u64);
         self.conns.for_each(|c| {
             queued += c.out.queued_bytes() as u64;
+            memory += c.out.cost() as u64;
             suspects += c.ctl.beat.suspect as u64;
         });
         self.stats.send_queue_bytes = queued;
+        self.stats.send_queue_memory = memory;
         self.stats.suspects = suspects;
     }
 
@@ -907,8 +989,8 @@ impl Shard {
             Route::Broadcast => conn.sub_slot = Some(self.hub.subscribe(key)),
             Route::Channels => {
                 conn.ctl.ws = Some(Box::new(WsConn {
-                    subs: Vec::new(),
                     claims,
+                    ..WsConn::default()
                 }))
             }
             Route::Echo => {}
@@ -949,29 +1031,30 @@ impl Shard {
                 policy: &cfg.policy,
                 now_us: *now_us,
             };
+            let mesh_before = env.outbox.len() + env.channels.outgoing.len();
             let mut io = ConnIo::new(route, key, &mut conn.out, &mut conn.ctl, pool, &mut env);
             let after = session.feed(&mut data[from..], &mut io);
-            let (overflowed, rate_limited) = (io.overflowed, io.rate_limited);
-            let changed = (after != State::Open).then_some(after);
-            self.after_feed(key, changed, overflowed, rate_limited);
+            let fed = Fed::from_io(&io, (after != State::Open).then_some(after));
+            let published = env.outbox.len() + env.channels.outgoing.len() > mesh_before;
+            self.after_feed(key, Fed { published, ..fed });
         }
     }
 
     /// Acts on what parsing a read led to.
-    fn after_feed(
-        &mut self,
-        key: ConnKey,
-        changed: Option<State>,
-        overflowed: bool,
-        rate_limited: bool,
-    ) {
-        if let Some(state) = changed {
+    fn after_feed(&mut self, key: ConnKey, fed: Fed) {
+        if fed.published {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.publisher = true;
+            }
+        }
+        self.fail_core |= fed.fail_core;
+        if let Some(state) = fed.changed {
             self.session_changed(key, state);
         }
-        if overflowed {
+        if fed.overflowed {
             self.overflow.push(key);
         }
-        if rate_limited
+        if fed.rate_limited
             && self.close_open(key, CloseCode::POLICY, "message rate limit exceeded", false)
         {
             self.stats.rate_limit_closes += 1;
@@ -1081,12 +1164,13 @@ impl Shard {
         let Shard {
             hub,
             conns,
+            pool,
             dirty,
             overflow,
             mesh,
             ..
         } = self;
-        let r = hub.fan_out(conns, max, on_delivery(overflow, dirty));
+        let r = hub.fan_out(conns, pool, max, on_delivery(overflow, dirty));
         self.stats.deliveries += r.deliveries;
         if let Some(m) = mesh {
             m.send(&hub.outbox);
@@ -1305,6 +1389,7 @@ impl Shard {
         let now = Instant::now();
         if now >= self.pool_trim_at {
             self.pool.trim();
+            self.sendmsgs.trim(drop);
             self.pool_trim_at = now + POOL_TRIM_PERIOD;
         }
         if self.accept_retry_at.is_some_and(|t| now >= t) {
@@ -1396,7 +1481,7 @@ impl Shard {
                     self.stats.suspects_total += 1;
                     debug!(core = self.id, "connection suspect: missed pongs");
                 }
-                if conn.out.queued_bytes() <= max {
+                if conn.out.cost() <= max {
                     conn.out.write_with(&mut self.pool, |v| {
                         encode_frame_into(OpCode::Ping, &payload, v)
                     });
@@ -1432,6 +1517,9 @@ impl Shard {
         // Subscriptions every peer has now confirmed.
         let acks = std::mem::take(&mut self.channels.acks_due);
         for (key, id) in acks {
+            if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ctl.ws.as_mut()) {
+                ws.held_acks = ws.held_acks.saturating_sub(1);
+            }
             self.ws_reply(key, |v| crate::app::protocol::write_ack(id, v));
         }
     }
@@ -1442,6 +1530,12 @@ impl Shard {
             return;
         };
         if !matches!(&conn.phase, Phase::Open(s) if s.state() == State::Open) {
+            return;
+        }
+        if conn.out.cost() > self.cfg.max_send_queue_bytes {
+            // Not reading: it is closed as a slow consumer, like any reply
+            // refused for its backlog.
+            self.overflow.push(key);
             return;
         }
         self.scratch.clear();
@@ -1460,11 +1554,12 @@ impl Shard {
         let Shard {
             channels,
             conns,
+            pool,
             dirty,
             overflow,
             ..
         } = self;
-        let n = channels.fan_out(conns, max, on_delivery(overflow, dirty));
+        let n = channels.fan_out(conns, pool, max, on_delivery(overflow, dirty));
         self.stats.deliveries += n;
     }
 
@@ -1502,6 +1597,14 @@ impl Shard {
                 self.listener = None;
             }
         }
+        let (code, reason) = if self.control.restart.load(Ordering::Relaxed) {
+            (
+                CloseCode::SERVICE_RESTART,
+                "server restarting after a failure",
+            )
+        } else {
+            (CloseCode::GOING_AWAY, "server shutting down")
+        };
         for key in self.conns.keys() {
             let handshaking = self
                 .conns
@@ -1509,7 +1612,7 @@ impl Shard {
                 .is_some_and(|c| matches!(c.phase, Phase::Handshake(_)));
             if handshaking {
                 self.abort(key);
-            } else if self.close_open(key, CloseCode::GOING_AWAY, "server shutting down", false) {
+            } else if self.close_open(key, code, reason, false) {
                 self.set_deadline(key, deadline);
             }
         }
@@ -1547,12 +1650,34 @@ fn share(total: usize, cores: usize, id: usize) -> usize {
 /// What parsing one read led to, acted on once the buffer is released.
 enum DataOutcome {
     Nothing,
-    Fed {
-        changed: Option<State>,
-        overflowed: bool,
-        rate_limited: bool,
-    },
+    Fed(Fed),
     Head(HeadOutcome),
+}
+
+/// What feeding an open connection's bytes led to.
+#[derive(Clone, Copy)]
+struct Fed {
+    /// The session entered `AwaitingClose` or `Done`.
+    changed: Option<State>,
+    overflowed: bool,
+    rate_limited: bool,
+    /// The bytes made cross-core traffic (a broadcast, a channel publish or
+    /// interest): the connection counts as a publisher from now on.
+    published: bool,
+    /// Test hook: the client asked for this core to fail.
+    fail_core: bool,
+}
+
+impl Fed {
+    fn from_io(io: &ConnIo<'_, '_>, changed: Option<State>) -> Fed {
+        Fed {
+            changed,
+            overflowed: io.overflowed,
+            rate_limited: io.rate_limited,
+            published: false,
+            fail_core: io.fail_core,
+        }
+    }
 }
 
 /// The bytes one receive completion delivered: `len` bytes at `at` in

@@ -1,18 +1,38 @@
-//! A connection's outbound queue: bounded in bytes, coalesced into one send.
+//! A connection's outbound queue: bounded by the memory it holds, coalesced
+//! into one send.
 //!
 //! Frames the connection produces itself (echoes, pongs, close frames, HTTP
-//! responses) are appended to an owned buffer; broadcast frames are queued
-//! by reference. When the loop flushes, everything queued goes out in one
-//! submission: a `send` for a single buffer, a `sendmsg` whose iovecs point
-//! straight at the queued buffers and shared frames otherwise. Nothing is
-//! copied to coalesce, and a shared frame is never copied per recipient.
+//! responses) are appended to an owned buffer, and so are small shared
+//! frames: copying a few hundred bytes is cheaper than an iovec, a queue
+//! entry and a reference count each, and it keeps a flood of tiny frames in
+//! a few buffers that leave in one `send`. Larger shared frames are queued
+//! by reference and never copied per recipient. When the loop flushes,
+//! everything queued goes out in one submission: a `send` for a single
+//! buffer, a `sendmsg` whose iovecs point straight at the queued buffers and
+//! shared frames otherwise.
+//!
+//! The bound (`--max-send-queue-bytes`) is checked against [`OutQueue::cost`]:
+//! what the queue really holds in memory (owned buffers by capacity, shared
+//! frames by length, the entry array by capacity), not only payload bytes.
 
 use std::collections::VecDeque;
+use std::mem::size_of;
 
 use crate::hub::frame::Frame;
 
-/// Most iovecs in one `sendmsg` (the kernel allows 1024).
+/// Most iovecs in one `sendmsg` (the kernel allows 1024). Small frames are
+/// copied, so every iovec but the owned ones carries more than
+/// [`COPY_MAX`] bytes and one send carries at least 64 KiB of them.
 pub const MAX_IOV: usize = 64;
+
+/// Shared frames up to this length are copied into the owned tail buffer
+/// instead of being queued by reference.
+pub const COPY_MAX: usize = 1024;
+
+/// An owned buffer stops growing at this length; later writes start a new
+/// one, so a long backlog is a list of modest buffers that are freed as
+/// they are sent, not one huge buffer grown by reallocation.
+const OWNED_CHUNK_MAX: usize = 64 * 1024;
 
 /// Owned buffers up to this capacity are kept for reuse by the core's pool
 /// (a coalesced send of a few 16 KiB echoes must not fall out of it: a
@@ -24,31 +44,80 @@ const POOL_LEN: usize = 256;
 /// memory after it.
 const POOL_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// A per-core free list of send buffers, so steady-state echo traffic does
-/// not allocate.
+/// A free list that gives back what went unused for a whole period.
 ///
-/// Buffers that sat unused for a whole trim period are freed: after a burst
-/// the pool would otherwise pin up to `POOL_BYTES_MAX` per core forever, and
+/// The list is a stack, so the items at its bottom that `pop` never reached
+/// since the last [`FreeList::trim`] are exactly the ones nobody needed;
+/// `trim` frees them. Without it a burst (one fan-out to 100k subscribers)
+/// would pin its peak for good.
+pub struct FreeList<T> {
+    free: Vec<T>,
+    /// Fewest items the list held since the last trim.
+    low_water: usize,
+}
+
+impl<T> Default for FreeList<T> {
+    fn default() -> Self {
+        FreeList {
+            free: Vec::new(),
+            low_water: 0,
+        }
+    }
+}
+
+impl<T> FreeList<T> {
+    /// Takes an item, if any.
+    pub fn pop(&mut self) -> Option<T> {
+        let v = self.free.pop();
+        self.low_water = self.low_water.min(self.free.len());
+        v
+    }
+
+    /// Returns an item.
+    pub fn push(&mut self, v: T) {
+        self.free.push(v);
+    }
+
+    /// Items held.
+    pub fn len(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Whether the list holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// Removes the items unused since the previous call, handing each to
+    /// `freed`; the owner calls it once per trim period. An emptied list
+    /// gives back its array too.
+    pub fn trim(&mut self, freed: impl FnMut(T)) {
+        let stale = self.low_water.min(self.free.len());
+        self.free.drain(..stale).for_each(freed);
+        if self.free.is_empty() {
+            self.free = Vec::new();
+        }
+        self.low_water = self.free.len();
+    }
+}
+
+/// A per-core free list of send buffers, so steady-state echo traffic does
+/// not allocate. Buffers unused for a whole trim period are freed: after a
+/// burst the pool would otherwise pin up to `POOL_BYTES_MAX` per core, and
 /// its large buffers keep the allocator from returning the pages around
-/// them (the soak measured that as steady RSS growth). The free list is a
-/// stack, so the ones at the bottom that `get` never reached during the
-/// period are exactly the ones nobody needed.
+/// them (the soak measured that as steady RSS growth).
 #[derive(Default)]
 pub struct BufPool {
-    free: Vec<Vec<u8>>,
-    /// Sum of the capacities in `free`.
+    list: FreeList<Vec<u8>>,
+    /// Sum of the capacities in `list`.
     bytes: usize,
-    /// Fewest buffers the free list held since the last trim: that many at
-    /// its bottom went unused the whole period.
-    low_water: usize,
 }
 
 impl BufPool {
     fn get(&mut self) -> Vec<u8> {
-        match self.free.pop() {
+        match self.list.pop() {
             Some(v) => {
                 self.bytes -= v.capacity();
-                self.low_water = self.low_water.min(self.free.len());
                 v
             }
             None => Vec::new(),
@@ -57,17 +126,17 @@ impl BufPool {
 
     fn put(&mut self, mut v: Vec<u8>) {
         let cap = v.capacity();
-        if cap <= POOL_BUF_MAX && self.free.len() < POOL_LEN && self.bytes + cap <= POOL_BYTES_MAX {
+        if cap <= POOL_BUF_MAX && self.list.len() < POOL_LEN && self.bytes + cap <= POOL_BYTES_MAX {
             v.clear();
             self.bytes += cap;
-            self.free.push(v);
+            self.list.push(v);
         }
     }
 
     /// Whether the pool holds any buffer (an idle core keeps waking to trim
     /// until it does not).
     pub fn is_empty(&self) -> bool {
-        self.free.is_empty()
+        self.list.is_empty()
     }
 
     /// Bytes of capacity the pool holds.
@@ -78,17 +147,15 @@ impl BufPool {
     /// Frees the buffers unused since the previous call; the shard calls it
     /// once per trim period.
     pub fn trim(&mut self) {
-        let stale = self.low_water.min(self.free.len());
-        for v in self.free.drain(..stale) {
-            self.bytes -= v.capacity();
-        }
-        if self.free.is_empty() {
-            self.free = Vec::new();
-        }
-        self.low_water = self.free.len();
+        let mut freed = 0;
+        self.list.trim(|v| freed += v.capacity());
+        self.bytes -= freed;
     }
 }
 
+/// One queue entry. Not `Clone`: an owned buffer or a frame reference has
+/// exactly one place in one queue, which is what lets the iovecs of a send
+/// in flight point into it.
 enum Chunk {
     Owned(Vec<u8>),
     Shared(Frame),
@@ -102,14 +169,35 @@ impl Chunk {
             Chunk::Shared(f) => f.bytes(),
         }
     }
+
+    /// Memory this entry holds beyond the entry itself.
+    #[inline]
+    fn held(&self) -> usize {
+        match self {
+            Chunk::Owned(v) => v.capacity(),
+            Chunk::Shared(f) => f.bytes().len(),
+        }
+    }
 }
 
-/// The queue. Its memory is two words plus whatever is queued.
+/// What [`OutQueue::push_frames`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Frames queued.
+    pub frames: u64,
+    /// The bound was reached before every frame was queued: the consumer is
+    /// slow and the rest was not queued.
+    pub over: bool,
+}
+
+/// The queue. Its memory is a few words plus whatever is queued.
 #[derive(Default)]
 pub struct OutQueue {
     chunks: VecDeque<Chunk>,
     /// Bytes queued and not yet acknowledged by a send completion.
     queued: usize,
+    /// Memory the chunks hold (owned capacities, shared frame lengths).
+    held: usize,
     /// Bytes of `chunks[0]` already sent.
     head_sent: usize,
     /// Number of leading chunks referenced by the send in flight; they must
@@ -122,6 +210,13 @@ impl OutQueue {
     #[inline]
     pub fn queued_bytes(&self) -> usize {
         self.queued
+    }
+
+    /// Memory the queue holds for its backlog: what the send-queue bound is
+    /// checked against. At least [`OutQueue::queued_bytes`].
+    #[inline]
+    pub fn cost(&self) -> usize {
+        self.held + self.chunks.capacity() * size_of::<Chunk>()
     }
 
     /// Whether a send is in flight.
@@ -142,24 +237,26 @@ impl OutQueue {
     pub fn write_with(&mut self, pool: &mut BufPool, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
         let tail_free = self.chunks.len() > self.in_flight;
         let tail = match self.chunks.back_mut() {
-            Some(Chunk::Owned(v)) if tail_free => Some(v),
+            Some(Chunk::Owned(v)) if tail_free && v.len() < OWNED_CHUNK_MAX => Some(v),
             _ => None,
         };
         let start = match tail {
             Some(v) => {
-                let before = v.len();
+                let (before, cap) = (v.len(), v.capacity());
                 write(v);
                 self.queued += v.len() - before;
+                self.held = self.held + v.capacity() - cap;
                 before
             }
             None => {
                 let mut v = pool.get();
                 write(&mut v);
-                self.queued += v.len();
                 if v.is_empty() {
                     pool.put(v);
                     return &[];
                 }
+                self.queued += v.len();
+                self.held += v.capacity();
                 self.chunks.push_back(Chunk::Owned(v));
                 0
             }
@@ -172,7 +269,7 @@ impl OutQueue {
 
     /// Takes back the last `n` bytes [`OutQueue::write_with`] appended (a
     /// reply that turned out invalid before it was sent).
-    pub fn unwrite(&mut self, n: usize) {
+    pub fn unwrite(&mut self, n: usize, pool: &mut BufPool) {
         if self.chunks.len() <= self.in_flight {
             return;
         }
@@ -181,32 +278,61 @@ impl OutQueue {
             self.queued -= v.len() - keep;
             v.truncate(keep);
             if v.is_empty() {
-                self.chunks.pop_back();
+                self.held -= v.capacity();
+                if let Some(Chunk::Owned(v)) = self.chunks.pop_back() {
+                    pool.put(v);
+                }
             }
         }
     }
 
-    /// Queues a shared frame by reference.
+    /// Queues a shared frame: copied into the owned tail if it is small,
+    /// by reference otherwise.
     #[inline]
-    pub fn push_frame(&mut self, frame: Frame) {
-        self.queued += frame.bytes().len();
-        self.chunks.push_back(Chunk::Shared(frame));
+    pub fn push_frame(&mut self, frame: &Frame, pool: &mut BufPool) {
+        let bytes = frame.bytes();
+        if bytes.len() <= COPY_MAX {
+            self.write_with(pool, |v| v.extend_from_slice(bytes));
+        } else {
+            self.queued += bytes.len();
+            self.held += bytes.len();
+            self.chunks.push_back(Chunk::Shared(frame.clone()));
+        }
+    }
+
+    /// Queues `frames` in order while the queue's cost is within `max`,
+    /// checking the bound before every frame: a consumer that stopped
+    /// reading gets at most one frame past the bound, whatever the frames'
+    /// sizes and however many arrive in one pass.
+    #[inline]
+    pub fn push_frames<'f>(
+        &mut self,
+        frames: impl IntoIterator<Item = &'f Frame>,
+        max: usize,
+        pool: &mut BufPool,
+    ) -> Pushed {
+        let mut pushed = Pushed::default();
+        for f in frames {
+            if self.cost() > max {
+                pushed.over = true;
+                break;
+            }
+            self.push_frame(f, pool);
+            pushed.frames += 1;
+        }
+        pushed
     }
 
     /// Drops everything no send covers yet (used when a slow consumer is
-    /// cut off: its backlog will never be delivered).
+    /// cut off: its backlog will never be delivered). A chunk that is partly
+    /// sent stays whole: cutting it would cut a frame, and the close frame
+    /// that follows would be read as the rest of its payload.
     pub fn drop_unsent(&mut self, pool: &mut BufPool) {
-        while self.chunks.len() > self.in_flight {
+        let keep = self.in_flight.max(usize::from(self.head_sent > 0));
+        while self.chunks.len() > keep {
             if let Some(c) = self.chunks.pop_back() {
-                let n = c.bytes().len();
-                self.queued -= if self.chunks.is_empty() {
-                    n - self.head_sent
-                } else {
-                    n
-                };
-                if self.chunks.is_empty() {
-                    self.head_sent = 0;
-                }
+                self.queued -= c.bytes().len();
+                self.held -= c.held();
                 if let Chunk::Owned(v) = c {
                     pool.put(v);
                 }
@@ -248,8 +374,11 @@ impl OutQueue {
             }
             sent -= left;
             self.head_sent = 0;
-            if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
-                pool.put(v);
+            if let Some(c) = self.chunks.pop_front() {
+                self.held -= c.held();
+                if let Chunk::Owned(v) = c {
+                    pool.put(v);
+                }
             }
         }
         if self.chunks.is_empty() && self.chunks.capacity() > 16 {
@@ -267,10 +396,10 @@ impl OutQueue {
         }
         self.chunks = VecDeque::new();
         self.queued = 0;
+        self.held = 0;
         self.head_sent = 0;
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,27 +423,86 @@ mod tests {
     }
 
     #[test]
-    fn coalesces_owned_and_shares_frames_in_order() {
+    fn coalesces_small_frames_and_shares_large_ones_in_order() {
         let mut pool = BufPool::default();
         let mut q = OutQueue::default();
         q.write_with(&mut pool, |v| v.extend_from_slice(b"ab"));
         q.write_with(&mut pool, |v| v.extend_from_slice(b"cd"));
-        let f = Frame::new(SharedFrame::encode(OpCode::Text, b"X"));
-        q.push_frame(f.clone());
+        let small = Frame::new(SharedFrame::encode(OpCode::Text, b"X"));
+        q.push_frame(&small, &mut pool);
+        let big = Frame::new(SharedFrame::encode(OpCode::Binary, &[7; COPY_MAX]));
+        q.push_frame(&big, &mut pool);
         q.write_with(&mut pool, |v| v.extend_from_slice(b"ef"));
-        assert_eq!(q.queued_bytes(), 4 + 3 + 2);
+        let big_len = big.bytes().len();
+        assert_eq!(q.queued_bytes(), 4 + 3 + big_len + 2);
         let (bytes, n) = gather(&mut q);
-        assert_eq!(n, 3, "two owned writes coalesce into one iovec");
-        assert_eq!(bytes, b"abcd\x81\x01Xef");
+        assert_eq!(n, 3, "owned writes and the small frame share one iovec");
+        assert_eq!(&bytes[..7], b"abcd\x81\x01X");
+        assert_eq!(&bytes[7..7 + big_len], big.bytes());
+        assert_eq!(&bytes[7 + big_len..], b"ef");
         // While in flight, new bytes go to a new chunk, not into sent ones.
         q.write_with(&mut pool, |v| v.extend_from_slice(b"gh"));
         assert!(q.has_unsent());
-        q.complete_send(5, &mut pool); // "abcd" + 1 byte of the frame
+        q.complete_send(8, &mut pool); // the owned chunk + 1 byte of the frame
         let (bytes, _) = gather(&mut q);
-        assert_eq!(bytes, b"\x01Xefgh");
-        q.complete_send(6, &mut pool);
+        assert_eq!(bytes.len(), big_len - 1 + 4);
+        assert!(bytes.ends_with(b"efgh"));
+        q.complete_send(big_len - 1 + 4, &mut pool);
         assert_eq!(q.queued_bytes(), 0);
         assert!(!q.has_unsent());
+    }
+
+    #[test]
+    fn cost_counts_memory_not_payload_and_the_bound_is_checked_per_frame() {
+        let mut pool = BufPool::default();
+        let mut q = OutQueue::default();
+        // Empty messages: 2 bytes each on the wire.
+        let empty = Frame::new(SharedFrame::encode(OpCode::Binary, b""));
+        let frames = vec![empty; 100_000];
+        let max = 64 * 1024;
+        let p = q.push_frames(&frames, max, &mut pool);
+        assert!(p.over, "a flood of tiny frames still trips the bound");
+        assert!(q.cost() >= q.queued_bytes());
+        // At most one frame past the bound, counted in memory.
+        assert!(q.cost() <= max + OWNED_CHUNK_MAX, "cost {}", q.cost());
+        assert_eq!(q.queued_bytes() as u64, 2 * p.frames);
+        // Coalesced: a few owned buffers, not 30,000 entries.
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        assert!(q.prepare_send(&mut iov) <= 2);
+        // Large frames are charged their length each.
+        let mut q = OutQueue::default();
+        let big = Frame::new(SharedFrame::encode(OpCode::Binary, &[1; 10_000]));
+        let p = q.push_frames(std::iter::repeat_n(&big, 100), 50_000, &mut pool);
+        assert!(p.over);
+        assert_eq!(
+            p.frames, 6,
+            "checked before each frame: 5 fit, the 6th crosses"
+        );
+        assert!(q.cost() >= 6 * big.bytes().len());
+    }
+
+    #[test]
+    fn drop_unsent_never_cuts_a_partly_sent_frame() {
+        let mut pool = BufPool::default();
+        let mut q = OutQueue::default();
+        let big = Frame::new(SharedFrame::encode(OpCode::Binary, &[3; 5000]));
+        q.push_frame(&big, &mut pool);
+        q.push_frame(&big, &mut pool);
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"tail"));
+        let _ = gather(&mut q);
+        q.complete_send(100, &mut pool); // short send: frame 1 partly out
+        assert!(!q.sending());
+        q.drop_unsent(&mut pool);
+        // The rest of frame 1 stays; frame 2 and the tail are dropped.
+        assert_eq!(q.queued_bytes(), big.bytes().len() - 100);
+        let (bytes, _) = gather(&mut q);
+        assert_eq!(bytes, &big.bytes()[100..]);
+        q.complete_send(bytes.len(), &mut pool);
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(q.held, 0);
     }
 
     #[test]
@@ -329,7 +517,7 @@ mod tests {
             q.write_with(&mut pool, |v| v.extend_from_slice(b"cde")),
             b"cde"
         );
-        q.unwrite(3);
+        q.unwrite(3, &mut pool);
         assert_eq!(q.queued_bytes(), 2);
         let (bytes, _) = gather(&mut q);
         assert_eq!(bytes, b"ab");
@@ -339,10 +527,10 @@ mod tests {
             q.write_with(&mut pool, |v| v.extend_from_slice(b"xy")),
             b"xy"
         );
-        q.unwrite(2);
+        q.unwrite(2, &mut pool);
         assert_eq!(q.queued_bytes(), 2);
         assert!(!q.has_unsent());
-        q.unwrite(2);
+        q.unwrite(2, &mut pool);
         assert_eq!(q.queued_bytes(), 2, "bytes in flight are never taken back");
         q.complete_send(2, &mut pool);
         assert_eq!(q.queued_bytes(), 0);
@@ -354,7 +542,10 @@ mod tests {
         let mut q = OutQueue::default();
         q.write_with(&mut pool, |v| v.extend_from_slice(b"1234"));
         let _ = gather(&mut q);
-        q.push_frame(Frame::new(SharedFrame::encode(OpCode::Binary, &[0; 100])));
+        q.push_frame(
+            &Frame::new(SharedFrame::encode(OpCode::Binary, &[0; 2000])),
+            &mut pool,
+        );
         q.drop_unsent(&mut pool);
         assert_eq!(q.queued_bytes(), 4);
         q.complete_send(4, &mut pool);
@@ -368,13 +559,13 @@ mod tests {
             pool.put(Vec::with_capacity(1024));
         }
         pool.trim(); // starts the first period: nothing was counted yet
-        assert_eq!(pool.free.len(), 4);
+        assert_eq!(pool.list.len(), 4);
         // One buffer is taken and returned during the period: it stays, the
         // three beneath it go.
         let v = pool.get();
         pool.put(v);
         pool.trim();
-        assert_eq!(pool.free.len(), 1);
+        assert_eq!(pool.list.len(), 1);
         assert_eq!(pool.bytes(), 1024);
         // Unused for the next period: freed, and the pool holds nothing.
         pool.trim();

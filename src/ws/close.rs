@@ -22,6 +22,8 @@ impl CloseCode {
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     /// 1011: the server hit an unexpected condition.
     pub const INTERNAL: CloseCode = CloseCode(1011);
+    /// 1012 (IANA registry): the service is restarting; reconnect later.
+    pub const SERVICE_RESTART: CloseCode = CloseCode(1012);
 
     /// Whether a peer may send this code in a close frame.
     ///
