@@ -148,6 +148,13 @@ impl Server {
         (status, self.log())
     }
 
+    /// Whether the process is still running (not yet exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
     /// Waits for the process to exit on its own.
     pub fn wait(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
