@@ -10,6 +10,7 @@ use common::{
 };
 use ringcast::app::auth::{sign, Claims};
 use serde_json::json;
+use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tungstenite::Message;
 
@@ -23,12 +24,16 @@ fn now() -> u64 {
 }
 
 fn token(secret: &str, exp: u64, channels: Option<&[&str]>) -> String {
-    let claims = Claims {
+    sign(secret.as_bytes(), &claims(exp, channels))
+}
+
+fn claims(exp: u64, channels: Option<&[&str]>) -> Claims {
+    Claims {
         sub: "user-1".into(),
         exp,
+        nbf: None,
         channels: channels.map(|c| c.iter().map(|s| s.to_string()).collect()),
-    };
-    sign(secret.as_bytes(), &claims)
+    }
 }
 
 fn echo_once(ws: &mut common::Ws, text: &str) {
@@ -199,4 +204,104 @@ fn origins_outside_the_allow_list_get_403() {
     for ws in allowed {
         common::close_client(ws);
     }
+}
+
+#[test]
+fn token_before_its_nbf_gets_401() {
+    let server = Server::start(&["--cores", "2", "--auth-secret", SECRET]);
+    let not_yet = sign(
+        SECRET.as_bytes(),
+        &Claims {
+            nbf: Some(now() + 3600),
+            ..claims(now() + 7200, None)
+        },
+    );
+    for req in [
+        upgrade_request(&format!("/echo?token={not_yet}")),
+        upgrade_request_with("/ws", &format!("Authorization: Bearer {not_yet}\r\n")),
+    ] {
+        let (status, resp) = http_exchange(server.addr, req.as_bytes());
+        assert_eq!(status, 401, "{req}\n{resp}");
+        assert_eq!(http_body(&resp), "token not valid yet (nbf)\n", "{req}");
+        assert!(resp.contains("WWW-Authenticate: Bearer\r\n"), "{resp}");
+        assert!(!resp.contains("Sec-WebSocket-Accept"), "{resp}");
+    }
+
+    // A token whose nbf has passed upgrades.
+    let valid = sign(
+        SECRET.as_bytes(),
+        &Claims {
+            nbf: Some(now() - 60),
+            ..claims(now() + 3600, None)
+        },
+    );
+    let mut ws = client(&server.url(&format!("/echo?token={valid}")));
+    echo_once(&mut ws, "nbf passed");
+
+    let m = scrape(&server);
+    assert_eq!(handshakes(&m, "unauthorized"), 2.0);
+    assert_eq!(handshakes(&m, "upgraded"), 1.0);
+    common::close_client(ws);
+}
+
+/// An upgrade request with raw extra header bytes (which need not be UTF-8).
+fn upgrade_request_bytes(path: &str, extra_headers: &[u8]) -> Vec<u8> {
+    let req = upgrade_request(path);
+    [&req.as_bytes()[..req.len() - 2], extra_headers, b"\r\n"].concat()
+}
+
+#[test]
+fn empty_invalid_or_null_origins_get_403_with_an_allow_list() {
+    let server = Server::start(&["--cores", "2", "--allowed-origins", "https://app.example"]);
+    let cases: [&[u8]; 6] = [
+        b"Origin:\r\n",
+        b"Origin:    \r\n",
+        b"Origin: https://app.example\xff\r\n",
+        b"Origin: \x80\xfe\r\n",
+        b"Origin: null\r\n",
+        // An empty first Origin does not let a second one stand in.
+        b"Origin:\r\nOrigin: https://app.example\r\n",
+    ];
+    for headers in cases {
+        let req = upgrade_request_bytes("/echo", headers);
+        let (status, resp) = http_exchange(server.addr, &req);
+        let shown = String::from_utf8_lossy(headers);
+        assert_eq!(status, 403, "{shown}\n{resp}");
+        assert_eq!(http_body(&resp), "origin not allowed\n", "{shown}");
+        assert!(!resp.contains("Sec-WebSocket-Accept"), "{resp}");
+    }
+    // A listed origin over the same raw path still upgrades.
+    let mut s = common::tcp(server.addr);
+    s.write_all(&upgrade_request_bytes(
+        "/echo",
+        b"Origin: https://app.example\r\n",
+    ))
+    .unwrap();
+    let head = common::read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    drop(s);
+
+    let m = scrape(&server);
+    assert_eq!(handshakes(&m, "forbidden"), cases.len() as f64);
+    assert_eq!(handshakes(&m, "upgraded"), 1.0);
+}
+
+#[test]
+fn without_an_allow_list_malformed_origins_still_upgrade() {
+    let server = Server::start(&["--cores", "1"]);
+    for headers in [
+        &b"Origin:\r\n"[..],
+        b"Origin: \x80\xfe\r\n",
+        b"Origin: null\r\n",
+    ] {
+        let mut s = common::tcp(server.addr);
+        s.write_all(&upgrade_request_bytes("/echo", headers))
+            .unwrap();
+        let head = common::read_head(&mut s);
+        let shown = String::from_utf8_lossy(headers);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{shown}\n{head}");
+    }
+    let m = scrape(&server);
+    assert_eq!(handshakes(&m, "forbidden"), 0.0);
+    assert_eq!(handshakes(&m, "upgraded"), 3.0);
 }

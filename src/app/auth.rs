@@ -7,9 +7,12 @@
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-/// Seconds a token is still accepted after its `exp`, for clock skew
-/// between the issuer and this host; small, so a revoked session's token
-/// dies promptly.
+use crate::ws::handshake::Origin;
+
+/// Seconds a token is still accepted after its `exp`, and before its `nbf`,
+/// for clock skew between the issuer and this host; small, so a revoked
+/// session's token dies promptly and a token minted for later is not usable
+/// now.
 const LEEWAY_SECS: u64 = 5;
 
 /// What a valid token says about its holder.
@@ -20,6 +23,10 @@ pub struct Claims {
     /// Expiry, seconds since the Unix epoch; required, so no token lives
     /// forever.
     pub exp: u64,
+    /// Not before, seconds since the Unix epoch; optional. A token is
+    /// refused until this time (less the leeway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Channel patterns the holder may subscribe and publish to (see
     /// [`Claims::allows`]); absent means every channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,14 +61,17 @@ pub struct Verifier {
 }
 
 /// Why a token was refused, coarse on purpose: a client learns whether to
-/// fetch a new token (expired) or fix its setup (missing, invalid), and an
-/// attacker learns nothing about which check failed.
+/// fetch a new token (expired), wait or fix its clock (not valid yet) or fix
+/// its setup (missing, invalid), and an attacker learns nothing about which
+/// check failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthError {
     /// No token, or an empty one.
     Missing,
     /// A genuine token past its `exp`.
     Expired,
+    /// A genuine token before its `nbf`.
+    NotYetValid,
     /// Malformed, badly signed, another algorithm, or missing claims.
     Invalid,
 }
@@ -72,6 +82,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing token",
             AuthError::Expired => "token expired",
+            AuthError::NotYetValid => "token not valid yet (nbf)",
             AuthError::Invalid => "invalid token",
         }
     }
@@ -90,12 +101,15 @@ impl Verifier {
     ///
     /// Only HS256 is accepted, so a token cannot pick a weaker or different
     /// scheme (`alg: none`, or RS256 with the secret as a "public key");
-    /// `exp` and `sub` are required; a token carrying an `aud` is refused,
-    /// as RFC 7519 §4.1.3 requires of a recipient that has no audience name.
+    /// `exp` and `sub` are required; `nbf`, when present, is enforced with
+    /// the same leeway as `exp` (RFC 7519 §4.1.5); a token carrying an `aud`
+    /// is refused, as RFC 7519 §4.1.3 requires of a recipient that has no
+    /// audience name.
     pub fn new(secret: &[u8]) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Verifier {
             key: DecodingKey::from_secret(secret),
@@ -103,10 +117,11 @@ impl Verifier {
         }
     }
 
-    /// Checks a token's signature, algorithm and expiry, and returns its
-    /// claims.
+    /// Checks a token's signature, algorithm, expiry and not-before time,
+    /// and returns its claims.
     ///
-    /// An expired token is reported as [`AuthError::Expired`] only once its
+    /// An expired or not-yet-valid token is reported as
+    /// [`AuthError::Expired`] / [`AuthError::NotYetValid`] only once its
     /// signature has been verified, so a forged token never learns more
     /// than "invalid".
     pub fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
@@ -118,6 +133,7 @@ impl Verifier {
             Ok(data) => Ok(data.claims),
             Err(e) => match e.kind() {
                 ErrorKind::ExpiredSignature => Err(AuthError::Expired),
+                ErrorKind::ImmatureSignature => Err(AuthError::NotYetValid),
                 _ => Err(AuthError::Invalid),
             },
         }
@@ -143,22 +159,29 @@ pub fn sign(secret: &[u8], claims: &Claims) -> String {
 /// cross-site WebSocket hijacking (a page on another site opening a socket
 /// with the user's cookies).
 ///
-/// `allowed` empty → every origin allowed. Otherwise the `Origin` header
-/// must equal one entry, ASCII case-insensitively and ignoring one trailing
-/// `/` on either side (scheme and host are case-insensitive; configs often
-/// carry a slash browsers never send).
+/// `allowed` empty → every origin allowed, whatever the header holds.
+/// Otherwise the `Origin` header must equal one entry, ASCII
+/// case-insensitively and ignoring one trailing `/` on either side (scheme
+/// and host are case-insensitive; configs often carry a slash browsers never
+/// send). The opaque origin `null` (sandboxed iframes, `file:` pages,
+/// redirects) is a value like any other: refused unless listed.
 ///
 /// A request with no `Origin` header is allowed: only browsers send it, and
 /// hijacking needs a browser; non-browser clients can forge any origin
-/// anyway, so refusing them would add no security, only breakage.
-pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
-    let Some(origin) = origin else {
-        return true;
-    };
+/// anyway, so refusing them would add no security, only breakage. An
+/// `Origin` header that is present but empty, not UTF-8 or repeated
+/// ([`Origin::Malformed`]) is not "no header": no browser sends one, and
+/// letting it pass as absent would let it through any allow-list, so it is
+/// refused whenever a list is set.
+pub fn origin_allowed(allowed: &[String], origin: Origin<'_>) -> bool {
     if allowed.is_empty() {
         return true;
     }
-    let origin = trim_slash(origin);
+    let origin = match origin {
+        Origin::Absent => return true,
+        Origin::Malformed => return false,
+        Origin::Value(v) => trim_slash(v),
+    };
     allowed
         .iter()
         .any(|a| trim_slash(a).eq_ignore_ascii_case(origin))
@@ -188,6 +211,7 @@ mod tests {
         Claims {
             sub: "user-1".into(),
             exp,
+            nbf: None,
             channels: channels.map(|c| c.iter().map(|s| s.to_string()).collect()),
         }
     }
@@ -223,6 +247,48 @@ mod tests {
         // Within the leeway it still passes.
         let token = sign(SECRET, &claims(now() - 1, None));
         assert!(v.verify(Some(&token)).is_ok());
+    }
+
+    #[test]
+    fn not_valid_yet() {
+        let v = Verifier::new(SECRET);
+        let with_nbf = |nbf| Claims {
+            nbf: Some(nbf),
+            ..claims(now() + 3600, None)
+        };
+        let token = sign(SECRET, &with_nbf(now() + 600));
+        assert_eq!(v.verify(Some(&token)), Err(AuthError::NotYetValid));
+        // Just beyond the leeway is still too early.
+        let token = sign(SECRET, &with_nbf(now() + LEEWAY_SECS + 60));
+        assert_eq!(v.verify(Some(&token)), Err(AuthError::NotYetValid));
+        // Within the leeway, now and in the past it passes, nbf kept.
+        for nbf in [now() + 1, now(), now() - 60, 0] {
+            let c = with_nbf(nbf);
+            assert_eq!(v.verify(Some(&sign(SECRET, &c))), Ok(c), "nbf {nbf}");
+        }
+        // No nbf: accepted, and not serialized as null.
+        let c = claims(now() + 60, None);
+        let token = sign(SECRET, &c);
+        let payload = URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap();
+        assert!(!String::from_utf8(payload).unwrap().contains("nbf"));
+        assert_eq!(v.verify(Some(&token)), Ok(c));
+        // Not yet valid, but forged: invalid, nothing more.
+        let token = sign(b"another secret", &with_nbf(now() + 600));
+        assert_eq!(v.verify(Some(&token)), Err(AuthError::Invalid));
+        // A malformed nbf is invalid.
+        let body = serde_json::json!({"sub": "u", "exp": now() + 60, "nbf": "later"});
+        assert_eq!(
+            v.verify(Some(&forge(Algorithm::HS256, &body))),
+            Err(AuthError::Invalid)
+        );
+        // Both expired and not yet valid (a broken issuer): refused.
+        let c = Claims {
+            nbf: Some(now() + 600),
+            ..claims(now() - 600, None)
+        };
+        assert!(v.verify(Some(&sign(SECRET, &c))).is_err());
     }
 
     #[test]
@@ -319,6 +385,7 @@ mod tests {
         Claims {
             sub: sub.into(),
             exp,
+            nbf: None,
             channels: None,
         }
     }
@@ -328,6 +395,7 @@ mod tests {
         assert_eq!(AuthError::Missing.reason(), "missing token");
         assert_eq!(AuthError::Expired.reason(), "token expired");
         assert_eq!(AuthError::Invalid.reason(), "invalid token");
+        assert_eq!(AuthError::NotYetValid.reason(), "token not valid yet (nbf)");
     }
 
     #[test]
@@ -364,18 +432,23 @@ mod tests {
     #[test]
     fn origins() {
         let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        // No list: anything goes.
-        assert!(origin_allowed(&[], Some("https://evil.example")));
-        assert!(origin_allowed(&[], None));
+        let v = Origin::Value;
+        // No list: anything goes, even a malformed header.
+        assert!(origin_allowed(&[], v("https://evil.example")));
+        assert!(origin_allowed(&[], v("null")));
+        assert!(origin_allowed(&[], Origin::Absent));
+        assert!(origin_allowed(&[], Origin::Malformed));
 
         let allowed = list(&["https://app.example.com", "http://localhost:8080/"]);
-        assert!(origin_allowed(&allowed, Some("https://app.example.com")));
-        assert!(origin_allowed(&allowed, Some("HTTPS://App.Example.COM")));
-        assert!(origin_allowed(&allowed, Some("https://app.example.com/")));
-        assert!(origin_allowed(&allowed, Some("http://localhost:8080")));
-        assert!(origin_allowed(&allowed, Some("http://localhost:8080/")));
+        assert!(origin_allowed(&allowed, v("https://app.example.com")));
+        assert!(origin_allowed(&allowed, v("HTTPS://App.Example.COM")));
+        assert!(origin_allowed(&allowed, v("https://app.example.com/")));
+        assert!(origin_allowed(&allowed, v("http://localhost:8080")));
+        assert!(origin_allowed(&allowed, v("http://localhost:8080/")));
         // No Origin: not a browser, so not a hijack.
-        assert!(origin_allowed(&allowed, None));
+        assert!(origin_allowed(&allowed, Origin::Absent));
+        // Present but empty, non-UTF-8 or repeated: never "absent".
+        assert!(!origin_allowed(&allowed, Origin::Malformed));
 
         for bad in [
             "https://evil.example",
@@ -387,8 +460,71 @@ mod tests {
             "",
             "http://localhost:8081",
             "https://app.example.com//",
+            "/",
         ] {
-            assert!(!origin_allowed(&allowed, Some(bad)), "{bad}");
+            assert!(!origin_allowed(&allowed, v(bad)), "{bad}");
+        }
+        // `null` passes only when listed explicitly.
+        let with_null = list(&["https://app.example.com", "null"]);
+        assert!(origin_allowed(&with_null, v("null")));
+        assert!(origin_allowed(&with_null, v("NULL")));
+        assert!(!origin_allowed(&with_null, Origin::Malformed));
+        assert!(!origin_allowed(&with_null, v("https://evil.example")));
+    }
+
+    /// What a request's `Origin` header becomes, through the real parser,
+    /// and whether it passes an allow-list.
+    #[test]
+    fn origin_headers_through_the_parser() {
+        use crate::ws::handshake::{parse_http, Parsed, Progress, Target};
+        const HEAD: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n";
+        let allowed = vec!["https://app.example".to_string()];
+        let cases: &[(&[u8], Origin, bool)] = &[
+            (b"", Origin::Absent, true),
+            (
+                b"Origin: https://app.example\r\n",
+                Origin::Value("https://app.example"),
+                true,
+            ),
+            (
+                b"origin:   https://app.example  \r\n",
+                Origin::Value("https://app.example"),
+                true,
+            ),
+            (b"Origin:\r\n", Origin::Malformed, false),
+            (b"Origin:   \r\n", Origin::Malformed, false),
+            (
+                b"Origin: https://app.\xff\xfe\r\n",
+                Origin::Malformed,
+                false,
+            ),
+            (b"Origin: null\r\n", Origin::Value("null"), false),
+            // An empty first header does not let a second one stand in.
+            (
+                b"Origin:\r\nOrigin: https://app.example\r\n",
+                Origin::Malformed,
+                false,
+            ),
+            // RFC 6454 §7.3: at most one Origin header.
+            (
+                b"Origin: https://app.example\r\nOrigin: https://app.example\r\n",
+                Origin::Malformed,
+                false,
+            ),
+        ];
+        for &(headers, want, pass) in cases {
+            let req = [HEAD, headers, b"\r\n"].concat();
+            let got = match parse_http(&req, 8192, 0, |_| Some(Target::<(), ()>::WebSocket(()))) {
+                Ok(Progress::Done(Parsed::Upgrade { creds, .. })) => creds.origin,
+                other => panic!("not an upgrade: {other:?}"),
+            };
+            let shown = String::from_utf8_lossy(headers);
+            assert_eq!(got, want, "{shown}");
+            assert_eq!(origin_allowed(&allowed, got), pass, "{shown}");
+            // Without a list every one of them passes.
+            assert!(origin_allowed(&[], got), "{shown}");
         }
     }
 }

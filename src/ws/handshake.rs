@@ -353,13 +353,31 @@ impl Method {
     }
 }
 
+/// The `Origin` header of a request, as presented. "No header" and "a
+/// header with nothing usable in it" are kept apart: the first is a
+/// non-browser client, the second is no browser at all and must not pass an
+/// allow-list as if it were absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// No `Origin` header.
+    #[default]
+    Absent,
+    /// One `Origin` header with a non-empty UTF-8 value, trimmed.
+    Value(&'a str),
+    /// An `Origin` header that is empty (or only whitespace), not UTF-8
+    /// (obs-text), or repeated (RFC 6454 §7.3 allows one): nothing a
+    /// browser sends.
+    Malformed,
+}
+
 /// What a client presented; all borrowed from the request head, nothing
-/// allocated. Empty values count as absent. Nothing is verified here: the
+/// allocated. Empty token and key values count as absent; an empty
+/// `Origin` does not (see [`Origin`]). Nothing is verified here: the
 /// caller checks tokens and origins against its configuration.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Credentials<'a> {
     /// `Origin` header (browsers always send it on WebSocket upgrades).
-    pub origin: Option<&'a str>,
+    pub origin: Origin<'a>,
     /// `Authorization: Bearer <token>` (scheme matched case-insensitively).
     pub bearer: Option<&'a str>,
     /// `?token=` query parameter of the request target (first occurrence;
@@ -378,7 +396,8 @@ impl<'a> Credentials<'a> {
     }
 
     /// Collects credentials from a request target and its headers; for each
-    /// header the first occurrence wins.
+    /// header the first non-empty occurrence wins, except `Origin`, which
+    /// must occur once with a usable value.
     fn from_request(target: &'a str, headers: &[httparse::Header<'a>]) -> Self {
         let mut c = Self {
             query_token: query_param(target, "token"),
@@ -393,7 +412,10 @@ impl<'a> Credentials<'a> {
             };
             let name = h.name;
             if name.eq_ignore_ascii_case("origin") {
-                c.origin = c.origin.or_else(value);
+                c.origin = match (c.origin, value()) {
+                    (Origin::Absent, Some(v)) => Origin::Value(v),
+                    _ => Origin::Malformed,
+                };
             } else if name.eq_ignore_ascii_case("authorization") {
                 c.bearer = c.bearer.or_else(|| value().and_then(bearer_token));
             } else if name.eq_ignore_ascii_case("x-api-key") {
@@ -985,7 +1007,7 @@ mod tests {
         assert_eq!(
             c,
             Credentials {
-                origin: Some("https://app.example"),
+                origin: Origin::Value("https://app.example"),
                 bearer: Some("t.k-n_1"),
                 query_token: Some("abc"),
                 api_key: Some("k3y"),
@@ -1025,7 +1047,7 @@ mod tests {
         assert_eq!(upgrade.route, 1);
         assert_eq!(upgrade.head_len, req.len());
         assert_eq!(&upgrade.accept, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert_eq!(creds.origin, Some("http://localhost:3000"));
+        assert_eq!(creds.origin, Origin::Value("http://localhost:3000"));
         assert_eq!(creds.token(), Some("jwt.x.y"));
     }
 

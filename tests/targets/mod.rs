@@ -42,7 +42,11 @@ fn inside(buf: &[u8], s: &[u8]) -> bool {
 }
 
 fn creds_inside(buf: &[u8], c: &Credentials<'_>) -> bool {
-    [c.origin, c.bearer, c.query_token, c.api_key]
+    let origin = match c.origin {
+        handshake::Origin::Value(v) => Some(v),
+        handshake::Origin::Absent | handshake::Origin::Malformed => None,
+    };
+    [origin, c.bearer, c.query_token, c.api_key]
         .into_iter()
         .flatten()
         .all(|s| !s.is_empty() && inside(buf, s.as_bytes()))
