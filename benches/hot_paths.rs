@@ -99,6 +99,8 @@ fn frame_parse_unmask(c: &mut Criterion) {
         let policy = Policy {
             max_queue: usize::MAX,
             rate_per_us: 0.0,
+            publish_rate_per_us: 0.0,
+            publish_burst: 1.0,
             burst: 1.0,
             max_subscriptions: 0,
             heartbeat: heartbeat::Policy {

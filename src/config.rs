@@ -159,6 +159,14 @@ pub struct Config {
     #[arg(long, default_value_t = 0.0)]
     pub msg_burst: f64,
 
+    /// Publishes per second one connection may make (`/broadcast` messages
+    /// and `/ws` publishes; token bucket, one second's worth of burst): a
+    /// publish costs one delivery per subscriber on every core, so one
+    /// client past this is closed with 1008. 0: no limit. The publish API
+    /// is not limited by it.
+    #[arg(long, default_value_t = 5000.0)]
+    pub max_publishes_per_sec: f64,
+
     /// Channels one `/ws` connection may subscribe to at once.
     #[arg(long, default_value_t = 100)]
     pub max_subscriptions: usize,

@@ -132,6 +132,9 @@ pub struct Policy {
     /// Rate limit: tokens per microsecond (0: none) and bucket size.
     pub rate_per_us: f64,
     pub burst: f32,
+    /// Publish rate limit: tokens per microsecond (0: none) and bucket.
+    pub publish_rate_per_us: f64,
+    pub publish_burst: f32,
     /// Channels per `/ws` connection.
     pub max_subscriptions: usize,
     pub heartbeat: heartbeat::Policy,
@@ -182,6 +185,8 @@ pub struct ConnIo<'a, 'e> {
     /// Set when the client went over its message rate: the owner closes it
     /// with 1008; messages after that in the same read are dropped.
     pub rate_limited: bool,
+    /// Set when the client went over its publish rate: closed with 1008.
+    pub publish_limited: bool,
     /// Test hook (`ringcast:fail-core` with failpoints on): the owner fails
     /// the whole core's loop, outside any `catch_unwind`.
     pub fail_core: bool,
@@ -213,6 +218,7 @@ impl<'a, 'e> ConnIo<'a, 'e> {
             env,
             overflowed: false,
             rate_limited: false,
+            publish_limited: false,
             fail_core: false,
             last_copy: 0,
             pongs: 0,
@@ -255,6 +261,32 @@ impl<'a, 'e> ConnIo<'a, 'e> {
         }
         self.env.stats.messages_in += 1;
         self.env.stats.bytes_in += len as u64;
+        true
+    }
+
+    /// Counts a publish (a `/broadcast` message, a `/ws` publish) against
+    /// the connection's publish rate. Returns whether to act on it; past
+    /// the rate the owner closes the connection with 1008.
+    #[inline]
+    fn admit_publish(&mut self) -> bool {
+        let p = self.env.policy;
+        if p.publish_rate_per_us <= 0.0 {
+            return true;
+        }
+        if self.publish_limited {
+            return false;
+        }
+        let now = self.env.now_us;
+        let elapsed = now.saturating_sub(self.ctl.pub_refill_us) as f64;
+        let tokens = (self.ctl.pub_tokens as f64 + elapsed * p.publish_rate_per_us)
+            .min(p.publish_burst as f64);
+        self.ctl.pub_refill_us = now;
+        if tokens < 1.0 {
+            self.ctl.pub_tokens = tokens as f32;
+            self.publish_limited = true;
+            return false;
+        }
+        self.ctl.pub_tokens = (tokens - 1.0) as f32;
         true
     }
 
@@ -306,7 +338,7 @@ impl<'a, 'e> ConnIo<'a, 'e> {
                 payload,
                 id,
             } => {
-                if !self.allowed(&channel, id) {
+                if !self.allowed(&channel, id) || !self.admit_publish() {
                     return;
                 }
                 // Framed once; every subscriber on every core shares it.
@@ -398,10 +430,13 @@ impl Handler for ConnIo<'_, '_> {
                 }
             }
             // Framed once here; every recipient gets a reference.
-            Route::Broadcast => self
-                .env
-                .outbox
-                .push(Frame::new(SharedFrame::encode(kind.opcode(), payload))),
+            Route::Broadcast => {
+                if self.admit_publish() {
+                    self.env
+                        .outbox
+                        .push(Frame::new(SharedFrame::encode(kind.opcode(), payload)));
+                }
+            }
             Route::Channels => match kind {
                 MessageKind::Text => self.ws_message(payload),
                 MessageKind::Binary => self.error(

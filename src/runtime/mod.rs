@@ -50,6 +50,8 @@ impl Config {
                 } else {
                     self.max_msgs_per_sec.max(1.0) as f32
                 },
+                publish_rate_per_us: self.max_publishes_per_sec / 1e6,
+                publish_burst: self.max_publishes_per_sec.max(1.0) as f32,
                 max_subscriptions: self.max_subscriptions,
                 heartbeat: heartbeat::Policy {
                     base_us: micros(self.ping_interval),

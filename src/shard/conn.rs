@@ -148,6 +148,9 @@ pub struct ConnCtl {
     /// Rate-limit token bucket: tokens left and when it was refilled.
     pub tokens: f32,
     pub refill_us: u64,
+    /// Publish-rate token bucket (`--max-publishes-per-sec`).
+    pub pub_tokens: f32,
+    pub pub_refill_us: u64,
     /// `/ws` subscriptions and token claims; boxed so the other endpoints'
     /// idle connections do not pay for them.
     pub ws: Option<Box<WsConn>>,

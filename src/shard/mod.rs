@@ -983,6 +983,8 @@ impl Shard {
         conn.ctl.last_msg_us = self.now_us;
         conn.ctl.tokens = self.cfg.policy.burst;
         conn.ctl.refill_us = self.now_us;
+        conn.ctl.pub_tokens = self.cfg.policy.publish_burst;
+        conn.ctl.pub_refill_us = self.now_us;
         self.open_ws += 1;
         self.stats.upgraded += 1;
         match up.route {
@@ -1053,6 +1055,12 @@ impl Shard {
         }
         if fed.overflowed {
             self.overflow.push(key);
+        }
+        if fed.publish_limited
+            && self.close_open(key, CloseCode::POLICY, "publish rate limit exceeded", false)
+        {
+            self.stats.rate_limit_closes += 1;
+            debug!(core = self.id, "closed for publish rate (1008)");
         }
         if fed.rate_limited
             && self.close_open(key, CloseCode::POLICY, "message rate limit exceeded", false)
@@ -1661,6 +1669,7 @@ struct Fed {
     changed: Option<State>,
     overflowed: bool,
     rate_limited: bool,
+    publish_limited: bool,
     /// The bytes made cross-core traffic (a broadcast, a channel publish or
     /// interest): the connection counts as a publisher from now on.
     published: bool,
@@ -1674,6 +1683,7 @@ impl Fed {
             changed,
             overflowed: io.overflowed,
             rate_limited: io.rate_limited,
+            publish_limited: io.publish_limited,
             published: false,
             fail_core: io.fail_core,
         }
