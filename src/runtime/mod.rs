@@ -325,3 +325,67 @@ fn spawn_signal_thread(control: Arc<Control>, drain_delay: Duration) -> Result<(
         .map_err(|e| format!("spawning signal thread: {e}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// What of glommio the cores may use. Each core's loop parks inside its
+    /// own ring (`Shard::park`), so glommio's reactor only runs when the
+    /// loop yields: any other glommio task, timer, channel or I/O source on
+    /// a core would starve while the core sleeps. The loop is therefore the
+    /// executor's only task, and this test keeps it so: a use of any other
+    /// part of glommio fails here with the reason, before it can starve.
+    const ALLOWED: &[&str] = &[
+        // Start-up: one pinned executor per CPU, running the loop.
+        "glommio::{LocalExecutorBuilder, Placement}",
+        // The mesh's lock-free rings (plain memory, no reactor).
+        "glommio::channels::spsc_queue",
+        // Preemption points inside the loop's own task.
+        "glommio::yield_if_needed",
+    ];
+
+    #[test]
+    fn the_shard_loop_is_the_only_glommio_task() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut stack = vec![std::path::PathBuf::from(root)];
+        let mut offending = Vec::new();
+        // Spelled in two parts so this test does not find itself.
+        let needle = ["glommio", "::"].concat();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src/ is readable") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                // The load generator and the tokio baseline are not cores.
+                if path.to_string_lossy().contains("/src/bin/") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("source is UTF-8");
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or("");
+                    for (at, _) in code.match_indices(needle.as_str()) {
+                        let rest = &code[at..];
+                        if !ALLOWED.iter().any(|a| rest.starts_with(a)) {
+                            offending.push(format!(
+                                "{}:{}: {}",
+                                path.display(),
+                                n + 1,
+                                line.trim()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            offending.is_empty(),
+            "glommio used beyond the executor, its SPSC rings and yield points; a core's loop \
+             parks in its own ring and would starve any other glommio task or timer:\n{}",
+            offending.join("\n")
+        );
+    }
+}
