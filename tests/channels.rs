@@ -7,34 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::{http_exchange, read_head, tcp, Server, PATIENCE};
+use common::{http_exchange, read_head, tcp, ws_on_core, Server};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
 type Ws = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
-
-/// Connects to `path` until the server says the connection landed on
-/// `core` (the `X-Ringcast-Core` header of the 101), so a test can place
-/// clients on different cores. Bounded: SO_REUSEPORT spreads connections
-/// by hash, so a few tries find each core.
-fn ws_on_core(server: &Server, path: &str, core: usize) -> Ws {
-    for _ in 0..200 {
-        let (ws, resp) = tungstenite::connect(server.url(path)).expect("upgrade");
-        let on = resp
-            .headers()
-            .get("x-ringcast-core")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if on == Some(core) {
-            if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-                s.set_read_timeout(Some(PATIENCE)).unwrap();
-            }
-            return ws;
-        }
-    }
-    panic!("no connection landed on core {core} in 200 tries");
-}
 
 fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::text(v.to_string())).unwrap();

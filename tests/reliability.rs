@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::{
     client, expect_close, http_exchange, masked, metric_sum, raw_ws, read_frame, scrape, tcp,
-    upgrade_request, Server, Ws, PATIENCE,
+    upgrade_request, ws_on_core, Server, Ws, PATIENCE,
 };
 use serde_json::{json, Value};
-use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
 /// Shrinks a socket's receive buffer so the server's sends to it go short
@@ -45,25 +44,6 @@ fn peak_rss(server: &Server) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmHWM");
     kb * 1024
-}
-
-/// Connects to `path` until the connection lands on `core`.
-fn ws_on_core(server: &Server, path: &str, core: usize) -> Ws {
-    for _ in 0..200 {
-        let (ws, resp) = tungstenite::connect(server.url(path)).expect("upgrade");
-        let on = resp
-            .headers()
-            .get("x-ringcast-core")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if on == Some(core) {
-            if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-                s.set_read_timeout(Some(PATIENCE)).unwrap();
-            }
-            return ws;
-        }
-    }
-    panic!("no connection landed on core {core} in 200 tries");
 }
 
 /// Item 1 of the reliability review: 20 `/broadcast` subscribers that never

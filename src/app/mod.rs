@@ -249,15 +249,11 @@ impl<'a, 'e> ConnIo<'a, 'e> {
         self.ctl.last_msg_us = now;
         let p = self.env.policy;
         if p.rate_per_us > 0.0 {
-            let elapsed = now.saturating_sub(self.ctl.refill_us) as f64;
-            let tokens = (self.ctl.tokens as f64 + elapsed * p.rate_per_us).min(p.burst as f64);
-            self.ctl.refill_us = now;
-            if tokens < 1.0 {
-                self.ctl.tokens = tokens as f32;
+            let (tokens, refill) = (&mut self.ctl.tokens, &mut self.ctl.refill_us);
+            if !take_token(tokens, refill, now, p.rate_per_us, p.burst) {
                 self.rate_limited = true;
                 return false;
             }
-            self.ctl.tokens = (tokens - 1.0) as f32;
         }
         self.env.stats.messages_in += 1;
         self.env.stats.bytes_in += len as u64;
@@ -276,17 +272,12 @@ impl<'a, 'e> ConnIo<'a, 'e> {
         if self.publish_limited {
             return false;
         }
+        let (tokens, refill) = (&mut self.ctl.pub_tokens, &mut self.ctl.pub_refill_us);
         let now = self.env.now_us;
-        let elapsed = now.saturating_sub(self.ctl.pub_refill_us) as f64;
-        let tokens = (self.ctl.pub_tokens as f64 + elapsed * p.publish_rate_per_us)
-            .min(p.publish_burst as f64);
-        self.ctl.pub_refill_us = now;
-        if tokens < 1.0 {
-            self.ctl.pub_tokens = tokens as f32;
+        if !take_token(tokens, refill, now, p.publish_rate_per_us, p.publish_burst) {
             self.publish_limited = true;
             return false;
         }
-        self.ctl.pub_tokens = (tokens - 1.0) as f32;
         true
     }
 
@@ -403,6 +394,27 @@ impl<'a, 'e> ConnIo<'a, 'e> {
             }
         }
     }
+}
+
+/// Token bucket: refills `tokens` by the time elapsed since `refill_us` at
+/// `rate_per_us` up to `burst`, then takes one. Returns whether there was one.
+#[inline]
+fn take_token(
+    tokens: &mut f32,
+    refill_us: &mut u64,
+    now_us: u64,
+    rate_per_us: f64,
+    burst: f32,
+) -> bool {
+    let elapsed = now_us.saturating_sub(*refill_us) as f64;
+    let t = (*tokens as f64 + elapsed * rate_per_us).min(burst as f64);
+    *refill_us = now_us;
+    if t < 1.0 {
+        *tokens = t as f32;
+        return false;
+    }
+    *tokens = (t - 1.0) as f32;
+    true
 }
 
 impl Handler for ConnIo<'_, '_> {

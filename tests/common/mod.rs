@@ -468,3 +468,25 @@ pub fn rss_bytes(server: &Server) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
     kib * 1024
 }
+
+/// Connects to `path` until the server says the connection landed on
+/// `core` (the `X-Ringcast-Core` header of the 101), so a test can place
+/// clients on different cores. Bounded: SO_REUSEPORT spreads connections
+/// by hash, so a few tries find each core.
+pub fn ws_on_core(server: &Server, path: &str, core: usize) -> Ws {
+    for _ in 0..200 {
+        let (ws, resp) = tungstenite::connect(server.url(path)).expect("upgrade");
+        let on = resp
+            .headers()
+            .get("x-ringcast-core")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if on == Some(core) {
+            if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+                s.set_read_timeout(Some(PATIENCE)).unwrap();
+            }
+            return ws;
+        }
+    }
+    panic!("no connection landed on core {core} in 200 tries");
+}
