@@ -232,10 +232,22 @@ fn a_slow_consumer_sees_whole_frames_then_a_clean_1008() {
         "--max-publishes-per-sec",
         "0",
     ]);
-    let mut slow = raw_ws(server.addr, "/broadcast");
-    small_rcvbuf(&slow, 2048);
+    // Many slow consumers, so many closes land at different moments of
+    // their sends (a close right after a short send is the case that cut).
+    let slow: Vec<TcpStream> = (0..24)
+        .map(|_| {
+            let s = raw_ws(server.addr, "/broadcast");
+            small_rcvbuf(&s, 2048);
+            s
+        })
+        .collect();
     let mut publisher = raw_ws(server.addr, "/broadcast");
-    std::thread::spawn(move || {
+    let publisher_thread = std::thread::spawn(move || {
+        let mut drain = publisher.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
+        });
         // 3000-byte messages (shared frames, not copied), each filled with
         // one byte value so a cut frame cannot pass as a whole one.
         for i in 0..4000u32 {
@@ -244,36 +256,47 @@ fn a_slow_consumer_sees_whole_frames_then_a_clean_1008() {
                 break;
             }
         }
-        // Keep the publisher open until the test is done reading.
-        let mut sink = Vec::new();
-        let _ = publisher.read_to_end(&mut sink);
+        publisher
     });
-    let mut frames = 0u32;
-    let code = loop {
-        // Slow: a little at a time, so the server's sends go short.
-        std::thread::sleep(Duration::from_millis(1));
-        let (fin, op, payload) = read_frame(&mut slow).expect("a whole frame");
-        assert!(fin);
-        match op {
-            2 => {
-                assert_eq!(payload.len(), 3000, "frame {frames} was cut");
-                assert!(
-                    payload.iter().all(|&b| b == payload[0]),
-                    "frame {frames} holds bytes of another frame"
-                );
-                frames += 1;
-            }
-            8 => break u16::from_be_bytes([payload[0], payload[1]]),
-            9 => {}
-            other => panic!("unexpected opcode {other} after {frames} frames"),
-        }
-    };
-    assert_eq!(code, 1008, "after {frames} whole frames");
+    let readers: Vec<_> = slow
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut s)| {
+            std::thread::spawn(move || {
+                let mut frames = 0u32;
+                let code = loop {
+                    // Slow: a frame at a time with pauses, so sends go short.
+                    std::thread::sleep(Duration::from_micros(300 + 50 * n as u64));
+                    let (fin, op, payload) = read_frame(&mut s)
+                        .unwrap_or_else(|e| panic!("reader {n}: cut after {frames} frames: {e}"));
+                    assert!(fin);
+                    match op {
+                        2 => {
+                            assert_eq!(payload.len(), 3000, "reader {n}: frame {frames} was cut");
+                            assert!(
+                                payload.iter().all(|&b| b == payload[0]),
+                                "reader {n}: frame {frames} holds bytes of another frame"
+                            );
+                            frames += 1;
+                        }
+                        8 => break u16::from_be_bytes([payload[0], payload[1]]),
+                        9 => {}
+                        other => panic!("reader {n}: opcode {other} after {frames} frames"),
+                    }
+                };
+                assert_eq!(code, 1008, "reader {n}: after {frames} whole frames");
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().expect("a reader saw a cut frame or no clean 1008");
+    }
     let m = scrape(&server);
-    assert!(metric_sum(&m, "ringcast_slow_consumer_closes_total", None) >= 1.0);
-    drop(slow);
+    assert!(metric_sum(&m, "ringcast_slow_consumer_closes_total", None) >= 24.0);
+    let publisher = publisher_thread.join().unwrap();
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
+    drop(publisher);
 }
 
 /// Item 3: a core whose loop fails (here through the test hook, outside any
