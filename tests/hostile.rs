@@ -496,7 +496,16 @@ fn a_channel_subscriber_that_never_reads_is_cut_off_and_the_others_get_everythin
     // over it.
     const WINDOW: usize = 256;
     const READERS: usize = 2;
-    let server = Server::start(&["--max-send-queue-bytes", "1048576", "--close-timeout", "60"]);
+    // Publishers here go as fast as their readers keep up: the publish rate
+    // limit is off (tests/reliability.rs tests it).
+    let server = Server::start(&[
+        "--max-send-queue-bytes",
+        "1048576",
+        "--close-timeout",
+        "60",
+        "--max-publishes-per-sec",
+        "0",
+    ]);
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
     let subscribe = br#"{"type":"subscribe","channel":"flood","id":1}"#;
