@@ -443,3 +443,117 @@ fn an_idle_core_wakes_only_when_a_timer_is_due() {
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
 }
+
+/// Item 3, congestion: while a peer core is stalled (test hook), a
+/// publisher floods `/broadcast` until this core's backlog for the peer is
+/// past the pause mark. The publisher's reads are paused, but a subscriber
+/// on the congested core still gets its pongs (its reads were all deferred
+/// before), and once the peer resumes every message is delivered.
+#[test]
+fn a_congested_core_keeps_reading_connections_that_do_not_publish() {
+    // Enough to fill the ring to the stalled core (8,192) and the backlog
+    // past the pause mark (32,768), with room to spare.
+    const MESSAGES: u32 = 60_000;
+    let server = Server::start_env(
+        &["--cores", "2", "--max-publishes-per-sec", "0"],
+        &[("RINGCAST_FAILPOINTS", "1")],
+    );
+    let mut waker = ws_on_core(&server, "/echo", 0);
+    let mut subscriber = ws_on_core(&server, "/broadcast", 0);
+    let publisher = ws_on_core(&server, "/broadcast", 0);
+    let mut stalled = ws_on_core(&server, "/echo", 1);
+    stalled.send(Message::text("ringcast:stall-core")).unwrap();
+    // The hook's echo leaves just before core 1 stops.
+    assert_eq!(next_text(&mut stalled), "ringcast:stall-core");
+    stalled.send(Message::text("after the stall")).unwrap();
+
+    // The publisher floods from a thread (its writes block once paused) and
+    // drains its own copies on another.
+    let flood = std::thread::spawn(move || {
+        let mut publisher = publisher;
+        for i in 0..MESSAGES {
+            publisher
+                .send(Message::binary(i.to_be_bytes().to_vec()))
+                .expect("publish");
+        }
+        publisher.flush().unwrap();
+        let mut own = 0;
+        while own < MESSAGES {
+            match publisher.read().expect("publisher's copies") {
+                Message::Binary(_) => own += 1,
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("publisher got {other:?}"),
+            }
+        }
+        publisher
+    });
+    // Once core 0 has fanned out as many frames as the ring to core 1
+    // (8,192) and the pause mark (32,768) hold, it is congested: core 1 has
+    // read none of them. (The publisher is paused soon after, so no more
+    // than that can be waited for.)
+    let mut got = 0u32;
+    while got < 8192 + 32_768 {
+        match subscriber.read().expect("subscriber") {
+            Message::Binary(b) => {
+                assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), got, "order");
+                got += 1;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("subscriber got {other:?}"),
+        }
+    }
+    // The subscriber publishes nothing: its ping is read and answered while
+    // the core is congested (before the fix every read waited for the
+    // stalled core).
+    subscriber
+        .send(Message::Ping(b"still here".to_vec().into()))
+        .unwrap();
+    loop {
+        match subscriber.read().expect("subscriber") {
+            Message::Pong(p) if p.as_ref() == b"still here" => break,
+            Message::Binary(b) => {
+                assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), got, "order");
+                got += 1;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("subscriber got {other:?}"),
+        }
+    }
+    // Resume core 1 (a client of core 0 that publishes nothing asks).
+    waker.send(Message::text("ringcast:resume-cores")).unwrap();
+    assert_eq!(next_text(&mut stalled), "after the stall");
+    // Every message still reaches the subscriber, in order: the paused
+    // publisher was read again once the backlog drained.
+    while got < MESSAGES {
+        match subscriber.read().expect("subscriber") {
+            Message::Binary(b) => {
+                assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), got, "order");
+                got += 1;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("subscriber got {other:?}"),
+        }
+    }
+    let publisher = flood.join().expect("publisher");
+    // Scraped only now: a scrape landing on the stalled core would wait.
+    let m = scrape(&server);
+    assert!(metric_sum(&m, "ringcast_mesh_congestion_total", None) >= 1.0);
+    assert_eq!(
+        metric_sum(&m, "ringcast_mesh_paused_connections", None),
+        0.0
+    );
+    drop((publisher, subscriber, waker, stalled));
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The next text message (heartbeat pings skipped).
+fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match ws.read().expect("read") {
+            Message::Text(t) => return t.as_str().to_owned(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("got {other:?}"),
+        }
+    }
+}

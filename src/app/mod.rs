@@ -144,6 +144,20 @@ pub struct Policy {
     pub failpoints: bool,
 }
 
+/// What a test hook asks of the whole core (`RINGCAST_FAILPOINTS=1` only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CoreHook {
+    #[default]
+    None,
+    /// `ringcast:fail-core`: the core's loop panics outside `catch_unwind`.
+    Fail,
+    /// `ringcast:stall-core`: the core's loop stops until resumed (at most
+    /// a minute), as a core stuck behind a slow peer would.
+    Stall,
+    /// `ringcast:resume-cores`: stalled cores go on.
+    Resume,
+}
+
 /// `/ws` state of one connection.
 #[derive(Default)]
 pub struct WsConn {
@@ -187,9 +201,9 @@ pub struct ConnIo<'a, 'e> {
     pub rate_limited: bool,
     /// Set when the client went over its publish rate: closed with 1008.
     pub publish_limited: bool,
-    /// Test hook (`ringcast:fail-core` with failpoints on): the owner fails
-    /// the whole core's loop, outside any `catch_unwind`.
-    pub fail_core: bool,
+    /// Test hooks on the whole core (failpoints on), acted on by the owner
+    /// outside any `catch_unwind`.
+    pub core_hook: CoreHook,
     /// Bytes of the reply `copy_masked` wrote last, for `withdraw_copy`.
     last_copy: usize,
     /// Pongs queued during this read, and where the last one ends (queue
@@ -219,7 +233,7 @@ impl<'a, 'e> ConnIo<'a, 'e> {
             overflowed: false,
             rate_limited: false,
             publish_limited: false,
-            fail_core: false,
+            core_hook: CoreHook::None,
             last_copy: 0,
             pongs: 0,
             pong_end: 0,
@@ -427,7 +441,14 @@ impl Handler for ConnIo<'_, '_> {
             match payload {
                 b"ringcast:panic" => panic!("failpoint: a handler panic requested by the client"),
                 b"ringcast:fail-core" => {
-                    self.fail_core = true;
+                    self.core_hook = CoreHook::Fail;
+                    return;
+                }
+                // Echoed (on /echo) before the core stalls, so the client
+                // knows when it has.
+                b"ringcast:stall-core" => self.core_hook = CoreHook::Stall,
+                b"ringcast:resume-cores" => {
+                    self.core_hook = CoreHook::Resume;
                     return;
                 }
                 _ => {}

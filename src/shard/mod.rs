@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 use tracing::{debug, error, info, warn};
 
-use crate::app::{ConnIo, Env, MsgStats, Policy, Resource, Route, WsConn};
+use crate::app::{ConnIo, CoreHook, Env, MsgStats, Policy, Resource, Route, WsConn};
 use crate::hub::channels::Channels;
 use crate::hub::frame::Frame;
 use crate::hub::mesh::{self, Doorbells, Mesh};
@@ -240,8 +240,8 @@ pub struct Shard {
     /// Connections whose receive was cancelled while congested: they
     /// published cross-core traffic; re-armed when the backlog drains.
     paused: Vec<ConnKey>,
-    /// Test hook: fail this core's loop outside any `catch_unwind`.
-    fail_core: bool,
+    /// Test hook asked for by a client this pass (failpoints only).
+    core_hook: CoreHook,
     recycled: bool,
     wheel: TimerWheel<ConnKey>,
     /// Scratch list of due timer entries.
@@ -328,7 +328,7 @@ impl Shard {
             overflow: Vec::new(),
             congested: false,
             paused: Vec::new(),
-            fail_core: false,
+            core_hook: CoreHook::None,
             recycled: false,
             wheel: TimerWheel::new(now),
             due: Vec::new(),
@@ -405,8 +405,15 @@ impl Shard {
             worked = true;
             self.dispatch(cqe);
         }
-        if self.fail_core {
-            panic!("failpoint: a core failure requested by a client (RINGCAST_FAILPOINTS=1)");
+        match self.core_hook {
+            CoreHook::Fail => {
+                panic!("failpoint: a core failure requested by a client (RINGCAST_FAILPOINTS=1)")
+            }
+            CoreHook::Resume => {
+                self.core_hook = CoreHook::None;
+                STALLED.store(false, Ordering::SeqCst);
+            }
+            CoreHook::None | CoreHook::Stall => {}
         }
         if let Some(m) = &mut self.mesh {
             worked |= m.retry_backlog();
@@ -439,6 +446,13 @@ impl Shard {
         self.flush()?;
         if let Some(m) = &mut self.mesh {
             m.ring_doorbells();
+        }
+        if self.core_hook == CoreHook::Stall {
+            // Test hook: what this pass queued (the hook's echo) goes out
+            // first, then the loop stops.
+            self.core_hook = CoreHook::None;
+            self.ring.enter()?;
+            stall_until_resumed(self.id);
         }
         Ok(worked)
     }
@@ -1049,7 +1063,9 @@ impl Shard {
                 c.publisher = true;
             }
         }
-        self.fail_core |= fed.fail_core;
+        if fed.core_hook != CoreHook::None {
+            self.core_hook = fed.core_hook;
+        }
         if let Some(state) = fed.changed {
             self.session_changed(key, state);
         }
@@ -1644,6 +1660,25 @@ fn on_delivery<'a>(
     }
 }
 
+/// Test hook (`ringcast:stall-core`): set while a stalled core waits.
+static STALLED: AtomicBool = AtomicBool::new(false);
+
+/// Stops this core's loop until another core's client sends
+/// `ringcast:resume-cores`, or a minute passes: what a core stuck behind
+/// something slow looks like to its peers (their rings to it fill up).
+fn stall_until_resumed(id: usize) {
+    warn!(
+        core = id,
+        "failpoint: core stalled until ringcast:resume-cores"
+    );
+    STALLED.store(true, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(60);
+    while STALLED.load(Ordering::SeqCst) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    STALLED.store(false, Ordering::SeqCst);
+}
+
 /// Core `id`'s share of a global limit: `total` split as evenly as it goes
 /// (the shares sum to `total`). A limit below the core count still lets
 /// every core hold one connection.
@@ -1673,8 +1708,8 @@ struct Fed {
     /// The bytes made cross-core traffic (a broadcast, a channel publish or
     /// interest): the connection counts as a publisher from now on.
     published: bool,
-    /// Test hook: the client asked for this core to fail.
-    fail_core: bool,
+    /// Test hook the client asked for.
+    core_hook: CoreHook,
 }
 
 impl Fed {
@@ -1685,7 +1720,7 @@ impl Fed {
             rate_limited: io.rate_limited,
             publish_limited: io.publish_limited,
             published: false,
-            fail_core: io.fail_core,
+            core_hook: io.core_hook,
         }
     }
 }
