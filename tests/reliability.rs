@@ -557,3 +557,47 @@ fn next_text(ws: &mut Ws) -> String {
         }
     }
 }
+
+/// Item 8: a fan-out where every subscriber gets two frames at once needs a
+/// `sendmsg` header each (~1 KiB); those headers, and the send buffers, are
+/// given back once unused for a second instead of being kept for good.
+#[test]
+fn sendmsg_headers_and_send_buffers_are_freed_after_a_burst() {
+    const SUBS: usize = 300;
+    let server = Server::start(&["--cores", "1"]);
+    let mut subs: Vec<TcpStream> = (0..SUBS)
+        .map(|_| raw_ws(server.addr, "/broadcast"))
+        .collect();
+    let mut publisher = raw_ws(server.addr, "/broadcast");
+    // Two 2 KiB messages in one write: one read, one fan-out, two shared
+    // frames (not copied) per subscriber, so each send is a sendmsg.
+    let mut two = masked(true, 2, &[1u8; 2048]);
+    two.extend_from_slice(&masked(true, 2, &[2u8; 2048]));
+    publisher.write_all(&two).unwrap();
+    for s in subs.iter_mut().chain(std::iter::once(&mut publisher)) {
+        assert_eq!(read_frame(s).unwrap().2, vec![1u8; 2048]);
+        assert_eq!(read_frame(s).unwrap().2, vec![2u8; 2048]);
+    }
+    let pooled =
+        |m: &prometheus_parse::Scrape| metric_sum(m, "ringcast_sendmsg_headers_pooled", None);
+    let m = scrape(&server);
+    assert!(pooled(&m) >= 1.0, "the burst used pooled headers");
+    // Left idle, the core frees them (and its send buffers) by itself.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let m = scrape(&server);
+        let (headers, bytes) = (pooled(&m), metric_sum(&m, "ringcast_send_pool_bytes", None));
+        // The scrape's own response takes (and returns) one buffer.
+        if headers == 0.0 && bytes <= 64.0 * 1024.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still pooled: {headers} headers, {bytes} B of send buffers"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop((subs, publisher));
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}

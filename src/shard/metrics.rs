@@ -205,6 +205,18 @@ const FAMILIES: &[Family] = &[
         series: |s| one(s.stats.send_queue_memory),
     },
     Family {
+        name: "ringcast_sendmsg_headers_pooled",
+        kind: "gauge",
+        help: "Free sendmsg headers kept for reuse (~1 KiB each; freed once unused for a second).",
+        series: |s| one(s.stats.sendmsg_headers),
+    },
+    Family {
+        name: "ringcast_send_pool_bytes",
+        kind: "gauge",
+        help: "Send-buffer capacity kept for reuse (freed once unused for a second).",
+        series: |s| one(s.stats.send_pool_bytes),
+    },
+    Family {
         name: "ringcast_loop_passes_total",
         kind: "counter",
         help: "Passes of the core's loop.",

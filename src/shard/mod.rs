@@ -181,6 +181,10 @@ pub struct Stats {
     /// reads are paused while a peer is congested.
     pub mesh_backlog: u64,
     pub paused_connections: u64,
+    /// Gauges: free `sendmsg` headers and pooled send-buffer bytes kept
+    /// for reuse (both freed once unused for a second).
+    pub sendmsg_headers: u64,
+    pub send_pool_bytes: u64,
     /// Gauges: channel entries and local subscriptions.
     pub channels: u64,
     pub subscriptions: u64,
@@ -232,6 +236,9 @@ pub struct Shard {
     /// change while the kernel reads it. Trimmed with the buffer pool, so a
     /// fan-out to 100k subscribers does not pin 100k headers.
     sendmsgs: FreeList<Box<SendMsg>>,
+    /// Where a flush gathers a connection's iovecs before knowing whether
+    /// it needs a `sendmsg` header at all.
+    iov: Box<[libc::iovec; outq::MAX_IOV]>,
     dirty: Vec<ConnKey>,
     rearm: Vec<ConnKey>,
     overflow: Vec<ConnKey>,
@@ -323,6 +330,12 @@ impl Shard {
             pool: BufPool::default(),
             pool_trim_at: now + POOL_TRIM_PERIOD,
             sendmsgs: FreeList::default(),
+            iov: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; outq::MAX_IOV],
+            ),
             dirty: Vec::new(),
             rearm: Vec::new(),
             overflow: Vec::new(),
@@ -940,6 +953,8 @@ impl Shard {
             s.mesh_dropped = m.counters().dropped;
         }
         s.paused_connections = self.paused.len() as u64;
+        s.sendmsg_headers = self.sendmsgs.len() as u64;
+        s.send_pool_bytes = self.pool.bytes() as u64;
         s.channels = self.channels.len() as u64;
         s.subscriptions = self.channels.subscriptions() as u64;
         self.control.metrics[self.id].publish(&s, self.conns.len());
@@ -1286,11 +1301,11 @@ impl Shard {
                 }
                 continue;
             }
-            let mut msg = self.sendmsgs.pop().unwrap_or_else(SendMsg::new);
-            let n = conn.out.prepare_send(&mut msg.iov);
+            // Gathered into the core's scratch iovecs first: a single buffer
+            // needs no header (most sends), so one is taken only for more.
+            let n = conn.out.prepare_send(&mut self.iov[..]);
             let sqe = if n == 1 {
-                let iov = msg.iov[0];
-                self.sendmsgs.push(msg);
+                let iov = self.iov[0];
                 opcode::Send::new(
                     types::Fd(conn.fd),
                     iov.iov_base as *const u8,
@@ -1299,6 +1314,8 @@ impl Shard {
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
             } else {
+                let mut msg = self.sendmsgs.pop().unwrap_or_else(SendMsg::new);
+                msg.iov[..n].copy_from_slice(&self.iov[..n]);
                 msg.hdr.msg_iov = msg.iov.as_mut_ptr();
                 msg.hdr.msg_iovlen = n;
                 let sqe = opcode::SendMsg::new(types::Fd(conn.fd), &msg.hdr)
