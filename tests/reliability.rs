@@ -493,14 +493,7 @@ fn a_congested_core_keeps_reading_connections_that_do_not_publish() {
     // than that can be waited for.)
     let mut got = 0u32;
     while got < 8192 + 32_768 {
-        match subscriber.read().expect("subscriber") {
-            Message::Binary(b) => {
-                assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), got, "order");
-                got += 1;
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("subscriber got {other:?}"),
-        }
+        let _ = next_in_order(&mut subscriber, &mut got);
     }
     // The subscriber publishes nothing: its ping is read and answered while
     // the core is congested (before the fix every read waited for the
@@ -508,31 +501,14 @@ fn a_congested_core_keeps_reading_connections_that_do_not_publish() {
     subscriber
         .send(Message::Ping(b"still here".to_vec().into()))
         .unwrap();
-    loop {
-        match subscriber.read().expect("subscriber") {
-            Message::Pong(p) if p.as_ref() == b"still here" => break,
-            Message::Binary(b) => {
-                assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), got, "order");
-                got += 1;
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("subscriber got {other:?}"),
-        }
-    }
+    while next_in_order(&mut subscriber, &mut got).as_deref() != Some(b"still here".as_slice()) {}
     // Resume core 1 (a client of core 0 that publishes nothing asks).
     waker.send(Message::text("ringcast:resume-cores")).unwrap();
     assert_eq!(next_text(&mut stalled), "after the stall");
     // Every message still reaches the subscriber, in order: the paused
     // publisher was read again once the backlog drained.
     while got < MESSAGES {
-        match subscriber.read().expect("subscriber") {
-            Message::Binary(b) => {
-                assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), got, "order");
-                got += 1;
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("subscriber got {other:?}"),
-        }
+        let _ = next_in_order(&mut subscriber, &mut got);
     }
     let publisher = flood.join().expect("publisher");
     // Scraped only now: a scrape landing on the stalled core would wait.
@@ -600,4 +576,19 @@ fn sendmsg_headers_and_send_buffers_are_freed_after_a_burst() {
     drop((subs, publisher));
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
+}
+
+/// Reads the next message: a binary one must carry sequence number `got`
+/// (which then advances); a pong's payload is returned.
+fn next_in_order(ws: &mut Ws, got: &mut u32) -> Option<Vec<u8>> {
+    match ws.read().expect("subscriber") {
+        Message::Binary(b) => {
+            assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), *got, "order");
+            *got += 1;
+            None
+        }
+        Message::Pong(p) => Some(p.to_vec()),
+        Message::Ping(_) => None,
+        other => panic!("subscriber got {other:?}"),
+    }
 }
