@@ -21,13 +21,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::app::{ConnIo, Env, MsgStats, Policy, Route};
-use ringcast::hub::channels::Channels;
-use ringcast::hub::frame::{Frame, SharedFrame};
-use ringcast::hub::Hub;
-use ringcast::shard::conn::{Conn, ConnCtl, ConnKey, Slab};
-use ringcast::shard::heartbeat;
-use ringcast::shard::outq::{BufPool, OutQueue, MAX_IOV};
+use ringcast::app::{heartbeat, ConnCtl, ConnIo, Env, Policy, Route};
+use ringcast::conn::outq::{Pushed, MAX_IOV};
+use ringcast::conn::{BufPool, ConnKey, Frame, OutQueue, SharedFrame};
+use ringcast::hub::{Hub, Recipients};
 use ringcast::ws::frame::{
     apply_mask, encode_client_frame, encode_frame_into, parse_header, OpCode,
 };
@@ -83,9 +80,6 @@ fn frame_parse_unmask(c: &mut Criterion) {
     g.bench_function("16x32B_text", |b| {
         let mut session = Session::new(Limits::bytes(16 << 20));
         let mut out = OutQueue::default();
-        let mut pool = BufPool::default();
-        let mut outbox = Vec::new();
-        let mut stats = MsgStats::default();
         let mut buf = read.clone();
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -94,8 +88,6 @@ fn frame_parse_unmask(c: &mut Criterion) {
 
         // Untimed check that this really is the echo path: 16 messages in,
         // 16 unmasked 34-byte frames queued in one coalesced buffer.
-        let mut channels = Channels::new(0, 1);
-        let mut scratch = Vec::new();
         let policy = Policy {
             max_queue: usize::MAX,
             rate_per_us: 0.0,
@@ -110,45 +102,30 @@ fn frame_parse_unmask(c: &mut Criterion) {
             },
             failpoints: false,
         };
-        let mut ctl = ConnCtl::default();
+        let mut ctl = ConnCtl::open(Route::Echo, None, &policy, 0);
+        let mut env = Env::new(0, 1, policy);
         let key = ConnKey { idx: 0, gen: 0 };
         {
-            let mut env = Env {
-                outbox: &mut outbox,
-                channels: &mut channels,
-                stats: &mut stats,
-                scratch: &mut scratch,
-                policy: &policy,
-                now_us: 0,
-            };
-            let mut io = ConnIo::new(Route::Echo, key, &mut out, &mut ctl, &mut pool, &mut env);
+            let mut io = ConnIo::new(key, &mut out, &mut ctl, &mut env);
             assert_eq!(session.feed(&mut buf, &mut io), State::Open);
         }
-        assert_eq!(stats.messages_in, 16);
+        assert_eq!(env.stats.messages_in, 16);
         assert_eq!(out.queued_bytes(), 16 * 34);
         assert_eq!(out.prepare_send(&mut iov), 1);
-        out.complete_send(16 * 34, &mut pool);
+        out.complete_send(16 * 34, &mut env.pool);
 
         b.iter(|| {
             // The session unmasks in place: refill the read buffer (a 608-byte
             // copy, like the kernel's copy into a receive buffer; measured on
             // its own as `refill_copy_608B` below).
             buf.copy_from_slice(&read);
-            let mut env = Env {
-                outbox: &mut outbox,
-                channels: &mut channels,
-                stats: &mut stats,
-                scratch: &mut scratch,
-                policy: &policy,
-                now_us: 0,
-            };
-            let mut io = ConnIo::new(Route::Echo, key, &mut out, &mut ctl, &mut pool, &mut env);
+            let mut io = ConnIo::new(key, &mut out, &mut ctl, &mut env);
             session.feed(&mut buf, &mut io);
             // Drain the queue as a completed send would (the buffer goes back
             // to the pool, as in the server).
             out.prepare_send(&mut iov);
             let n = out.queued_bytes();
-            out.complete_send(n, &mut pool);
+            out.complete_send(n, &mut env.pool);
         })
     });
     g.throughput(Throughput::Bytes(read.len() as u64));
@@ -264,6 +241,41 @@ fn utf8(c: &mut Criterion) {
 
 const PIECE: usize = 1024;
 
+/// Out-queues addressed by key, as a core's slab holds them (one lookup per
+/// recipient, generation checked), for the hub's delivery loop.
+#[derive(Default)]
+struct Queues {
+    slots: Vec<(u32, OutQueue)>,
+}
+
+impl Queues {
+    fn insert(&mut self) -> ConnKey {
+        self.slots.push((0, OutQueue::default()));
+        ConnKey {
+            idx: (self.slots.len() - 1) as u32,
+            gen: 0,
+        }
+    }
+
+    fn get_mut(&mut self, k: ConnKey) -> Option<&mut OutQueue> {
+        match self.slots.get_mut(k.idx as usize) {
+            Some((gen, q)) if *gen == k.gen => Some(q),
+            _ => None,
+        }
+    }
+}
+
+impl Recipients for Queues {
+    #[inline]
+    fn with_queue(
+        &mut self,
+        key: ConnKey,
+        push: impl FnOnce(&mut OutQueue) -> Pushed,
+    ) -> Option<Pushed> {
+        self.get_mut(key).map(push)
+    }
+}
+
 fn fanout(c: &mut Criterion) {
     const SUBS: usize = 10_000;
     let mut g = c.benchmark_group("fanout_10k");
@@ -272,12 +284,12 @@ fn fanout(c: &mut Criterion) {
     // state). `cold`: queues are drained with `clear`, which frees the deque,
     // so every delivery to an idle connection allocates one again.
     for (drain, batch) in [("warm", 1usize), ("warm", 16), ("cold", 1)] {
-        let mut slab = Slab::default();
+        let mut slab = Queues::default();
         let mut hub = Hub::default();
         let mut pool = BufPool::default();
         let keys: Vec<_> = (0..SUBS)
             .map(|_| {
-                let k = slab.insert(Conn::new(-1, Instant::now()));
+                let k = slab.insert();
                 hub.subscribe(k);
                 k
             })
@@ -286,15 +298,15 @@ fn fanout(c: &mut Criterion) {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; MAX_IOV];
-        let mut drain_all = |slab: &mut Slab, pool: &mut BufPool| {
+        let mut drain_all = |slab: &mut Queues, pool: &mut BufPool| {
             for &k in &keys {
-                let conn = slab.get_mut(k).expect("live connection");
+                let out = slab.get_mut(k).expect("live connection");
                 if drain == "warm" {
-                    conn.out.prepare_send(&mut iov);
-                    let n = conn.out.queued_bytes();
-                    conn.out.complete_send(n, pool);
+                    out.prepare_send(&mut iov);
+                    let n = out.queued_bytes();
+                    out.complete_send(n, pool);
                 } else {
-                    conn.out.clear(pool);
+                    out.clear(pool);
                 }
             }
         };
@@ -307,8 +319,8 @@ fn fanout(c: &mut Criterion) {
 
         // Untimed check: every subscriber gets the whole batch.
         publish(&mut hub);
-        let done = hub.fan_out(&mut slab, &mut pool, usize::MAX, |_, _, _| {});
-        assert_eq!(done.deliveries, (SUBS * batch) as u64);
+        let done = hub.fan_out(&mut pool, usize::MAX, &mut slab);
+        assert_eq!(done, (SUBS * batch) as u64);
         hub.outbox.clear();
         drain_all(&mut slab, &mut pool);
 
@@ -322,7 +334,7 @@ fn fanout(c: &mut Criterion) {
                     // it to all 10,000 subscribers.
                     let t = Instant::now();
                     publish(&mut hub);
-                    black_box(hub.fan_out(&mut slab, &mut pool, usize::MAX, |_, _, _| {}));
+                    black_box(hub.fan_out(&mut pool, usize::MAX, &mut slab));
                     total += t.elapsed();
                     // Untimed: release the frames and empty every queue.
                     hub.outbox.clear();

@@ -17,6 +17,9 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Unex
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::conn::SharedFrame;
+use crate::ws::OpCode;
+
 /// The longest channel name, in bytes: names are keys in every core's
 /// subscription table and are copied into every `message` frame, so they are
 /// kept short.
@@ -456,6 +459,13 @@ pub fn message_parts<'a>(channel: &'a str, payload: &'a RawValue) -> [&'a [u8]; 
         payload.get().as_bytes(),
         b"}",
     ]
+}
+
+/// The `message` frame every subscriber of `channel` receives, encoded once:
+/// the one place a publish (from a `/ws` client, the HTTP API or an
+/// embedding program's `Publisher`) is framed.
+pub fn message_frame(channel: &str, payload: &RawValue) -> SharedFrame {
+    SharedFrame::encode_parts(OpCode::Text, &message_parts(channel, payload))
 }
 
 /// Appends `s` as a JSON string literal (quotes included), escaping `"`,

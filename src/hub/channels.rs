@@ -19,15 +19,9 @@ use std::sync::Arc;
 
 use indexmap::IndexSet;
 
-use super::frame::Frame;
-use super::MeshMsg;
-use crate::shard::conn::{Conn, ConnKey, Slab};
-use crate::shard::outq::BufPool;
-#[cfg(doc)]
-use crate::shard::outq::OutQueue;
-
-/// Most cores a channel's interest set can name.
-pub const MAX_CORES: usize = 256;
+use super::deliver::{deliver, Recipients};
+use super::{MeshMsg, MAX_CORES};
+use crate::conn::{BufPool, ConnKey, Frame};
 
 /// A set of core ids (`< MAX_CORES`).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
@@ -337,31 +331,22 @@ impl Channels {
         !self.pending.is_empty()
     }
 
-    /// Queues every pending message to its channel's local subscribers (a
-    /// reference or a copy each, see [`OutQueue::push_frames`]), checking
-    /// each subscriber's bound before every frame; `touched` is called per
-    /// subscriber and message with whether the subscriber was over the
-    /// bound. Returns the number of deliveries.
+    /// Queues every pending message to its channel's local subscribers
+    /// through [`deliver`], each subscriber's bound checked before every
+    /// frame. Returns the number of deliveries.
     pub fn fan_out(
         &mut self,
-        conns: &mut Slab,
         pool: &mut BufPool,
         max_queue: usize,
-        mut touched: impl FnMut(ConnKey, &mut Conn, bool),
+        recipients: &mut impl Recipients,
     ) -> u64 {
         let mut deliveries = 0;
         for (idx, frame) in self.pending.drain(..) {
             let Some(ch) = self.slots.get(idx as usize).and_then(Option::as_ref) else {
                 continue;
             };
-            for &key in &ch.subs {
-                let Some(conn) = conns.get_mut(key) else {
-                    continue;
-                };
-                let pushed = conn.out.push_frames([&frame], max_queue, pool);
-                deliveries += pushed.frames;
-                touched(key, conn, pushed.over);
-            }
+            let batch = std::iter::once(&frame);
+            deliveries += deliver(ch.subs.iter().copied(), batch, pool, max_queue, recipients);
         }
         deliveries
     }
@@ -427,9 +412,9 @@ impl Channels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::frame::SharedFrame;
+    use crate::conn::SharedFrame;
+    use crate::hub::deliver::tests::Queues;
     use crate::ws::OpCode;
-    use std::time::Instant;
 
     fn key(i: u32) -> ConnKey {
         ConnKey { idx: i, gen: 0 }
@@ -508,10 +493,10 @@ mod tests {
         for (dst, msg) in out {
             assert!(cores[dst].receive(msg).is_none());
         }
-        let mut slab = Slab::default();
-        let now = Instant::now();
-        let a = slab.insert(Conn::new(10, now));
-        let b = slab.insert(Conn::new(11, now));
+        let (a, b) = (key(10), key(11));
+        let mut queues = Queues::default();
+        queues.add(a);
+        queues.add(b);
         let mut c1 = Channels::new(1, 3);
         let (_, _) = c1.subscribe(a, "x", None);
         let (_, _) = c1.subscribe(b, "x", None);
@@ -519,14 +504,11 @@ mod tests {
         cores[1].pending.clear();
         // Fan-out shares the frame with every local subscriber.
         c1.pending.push((c1.lookup("x").unwrap(), fx.clone()));
-        let mut seen = Vec::new();
         assert_eq!(
-            c1.fan_out(&mut slab, &mut BufPool::default(), usize::MAX, |k, _, _| {
-                seen.push(k)
-            }),
+            c1.fan_out(&mut BufPool::default(), usize::MAX, &mut queues),
             2
         );
-        assert_eq!(seen.len(), 2);
+        assert_eq!(queues.touched.len(), 2);
         assert!(!cores[2].publish("nobody", &f));
     }
 

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use glommio::channels::spsc_queue::{self, Consumer, Producer};
 
-use super::frame::Frame;
 use super::MeshMsg;
+use crate::conn::Frame;
 
 /// Slots in each SPSC ring.
 pub const RING_CAPACITY: usize = 8192;
@@ -356,7 +356,7 @@ impl Drop for Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::frame::SharedFrame;
+    use crate::conn::SharedFrame;
     use crate::ws::OpCode;
 
     #[test]

@@ -57,6 +57,30 @@ impl Drop for Mapping {
     }
 }
 
+/// The bytes one receive completion delivered into a provided buffer: the
+/// right to read them until [`BufRing::release`] takes the token back.
+/// Neither `Copy` nor `Clone`, so a buffer cannot be read after it went back
+/// to the kernel, nor given back twice.
+#[derive(Debug)]
+pub struct RecvBuf {
+    bid: u16,
+    at: usize,
+    len: usize,
+    buffer_more: bool,
+}
+
+impl RecvBuf {
+    /// Number of bytes received.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the completion carried no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// A registered buffer group of `count` buffers of `size` bytes each.
 pub struct BufRing {
     entries: Mapping,
@@ -78,13 +102,8 @@ impl BufRing {
     /// Registers a buffer group with `ring`, consumed incrementally if the
     /// kernel supports it. `count` is rounded up to a power of two (at most
     /// 32768).
-    pub fn new(ring: &Ring, group: u16, count: u16, size: usize) -> io::Result<BufRing> {
-        BufRing::register(ring, group, count, size, true)
-    }
-
-    /// [`BufRing::new`], trying incremental mode only if `try_incremental`
-    /// (tests use `false` to cover the pre-6.12 path on any kernel).
-    fn register(
+    /// (`try_incremental: false` covers the pre-6.12 path on any kernel.)
+    pub(super) fn register(
         ring: &Ring,
         group: u16,
         count: u16,
@@ -98,10 +117,11 @@ impl BufRing {
         let entries = Mapping::new(ring_bytes)?;
         let data = Mapping::new(count as usize * size)?;
         // SAFETY: `entries` is page aligned and lives as long as the BufRing;
-        // the ring is unregistered when the io_uring is dropped, and Shard
-        // drops its Ring before its BufRing.
+        // the group is unregistered when the io_uring is dropped, and the
+        // `Ring` that owns this BufRing drops its io_uring first (see its
+        // `Drop`).
         let register = |flags: u16| unsafe {
-            ring.raw().submitter().register_buf_ring_with_flags(
+            ring.uring().submitter().register_buf_ring_with_flags(
                 entries.ptr.as_ptr() as u64,
                 count,
                 group,
@@ -155,40 +175,51 @@ impl BufRing {
     }
 
     /// Accounts for a completion that put `len` bytes into buffer `bid` and
-    /// says where in the buffer they start. Every completion that names a
+    /// returns the token for those bytes. Every completion that names a
     /// buffer must pass through here, in completion order (in incremental
     /// mode the kernel only tells us the length; we track the position).
-    pub fn claim(&mut self, bid: u16, len: usize) -> usize {
-        let Some(filled) = self.filled.as_mut() else {
-            return 0;
+    /// `buffer_more` is the completion's `IORING_CQE_F_BUF_MORE`: the kernel
+    /// keeps filling the buffer, so releasing the token keeps it.
+    pub fn claim(&mut self, bid: u16, len: usize, buffer_more: bool) -> RecvBuf {
+        let bid = bid.min(self.count - 1);
+        let len = len.min(self.size);
+        let at = match self.filled.as_mut() {
+            None => 0,
+            Some(filled) => {
+                let slot = &mut filled[bid as usize];
+                let at = *slot as usize;
+                *slot = (at + len).min(self.size) as u32;
+                at
+            }
         };
-        let slot = &mut filled[bid as usize];
-        let at = *slot as usize;
-        *slot = (at + len).min(self.size) as u32;
-        at
+        RecvBuf {
+            bid,
+            at,
+            len: len.min(self.size - at),
+            buffer_more,
+        }
     }
 
-    /// The `len` bytes at `at` of buffer `bid`, as [`BufRing::claim`] placed
-    /// them.
-    ///
-    /// # Safety
-    /// The range must come from a claim since the buffer was last released;
-    /// the slice must be dropped before [`BufRing::release`].
-    pub unsafe fn get(&mut self, bid: u16, at: usize, len: usize) -> &mut [u8] {
-        debug_assert!(bid < self.count && at + len <= self.size);
-        let len = len.min(self.size - at.min(self.size));
-        let off = bid as usize * self.size + at;
-        // SAFETY: in bounds of `data`; the kernel does not write these bytes
-        // again until the buffer is released.
-        unsafe { std::slice::from_raw_parts_mut(self.data.ptr.as_ptr().add(off), len) }
+    /// The bytes a [`BufRing::claim`] token stands for. Safe: the token can
+    /// only come from `claim` on this ring and is consumed by
+    /// [`BufRing::release`], and the slice borrows the ring, so it is gone
+    /// before the buffer can go back to the kernel.
+    pub fn get(&mut self, buf: &RecvBuf) -> &mut [u8] {
+        debug_assert!(buf.bid < self.count && buf.at + buf.len <= self.size);
+        let off = buf.bid as usize * self.size + buf.at;
+        // SAFETY: `claim` clamped bid, at and len to the `data` mapping; the
+        // kernel does not write these bytes again until the buffer is
+        // released, which takes the token by value.
+        unsafe { std::slice::from_raw_parts_mut(self.data.ptr.as_ptr().add(off), buf.len) }
     }
 
-    /// Gives buffer `bid` back to the kernel (visible after
+    /// Gives a token's buffer back to the kernel (visible after
     /// [`BufRing::publish`]), unless the completion said the kernel is still
-    /// filling it (`buffer_more`). Returns whether it was given back.
-    pub fn release(&mut self, bid: u16, buffer_more: bool) -> bool {
+    /// filling it. Returns whether it was given back.
+    pub fn release(&mut self, buf: RecvBuf) -> bool {
+        let bid = buf.bid;
         if let Some(filled) = self.filled.as_mut() {
-            if buffer_more {
+            if buf.buffer_more {
                 return false;
             }
             filled[bid as usize] = 0;
@@ -233,37 +264,33 @@ mod tests {
 
     #[test]
     fn incremental_claims_pack_reads_and_release_waits_for_the_kernel() {
-        let ring = Ring::new(8).expect("io_uring");
-        let mut br = BufRing::new(&ring, 0, 4, 4096).expect("buffer ring");
+        let mut ring = Ring::new(8).expect("io_uring");
+        ring.provide_buffers(0, 4, 4096).expect("buffer ring");
+        let br = ring.buffers().expect("buffers");
         if !br.incremental() {
             // Kernel before 6.12: every completion starts at offset 0.
-            assert_eq!(br.claim(1, 100), 0);
-            assert!(br.release(1, false));
+            let b = br.claim(1, 100, false);
+            assert_eq!(b.at, 0);
+            assert!(br.release(b));
             return;
         }
         // Three reads into buffer 2, packed one after another.
-        assert_eq!(br.claim(2, 100), 0);
-        assert_eq!(br.claim(2, 50), 100);
-        // SAFETY: ranges claimed above, buffer not released.
-        let s = unsafe { br.get(2, 100, 50) };
-        assert_eq!(s.len(), 50);
+        let a = br.claim(2, 100, true);
+        assert_eq!(a.at, 0);
+        let b = br.claim(2, 50, true);
+        assert_eq!(b.at, 100);
+        assert_eq!(br.get(&b).len(), 50);
         // The kernel still fills it: not given back.
-        assert!(!br.release(2, true));
-        assert_eq!(br.claim(2, 3946), 150);
+        assert!(!br.release(a));
+        assert!(!br.release(b));
+        let c = br.claim(2, 3946, false);
+        assert_eq!(c.at, 150);
         // Filled to the end: given back, and the next use starts at 0.
-        assert!(br.release(2, false));
-        assert_eq!(br.claim(2, 10), 0);
+        assert!(br.release(c));
+        assert_eq!(br.claim(2, 10, false).at, 0);
         // Other buffers keep their own positions.
-        assert_eq!(br.claim(3, 7), 0);
-        assert_eq!(br.claim(3, 7), 7);
-    }
-
-    /// The ring and its buffers, fields in drop order: the io_uring (and
-    /// with it the buffer group registration and any armed receive) goes
-    /// before the memory the kernel could write into.
-    struct Rig {
-        ring: Ring,
-        br: BufRing,
+        assert_eq!(br.claim(3, 7, true).at, 0);
+        assert_eq!(br.claim(3, 7, true).at, 7);
     }
 
     /// Deterministic test bytes (xorshift), so a chunk delivered twice, out
@@ -305,13 +332,16 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
 
         let (mut peer, sock) = UnixStream::pair().expect("socketpair");
-        let ring = Ring::new(8).expect("io_uring");
-        let br = BufRing::register(&ring, 3, COUNT, SIZE, try_incremental).expect("buffer ring");
+        let mut ring = Ring::new(8).expect("io_uring");
+        ring.provide_buffers_mode(3, COUNT, SIZE, try_incremental)
+            .expect("buffer ring");
+        let group = ring.buffers().expect("buffers").group();
+        let incremental = ring.buffers().expect("buffers").incremental();
         if !try_incremental {
-            assert!(!br.incremental());
+            assert!(!incremental);
         }
-        let mut rig = Rig { ring, br };
-        let recv = opcode::RecvMulti::new(types::Fd(sock.as_raw_fd()), rig.br.group())
+        let mut rig = ring;
+        let recv = opcode::RecvMulti::new(types::Fd(sock.as_raw_fd()), group)
             .build()
             .user_data(RECV);
 
@@ -333,20 +363,19 @@ mod tests {
                      {arms} arms, {enobufs} ENOBUFS, released {released:?})",
                     got.len(),
                     written.len(),
-                    rig.br.incremental()
+                    incremental
                 );
                 if !armed {
                     // SAFETY: the receive points at no memory of ours but the
                     // registered buffer group, which `rig` keeps alive until
                     // the io_uring is gone.
-                    unsafe { rig.ring.push(&recv) }.expect("queue the receive");
+                    unsafe { rig.push(&recv) }.expect("queue the receive");
                     armed = true;
                     arms += 1;
                 }
-                rig.ring
-                    .wait(Some(Duration::from_millis(100)))
+                rig.wait(Some(Duration::from_millis(100)))
                     .expect("io_uring_enter");
-                while let Some(cqe) = rig.ring.next_completion() {
+                while let Some(cqe) = rig.next_completion() {
                     assert_eq!(cqe.user_data(), RECV);
                     let (res, flags) = (cqe.result(), cqe.flags());
                     if !cqueue::more(flags) {
@@ -357,19 +386,19 @@ mod tests {
                     if let Some(bid) = cqueue::buffer_select(flags) {
                         assert!(bid < COUNT, "buffer id {bid}");
                         let len = res.max(0) as usize;
-                        let at = rig.br.claim(bid, len);
+                        let br = rig.buffers().expect("buffers");
+                        let buf = br.claim(bid, len, cqueue::buffer_more(flags));
+                        let at = buf.at;
                         assert!(at + len <= SIZE, "{len} bytes at {at} of buffer {bid}");
-                        if !rig.br.incremental() {
+                        assert_eq!(buf.len(), len);
+                        if !incremental {
                             assert_eq!(at, 0);
                         }
-                        // SAFETY: the range was just claimed and the buffer
-                        // is not released before the slice is dropped (the
-                        // bytes are copied out here).
-                        got.extend_from_slice(unsafe { rig.br.get(bid, at, len) });
-                        if rig.br.release(bid, cqueue::buffer_more(flags)) {
+                        got.extend_from_slice(br.get(&buf));
+                        if br.release(buf) {
                             released[bid as usize] += 1;
                         }
-                        rig.br.publish();
+                        br.publish();
                     }
                     match res {
                         1.. => {}
@@ -404,7 +433,7 @@ mod tests {
         );
         eprintln!(
             "incremental {}: {} bytes, {arms} arms, {enobufs} ENOBUFS, released {released:?}",
-            rig.br.incremental(),
+            incremental,
             written.len()
         );
         drop(rig);

@@ -15,15 +15,31 @@
 //! wake-up costs the sleeper no extra syscall.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-/// The core's ring. The eventfd that wakes it belongs to the core's
-/// doorbell (shared with the threads that ring it), not to the ring.
+use super::bufring::BufRing;
+
+/// The core's ring, and the provided buffers registered with it. The
+/// eventfd that wakes it belongs to the core's doorbell (shared with the
+/// threads that ring it), not to the ring.
 pub struct Ring {
-    ring: IoUring,
+    /// Dropped by hand first (see `Drop`): closing the io_uring cancels the
+    /// receives that could still write into `bufs` and unregisters them.
+    ring: ManuallyDrop<IoUring>,
+    bufs: Option<BufRing>,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: `ring` is never used again; dropping it before `bufs`
+        // (which the field drop that follows frees) is what makes the
+        // buffer memory safe to unmap.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+    }
 }
 
 impl Ring {
@@ -43,7 +59,10 @@ impl Ring {
                     format!("io_uring setup with SINGLE_ISSUER|DEFER_TASKRUN failed (needs Linux >= 6.1): {e}"),
                 )
             })?;
-        Ok(Ring { ring })
+        Ok(Ring {
+            ring: ManuallyDrop::new(ring),
+            bufs: None,
+        })
     }
 
     /// Queues a multishot poll of the wake-up eventfd `wake`, completing
@@ -62,8 +81,40 @@ impl Ring {
     }
 
     /// The underlying ring, for registering buffer rings.
-    pub fn raw(&self) -> &IoUring {
+    pub(super) fn uring(&self) -> &IoUring {
         &self.ring
+    }
+
+    /// Registers `count` provided buffers of `size` bytes as group `group`
+    /// (consumed incrementally where the kernel allows it), owned by the
+    /// ring from now on: see [`BufRing`].
+    pub fn provide_buffers(&mut self, group: u16, count: u16, size: usize) -> io::Result<()> {
+        self.provide_buffers_mode(group, count, size, true)
+    }
+
+    /// [`Ring::provide_buffers`], trying incremental consumption only if
+    /// `try_incremental` (tests cover the pre-6.12 mode on any kernel).
+    pub(crate) fn provide_buffers_mode(
+        &mut self,
+        group: u16,
+        count: u16,
+        size: usize,
+        try_incremental: bool,
+    ) -> io::Result<()> {
+        self.bufs = Some(BufRing::register(
+            self,
+            group,
+            count,
+            size,
+            try_incremental,
+        )?);
+        Ok(())
+    }
+
+    /// The provided buffers, once registered.
+    #[inline]
+    pub fn buffers(&mut self) -> Option<&mut BufRing> {
+        self.bufs.as_mut()
     }
 
     /// Queues one submission; if the queue is full, submits what is there

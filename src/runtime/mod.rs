@@ -2,7 +2,6 @@
 //! its own [`Shard`], plus the signal handling that drains them.
 
 pub mod limits;
-pub mod timer;
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -15,10 +14,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use crate::app::heartbeat;
+use crate::app::requests::Access;
 use crate::app::Policy;
 use crate::config::Config;
 use crate::hub::mesh;
-use crate::shard::{heartbeat, Control, Shard, ShardConfig, Stats};
+use crate::shard::{Control, Shard, ShardConfig, Stats};
 use crate::ws::Limits;
 
 /// glommio reserves this much registered memory per executor for its own
@@ -64,12 +65,14 @@ impl Config {
                 .then(|| Duration::from_secs_f64(self.idle_timeout)),
             max_connections: self.max_connections,
             cores: 1,
-            verifier: self
-                .auth_secret
-                .as_ref()
-                .map(|s| crate::app::auth::Verifier::new(s.as_bytes())),
-            allowed_origins: self.allowed_origins.clone(),
-            api_key: self.api_key.clone(),
+            access: Access {
+                verifier: self
+                    .auth_secret
+                    .as_ref()
+                    .map(|s| crate::app::auth::Verifier::new(s.as_bytes())),
+                allowed_origins: self.allowed_origins.clone(),
+                api_key: self.api_key.clone(),
+            },
             max_body_bytes: self.max_body_bytes,
         }
     }
@@ -84,10 +87,10 @@ fn micros(seconds: f64) -> u64 {
 pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     let cpus = cfg.cpu_set()?;
     let n = cpus.len();
-    if n > crate::hub::channels::MAX_CORES {
+    if n > crate::hub::MAX_CORES {
         return Err(format!(
             "{n} cores requested; at most {} are supported (use --cores or --cpus)",
-            crate::hub::channels::MAX_CORES
+            crate::hub::MAX_CORES
         ));
     }
     limits::raise_nofile();

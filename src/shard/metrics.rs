@@ -15,21 +15,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use super::Stats;
 use crate::app::RTT_BUCKETS_US;
 
-/// `Stats` is `repr(C)` and made only of `u64`s (and arrays of them), so it
-/// is exactly this many words with no padding.
+/// `Stats` is `Pod` (plain words by construction, checked by the derive),
+/// so it is published and read back as `u64` words.
 const WORDS: usize = std::mem::size_of::<Stats>() / 8;
-const _: () = assert!(std::mem::size_of::<Stats>() == WORDS * 8);
-const _: () = assert!(std::mem::align_of::<Stats>() == 8);
 
 fn words(s: &Stats) -> &[u64; WORDS] {
-    // SAFETY: Stats is repr(C), all u64 fields, size WORDS * 8, align 8
-    // (checked above), so it has the layout of [u64; WORDS].
-    unsafe { &*(s as *const Stats).cast::<[u64; WORDS]>() }
+    bytemuck::cast_ref(s)
 }
 
 fn from_words(w: [u64; WORDS]) -> Stats {
-    // SAFETY: as in `words`; every bit pattern is a valid u64.
-    unsafe { std::mem::transmute::<[u64; WORDS], Stats>(w) }
+    bytemuck::cast(w)
 }
 
 /// One core's published counters.

@@ -1,20 +1,13 @@
-//! Connections and the slab that owns them.
+//! A core's connections: the slab that owns them, each connection's phase,
+//! and the completion tokens that name a connection in the ring.
 
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use super::heartbeat::Beat;
-use super::outq::OutQueue;
-use crate::app::{Route, WsConn};
+use crate::app::ConnCtl;
+use crate::conn::outq::MAX_IOV;
+use crate::conn::{ConnKey, OutQueue};
 use crate::ws::Session;
-
-/// Identifies a connection across slot reuse: a completion for a closed
-/// connection never reaches the one that took its slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    pub idx: u32,
-    pub gen: u32,
-}
 
 /// Completion kinds, packed with a [`ConnKey`] into `user_data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +16,7 @@ pub enum Op {
     Accept = 1,
     Recv = 2,
     Send = 3,
-    /// Completions we do not act on (cancellations).
+    /// Completions we do not act on (a receive's cancellation).
     Ignore = 4,
     /// The wake-up eventfd's poll: another thread woke this core.
     Wake = 5,
@@ -81,7 +74,7 @@ pub enum Phase {
 /// is stable while the kernel reads them.
 pub struct SendMsg {
     pub hdr: libc::msghdr,
-    pub iov: [libc::iovec; super::outq::MAX_IOV],
+    pub iov: [libc::iovec; MAX_IOV],
 }
 
 impl SendMsg {
@@ -93,16 +86,19 @@ impl SendMsg {
             iov: [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
-            }; super::outq::MAX_IOV],
+            }; MAX_IOV],
         })
     }
 }
 
 /// One client connection. Owned by its core's slab; never shared.
 pub struct Conn {
-    pub fd: RawFd,
+    /// The socket; closed when the connection is dropped from the slab,
+    /// which happens only once no operation references it.
+    pub fd: OwnedFd,
+    /// Where it is in its life.
     pub phase: Phase,
-    pub route: Option<Route>,
+    /// Bytes waiting to be sent, bounded.
     pub out: OutQueue,
     /// The header of a `sendmsg` in flight, if the send needed one.
     pub sendmsg: Option<Box<SendMsg>>,
@@ -123,46 +119,25 @@ pub struct Conn {
     pub publisher: bool,
     /// Reads are paused (receive cancelled) until the congestion clears.
     pub paused: bool,
-    /// Position in the hub's subscriber list, if subscribed.
-    pub sub_slot: Option<u32>,
     /// When the current phase times out.
     pub deadline: Option<Instant>,
     /// Tick of the timer-wheel entry this connection counts on
     /// ([`NO_TICK`]: none); other entries for it are stale.
     pub wheel_tick: u64,
-    /// What the endpoints and the heartbeat keep per open connection.
+    /// What the endpoints and the heartbeat keep per connection, the
+    /// endpoint's own state included.
     pub ctl: ConnCtl,
 }
 
 /// No timer-wheel entry.
 pub const NO_TICK: u64 = u64::MAX;
 
-/// Per-connection state of an open WebSocket beyond the protocol session.
-/// Times are microseconds on the core's clock.
-#[derive(Default)]
-pub struct ConnCtl {
-    /// Heartbeat state.
-    pub beat: Beat,
-    /// When the client last sent a data message (idle timeout).
-    pub last_msg_us: u64,
-    /// Rate-limit token bucket: tokens left and when it was refilled.
-    pub tokens: f32,
-    pub refill_us: u64,
-    /// Publish-rate token bucket (`--max-publishes-per-sec`).
-    pub pub_tokens: f32,
-    pub pub_refill_us: u64,
-    /// `/ws` subscriptions and token claims; boxed so the other endpoints'
-    /// idle connections do not pay for them.
-    pub ws: Option<Box<WsConn>>,
-}
-
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(fd: RawFd, deadline: Instant) -> Conn {
+    pub fn new(fd: OwnedFd, deadline: Instant) -> Conn {
         Conn {
             fd,
             phase: Phase::Handshake(Vec::new()),
-            route: None,
             out: OutQueue::default(),
             sendmsg: None,
             recv_armed: false,
@@ -172,7 +147,6 @@ impl Conn {
             continue_sent: false,
             publisher: false,
             paused: false,
-            sub_slot: None,
             deadline: Some(deadline),
             wheel_tick: NO_TICK,
             ctl: ConnCtl::default(),
@@ -289,12 +263,13 @@ mod tests {
     fn stale_keys_miss_after_reuse() {
         let mut s = Slab::default();
         let now = Instant::now();
-        let a = s.insert(Conn::new(1, now));
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        let a = s.insert(Conn::new(fd(), now));
         assert!(s.remove(a).is_some());
-        let b = s.insert(Conn::new(2, now));
+        let b = s.insert(Conn::new(fd(), now));
         assert_eq!(a.idx, b.idx);
         assert!(s.get_mut(a).is_none());
-        assert_eq!(s.get_mut(b).map(|c| c.fd), Some(2));
+        assert!(s.get_mut(b).is_some());
         assert_eq!(s.len(), 1);
     }
 }

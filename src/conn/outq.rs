@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::mem::size_of;
 
-use crate::hub::frame::Frame;
+use super::frame::Frame;
 
 /// Most iovecs in one `sendmsg` (the kernel allows 1024). Small frames are
 /// copied, so every iovec but the owned ones carries more than
@@ -403,7 +403,7 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::frame::SharedFrame;
+    use crate::conn::frame::SharedFrame;
     use crate::ws::OpCode;
 
     fn gather(q: &mut OutQueue) -> (Vec<u8>, usize) {

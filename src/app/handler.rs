@@ -1,0 +1,421 @@
+//! The message handler: what a message on an open connection does, per
+//! endpoint, with the connection's own queue for its replies and the core's
+//! [`Env`] for everything that reaches other connections.
+
+use tracing::debug;
+
+use super::conn_state::{ConnCtl, Endpoint};
+use super::policy::{CoreHook, Policy, PONG_BURST};
+use super::protocol::{self, ClientMsg, ErrorCode};
+use super::route::Route;
+use super::stats::MsgStats;
+use crate::conn::{BufPool, ConnKey, Frame, OutQueue, SharedFrame};
+use crate::hub::channels::{Channels, Subscribed};
+use crate::hub::Hub;
+use crate::ws::frame::{encode_frame_into, encode_header, unmask_into, MAX_SERVER_HEADER_LEN};
+use crate::ws::session::{Handler, MessageKind};
+use crate::ws::OpCode;
+
+/// What a connection's handler may touch besides its own connection: the
+/// core's broadcast hub and channels, its counters, a scratch buffer, the
+/// send-buffer pool. Owned here and lent to one [`ConnIo`] at a time, so the
+/// core's loop borrows it beside one connection with no split borrow to
+/// write out.
+pub struct Env {
+    /// `/broadcast` subscribers and the pass's frames.
+    pub hub: Hub,
+    /// Named channels.
+    pub channels: Channels,
+    /// The connections' message counters.
+    pub stats: MsgStats,
+    /// Reused for `/ws` replies and HTTP responses.
+    pub scratch: Vec<u8>,
+    /// Send buffers for every connection's out-queue.
+    pub pool: BufPool,
+    /// The limits and heartbeat settings applied per connection.
+    pub policy: Policy,
+    /// This pass's time on the core's clock (read once per pass).
+    pub now_us: u64,
+}
+
+impl Env {
+    /// The state of core `me` of `cores`.
+    pub fn new(me: usize, cores: usize, policy: Policy) -> Env {
+        Env {
+            hub: Hub::default(),
+            channels: Channels::new(me, cores),
+            stats: MsgStats::default(),
+            scratch: Vec::new(),
+            pool: BufPool::default(),
+            policy,
+            now_us: 0,
+        }
+    }
+
+    /// Messages queued for other cores so far (a handler that grew it made
+    /// cross-core traffic).
+    #[inline]
+    pub fn mesh_traffic(&self) -> usize {
+        self.hub.outbox.len() + self.channels.outgoing.len()
+    }
+}
+
+/// The [`Handler`] a session talks to while it parses one read: the
+/// connection's queue for its own replies, the core's [`Env`] for the rest.
+pub struct ConnIo<'a> {
+    key: ConnKey,
+    out: &'a mut OutQueue,
+    ctl: &'a mut ConnCtl,
+    env: &'a mut Env,
+    /// Set when a reply was refused because the backlog was over the bound:
+    /// the peer is not reading, and the owner closes it with 1008.
+    pub overflowed: bool,
+    /// Set when the client went over its message rate: the owner closes it
+    /// with 1008; messages after that in the same read are dropped.
+    pub rate_limited: bool,
+    /// Set when the client went over its publish rate: closed with 1008.
+    pub publish_limited: bool,
+    /// Test hooks on the whole core (failpoints on), acted on by the owner
+    /// outside any `catch_unwind`.
+    pub core_hook: CoreHook,
+    /// Bytes of the reply `copy_masked` wrote last, for `withdraw_copy`.
+    last_copy: usize,
+    /// Pongs queued during this read, and where the last one ends (queue
+    /// length right after it) and its size: a flood's pongs are coalesced.
+    pongs: u32,
+    pong_end: usize,
+    pong_len: usize,
+}
+
+impl<'a> ConnIo<'a> {
+    /// A handler for one connection's read.
+    pub fn new(
+        key: ConnKey,
+        out: &'a mut OutQueue,
+        ctl: &'a mut ConnCtl,
+        env: &'a mut Env,
+    ) -> ConnIo<'a> {
+        ConnIo {
+            key,
+            out,
+            ctl,
+            env,
+            overflowed: false,
+            rate_limited: false,
+            publish_limited: false,
+            core_hook: CoreHook::None,
+            last_copy: 0,
+            pongs: 0,
+            pong_end: 0,
+            pong_len: 0,
+        }
+    }
+
+    #[inline]
+    fn route(&self) -> Option<Route> {
+        self.ctl.endpoint.route()
+    }
+
+    /// A consumer is "slow" when the backlog it has not read is over the
+    /// bound at the moment something new is queued. One message larger than
+    /// the bound (up to `--max-message-bytes`) is still delivered.
+    #[inline]
+    fn backlogged(&mut self) -> bool {
+        if self.out.cost() > self.env.policy.max_queue {
+            self.overflowed = true;
+        }
+        self.overflowed
+    }
+
+    /// Counts a data message against the rate limit (token bucket, refilled
+    /// by elapsed time) and the idle clock. Returns whether to act on it.
+    #[inline]
+    fn admit(&mut self, len: usize) -> bool {
+        if self.rate_limited {
+            return false;
+        }
+        let now = self.env.now_us;
+        self.ctl.last_msg_us = now;
+        let p = &self.env.policy;
+        if p.rate_per_us > 0.0 {
+            let (tokens, refill) = (&mut self.ctl.tokens, &mut self.ctl.refill_us);
+            if !take_token(tokens, refill, now, p.rate_per_us, p.burst) {
+                self.rate_limited = true;
+                return false;
+            }
+        }
+        self.env.stats.messages_in += 1;
+        self.env.stats.bytes_in += len as u64;
+        true
+    }
+
+    /// Counts a publish (a `/broadcast` message, a `/ws` publish) against
+    /// the connection's publish rate. Returns whether to act on it; past
+    /// the rate the owner closes the connection with 1008.
+    #[inline]
+    fn admit_publish(&mut self) -> bool {
+        let p = &self.env.policy;
+        if p.publish_rate_per_us <= 0.0 {
+            return true;
+        }
+        if self.publish_limited {
+            return false;
+        }
+        let (tokens, refill) = (&mut self.ctl.pub_tokens, &mut self.ctl.pub_refill_us);
+        let now = self.env.now_us;
+        if !take_token(tokens, refill, now, p.publish_rate_per_us, p.publish_burst) {
+            self.publish_limited = true;
+            return false;
+        }
+        true
+    }
+
+    /// Queues a `/ws` reply (JSON text written by `write`) as a text frame.
+    fn reply(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.backlogged() {
+            return;
+        }
+        let scratch = &mut self.env.scratch;
+        scratch.clear();
+        write(scratch);
+        self.out.write_with(&mut self.env.pool, |v| {
+            encode_frame_into(OpCode::Text, scratch, v)
+        });
+        self.env.stats.replies += 1;
+    }
+
+    fn error(&mut self, id: Option<u64>, code: ErrorCode, message: &str) {
+        self.env.stats.protocol_errors += 1;
+        self.reply(|v| protocol::write_error(id, code, message, v));
+    }
+
+    /// Whether the token's claims (if any) allow `channel`.
+    fn allowed(&mut self, channel: &str, id: Option<u64>) -> bool {
+        let ok = match &self.ctl.endpoint {
+            Endpoint::Channels(ws) => ws.claims.as_ref().is_none_or(|c| c.allows(channel)),
+            _ => true,
+        };
+        if !ok {
+            self.env.stats.claims_denied += 1;
+            let msg = format!("the token does not allow channel \"{channel}\"");
+            self.error(id, ErrorCode::Forbidden, &msg);
+        }
+        ok
+    }
+
+    fn ws_message(&mut self, text: &[u8]) {
+        let msg = match protocol::parse_client(text) {
+            Ok(m) => m,
+            Err(e) => return self.error(e.id, e.code, &e.message),
+        };
+        match msg {
+            ClientMsg::Ping { id } => self.reply(|v| protocol::write_pong(id, v)),
+            ClientMsg::Subscribe { channel, id } => self.subscribe(&channel, id),
+            ClientMsg::Unsubscribe { channel, id } => self.unsubscribe(&channel, id),
+            ClientMsg::Publish {
+                channel,
+                payload,
+                id,
+            } => {
+                if !self.allowed(&channel, id) || !self.admit_publish() {
+                    return;
+                }
+                // Framed once; every subscriber on every core shares it.
+                let frame = Frame::new(protocol::message_frame(&channel, payload));
+                self.env.channels.publish(&channel, &frame);
+                self.env.stats.publishes += 1;
+                self.reply(|v| protocol::write_ack(id, v));
+            }
+        }
+    }
+
+    fn subscribe(&mut self, channel: &str, id: Option<u64>) {
+        if !self.allowed(channel, id) {
+            return;
+        }
+        let max = self.env.policy.max_subscriptions;
+        let known = self.env.channels.lookup(channel);
+        let Endpoint::Channels(ws) = &mut self.ctl.endpoint else {
+            return;
+        };
+        let already = known.is_some_and(|i| ws.subs.contains(&i));
+        let full = !already && ws.subs.len() >= max;
+        if full || ws.held_acks as usize >= max {
+            self.env.stats.subscription_limit += 1;
+            debug!(limit = max, "subscription refused: --max-subscriptions");
+            let msg = if full {
+                format!("at most {max} subscriptions per connection")
+            } else {
+                format!("at most {max} subscribes waiting for confirmation per connection")
+            };
+            return self.error(id, ErrorCode::TooManySubscriptions, &msg);
+        }
+        let (idx, outcome) = self.env.channels.subscribe(self.key, channel, id);
+        let (Subscribed::Now { new } | Subscribed::Pending { new }) = outcome;
+        if new {
+            ws.subs.push(idx);
+        }
+        match outcome {
+            Subscribed::Now { .. } => self.reply(|v| protocol::write_ack(id, v)),
+            Subscribed::Pending { .. } => ws.held_acks += 1,
+        }
+    }
+
+    fn unsubscribe(&mut self, channel: &str, id: Option<u64>) {
+        let idx = self.env.channels.lookup(channel);
+        let Endpoint::Channels(ws) = &mut self.ctl.endpoint else {
+            return;
+        };
+        match idx.and_then(|i| ws.subs.iter().position(|&s| s == i)) {
+            Some(pos) => {
+                let idx = ws.subs.swap_remove(pos);
+                // A subscribe still waiting for confirmations is answered
+                // first: every request gets its reply, in order.
+                let held = self.env.channels.take_held_acks(self.key, idx);
+                ws.held_acks = ws.held_acks.saturating_sub(held.len() as u32);
+                for held in held {
+                    self.reply(|v| protocol::write_ack(held, v));
+                }
+                self.env.channels.unsubscribe(self.key, idx);
+                self.reply(|v| protocol::write_ack(id, v));
+            }
+            None => {
+                let msg = format!("not subscribed to \"{channel}\"");
+                self.error(id, ErrorCode::NotSubscribed, &msg);
+            }
+        }
+    }
+}
+
+/// Token bucket: refills `tokens` by the time elapsed since `refill_us` at
+/// `rate_per_us` up to `burst`, then takes one. Returns whether there was one.
+#[inline]
+fn take_token(
+    tokens: &mut f32,
+    refill_us: &mut u64,
+    now_us: u64,
+    rate_per_us: f64,
+    burst: f32,
+) -> bool {
+    let elapsed = now_us.saturating_sub(*refill_us) as f64;
+    let t = (*tokens as f64 + elapsed * rate_per_us).min(burst as f64);
+    *refill_us = now_us;
+    if t < 1.0 {
+        *tokens = t as f32;
+        return false;
+    }
+    *tokens = (t - 1.0) as f32;
+    true
+}
+
+impl Handler for ConnIo<'_> {
+    #[inline]
+    fn on_message(&mut self, kind: MessageKind, payload: &[u8]) {
+        if !self.admit(payload.len()) {
+            return;
+        }
+        if self.env.policy.failpoints {
+            match payload {
+                b"ringcast:panic" => panic!("failpoint: a handler panic requested by the client"),
+                b"ringcast:fail-core" => {
+                    self.core_hook = CoreHook::Fail;
+                    return;
+                }
+                // Echoed (on /echo) before the core stalls, so the client
+                // knows when it has.
+                b"ringcast:stall-core" => self.core_hook = CoreHook::Stall,
+                b"ringcast:resume-cores" => {
+                    self.core_hook = CoreHook::Resume;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        match self.route() {
+            Some(Route::Echo) if !self.backlogged() => {
+                self.out.write_with(&mut self.env.pool, |v| {
+                    encode_frame_into(kind.opcode(), payload, v)
+                });
+                self.env.stats.replies += 1;
+            }
+            // Framed once here; every recipient gets a reference.
+            Some(Route::Broadcast) if self.admit_publish() => {
+                let frame = Frame::new(SharedFrame::encode(kind.opcode(), payload));
+                self.env.hub.outbox.push(frame);
+            }
+            None | Some(Route::Echo | Route::Broadcast) => {}
+            Some(Route::Channels) => match kind {
+                MessageKind::Text => self.ws_message(payload),
+                MessageKind::Binary => self.error(
+                    None,
+                    ErrorCode::BinaryUnsupported,
+                    "send JSON messages as text frames",
+                ),
+            },
+        }
+    }
+
+    /// The echo unmasks while it copies the payload into its reply: one
+    /// pass over the bytes instead of two.
+    #[inline]
+    fn copy_masked(&mut self, kind: MessageKind, masked: &[u8], mask: [u8; 4]) -> Option<&[u8]> {
+        if self.route() != Some(Route::Echo) || self.backlogged() || self.env.policy.failpoints {
+            return None;
+        }
+        if !self.admit(masked.len()) {
+            return None;
+        }
+        let mut hdr = [0u8; MAX_SERVER_HEADER_LEN];
+        let h = encode_header(kind.opcode(), masked.len(), &mut hdr);
+        self.last_copy = h + masked.len();
+        self.env.stats.replies += 1;
+        let frame = self.out.write_with(&mut self.env.pool, |v| {
+            v.reserve(h + masked.len());
+            v.extend_from_slice(&hdr[..h]);
+            unmask_into(masked, mask, v);
+        });
+        frame.get(h..)
+    }
+
+    #[inline]
+    fn withdraw_copy(&mut self) {
+        self.env.stats.replies -= 1;
+        self.out.unwrite(self.last_copy, &mut self.env.pool);
+        self.last_copy = 0;
+    }
+
+    #[inline]
+    fn send_control(&mut self, opcode: OpCode, payload: &[u8]) {
+        // Close frames always go out; pongs to a peer that does not read
+        // count against its backlog like any reply.
+        if opcode != OpCode::Close && self.backlogged() {
+            return;
+        }
+        if opcode == OpCode::Pong {
+            self.pongs += 1;
+            if self.pongs > PONG_BURST
+                && self.pong_len > 0
+                && self.out.queued_bytes() == self.pong_end
+            {
+                self.out.unwrite(self.pong_len, &mut self.env.pool);
+                self.env.stats.pongs_coalesced += 1;
+            }
+        }
+        let frame = self.out.write_with(&mut self.env.pool, |v| {
+            encode_frame_into(opcode, payload, v)
+        });
+        self.pong_len = if opcode == OpCode::Pong {
+            frame.len()
+        } else {
+            0
+        };
+        self.pong_end = self.out.queued_bytes();
+    }
+
+    fn on_pong(&mut self, payload: &[u8]) {
+        let policy = &self.env.policy.heartbeat;
+        if let Some(p) = self.ctl.beat.pong(payload, self.env.now_us, policy) {
+            self.env.stats.record_rtt(p.rtt_us);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Where a request goes: the WebSocket endpoints and the plain HTTP
+//! resources, by path.
+
+use crate::ws::handshake::Target;
+
+/// An endpoint a client can upgrade on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Every message comes back to its sender with its opcode.
+    Echo,
+    /// Every message goes to every `/broadcast` client on every core.
+    Broadcast,
+    /// `/ws`: typed JSON messages, channels, publish/subscribe.
+    Channels,
+}
+
+/// A plain HTTP resource for operators, load balancers and backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// `GET /healthz`: 200 while the process serves requests at all.
+    Health,
+    /// `GET /readyz`: 200 once every core listens, 503 once draining.
+    Ready,
+    /// `GET /metrics`: every core's counters, Prometheus text format.
+    Metrics,
+    /// `POST /api/publish`: publish to channels from a backend.
+    Publish,
+    /// `GET /api/channels`: channels and subscriber counts, all cores.
+    ChannelList,
+}
+
+impl Route {
+    /// Maps a request path to an endpoint.
+    pub fn from_path(path: &str) -> Option<Route> {
+        match path {
+            "/echo" => Some(Route::Echo),
+            "/broadcast" => Some(Route::Broadcast),
+            "/ws" => Some(Route::Channels),
+            _ => None,
+        }
+    }
+
+    /// Maps a request path to a WebSocket endpoint or an HTTP resource.
+    pub fn target(path: &str) -> Option<Target<Route, Resource>> {
+        match path {
+            "/healthz" => Some(Target::Http(Resource::Health)),
+            "/readyz" => Some(Target::Http(Resource::Ready)),
+            "/metrics" => Some(Target::Http(Resource::Metrics)),
+            "/api/publish" => Some(Target::Http(Resource::Publish)),
+            "/api/channels" => Some(Target::Http(Resource::ChannelList)),
+            _ => Route::from_path(path).map(Target::WebSocket),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Per-connection building blocks that know nothing of sockets or
+//! endpoints: a connection's identity, frames encoded once and shared by
+//! reference, and the bounded out-queue a connection's bytes wait in.
+//!
+//! Above the protocol (`ws`) and the ring (`io`); below fan-out (`hub`),
+//! which only ever sees [`ConnKey`]s and [`OutQueue`]s.
+
+pub mod frame;
+pub mod key;
+pub mod outq;
+
+pub use frame::{Frame, SharedFrame};
+pub use key::ConnKey;
+pub use outq::{BufPool, OutQueue};

@@ -1,0 +1,60 @@
+//! What a core shares with the main thread (and an embedding program): the
+//! shutdown flags, every core's doorbell, every core's published counters.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::metrics;
+use crate::hub::mesh::{self, Doorbells};
+
+/// What the main thread and the cores share: the shutdown flag and each
+/// core's doorbell. The flag is read once per loop pass (a read-shared cache
+/// line); nothing else here is touched on the data path.
+pub struct Control {
+    pub shutdown: AtomicBool,
+    /// Set with `shutdown` when a core failed: the others close their
+    /// connections with 1012 (service restart) instead of 1001, since the
+    /// process is about to exit for its service manager to restart it.
+    pub restart: AtomicBool,
+    /// Set on SIGTERM, before `shutdown` (which waits `--drain-delay`):
+    /// readiness is withdrawn first.
+    pub draining: AtomicBool,
+    pub bells: Doorbells,
+    /// Each core's published counters (written only by that core).
+    pub metrics: Box<[metrics::CoreMetrics]>,
+}
+
+impl Control {
+    /// Control block for `cores` cores (one eventfd each for the
+    /// doorbells).
+    pub fn new(cores: usize) -> io::Result<Arc<Control>> {
+        Ok(Arc::new(Control {
+            shutdown: AtomicBool::new(false),
+            restart: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            bells: mesh::doorbells(cores)?,
+            metrics: (0..cores)
+                .map(|_| metrics::CoreMetrics::default())
+                .collect(),
+        }))
+    }
+
+    /// Ready for traffic: every core listens and no drain has begun.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+            && !self.shutdown.load(Ordering::Relaxed)
+            && self
+                .metrics
+                .iter()
+                .all(|m| m.listening.load(Ordering::Relaxed))
+    }
+
+    /// Asks every core to shut down and wakes the ones that sleep.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for bell in self.bells.iter() {
+            bell.ring();
+        }
+    }
+}

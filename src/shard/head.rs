@@ -1,0 +1,195 @@
+//! A connection's request head: collected across reads if it comes in
+//! pieces, parsed, and acted on — upgrade, refusal, `100 Continue`, an
+//! operator resource, an API answer.
+
+use tracing::debug;
+
+use super::slab::{Conn, Phase};
+use super::{metrics, Shard, ShardConfig};
+use crate::app::requests::{self, HeadOutcome, HttpRequest, RefusedBy};
+use crate::app::{auth, ConnCtl, Endpoint, Env, Resource, Route};
+use crate::conn::ConnKey;
+use crate::io::bufring::RecvBuf;
+use crate::ws::handshake::{self, Parsed, Progress, Refusal};
+use crate::ws::Session;
+
+/// Parses what a handshaking connection has sent so far (`data`: this
+/// read). A head that came in pieces is collected in the connection; it
+/// stays bounded because the parser refuses anything past
+/// `--max-header-bytes` (431) and `--max-body-bytes` (413).
+pub(super) fn parse(conn: &mut Conn, cfg: &ShardConfig, env: &mut Env, data: &[u8]) -> HeadOutcome {
+    let Phase::Handshake(head) = &mut conn.phase else {
+        return HeadOutcome::Nothing;
+    };
+    let (max_head, max_body) = (cfg.max_header_bytes, cfg.max_body_bytes);
+    let buffered = !head.is_empty();
+    if buffered {
+        head.extend_from_slice(data);
+    }
+    let buf: &[u8] = if buffered { head } else { data };
+    let access = &cfg.access;
+    let outcome = match handshake::parse_http(buf, max_head, max_body, Route::target) {
+        Ok(Progress::Partial) => HeadOutcome::Nothing,
+        Ok(Progress::AwaitingBody {
+            continue_expected,
+            resource,
+            method,
+            creds,
+        }) => {
+            let scratch = &mut env.scratch;
+            let refused = requests::precheck(access, resource, method, &creds, scratch)
+                .or_else(|| requests::body_not_wanted(resource, scratch));
+            if let Some(refused) = refused {
+                refused
+            } else if continue_expected && !conn.continue_sent {
+                conn.continue_sent = true;
+                HeadOutcome::Continue
+            } else {
+                HeadOutcome::Nothing
+            }
+        }
+        Ok(Progress::Done(Parsed::Upgrade { upgrade, creds })) => {
+            // Where the frames after the head start in this read.
+            let after_head = buf.len() - upgrade.head_len;
+            requests::admit(access, upgrade, &creds, data.len() - after_head)
+        }
+        Ok(Progress::Done(Parsed::Http {
+            resource,
+            method,
+            body,
+            creds,
+            ..
+        })) => {
+            let req = HttpRequest {
+                resource,
+                method,
+                body,
+                creds,
+            };
+            requests::request(access, env, req)
+        }
+        Err(r) => HeadOutcome::Refuse(r, RefusedBy::Protocol),
+    };
+    if !buffered && matches!(outcome, HeadOutcome::Nothing | HeadOutcome::Continue) {
+        if let Phase::Handshake(head) = &mut conn.phase {
+            head.extend_from_slice(data);
+        }
+    }
+    outcome
+}
+
+impl Shard {
+    /// Acts on a request head once its bytes are no longer borrowed.
+    pub(super) fn after_head(&mut self, key: ConnKey, outcome: HeadOutcome, buf: &RecvBuf) {
+        match outcome {
+            HeadOutcome::Nothing => {}
+            HeadOutcome::Continue => {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.out.write_with(&mut self.env.pool, |v| {
+                        v.extend_from_slice(handshake::CONTINUE)
+                    });
+                    self.mark_dirty(key);
+                }
+            }
+            HeadOutcome::Upgrade(up, claims, from) => self.upgrade(key, up, claims, buf, from),
+            HeadOutcome::Refuse(r, by) => {
+                match by {
+                    RefusedBy::Protocol => self.stats.refused += 1,
+                    RefusedBy::Token => self.stats.unauthorized += 1,
+                    RefusedBy::Origin => self.stats.forbidden_origin += 1,
+                }
+                debug!(
+                    core = self.id,
+                    status = r.status,
+                    reason = r.reason,
+                    "handshake refused"
+                );
+                self.refuse(key, r);
+            }
+            HeadOutcome::Respond => self.respond(key),
+            HeadOutcome::Resource(r) => self.answer_http(key, r),
+            HeadOutcome::Query => self.start_query(key),
+        }
+    }
+
+    /// Answers a plain HTTP resource and closes the connection after it
+    /// (anything the client sent after the request head is ignored).
+    fn answer_http(&mut self, key: ConnKey, resource: Resource) {
+        self.stats.http_requests += 1;
+        // The scrape includes this core's latest counts.
+        self.publish_metrics();
+        let control = &self.control;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.write_with(&mut self.env.pool, |v| match resource {
+            Resource::Health => handshake::write_ok("text/plain; charset=utf-8", b"ok\n", v),
+            Resource::Ready if control.ready() => {
+                handshake::write_ok("text/plain; charset=utf-8", b"ready\n", v)
+            }
+            Resource::Ready => Refusal {
+                status: 503,
+                reason: "not ready: starting or draining",
+            }
+            .write_response(v),
+            Resource::Metrics => handshake::write_ok(
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(&control.metrics).as_bytes(),
+                v,
+            ),
+            // Answered in `requests` before they get here.
+            Resource::Publish | Resource::ChannelList => {
+                handshake::write_response(500, "text/plain", "", b"misrouted\n", v)
+            }
+        });
+        self.linger(key);
+    }
+
+    fn upgrade(
+        &mut self,
+        key: ConnKey,
+        up: handshake::Upgrade<Route>,
+        claims: Option<auth::Claims>,
+        buf: &RecvBuf,
+        rest_from: usize,
+    ) {
+        let limits = self.cfg.limits;
+        let max = self.max_open;
+        if max > 0 && self.open_ws >= max {
+            self.stats.over_capacity += 1;
+            debug!(
+                core = self.id,
+                limit = max,
+                "upgrade refused: --max-connections (503)"
+            );
+            return self.refuse(
+                key,
+                Refusal {
+                    status: 503,
+                    reason: "server at its connection limit; retry later",
+                },
+            );
+        }
+        let core_header = self.core_header.as_bytes();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.write_with(&mut self.env.pool, |v| {
+            up.write_response_with(core_header, v)
+        });
+        conn.phase = Phase::Open(Session::new(limits));
+        conn.deadline = None;
+        conn.ctl = ConnCtl::open(up.route, claims, &self.env.policy, self.env.now_us);
+        if let Endpoint::Broadcast { slot } = &mut conn.ctl.endpoint {
+            *slot = Some(self.env.hub.subscribe(key));
+        }
+        self.open_ws += 1;
+        self.stats.upgraded += 1;
+        self.schedule(key);
+        self.mark_dirty(key);
+        if rest_from < buf.len() {
+            // Pipelined frames in the same read as the request head.
+            self.feed_rest(key, buf, rest_from);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Receiving: multishot receives into the ring's provided buffers, bytes
+//! parsed in place and the buffer handed straight back; reads paused while
+//! a peer core is congested.
+
+use std::panic::{self, AssertUnwindSafe};
+
+use io_uring::{cqueue, opcode, types};
+use tracing::{error, warn};
+
+use super::slab::{token, untoken, Conn, Op, Phase};
+use super::Shard;
+use crate::app::requests::HeadOutcome;
+use crate::app::{ConnIo, CoreHook, Env};
+use crate::conn::ConnKey;
+use crate::hub::mesh::{self, Mesh};
+use crate::io::bufring::RecvBuf;
+use crate::ws::State;
+use std::os::fd::AsRawFd;
+
+/// What parsing one read led to, acted on once the buffer is released.
+enum DataOutcome {
+    Nothing,
+    Fed(Fed),
+    Head(HeadOutcome),
+}
+
+/// What feeding an open connection's bytes led to.
+#[derive(Clone, Copy)]
+pub(super) struct Fed {
+    /// The session entered `AwaitingClose` or `Done`.
+    changed: Option<State>,
+    overflowed: bool,
+    rate_limited: bool,
+    publish_limited: bool,
+    /// The bytes made cross-core traffic (a broadcast, a channel publish or
+    /// interest): the connection counts as a publisher from now on.
+    published: bool,
+    /// Test hook the client asked for.
+    core_hook: CoreHook,
+}
+
+/// Feeds `data` to an open connection's session through its handler.
+/// `None` if the connection is not open.
+pub(super) fn feed_open(
+    key: ConnKey,
+    conn: &mut Conn,
+    env: &mut Env,
+    data: &mut [u8],
+) -> Option<Fed> {
+    let Phase::Open(session) = &mut conn.phase else {
+        return None;
+    };
+    let mesh_before = env.mesh_traffic();
+    let before = session.state();
+    let mut io = ConnIo::new(key, &mut conn.out, &mut conn.ctl, env);
+    let after = session.feed(data, &mut io);
+    let fed = Fed {
+        changed: (after != before).then_some(after),
+        overflowed: io.overflowed,
+        rate_limited: io.rate_limited,
+        publish_limited: io.publish_limited,
+        published: false,
+        core_hook: io.core_hook,
+    };
+    Some(Fed {
+        published: env.mesh_traffic() > mesh_before,
+        ..fed
+    })
+}
+
+impl Shard {
+    pub(super) fn arm_recv(&mut self, key: ConnKey) {
+        let Some(group) = self.ring.buffers().map(|b| b.group()) else {
+            return self.abort(key);
+        };
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let sqe = opcode::RecvMulti::new(types::Fd(c.fd.as_raw_fd()), group)
+            .build()
+            .user_data(token(Op::Recv, key));
+        c.recv_armed = true;
+        // SAFETY: the kernel writes into provided buffers the ring owns.
+        if let Err(e) = unsafe { self.ring.push(&sqe) } {
+            warn!(core = self.id, "arming recv: {e}");
+            c.recv_armed = false;
+            self.abort(key);
+        }
+    }
+
+    pub(super) fn rearm_recvs(&mut self) {
+        while let Some(key) = self.rearm.pop() {
+            let wants = self
+                .conns
+                .get_mut(key)
+                .is_some_and(|c| !c.recv_armed && !c.paused && !matches!(c.phase, Phase::Closing));
+            if wants {
+                self.arm_recv(key);
+            }
+        }
+    }
+
+    pub(super) fn on_recv(&mut self, cqe: cqueue::Entry) {
+        let (_, key) = untoken(cqe.user_data());
+        let res = cqe.result();
+        let flags = cqe.flags();
+        let more = cqueue::more(flags);
+        // Where this completion's bytes are; the buffer goes back to the
+        // kernel after them unless the kernel is still filling it.
+        let buf = cqueue::buffer_select(flags).and_then(|bid| {
+            let bufs = self.ring.buffers()?;
+            Some(bufs.claim(bid, res.max(0) as usize, cqueue::buffer_more(flags)))
+        });
+        let Some(conn) = self.conns.get_mut(key) else {
+            if let Some(buf) = buf {
+                self.release_buf(buf);
+            }
+            return;
+        };
+        if !more {
+            conn.recv_armed = false;
+        }
+        let lingering = matches!(conn.phase, Phase::Lingering);
+        let answering = matches!(conn.phase, Phase::Answering);
+        if res <= 0 {
+            if let Some(buf) = buf {
+                self.release_buf(buf);
+            }
+            let paused = self.conns.get_mut(key).is_some_and(|c| c.paused);
+            if res == -libc::ECANCELED && paused {
+                // Paused while a peer is congested: re-armed when it drains.
+            } else if res == -libc::ENOBUFS {
+                // The core ran out of receive buffers: pick up again once
+                // this pass has recycled some.
+                self.rearm.push(key);
+            } else if lingering && res == 0 {
+                self.release_after_flush(key);
+            } else if res == 0 && answering {
+                // A complete request whose answer the other cores are
+                // still gathering: the peer has simply finished sending.
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.peer_fin = true;
+                }
+            } else {
+                // EOF or error: the peer is gone.
+                self.abort(key);
+            }
+            if !more {
+                self.maybe_release(key);
+            }
+            return;
+        }
+        let Some(buf) = buf else { return };
+        // A bug reachable from one client's bytes must cost that client its
+        // connection, not the core its other connections: the input is
+        // handled under catch_unwind (release builds unwind, see
+        // Cargo.toml), and a panic drops just this connection.
+        let handled = panic::catch_unwind(AssertUnwindSafe(|| self.on_data(key, &buf)));
+        if handled.is_err() {
+            self.stats.handler_panics += 1;
+            error!(
+                core = self.id,
+                "panic while handling a connection's input; that connection is dropped"
+            );
+            self.abort(key);
+        }
+        self.release_buf(buf);
+        self.pause_if_congested(key);
+        if !more {
+            self.rearm.push(key);
+            self.maybe_release(key);
+        }
+    }
+
+    fn release_buf(&mut self, buf: RecvBuf) {
+        if self.ring.buffers().is_some_and(|b| b.release(buf)) {
+            self.recycled = true;
+        }
+    }
+
+    fn on_data(&mut self, key: ConnKey, buf: &RecvBuf) {
+        let Shard {
+            conns,
+            ring,
+            env,
+            cfg,
+            ..
+        } = &mut *self;
+        let (Some(conn), Some(bufs)) = (conns.get_mut(key), ring.buffers()) else {
+            return;
+        };
+        let data = bufs.get(buf);
+        let outcome = match conn.phase {
+            Phase::Open(_) => match feed_open(key, conn, env, data) {
+                Some(fed) => DataOutcome::Fed(fed),
+                None => DataOutcome::Nothing,
+            },
+            Phase::Handshake(_) => DataOutcome::Head(super::head::parse(conn, cfg, env, data)),
+            Phase::Answering | Phase::Lingering | Phase::Closing => DataOutcome::Nothing,
+        };
+        match outcome {
+            DataOutcome::Fed(fed) => self.after_feed(key, fed),
+            DataOutcome::Head(h) => self.after_head(key, h, buf),
+            DataOutcome::Nothing => {}
+        }
+    }
+
+    /// Feeds what follows the request head in the same read (pipelined
+    /// frames) to a connection that was just upgraded.
+    pub(super) fn feed_rest(&mut self, key: ConnKey, buf: &RecvBuf, from: usize) {
+        let Shard {
+            conns, ring, env, ..
+        } = &mut *self;
+        let (Some(conn), Some(bufs)) = (conns.get_mut(key), ring.buffers()) else {
+            return;
+        };
+        let data = bufs.get(buf);
+        let Some(rest) = data.get_mut(from..) else {
+            return;
+        };
+        if let Some(fed) = feed_open(key, conn, env, rest) {
+            self.after_feed(key, fed);
+        }
+    }
+
+    /// Acts on what parsing a read led to.
+    pub(super) fn after_feed(&mut self, key: ConnKey, fed: Fed) {
+        if fed.published {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.publisher = true;
+            }
+        }
+        if fed.core_hook != CoreHook::None {
+            self.core_hook = fed.core_hook;
+        }
+        if let Some(state) = fed.changed {
+            self.session_changed(key, state);
+        }
+        if fed.overflowed {
+            self.overflow.push(key);
+        }
+        use crate::ws::CloseCode;
+        if fed.publish_limited
+            && self.close_open(key, CloseCode::POLICY, "publish rate limit exceeded", false)
+        {
+            self.stats.rate_limit_closes += 1;
+            tracing::debug!(core = self.id, "closed for publish rate (1008)");
+        }
+        if fed.rate_limited
+            && self.close_open(key, CloseCode::POLICY, "message rate limit exceeded", false)
+        {
+            self.stats.rate_limit_closes += 1;
+            tracing::debug!(core = self.id, "closed for message rate (1008)");
+        }
+        if self.conns.get_mut(key).is_some_and(|c| c.out.has_unsent()) {
+            self.mark_dirty(key);
+        }
+    }
+
+    /// Follows the mesh's congestion: on entering it, connections that
+    /// publish cross-core traffic get their reads paused as their next
+    /// bytes arrive (see [`Shard::pause_if_congested`]); on leaving it, they
+    /// are re-armed. Everyone else is read throughout, so pongs and close
+    /// replies of subscribers keep flowing while a peer catches up.
+    pub(super) fn check_congestion(&mut self) {
+        let congested = self.mesh.as_ref().is_some_and(Mesh::congested);
+        if congested && !self.congested {
+            self.stats.congestion_episodes += 1;
+            warn!(
+                core = self.id,
+                "a peer core is {} frames behind: pausing reads from publishing connections",
+                mesh::BACKLOG_PAUSE
+            );
+        }
+        if !congested && self.congested {
+            for key in std::mem::take(&mut self.paused) {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.paused = false;
+                    self.rearm.push(key);
+                }
+            }
+        }
+        self.congested = congested;
+    }
+
+    /// While congested, stops reading from a connection that publishes
+    /// cross-core traffic: its multishot receive is cancelled, its bytes
+    /// wait in the kernel (TCP pushes back on the client), and the backlog
+    /// can only grow by what was already received.
+    fn pause_if_congested(&mut self, key: ConnKey) {
+        if !self.congested {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !c.publisher || c.paused || matches!(c.phase, Phase::Closing) {
+            return;
+        }
+        c.paused = true;
+        self.paused.push(key);
+        if c.recv_armed {
+            let sqe = opcode::AsyncCancel::new(token(Op::Recv, key))
+                .build()
+                .user_data(token(Op::Ignore, key));
+            // SAFETY: a cancellation references no memory.
+            if let Err(e) = unsafe { self.ring.push(&sqe) } {
+                warn!(core = self.id, "cancelling a receive: {e}");
+            }
+        }
+    }
+}

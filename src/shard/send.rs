@@ -1,0 +1,90 @@
+//! Sending: one send per connection per pass covering everything it has
+//! queued (`send` for one buffer, `sendmsg` with pooled headers for more),
+//! and what a finished send leads to.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+
+use io_uring::{opcode, types};
+
+use super::slab::{token, Op, Phase, SendMsg};
+use super::Shard;
+use crate::conn::ConnKey;
+
+impl Shard {
+    /// Sends what every listed connection has queued; shuts down the write
+    /// side of those that asked for it once flushed.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.out.sending() || matches!(conn.phase, Phase::Closing) {
+                continue;
+            }
+            if !conn.out.has_unsent() {
+                if conn.fin_after_flush {
+                    conn.fin_after_flush = false;
+                    // An error only means the peer is gone already.
+                    let _ = socket2::SockRef::from(&conn.fd).shutdown(Shutdown::Write);
+                }
+                if conn.peer_fin {
+                    // Everything went out, and the peer had finished.
+                    self.release(key);
+                }
+                continue;
+            }
+            // Gathered into the core's scratch iovecs first: a single buffer
+            // needs no header (most sends), so one is taken only for more.
+            let n = conn.out.prepare_send(&mut self.iov[..]);
+            let fd = types::Fd(conn.fd.as_raw_fd());
+            let sqe = if n == 1 {
+                let iov = self.iov[0];
+                opcode::Send::new(fd, iov.iov_base as *const u8, iov.iov_len as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            } else {
+                let mut msg = self.sendmsgs.pop().unwrap_or_else(SendMsg::new);
+                msg.iov[..n].copy_from_slice(&self.iov[..n]);
+                msg.hdr.msg_iov = msg.iov.as_mut_ptr();
+                msg.hdr.msg_iovlen = n;
+                let sqe = opcode::SendMsg::new(fd, &msg.hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build();
+                conn.sendmsg = Some(msg);
+                sqe
+            };
+            self.stats.sends += 1;
+            // SAFETY: the iovecs point into chunks the queue keeps unmoved
+            // while `sending()`, and the msghdr is boxed in the connection
+            // until the completion.
+            unsafe { self.ring.push(&sqe.user_data(token(Op::Send, key)))? };
+        }
+        self.dirty = dirty;
+        Ok(())
+    }
+
+    pub(super) fn on_send(&mut self, key: ConnKey, res: i32) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(m) = conn.sendmsg.take() {
+            self.sendmsgs.push(m);
+        }
+        if res < 0 {
+            conn.out.clear(&mut self.env.pool);
+            self.abort(key);
+            self.maybe_release(key);
+            return;
+        }
+        self.stats.bytes_out += res as u64;
+        conn.out.complete_send(res as usize, &mut self.env.pool);
+        if conn.out.has_unsent() || conn.fin_after_flush || conn.peer_fin {
+            self.mark_dirty(key);
+        }
+        self.maybe_release(key);
+    }
+}

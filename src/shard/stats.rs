@@ -1,0 +1,68 @@
+//! A core's counters and gauges.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::app::MsgStats;
+
+/// Per-core counters and gauges (plain integers: only this core writes
+/// them). `Pod`, so the metrics block copies it word by word: the derive
+/// refuses to compile if a field ever adds padding or a non-integer.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy, Pod, Zeroable)]
+pub struct Stats {
+    pub accepted: u64,
+    pub upgraded: u64,
+    pub refused: u64,
+    pub closed: u64,
+    pub deliveries: u64,
+    pub slow_consumer_closes: u64,
+    pub sends: u64,
+    pub enters: u64,
+    pub turns: u64,
+    /// Plain HTTP requests answered (health, readiness, metrics, API).
+    pub http_requests: u64,
+    /// Upgrades refused: 401 (token), 403 (origin), 503 (connection limit).
+    pub unauthorized: u64,
+    pub forbidden_origin: u64,
+    pub over_capacity: u64,
+    /// Connections closed with 1008 for their message rate.
+    pub rate_limit_closes: u64,
+    /// Connections closed with 1011 after missed pongs.
+    pub heartbeat_closes: u64,
+    /// Connections closed for sending nothing within the idle timeout.
+    pub idle_closes: u64,
+    /// Times the loop slept (blocked in its ring with nothing to do).
+    pub sleeps: u64,
+    /// Times a peer core's backlog reached the pause mark (episodes).
+    pub congestion_episodes: u64,
+    /// Messages dropped for a core that had stopped.
+    pub mesh_dropped: u64,
+    /// Connections that became suspect (missed pongs), ever.
+    pub suspects_total: u64,
+    /// Pings sent.
+    pub pings: u64,
+    /// Panics caught while handling one connection's input (that
+    /// connection was dropped; the core went on).
+    pub handler_panics: u64,
+    /// Bytes the kernel accepted from our sends.
+    pub bytes_out: u64,
+    /// Gauges, refreshed about once a second: suspect connections now,
+    /// unsent bytes queued over all connections.
+    pub suspects: u64,
+    pub send_queue_bytes: u64,
+    /// Gauge: memory held by all send queues (what the bound counts).
+    pub send_queue_memory: u64,
+    /// Gauges: frames waiting for room in peers' rings; connections whose
+    /// reads are paused while a peer is congested.
+    pub mesh_backlog: u64,
+    pub paused_connections: u64,
+    /// Gauges: free `sendmsg` headers and pooled send-buffer bytes kept
+    /// for reuse (both freed once unused for a second).
+    pub sendmsg_headers: u64,
+    pub send_pool_bytes: u64,
+    /// Gauges: channel entries and local subscriptions.
+    pub channels: u64,
+    pub subscriptions: u64,
+    /// Counters of the connections' messages.
+    pub msg: MsgStats,
+}
