@@ -17,6 +17,7 @@
 pub mod app;
 pub mod config;
 pub mod conn;
+pub mod http;
 pub mod hub;
 pub mod io;
 pub mod runtime;

@@ -7,7 +7,7 @@
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-use crate::ws::handshake::Origin;
+use crate::http::Origin;
 
 /// Seconds a token is still accepted after its `exp`, and before its `nbf`,
 /// for clock skew between the issuer and this host; small, so a revoked

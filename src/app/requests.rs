@@ -11,8 +11,9 @@ use tracing::debug;
 use super::handler::Env;
 use super::{api, auth, protocol, MsgStats, Resource, Route};
 use crate::conn::Frame;
+use crate::http::{self, Credentials, Method, Refusal};
 use crate::hub::channels::Channels;
-use crate::ws::handshake::{self, Credentials, Method, Refusal, Upgrade};
+use crate::ws::handshake::Upgrade;
 
 /// Who may connect and who may use the API (read-only, shared by the
 /// cores).
@@ -196,11 +197,11 @@ fn publish(channels: &mut Channels, stats: &mut MsgStats, body: &[u8], out: &mut
     stats.publishes += batch.len() as u64;
     let mut body = Vec::new();
     api::write_published_body(batch.len(), &mut body);
-    handshake::write_response(200, "application/json", "", &body, out);
+    http::write_response(200, "application/json", "", &body, out);
 }
 
 fn json_error(status: u16, extra: &str, code: &str, message: &str, out: &mut Vec<u8>) {
     let mut body = Vec::new();
     api::write_error_body(code, message, &mut body);
-    handshake::write_response(status, "application/json", extra, &body, out);
+    http::write_response(status, "application/json", extra, &body, out);
 }

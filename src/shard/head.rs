@@ -9,8 +9,9 @@ use super::{metrics, Shard, ShardConfig};
 use crate::app::requests::{self, HeadOutcome, HttpRequest, RefusedBy};
 use crate::app::{auth, ConnCtl, Endpoint, Env, Resource, Route};
 use crate::conn::ConnKey;
+use crate::http::{self, Refusal};
 use crate::io::bufring::RecvBuf;
-use crate::ws::handshake::{self, Parsed, Progress, Refusal};
+use crate::ws::handshake::{self, Parsed, Progress};
 use crate::ws::Session;
 
 /// Parses what a handshaking connection has sent so far (`data`: this
@@ -85,9 +86,8 @@ impl Shard {
             HeadOutcome::Nothing => {}
             HeadOutcome::Continue => {
                 if let Some(conn) = self.conns.get_mut(key) {
-                    conn.out.write_with(&mut self.env.pool, |v| {
-                        v.extend_from_slice(handshake::CONTINUE)
-                    });
+                    conn.out
+                        .write_with(&mut self.env.pool, |v| v.extend_from_slice(http::CONTINUE));
                     self.mark_dirty(key);
                 }
             }
@@ -123,23 +123,23 @@ impl Shard {
             return;
         };
         conn.out.write_with(&mut self.env.pool, |v| match resource {
-            Resource::Health => handshake::write_ok("text/plain; charset=utf-8", b"ok\n", v),
+            Resource::Health => http::write_ok("text/plain; charset=utf-8", b"ok\n", v),
             Resource::Ready if control.ready() => {
-                handshake::write_ok("text/plain; charset=utf-8", b"ready\n", v)
+                http::write_ok("text/plain; charset=utf-8", b"ready\n", v)
             }
             Resource::Ready => Refusal {
                 status: 503,
                 reason: "not ready: starting or draining",
             }
             .write_response(v),
-            Resource::Metrics => handshake::write_ok(
+            Resource::Metrics => http::write_ok(
                 "text/plain; version=0.0.4; charset=utf-8",
                 metrics::render(&control.metrics).as_bytes(),
                 v,
             ),
             // Answered in `requests` before they get here.
             Resource::Publish | Resource::ChannelList => {
-                handshake::write_response(500, "text/plain", "", b"misrouted\n", v)
+                http::write_response(500, "text/plain", "", b"misrouted\n", v)
             }
         });
         self.linger(key);

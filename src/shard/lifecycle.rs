@@ -13,7 +13,7 @@ use super::slab::{Phase, NO_TICK};
 use super::Shard;
 use crate::app::{ConnIo, Endpoint};
 use crate::conn::ConnKey;
-use crate::ws::handshake::Refusal;
+use crate::http::Refusal;
 use crate::ws::{CloseCode, State};
 
 impl Shard {

@@ -10,8 +10,8 @@ use super::slab::Phase;
 use super::Shard;
 use crate::app::api;
 use crate::conn::ConnKey;
+use crate::http;
 use crate::hub::MeshMsg;
-use crate::ws::handshake;
 
 /// `/api/channels` requests waiting for other cores' answers.
 #[derive(Default)]
@@ -86,7 +86,7 @@ impl Shard {
         let mut body = Vec::new();
         api::write_channels_body(&list, &mut body);
         self.env.scratch.clear();
-        handshake::write_response(200, "application/json", "", &body, &mut self.env.scratch);
+        http::write_response(200, "application/json", "", &body, &mut self.env.scratch);
         self.respond(q.key);
     }
 

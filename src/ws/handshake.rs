@@ -1,77 +1,16 @@
-//! The opening handshake (RFC 6455 §4.2): parse an HTTP/1.1 upgrade request
-//! head without allocating, then answer with `101 Switching Protocols` or a
-//! precise refusal. The same parser also takes plain HTTP API requests with
-//! a `Content-Length` body ([`parse_http`]), so one connection-accepting path
-//! serves both.
+//! The opening handshake (RFC 6455 §4.2) on top of an HTTP/1.1 request head
+//! parsed by [`crate::http`]: check the upgrade and answer with `101
+//! Switching Protocols` or a precise refusal. Requests for plain HTTP
+//! resources take the same path with their `Content-Length` body
+//! ([`parse_http`]), so one connection-accepting path serves both.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
-/// Headers a request may carry before it is refused with 431.
-const MAX_HEADERS: usize = 64;
+use crate::http::request::{has_token, parse_head, target_path, trim, Framing, Head, MAX_HEADERS};
+use crate::http::{refuse, Credentials, Method, Refusal};
+
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// The interim response for a client that sent `Expect: 100-continue`.
-pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// A refused handshake: the HTTP status and a short reason for the body and
-/// the debug log. The connection is closed after the response is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub reason: &'static str,
-}
-
-const fn refuse(status: u16, reason: &'static str) -> Refusal {
-    Refusal { status, reason }
-}
-
-/// The reason phrase for a status line. Clients ignore it, so unknown codes
-/// get a generic one (an empty phrase is valid HTTP/1.1 below 400).
-fn status_text(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ if status >= 400 => "Error",
-        _ => "",
-    }
-}
-
-impl Refusal {
-    /// Appends the full HTTP response (status line, headers, plain-text body).
-    pub fn write_response(&self, out: &mut Vec<u8>) {
-        let extra = match self.status {
-            401 => "WWW-Authenticate: Bearer\r\n",
-            405 => "Allow: GET\r\n",
-            426 => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
-            _ => "",
-        };
-        // The body is the reason plus a newline, written in place rather
-        // than concatenated into a temporary.
-        let len = self.reason.len() + 1;
-        write_head(self.status, "text/plain; charset=utf-8", extra, len, out);
-        out.extend_from_slice(self.reason.as_bytes());
-        out.push(b'\n');
-    }
-}
 
 /// A valid upgrade request, routed.
 #[derive(Debug, PartialEq, Eq)]
@@ -117,40 +56,6 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
-}
-
-/// Whether a comma-separated header value contains `token` (ASCII
-/// case-insensitive), as `Connection: keep-alive, Upgrade` does.
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// The path of a request target, without query or fragment; absolute-form
-/// targets (`http://host/path`) are reduced to their path.
-fn target_path(target: &str) -> &str {
-    let mut t = target;
-    if let Some(rest) = t
-        .strip_prefix("http://")
-        .or_else(|| t.strip_prefix("https://"))
-    {
-        t = rest.find('/').map_or("/", |i| &rest[i..]);
-    }
-    let end = t.find(['?', '#']).unwrap_or(t.len());
-    &t[..end]
-}
-
 /// Parses an upgrade request from the start of `buf`.
 ///
 /// Returns `Ok(None)` while the head is incomplete and still within
@@ -183,51 +88,6 @@ pub enum Request<W, H> {
     Upgrade(Upgrade<W>),
     /// A plain `GET` of an HTTP resource; the head is `head_len` bytes.
     Get { resource: H, head_len: usize },
-}
-
-/// A complete request head as httparse left it, borrowed from the buffer.
-struct Head<'h, 'a> {
-    method: &'a str,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
-    version: u8,
-    target: &'a str,
-    headers: &'h [httparse::Header<'a>],
-    len: usize,
-}
-
-/// Parses the request head (size and syntax checks only); `Ok(None)` while
-/// it is incomplete and still under `max_head`. `headers` is the caller's
-/// stack array, so nothing is allocated.
-fn parse_head<'h, 'a>(
-    buf: &'a [u8],
-    max_head: usize,
-    headers: &'h mut [httparse::Header<'a>],
-) -> Result<Option<Head<'h, 'a>>, Refusal> {
-    let mut req = httparse::Request::new(headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() >= max_head {
-                return Err(refuse(431, "request head too large"));
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(refuse(431, "too many request headers"))
-        }
-        Err(_) => return Err(refuse(400, "malformed HTTP request")),
-    };
-    if len > max_head {
-        return Err(refuse(431, "request head too large"));
-    }
-    // A complete parse always sets method, path and version.
-    Ok(Some(Head {
-        method: req.method.unwrap_or(""),
-        version: req.version.unwrap_or(0),
-        target: req.path.unwrap_or("/"),
-        headers: req.headers,
-        len,
-    }))
 }
 
 /// The request line of an upgrade: `GET` over HTTP/1.1 (RFC 6455 §4.1).
@@ -327,127 +187,6 @@ pub fn parse_any<R, H>(
     }
 }
 
-/// A request method. Only those an API resource may plausibly accept are
-/// named; the caller answers 405 for the rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Head,
-    Post,
-    Put,
-    Delete,
-    Other,
-}
-
-impl Method {
-    /// Methods are case-sensitive (RFC 9110 §9.1): `get` is `Other`.
-    fn from_token(m: &str) -> Self {
-        match m {
-            "GET" => Self::Get,
-            "HEAD" => Self::Head,
-            "POST" => Self::Post,
-            "PUT" => Self::Put,
-            "DELETE" => Self::Delete,
-            _ => Self::Other,
-        }
-    }
-}
-
-/// The `Origin` header of a request, as presented. "No header" and "a
-/// header with nothing usable in it" are kept apart: the first is a
-/// non-browser client, the second is no browser at all and must not pass an
-/// allow-list as if it were absent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Origin<'a> {
-    /// No `Origin` header.
-    #[default]
-    Absent,
-    /// One `Origin` header with a non-empty UTF-8 value, trimmed.
-    Value(&'a str),
-    /// An `Origin` header that is empty (or only whitespace), not UTF-8
-    /// (obs-text), or repeated (RFC 6454 §7.3 allows one): nothing a
-    /// browser sends.
-    Malformed,
-}
-
-/// What a client presented; all borrowed from the request head, nothing
-/// allocated. Empty token and key values count as absent; an empty
-/// `Origin` does not (see [`Origin`]). Nothing is verified here: the
-/// caller checks tokens and origins against its configuration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Credentials<'a> {
-    /// `Origin` header (browsers always send it on WebSocket upgrades).
-    pub origin: Origin<'a>,
-    /// `Authorization: Bearer <token>` (scheme matched case-insensitively).
-    pub bearer: Option<&'a str>,
-    /// `?token=` query parameter of the request target (first occurrence;
-    /// `token` must be a whole parameter name, not `xtoken=`). Browsers
-    /// cannot set headers on WebSocket upgrades, hence the query form. Not
-    /// percent-decoded: JWTs and hex or base64url keys never need escaping.
-    pub query_token: Option<&'a str>,
-    /// `X-Api-Key` header.
-    pub api_key: Option<&'a str>,
-}
-
-impl<'a> Credentials<'a> {
-    /// The bearer token, else the query token.
-    pub fn token(&self) -> Option<&'a str> {
-        self.bearer.or(self.query_token)
-    }
-
-    /// Collects credentials from a request target and its headers; for each
-    /// header the first non-empty occurrence wins, except `Origin`, which
-    /// must occur once with a usable value.
-    fn from_request(target: &'a str, headers: &[httparse::Header<'a>]) -> Self {
-        let mut c = Self {
-            query_token: query_param(target, "token"),
-            ..Self::default()
-        };
-        for h in headers {
-            // Non-UTF-8 values (obs-text) cannot be a token or an origin.
-            let value = || {
-                std::str::from_utf8(trim(h.value))
-                    .ok()
-                    .filter(|v| !v.is_empty())
-            };
-            let name = h.name;
-            if name.eq_ignore_ascii_case("origin") {
-                c.origin = match (c.origin, value()) {
-                    (Origin::Absent, Some(v)) => Origin::Value(v),
-                    _ => Origin::Malformed,
-                };
-            } else if name.eq_ignore_ascii_case("authorization") {
-                c.bearer = c.bearer.or_else(|| value().and_then(bearer_token));
-            } else if name.eq_ignore_ascii_case("x-api-key") {
-                c.api_key = c.api_key.or_else(value);
-            }
-        }
-        c
-    }
-}
-
-/// The token of a trimmed `Authorization` value with the `Bearer` scheme
-/// (RFC 6750 §2.1; auth schemes are case-insensitive).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once([' ', '\t'])?;
-    let token = token.trim_start_matches([' ', '\t']);
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// The value of the first `name` parameter in a target's query, if not
-/// empty. Matching whole names keeps `xtoken=` from passing for `token=`.
-fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
-    let (_, query) = target.split_once('?')?;
-    let query = query.split_once('#').map_or(query, |(q, _)| q);
-    query
-        .split('&')
-        .find_map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k == name).then_some(v)
-        })
-        .filter(|v| !v.is_empty())
-}
-
 /// A complete request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<'a, W, H> {
@@ -475,7 +214,7 @@ pub enum Progress<'a, W, H> {
     /// The head is complete and valid, its declared body (Content-Length)
     /// has not fully arrived. `continue_expected`: the client sent
     /// `Expect: 100-continue` (curl does for bodies > 1 KiB and waits 1 s for
-    /// `100 Continue`), so the caller should send one [`CONTINUE`] the first
+    /// `100 Continue`), so the caller should send one [`CONTINUE`](crate::http::CONTINUE) the first
     /// time it sees this. The resource, method and credentials are known
     /// already, so the caller can refuse (405, 401) before the body is
     /// sent or buffered.
@@ -486,64 +225,6 @@ pub enum Progress<'a, W, H> {
         creds: Credentials<'a>,
     },
     Done(Parsed<'a, W, H>),
-}
-
-/// How an HTTP request's body is delimited.
-struct Framing {
-    len: usize,
-    continue_expected: bool,
-}
-
-impl Framing {
-    /// Reads `Content-Length` and `Expect`. Chunked bodies are refused
-    /// rather than decoded: API clients can always send a length, and one
-    /// framing keeps request smuggling (RFC 9112 §6.3) off the table.
-    fn from_headers(headers: &[httparse::Header], max_body: usize) -> Result<Self, Refusal> {
-        if headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-        {
-            return Err(refuse(
-                411,
-                "chunked bodies are not supported; send Content-Length",
-            ));
-        }
-        let mut len: Option<usize> = None;
-        let mut continue_expected = false;
-        for h in headers {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let n = content_length(h.value)?;
-                if len.is_some_and(|l| l != n) {
-                    return Err(refuse(400, "conflicting Content-Length headers"));
-                }
-                len = Some(n);
-            } else if h.name.eq_ignore_ascii_case("expect") {
-                continue_expected |= trim(h.value).eq_ignore_ascii_case(b"100-continue");
-            }
-        }
-        let len = len.unwrap_or(0);
-        if len > max_body {
-            return Err(refuse(413, "request body too large"));
-        }
-        Ok(Self {
-            len,
-            continue_expected,
-        })
-    }
-}
-
-/// A `Content-Length` value: digits only (no sign, no list). Values beyond
-/// `usize` saturate, which any body limit then refuses with 413.
-fn content_length(value: &[u8]) -> Result<usize, Refusal> {
-    let v = trim(value);
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return Err(refuse(400, "invalid Content-Length"));
-    }
-    Ok(v.iter()
-        .try_fold(0usize, |n, &d| {
-            n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
-        })
-        .unwrap_or(usize::MAX))
 }
 
 /// Parses a WebSocket upgrade or an HTTP request with its body from the
@@ -601,57 +282,10 @@ pub fn parse_http<'a, W, H>(
     Ok(Progress::Done(parsed))
 }
 
-/// Writes a status line and headers announcing a `content_len`-byte body.
-fn write_head(
-    status: u16,
-    content_type: &str,
-    extra_headers: &str,
-    content_len: usize,
-    out: &mut Vec<u8>,
-) {
-    use std::io::Write;
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_len}\r\nConnection: close\r\n{extra_headers}\r\n",
-        status_text(status),
-    );
-}
-
-/// Appends a complete response with any status, content type and body,
-/// `Connection: close` (one request per connection), plus `extra_headers`
-/// (each line already ending in `\r\n`, may be empty). Used for JSON API
-/// responses (e.g. 401 with `WWW-Authenticate: Bearer\r\n`). For 204
-/// the content type and body are left out, as HTTP requires.
-pub fn write_response(
-    status: u16,
-    content_type: &str,
-    extra_headers: &str,
-    body: &[u8],
-    out: &mut Vec<u8>,
-) {
-    if status == 204 {
-        // 204 carries neither a body nor its length (RFC 9110 §8.6, §15.3.5).
-        use std::io::Write;
-        let _ = write!(
-            out,
-            "HTTP/1.1 204 No Content\r\nConnection: close\r\n{extra_headers}\r\n"
-        );
-        return;
-    }
-    write_head(status, content_type, extra_headers, body.len(), out);
-    out.extend_from_slice(body);
-}
-
-/// Appends a complete `200 OK` response with `body`, closing the connection
-/// after it (plain HTTP resources are one request per connection).
-pub fn write_ok(content_type: &str, body: &[u8], out: &mut Vec<u8>) {
-    write_response(200, content_type, "", body, out);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{write_ok, write_response, Origin, CONTINUE};
 
     const OK: &str = "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 

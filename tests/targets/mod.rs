@@ -16,8 +16,9 @@
 #![allow(dead_code)]
 
 use ringcast::app::{api, protocol, Route};
+use ringcast::http::{self, Credentials};
 use ringcast::ws::frame::{self, OpCode};
-use ringcast::ws::handshake::{self, Credentials, Parsed, Progress, Target};
+use ringcast::ws::handshake::{self, Parsed, Progress, Target};
 use ringcast::ws::{CloseCode, Handler, Limits, MessageKind, Session, State};
 use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -29,7 +30,7 @@ use serde_json::Value;
 /// server's defaults and small ones that put the limits within reach.
 pub const HTTP_LIMITS: [(usize, usize); 4] = [(8192, 1024), (64, 16), (300, 0), (4096, 65536)];
 
-type Http<'a> = Result<Progress<'a, Route, ringcast::app::Resource>, handshake::Refusal>;
+type Http<'a> = Result<Progress<'a, Route, ringcast::app::Resource>, http::Refusal>;
 
 fn parse(buf: &[u8], max_head: usize, max_body: usize) -> Http<'_> {
     handshake::parse_http(buf, max_head, max_body, Route::target)
@@ -43,8 +44,8 @@ fn inside(buf: &[u8], s: &[u8]) -> bool {
 
 fn creds_inside(buf: &[u8], c: &Credentials<'_>) -> bool {
     let origin = match c.origin {
-        handshake::Origin::Value(v) => Some(v),
-        handshake::Origin::Absent | handshake::Origin::Malformed => None,
+        http::Origin::Value(v) => Some(v),
+        http::Origin::Absent | http::Origin::Malformed => None,
     };
     [origin, c.bearer, c.query_token, c.api_key]
         .into_iter()
