@@ -18,7 +18,9 @@ use crate::{log, Args, Server};
 /// The endpoint a client asked for in its upgrade request.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Route {
+    /// `/echo`: every message comes back to its sender.
     Echo,
+    /// `/broadcast`: every message goes to every `/broadcast` client.
     Broadcast,
 }
 

@@ -64,6 +64,7 @@ struct Args {
 
 /// What every connection task shares.
 struct Server {
+    /// The command line, for the limits and timeouts each connection uses.
     args: Args,
     /// Every /broadcast message, framed by each subscriber's writer.
     hub: broadcast::Sender<Message>,
