@@ -17,11 +17,16 @@
 //! 4096 by default. A subscriber that falls that far behind gets
 //! `RecvError::Lagged` and is closed with 1008: never skipped silently. The
 //! other clients are not slowed (the publisher never waits).
+//!
+//! `--addr-file PATH` writes the bound address to PATH once listening, so
+//! tests and scripts that start it on port 0 need not parse the log.
 
 mod conn;
 mod limits;
 
+use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +65,10 @@ struct Args {
     /// Log level (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     log: String,
+    /// Once listening, write the bound address (`127.0.0.1:PORT` and a
+    /// newline) to this file, atomically (PATH.tmp, then renamed).
+    #[arg(long, value_name = "PATH")]
+    addr_file: Option<PathBuf>,
 }
 
 /// What every connection task shares.
@@ -110,6 +119,17 @@ fn log(args: &Args, level: &str, msg: &str) {
     }
 }
 
+/// Writes `addr` and a newline to `path` atomically: to `PATH.tmp` first,
+/// then renamed over `path`, so a reader polling for the file never sees a
+/// partial address.
+fn write_addr_file(path: &Path, addr: SocketAddr) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Listens until SIGINT/SIGTERM, then closes every connection with 1001 and
 /// waits (at most `--shutdown-grace`) for their tasks to finish.
 async fn run(args: Args, threads: usize) -> Result<(), String> {
@@ -124,6 +144,10 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         .await
         .map_err(|e| format!("bind {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(path) = &args.addr_file {
+        write_addr_file(path, local)
+            .map_err(|e| format!("writing --addr-file {}: {e}", path.display()))?;
+    }
     log(
         &args,
         "info",
