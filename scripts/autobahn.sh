@@ -6,7 +6,7 @@
 # strict close checking, stops the server with SIGTERM and exits non-zero if
 # any case FAILED or the server did not exit cleanly.
 #
-#   --bin NAME   server binary to test (default: ringcast)
+#   --bin NAME   server binary to test: ringcast (default) or ringcast-tokio
 #   CASES        Autobahn case patterns, e.g. '1.*,5.*' (default: all)
 #
 # Environment: CONFORMANCE_DIR (default ../shared/conformance next to the
@@ -20,7 +20,7 @@ BIN=ringcast
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN=${2:?--bin needs a name}; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
   esac
 done
@@ -32,7 +32,7 @@ export AUTOBAHN_REPORT_DIR=${AUTOBAHN_REPORT_DIR:-$RINGCAST_ROOT/target/autobahn
 export AUTOBAHN_AGENT=${AUTOBAHN_AGENT:-$BIN}
 
 require_cargo
-(cd "$RINGCAST_ROOT" && cargo build --release --bin "$BIN")
+build_release
 trap 'stop_server >/dev/null 2>&1 || true' EXIT
 # shellcheck disable=SC2086
 start_server "$RINGCAST_ROOT/target/release/$BIN" ${SERVER_ARGS:-}

@@ -113,7 +113,7 @@ else
 fi
 
 require_cargo
-cargo build --release --bins >/dev/null
+build_release >/dev/null
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT="$RINGCAST_ROOT/results/$STAMP"
 mkdir -p "$OUT/raw"

@@ -34,7 +34,7 @@ done
 require_cargo
 command -v python3 >/dev/null 2>&1 || die "python3 not found"
 command -v prlimit >/dev/null 2>&1 || die "prlimit not found (util-linux)"
-cargo build --release --quiet --bin ringcast
+build_release >/dev/null
 BIN=$RINGCAST_ROOT/target/release/ringcast
 CLIENT=$RINGCAST_ROOT/scripts/hostile.py
 

@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
 done
 [ ${#BINS[@]} -gt 0 ] || BINS=(target/release/ringcast)
 LOAD=target/release/ringcast-load
-[ -x "$LOAD" ] || cargo build --release --bin ringcast-load
+[ -x "$LOAD" ] || cargo build --release # at the root: all three, as lib.sh build_release
 PORT=9317
 
 switches() { # pid -> voluntary context switches of core 0's threads

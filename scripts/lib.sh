@@ -20,6 +20,18 @@ require_cargo() {
   fi
 }
 
+# build_release: the README's `cargo build --release`, run at the repo root
+# whatever the caller's directory: all three binaries of the workspace,
+# ringcast (the server, the root package), ringcast-load and ringcast-tokio
+# (crates/), in target/release/. Always the whole workspace, never `-p` one
+# package: cargo unifies dependency features over the packages it builds, so
+# a server built alone is a different build (a second release compile) from
+# the one built with the others, and the scripts would not all run the same
+# binary.
+build_release() {
+  (cd "$RINGCAST_ROOT" && cargo build --release)
+}
+
 # start_server CMD [ARGS...]: runs CMD ARGS --listen 127.0.0.1:0 (CMD may be
 # a wrapper such as taskset), sets SERVER_PID, SERVER_ADDR and SERVER_LOG.
 # The server must print "listening on ws://ADDR" once it accepts connections.

@@ -71,7 +71,7 @@ case "$SERVER" in
   *) SARGS="" ;;
 esac
 
-cargo build --release --bins >/dev/null
+build_release >/dev/null
 OUT="$RINGCAST_ROOT/results/profile-$SCEN-$SERVER-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 trap 'stop_server >/dev/null 2>&1 || true' EXIT

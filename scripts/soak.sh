@@ -67,7 +67,7 @@ in_range "$SLOPE_BOUND" 0 1048576 || die "--slope-bound must be a whole number o
 command -v python3 >/dev/null 2>&1 || die "python3 not found"
 
 require_cargo
-cargo build --release --bins >/dev/null
+build_release >/dev/null
 BIN=$RINGCAST_ROOT/target/release
 LOAD=$BIN/ringcast-load
 SOAKPY=$RINGCAST_ROOT/scripts/soak.py

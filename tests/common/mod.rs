@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,10 +32,39 @@ pub fn flavors() -> [Flavor; 2] {
         },
         Flavor {
             name: "ringcast-tokio",
-            bin: env!("CARGO_BIN_EXE_ringcast-tokio"),
+            // Leaked (a few bytes per call): `bin` is a `&'static str`.
+            bin: workspace_bin("ringcast-tokio")
+                .to_str()
+                .expect("UTF-8 path")
+                .to_owned()
+                .leak(),
             parallelism_flag: "--threads",
         },
     ]
+}
+
+/// The path of another workspace crate's binary, `target/<profile>/<name>`
+/// (cargo sets `CARGO_BIN_EXE_*` only for this package's own binaries): the
+/// test executable runs from `target/<profile>/deps/`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable under target/<profile>/deps/");
+    let bin = profile_dir.join(name);
+    let release = if profile_dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    assert!(
+        bin.is_file(),
+        "{} not found: build it with `cargo build{release} -p {name}`, \
+         or run `cargo test` from the repo root",
+        bin.display()
+    );
+    bin
 }
 
 impl Flavor {

@@ -5,7 +5,7 @@ use std::fs;
 
 /// CPU and memory of a process at one instant.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// User CPU seconds (from /proc/PID/stat, clock-tick resolution).
     pub user_s: f64,
     /// System CPU seconds.
@@ -28,7 +28,7 @@ fn clk_tck() -> f64 {
 }
 
 /// Samples process `pid`. `None` if it does not exist.
-pub fn sample(pid: u32) -> Option<Sample> {
+pub(crate) fn sample(pid: u32) -> Option<Sample> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name, which may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -66,9 +66,12 @@ fn schedstat_seconds(pid: u32) -> Option<f64> {
 }
 
 /// CPU seconds this process has used (all threads).
-pub fn self_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the struct we pass.
+pub(crate) fn self_cpu_seconds() -> f64 {
+    // SAFETY: `rusage` is plain integers and timevals, for which all-zero
+    // bytes are a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the `rusage` we pass, which outlives
+    // the call.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
@@ -76,7 +79,7 @@ pub fn self_cpu_seconds() -> f64 {
 
 /// The difference between two samples.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Delta {
+pub(crate) struct Delta {
     pub user_s: f64,
     pub sys_s: f64,
     pub cpu_s: f64,
@@ -86,7 +89,7 @@ pub struct Delta {
 
 impl Delta {
     /// `b - a`.
-    pub fn between(a: Sample, b: Sample) -> Delta {
+    pub(crate) fn between(a: Sample, b: Sample) -> Delta {
         Delta {
             user_s: b.user_s - a.user_s,
             sys_s: b.sys_s - a.sys_s,

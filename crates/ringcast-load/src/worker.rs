@@ -25,7 +25,7 @@ use crate::wire::{self, now_ns};
 
 /// What the run does.
 #[derive(Clone, Debug)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// Closed loop: every connection keeps `in_flight` messages of `size`
     /// bytes outstanding on `/echo`.
     Echo {
@@ -52,7 +52,7 @@ pub enum Scenario {
 }
 
 /// Everything a worker needs to know; shared read-only.
-pub struct Plan {
+pub(crate) struct Plan {
     pub addr: SocketAddr,
     pub sources: Vec<IpAddr>,
     pub scenario: Scenario,
@@ -66,7 +66,7 @@ pub struct Plan {
 
 /// Coordination between the workers and the main thread.
 #[derive(Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub stop: AtomicBool,
     /// Connections that completed their handshake.
     pub opened: AtomicUsize,
@@ -84,7 +84,7 @@ pub struct Shared {
 }
 
 /// What a worker measured inside the window.
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Messages (echo: echoes received; broadcast: deliveries; churn: cycles).
     pub count: u64,
     /// Payload bytes of those messages.
@@ -202,7 +202,7 @@ fn tag(slot: usize, kind: u64) -> u64 {
 }
 
 /// One generator thread.
-pub struct Worker {
+pub(crate) struct Worker {
     /// First field, so it is dropped (and its operations cancelled) before
     /// the buffers they point into.
     ring: Ring,
@@ -247,7 +247,7 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for thread `id`.
-    pub fn new(id: usize, plan: Arc<Plan>, shared: Arc<Shared>) -> io::Result<Worker> {
+    pub(crate) fn new(id: usize, plan: Arc<Plan>, shared: Arc<Shared>) -> io::Result<Worker> {
         let host = plan.addr.to_string();
         let (echo_batch, echo_frame_len, payload_len) = match plan.scenario {
             Scenario::Echo {
@@ -362,7 +362,7 @@ impl Worker {
     }
 
     /// Runs until the main thread says stop.
-    pub fn run(mut self) -> Outcome {
+    pub(crate) fn run(mut self) -> Outcome {
         let is_publisher_host = matches!(self.plan.scenario, Scenario::Broadcast { .. })
             && self.id == self.plan.publisher_worker;
         let mut publisher_pending = is_publisher_host;

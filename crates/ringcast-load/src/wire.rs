@@ -5,24 +5,24 @@
 /// unpredictable to defeat cache poisoning by scripts in browsers; a load
 /// generator has no such adversary, and a fixed key lets frames be encoded
 /// once and reused. The server still unmasks every byte.
-pub const MASK: [u8; 4] = [0x5a, 0xa5, 0x3c, 0xc3];
+pub(crate) const MASK: [u8; 4] = [0x5a, 0xa5, 0x3c, 0xc3];
 
 /// Opcodes used here.
-pub const TEXT: u8 = 1;
-pub const BINARY: u8 = 2;
-pub const CLOSE: u8 = 8;
-pub const PING: u8 = 9;
-pub const PONG: u8 = 10;
+pub(crate) const TEXT: u8 = 1;
+pub(crate) const BINARY: u8 = 2;
+pub(crate) const CLOSE: u8 = 8;
+pub(crate) const PING: u8 = 9;
+pub(crate) const PONG: u8 = 10;
 
 /// A complete masked client frame.
-pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     ringcast::ws::frame::encode_client_frame(true, opcode, payload, MASK, &mut v);
     v
 }
 
 /// Offset of the payload in a frame built by [`masked_frame`].
-pub fn payload_offset(payload_len: usize) -> usize {
+pub(crate) fn payload_offset(payload_len: usize) -> usize {
     match payload_len {
         0..=125 => 6,
         126..=0xFFFF => 8,
@@ -31,7 +31,7 @@ pub fn payload_offset(payload_len: usize) -> usize {
 }
 
 /// XORs `bytes` into a masked frame's payload at payload offset `at`.
-pub fn write_masked(frame: &mut [u8], payload_off: usize, at: usize, bytes: &[u8]) {
+pub(crate) fn write_masked(frame: &mut [u8], payload_off: usize, at: usize, bytes: &[u8]) {
     for (i, b) in bytes.iter().enumerate() {
         let p = at + i;
         frame[payload_off + p] = b ^ MASK[p & 3];
@@ -40,7 +40,7 @@ pub fn write_masked(frame: &mut [u8], payload_off: usize, at: usize, bytes: &[u8
 
 /// The upgrade request (fixed key: the generator checks the status line,
 /// the server's accept value is covered by the test suite).
-pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+pub(crate) fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -49,14 +49,14 @@ pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
 }
 
 /// End of an HTTP response head in `buf`, if complete.
-pub fn head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// A server frame at the start of `buf`: (opcode, header length, payload
 /// length), or `None` if incomplete.
 #[inline]
-pub fn server_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
+pub(crate) fn server_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
     if buf.len() < 2 {
         return None;
     }
@@ -85,7 +85,7 @@ pub fn server_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
 /// host, so a timestamp written by one generator process can be read by
 /// another.
 #[inline]
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
