@@ -363,10 +363,6 @@ mod tests {
                 if path.extension().is_none_or(|e| e != "rs") {
                     continue;
                 }
-                // The load generator and the tokio baseline are not cores.
-                if path.to_string_lossy().contains("/src/bin/") {
-                    continue;
-                }
                 let text = std::fs::read_to_string(&path).expect("source is UTF-8");
                 for (n, line) in text.lines().enumerate() {
                     let code = line.split("//").next().unwrap_or("");
