@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench.sh [--quick] [--rounds N] [--duration S] [--warmup S]
 #                  [--servers "ringcast ringcast-tokio"] [SCENARIO ...]
+#   (a server may be LABEL=PATH, e.g. --servers "old=/tmp/old/ringcast ringcast")
 #
 # Runs benchmark scenarios against ringcast and ringcast-tokio in one run,
 # alternating servers A/B/A/B for every round, the server pinned to its CPUs
@@ -48,7 +49,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?}; shift 2 ;;
     --warmup) WARMUP=${2:?}; shift 2 ;;
     --servers) SERVERS=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) SCENARIOS+=("$1"); shift ;;
   esac
@@ -132,17 +133,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A server is a binary name in target/release, or LABEL=PATH for any build
+# of either server (an A/B of two ringcast builds: "old=/tmp/old/ringcast
+# ringcast"); its flags follow from the binary's file name.
+server_label() { case "$1" in *=*) echo "${1%%=*}" ;; *) echo "$1" ;; esac; }
+server_bin() { case "$1" in *=*) echo "${1#*=}" ;; *) echo "$RINGCAST_ROOT/target/release/$1" ;; esac; }
+
 run_one() { # scenario server round
-  local scen=$1 server=$2 round=$3
+  local scen=$1 spec=$2 round=$3
+  local server bin kind
+  server=$(server_label "$spec")
+  bin=$(server_bin "$spec")
+  kind=$(basename "$bin")
   local name="$scen.$server.$round"
   local log="$OUT/raw/$name.server.log" fifo="$OUT/raw/$name.ctl"
   local sargs
-  case "$server" in
+  case "$kind" in
     ringcast) sargs="--cpus $SERVER_CPUS" ;;
     ringcast-tokio) sargs="--threads $SERVER_N" ;;
     *) sargs="" ;;
   esac
-  local bin="$RINGCAST_ROOT/target/release/$server"
+  [ -x "$bin" ] || die "$server: no executable at $bin"
   local perf_args=()
   : >"$log" # exists before the background job opens it
   if [ -n "$EVENTS" ]; then
@@ -204,9 +215,9 @@ PY
 
 for round in $(seq 1 "$ROUNDS"); do
   for scen in "${SCENARIOS[@]}"; do
-    for server in $SERVERS; do
-      if [ "$scen" = channels ] && [ "$server" != ringcast ]; then continue; fi
-      run_one "$scen" "$server" "$round"
+    for spec in $SERVERS; do
+      if [ "$scen" = channels ] && [ "$(basename "$(server_bin "$spec")")" != ringcast ]; then continue; fi
+      run_one "$scen" "$spec" "$round"
     done
   done
 done
