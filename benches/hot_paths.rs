@@ -21,10 +21,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::app::{heartbeat, ConnCtl, ConnIo, Env, Policy, Route};
-use ringcast::conn::outq::{Pushed, MAX_IOV};
-use ringcast::conn::{BufPool, ConnKey, Frame, OutQueue, SharedFrame};
-use ringcast::hub::{Hub, Recipients};
+use ringcast::internals::{heartbeat, ConnCtl, ConnIo, Env, Policy, Route};
+use ringcast::internals::{
+    BufPool, ConnKey, Frame, Hub, OutQueue, Pushed, Recipients, SharedFrame, MAX_IOV,
+};
 use ringcast::ws::frame::{
     apply_mask, encode_client_frame, encode_frame_into, parse_header, OpCode,
 };

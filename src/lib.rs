@@ -14,12 +14,34 @@
 //!   handler, the `/ws` protocol, the publish API, auth, heartbeats.
 //! - [`shard`]: one core's connections and the loop that drives them.
 //! - [`runtime`]: executors, pinning, start and stop, signals.
-pub mod app;
+//!
+//! The public API is the protocol layers ([`ws`], [`http`]), the ring
+//! ([`io`], which the load generator drives too), [`Config`] and [`run`].
+//! Everything else is `pub(crate)`; [`internals`] names the few building
+//! blocks benches, fuzz targets and the load generator need.
+pub(crate) mod app;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod http;
-pub mod hub;
+pub(crate) mod hub;
 pub mod io;
-pub mod runtime;
-pub mod shard;
+pub(crate) mod runtime;
+pub(crate) mod shard;
 pub mod ws;
+
+pub use config::Config;
+pub use runtime::run;
+
+/// Building blocks exposed for the benches, the fuzz targets and the load
+/// generator (they drive the handler, fan-out and parsers directly). Not a
+/// stable API: the layers behind them may change shape at any time.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::app::{
+        api, auth, heartbeat, protocol, ConnCtl, ConnIo, Env, Policy, Resource, Route,
+    };
+    pub use crate::conn::outq::{Pushed, MAX_IOV};
+    pub use crate::conn::{BufPool, ConnKey, Frame, OutQueue, SharedFrame};
+    pub use crate::hub::{Hub, Recipients};
+    pub use crate::runtime::limits::raise_nofile;
+}

@@ -33,7 +33,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match ringcast::runtime::run(&cfg) {
+    match ringcast::run(&cfg) {
         Ok(_) => {}
         Err(e) => {
             eprintln!("ringcast: {e}");

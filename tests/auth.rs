@@ -8,7 +8,7 @@ use common::{
     client, handshakes, http_body, http_exchange, metric_sum, recv_json, scrape, send_json,
     try_client_with, upgrade_request, upgrade_request_with, Server,
 };
-use ringcast::app::auth::{sign, Claims};
+use ringcast::internals::auth::{sign, Claims};
 use serde_json::json;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -470,6 +470,6 @@ fn fuzz_seed_corpus() {
 fn publish_body_must_be_utf8() {
     let body = b"{\"channel\":\"a\",\"payload\":1,\"x\":\"\xff\"}";
     targets::check_ws_json(body);
-    let e = ringcast::app::api::parse_publish(body).unwrap_err();
+    let e = ringcast::internals::api::parse_publish(body).unwrap_err();
     assert_eq!(e.code, "bad_json");
 }

@@ -15,7 +15,7 @@
 //!   serde_json) and carry the value the client sent.
 #![allow(dead_code)]
 
-use ringcast::app::{api, protocol, Route};
+use ringcast::internals::{api, protocol, Route};
 use ringcast::http::{self, Credentials};
 use ringcast::ws::frame::{self, OpCode};
 use ringcast::ws::handshake::{self, Parsed, Progress, Target};
@@ -30,7 +30,7 @@ use serde_json::Value;
 /// server's defaults and small ones that put the limits within reach.
 pub const HTTP_LIMITS: [(usize, usize); 4] = [(8192, 1024), (64, 16), (300, 0), (4096, 65536)];
 
-type Http<'a> = Result<Progress<'a, Route, ringcast::app::Resource>, http::Refusal>;
+type Http<'a> = Result<Progress<'a, Route, ringcast::internals::Resource>, http::Refusal>;
 
 fn parse(buf: &[u8], max_head: usize, max_body: usize) -> Http<'_> {
     handshake::parse_http(buf, max_head, max_body, Route::target)

@@ -114,7 +114,7 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 }
 
 fn parse_channel(s: &str) -> Result<String, String> {
-    ringcast::app::protocol::validate_channel(s)
+    ringcast::internals::protocol::validate_channel(s)
         .map(|_| s.to_owned())
         .map_err(|e| e.message)
 }
@@ -135,7 +135,7 @@ fn main() {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    ringcast::runtime::limits::raise_nofile();
+    ringcast::internals::raise_nofile();
     let addr = resolve(&args.addr)?;
     let threads = args
         .threads
