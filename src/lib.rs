@@ -37,11 +37,15 @@ pub use runtime::run;
 /// stable API: the layers behind them may change shape at any time.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::app::{
-        api, auth, heartbeat, protocol, ConnCtl, ConnIo, Env, Policy, Resource, Route,
-    };
-    pub use crate::conn::outq::{Pushed, MAX_IOV};
-    pub use crate::conn::{BufPool, ConnKey, Frame, OutQueue, SharedFrame};
-    pub use crate::hub::{Hub, Recipients};
+    pub use crate::app::conn_state::ConnCtl;
+    pub use crate::app::handler::{ConnIo, Env};
+    pub use crate::app::policy::Policy;
+    pub use crate::app::route::{Resource, Route};
+    pub use crate::app::{api, auth, heartbeat, protocol};
+    pub use crate::conn::frame::{Frame, SharedFrame};
+    pub use crate::conn::key::ConnKey;
+    pub use crate::conn::outq::{BufPool, OutQueue, Pushed, MAX_IOV};
+    pub use crate::hub::broadcast::Hub;
+    pub use crate::hub::deliver::Recipients;
     pub use crate::runtime::limits::raise_nofile;
 }

@@ -30,6 +30,7 @@ pub struct Publication<'a> {
 /// ([`write_error_body`]).
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status to answer with.
     pub status: u16,
     /// Stable machine-readable name (`bad_json`, `bad_batch`,
     /// `bad_channel`, `missing_field`).

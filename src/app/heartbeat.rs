@@ -17,8 +17,11 @@ pub const CLOSE_AFTER: u8 = 5;
 /// Heartbeat settings (microseconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
+    /// `--ping-interval`: the interval before any round trip is measured.
     pub base_us: u64,
+    /// `--ping-min`: the shortest interval.
     pub min_us: u64,
+    /// `--ping-max`: the longest interval.
     pub max_us: u64,
 }
 
@@ -53,7 +56,12 @@ pub struct Beat {
 pub enum Due {
     /// Send a ping carrying `payload`; `now_suspect` when this miss made
     /// the connection suspect.
-    Ping { payload: [u8; 4], now_suspect: bool },
+    Ping {
+        /// The ping's payload (its sequence number), echoed by the pong.
+        payload: [u8; 4],
+        /// This miss made the connection suspect.
+        now_suspect: bool,
+    },
     /// Too many missed pongs: close the connection (1011).
     Close,
 }
@@ -124,7 +132,9 @@ impl Beat {
 /// A pong that answered the outstanding ping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pong {
+    /// The measured round trip.
     pub rtt_us: u64,
+    /// The connection had been suspect before this pong.
     pub was_suspect: bool,
 }
 

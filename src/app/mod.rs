@@ -10,17 +10,17 @@
 
 pub mod api;
 pub mod auth;
-pub mod conn_state;
-pub mod handler;
+pub(crate) mod conn_state;
+pub(crate) mod handler;
 pub mod heartbeat;
-pub mod policy;
+pub(crate) mod policy;
 pub mod protocol;
-pub mod requests;
-pub mod route;
-pub mod stats;
+pub(crate) mod requests;
+pub(crate) mod route;
+pub(crate) mod stats;
 
-pub use conn_state::{ConnCtl, Endpoint, WsConn};
-pub use handler::{ConnIo, Env};
-pub use policy::{CoreHook, Policy, PONG_BURST};
-pub use route::{Resource, Route};
-pub use stats::{MsgStats, RTT_BUCKETS_US};
+pub(crate) use conn_state::{ConnCtl, Endpoint};
+pub(crate) use handler::{ConnIo, Env};
+pub(crate) use policy::{CoreHook, Policy};
+pub(crate) use route::{Resource, Route};
+pub(crate) use stats::{MsgStats, RTT_BUCKETS_US};

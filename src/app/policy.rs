@@ -6,7 +6,7 @@ use super::heartbeat;
 /// replaces the previous one if nothing was queued after it (RFC 6455
 /// §5.5.3 lets an endpoint answer only the most recent ping). Autobahn's
 /// ping cases send 10; a flood gets one pong per read.
-pub const PONG_BURST: u32 = 32;
+pub(crate) const PONG_BURST: u32 = 32;
 
 /// Per-connection limits and heartbeat settings the handlers apply.
 #[derive(Clone, Debug)]
@@ -15,12 +15,15 @@ pub struct Policy {
     pub max_queue: usize,
     /// Rate limit: tokens per microsecond (0: none) and bucket size.
     pub rate_per_us: f64,
+    /// Message-rate bucket size.
     pub burst: f32,
     /// Publish rate limit: tokens per microsecond (0: none) and bucket.
     pub publish_rate_per_us: f64,
+    /// Publish-rate bucket size.
     pub publish_burst: f32,
     /// Channels per `/ws` connection.
     pub max_subscriptions: usize,
+    /// Ping intervals.
     pub heartbeat: heartbeat::Policy,
     /// Test hook (`RINGCAST_FAILPOINTS=1` in the environment, never a
     /// flag): a message `ringcast:panic` panics in the handler, so the test

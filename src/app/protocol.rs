@@ -61,22 +61,32 @@ fn is_channel_char(c: char) -> bool {
 pub enum ClientMsg<'a> {
     /// Start receiving `message`s published on `channel`.
     Subscribe {
+        /// The channel name (validated).
         channel: Cow<'a, str>,
+        /// The request id, echoed in the answer.
         id: Option<u64>,
     },
     /// Stop receiving `message`s published on `channel`.
     Unsubscribe {
+        /// The channel name (validated).
         channel: Cow<'a, str>,
+        /// The request id, echoed in the answer.
         id: Option<u64>,
     },
     /// Send `payload` to every subscriber of `channel`.
     Publish {
+        /// The channel name (validated).
         channel: Cow<'a, str>,
+        /// The payload, exactly as sent (valid JSON).
         payload: &'a RawValue,
+        /// The request id, echoed in the answer.
         id: Option<u64>,
     },
     /// A liveness check at the application level (answered with `pong`).
-    Ping { id: Option<u64> },
+    Ping {
+        /// The request id, echoed in the pong.
+        id: Option<u64>,
+    },
 }
 
 impl ClientMsg<'_> {
@@ -138,6 +148,7 @@ impl fmt::Display for ErrorCode {
 /// A refused request: everything [`write_error`] needs for the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtoError {
+    /// The machine-readable error code.
     pub code: ErrorCode,
     /// Human-readable detail; may quote the client's input (it is escaped
     /// when written).

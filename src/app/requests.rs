@@ -29,7 +29,7 @@ pub struct Access {
 
 /// Which counter a refused upgrade goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusedBy {
+pub(crate) enum RefusedBy {
     /// A malformed or unsupported request.
     Protocol,
     /// No valid token (401).
@@ -39,7 +39,7 @@ pub enum RefusedBy {
 }
 
 /// What a request head led to.
-pub enum HeadOutcome {
+pub(crate) enum HeadOutcome {
     /// Incomplete: wait for more bytes.
     Nothing,
     /// The body is on its way and the client waits for `100 Continue`.
@@ -57,7 +57,7 @@ pub enum HeadOutcome {
 }
 
 /// Checks an upgrade's origin and token.
-pub fn admit(
+pub(crate) fn admit(
     access: &Access,
     up: Upgrade<Route>,
     creds: &Credentials<'_>,
@@ -87,7 +87,7 @@ pub fn admit(
 }
 
 /// A plain HTTP request, complete with its body.
-pub struct HttpRequest<'a> {
+pub(crate) struct HttpRequest<'a> {
     pub resource: Resource,
     pub method: Method,
     pub body: &'a [u8],
@@ -97,7 +97,7 @@ pub struct HttpRequest<'a> {
 /// Refuses a request from its head alone — wrong method (405), missing or
 /// wrong API key (401/403) — so a refused client never gets to send, and
 /// the core never buffers, its body. `None`: go ahead.
-pub fn precheck(
+pub(crate) fn precheck(
     access: &Access,
     resource: Resource,
     method: Method,
@@ -124,7 +124,7 @@ pub fn precheck(
 
 /// A body announced for a resource that takes none is refused at once
 /// (413) rather than buffered up to `--max-body-bytes`.
-pub fn body_not_wanted(resource: Resource, scratch: &mut Vec<u8>) -> Option<HeadOutcome> {
+pub(crate) fn body_not_wanted(resource: Resource, scratch: &mut Vec<u8>) -> Option<HeadOutcome> {
     if resource == Resource::Publish {
         return None;
     }
@@ -140,7 +140,7 @@ pub fn body_not_wanted(resource: Resource, scratch: &mut Vec<u8>) -> Option<Head
 }
 
 /// Answers a plain HTTP request, or says who will.
-pub fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> HeadOutcome {
+pub(crate) fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> HeadOutcome {
     let scratch = &mut env.scratch;
     if let Some(refused) = precheck(access, req.resource, req.method, &req.creds, scratch) {
         return refused;

@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// Upper bounds (microseconds) of the ping round-trip histogram buckets;
 /// a last `+Inf` bucket is implied.
-pub const RTT_BUCKETS_US: [u64; 14] = [
+pub(crate) const RTT_BUCKETS_US: [u64; 14] = [
     250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
     2_500_000, 10_000_000,
 ];

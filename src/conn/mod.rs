@@ -5,10 +5,10 @@
 //! Above the protocol (`ws`) and the ring (`io`); below fan-out (`hub`),
 //! which only ever sees [`ConnKey`]s and [`OutQueue`]s.
 
-pub mod frame;
-pub mod key;
-pub mod outq;
+pub(crate) mod frame;
+pub(crate) mod key;
+pub(crate) mod outq;
 
-pub use frame::{Frame, SharedFrame};
-pub use key::ConnKey;
-pub use outq::{BufPool, OutQueue};
+pub(crate) use frame::{Frame, SharedFrame};
+pub(crate) use key::ConnKey;
+pub(crate) use outq::{BufPool, OutQueue};

@@ -27,7 +27,7 @@ pub const MAX_IOV: usize = 64;
 
 /// Shared frames up to this length are copied into the owned tail buffer
 /// instead of being queued by reference.
-pub const COPY_MAX: usize = 1024;
+pub(crate) const COPY_MAX: usize = 1024;
 
 /// An owned buffer stops growing at this length; later writes start a new
 /// one, so a long backlog is a list of modest buffers that are freed as
@@ -50,7 +50,7 @@ const POOL_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// since the last [`FreeList::trim`] are exactly the ones nobody needed;
 /// `trim` frees them. Without it a burst (one fan-out to 100k subscribers)
 /// would pin its peak for good.
-pub struct FreeList<T> {
+pub(crate) struct FreeList<T> {
     free: Vec<T>,
     /// Fewest items the list held since the last trim.
     low_water: usize,
@@ -67,31 +67,31 @@ impl<T> Default for FreeList<T> {
 
 impl<T> FreeList<T> {
     /// Takes an item, if any.
-    pub fn pop(&mut self) -> Option<T> {
+    pub(crate) fn pop(&mut self) -> Option<T> {
         let v = self.free.pop();
         self.low_water = self.low_water.min(self.free.len());
         v
     }
 
     /// Returns an item.
-    pub fn push(&mut self, v: T) {
+    pub(crate) fn push(&mut self, v: T) {
         self.free.push(v);
     }
 
     /// Items held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.free.len()
     }
 
     /// Whether the list holds nothing.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.free.is_empty()
     }
 
     /// Removes the items unused since the previous call, handing each to
     /// `freed`; the owner calls it once per trim period. An emptied list
     /// gives back its array too.
-    pub fn trim(&mut self, freed: impl FnMut(T)) {
+    pub(crate) fn trim(&mut self, freed: impl FnMut(T)) {
         let stale = self.low_water.min(self.free.len());
         self.free.drain(..stale).for_each(freed);
         if self.free.is_empty() {

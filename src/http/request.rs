@@ -94,11 +94,17 @@ pub(crate) fn parse_head<'h, 'a>(
 /// named; the caller answers 405 for the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
+    /// `GET`.
     Get,
+    /// `HEAD`.
     Head,
+    /// `POST`.
     Post,
+    /// `PUT`.
     Put,
+    /// `DELETE`.
     Delete,
+    /// Anything else (methods are case-sensitive).
     Other,
 }
 

@@ -9,7 +9,9 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// the debug log. The connection is closed after the response is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {
+    /// The HTTP status.
     pub status: u16,
+    /// Why, for the response body and the log.
     pub reason: &'static str,
 }
 

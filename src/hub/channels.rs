@@ -25,26 +25,26 @@ use crate::conn::{BufPool, ConnKey, Frame};
 
 /// A set of core ids (`< MAX_CORES`).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub struct CoreSet([u64; MAX_CORES / 64]);
+pub(crate) struct CoreSet([u64; MAX_CORES / 64]);
 
 impl CoreSet {
     /// Adds `core`.
-    pub fn insert(&mut self, core: usize) {
+    pub(crate) fn insert(&mut self, core: usize) {
         self.0[core / 64] |= 1 << (core % 64);
     }
 
     /// Removes `core`.
-    pub fn remove(&mut self, core: usize) {
+    pub(crate) fn remove(&mut self, core: usize) {
         self.0[core / 64] &= !(1 << (core % 64));
     }
 
     /// Whether no core is in the set.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
     }
 
     /// The cores in the set, ascending.
-    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.iter().enumerate().flat_map(|(w, &bits)| {
             (0..64)
                 .filter(move |b| bits & (1 << b) != 0)

@@ -24,7 +24,7 @@ pub trait Recipients {
 /// copy per frame (see [`OutQueue::push_frames`]). Returns the number of
 /// frames queued.
 #[inline]
-pub fn deliver<'f>(
+pub(crate) fn deliver<'f>(
     to: impl IntoIterator<Item = ConnKey>,
     batch: impl Iterator<Item = &'f Frame> + Clone,
     pool: &mut BufPool,

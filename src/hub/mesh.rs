@@ -34,10 +34,10 @@ use super::MeshMsg;
 use crate::conn::Frame;
 
 /// Slots in each SPSC ring.
-pub const RING_CAPACITY: usize = 8192;
+pub(crate) const RING_CAPACITY: usize = 8192;
 /// Backlog (frames waiting for ring room, per peer) at which this core stops
 /// reading from its clients until the backlog drains.
-pub const BACKLOG_PAUSE: usize = 4 * RING_CAPACITY;
+pub(crate) const BACKLOG_PAUSE: usize = 4 * RING_CAPACITY;
 
 /// One core's doorbell, on its own cache line so raising and lowering it
 /// never disturbs another core's.
@@ -47,7 +47,7 @@ pub const BACKLOG_PAUSE: usize = 4 * RING_CAPACITY;
 /// that stops (or dies) closes nothing another core may still write to; a
 /// descriptor number is never written after its close.
 #[repr(align(64))]
-pub struct Doorbell {
+pub(crate) struct Doorbell {
     sleeping: AtomicBool,
     fd: OwnedFd,
 }
@@ -67,12 +67,12 @@ impl Doorbell {
     }
 
     /// The eventfd the core's ring polls to wake up.
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
     /// Wakes the core unconditionally (shutdown).
-    pub fn ring(&self) {
+    pub(crate) fn ring(&self) {
         let one = 1u64;
         // SAFETY: writing 8 bytes to an eventfd this doorbell owns (open
         // for as long as `self` lives).
@@ -92,23 +92,23 @@ impl Doorbell {
 }
 
 /// Every core's doorbell.
-pub type Doorbells = Arc<[Doorbell]>;
+pub(crate) type Doorbells = Arc<[Doorbell]>;
 
 /// Doorbells for `cores` cores.
-pub fn doorbells(cores: usize) -> io::Result<Doorbells> {
+pub(crate) fn doorbells(cores: usize) -> io::Result<Doorbells> {
     (0..cores).map(|_| Doorbell::new()).collect()
 }
 
 /// One core's ends of the mesh, built on the main thread and moved to the
 /// core's executor.
-pub struct Links {
+pub(crate) struct Links {
     me: usize,
     to: Vec<(usize, Producer<MeshMsg>)>,
     from: Vec<Consumer<MeshMsg>>,
 }
 
 /// Builds the full mesh for `cores` cores: `cores * (cores - 1)` rings.
-pub fn build(cores: usize) -> Vec<Links> {
+pub(crate) fn build(cores: usize) -> Vec<Links> {
     let mut links: Vec<Links> = (0..cores)
         .map(|me| Links {
             me,
@@ -138,7 +138,7 @@ struct Peer {
 }
 
 /// This core's end of the mesh. Lives in the core's loop; never shared.
-pub struct Mesh {
+pub(crate) struct Mesh {
     me: usize,
     peers: Vec<Peer>,
     from: Vec<Consumer<MeshMsg>>,
@@ -150,7 +150,7 @@ pub struct Mesh {
 /// What this core's end of the mesh did: the cross-core cost of broadcast,
 /// for the cost model in README (one push per remote core per message).
 #[derive(Default, Debug, Clone, Copy)]
-pub struct MeshCounters {
+pub(crate) struct MeshCounters {
     /// Frames pushed into peers' rings (each a pointer-sized `Arc` handle).
     pub pushed: u64,
     /// Messages dropped because their core had stopped.
@@ -163,7 +163,7 @@ pub struct MeshCounters {
 
 impl Mesh {
     /// Takes ownership of this core's links.
-    pub fn new(links: Links, bells: Doorbells) -> Mesh {
+    pub(crate) fn new(links: Links, bells: Doorbells) -> Mesh {
         Mesh {
             me: links.me,
             peers: links
@@ -186,7 +186,7 @@ impl Mesh {
 
     /// Sends `/broadcast` frames published on this core to every other
     /// core, in order.
-    pub fn send(&mut self, frames: &[Frame]) {
+    pub(crate) fn send(&mut self, frames: &[Frame]) {
         if frames.is_empty() {
             return;
         }
@@ -199,7 +199,7 @@ impl Mesh {
 
     /// Sends one message to one other core (behind anything already
     /// waiting for that core, so per-pair order holds).
-    pub fn send_to(&mut self, core: usize, msg: MeshMsg) {
+    pub(crate) fn send_to(&mut self, core: usize, msg: MeshMsg) {
         debug_assert_ne!(core, self.me);
         let i = if core < self.me { core } else { core - 1 };
         if i < self.peers.len() {
@@ -230,7 +230,7 @@ impl Mesh {
 
     /// Moves backlogged frames into rings that have room again; drops what
     /// waits for a core that is gone. Returns whether anything moved.
-    pub fn retry_backlog(&mut self) -> bool {
+    pub(crate) fn retry_backlog(&mut self) -> bool {
         let mut moved = false;
         for peer in &mut self.peers {
             if !peer.backlog.is_empty() && peer.ring.consumer_disconnected() {
@@ -261,7 +261,7 @@ impl Mesh {
 
     /// Wakes every peer this core pushed to since the last call, if it is
     /// asleep. Call once per pass, after all sends.
-    pub fn ring_doorbells(&mut self) {
+    pub(crate) fn ring_doorbells(&mut self) {
         let mut any = false;
         for peer in &self.peers {
             any |= peer.pushed;
@@ -284,7 +284,7 @@ impl Mesh {
 
     /// Moves messages from other cores into `inbox`, in the order each
     /// core sent them. Returns how many arrived.
-    pub fn receive(&mut self, inbox: &mut Vec<MeshMsg>) -> usize {
+    pub(crate) fn receive(&mut self, inbox: &mut Vec<MeshMsg>) -> usize {
         let before = inbox.len();
         for c in &self.from {
             while let Some(m) = c.try_pop() {
@@ -299,7 +299,7 @@ impl Mesh {
     /// Announces that this core is about to sleep. Returns `false` (and
     /// withdraws the announcement) if frames arrived meanwhile; they are in
     /// `inbox` then.
-    pub fn announce_sleep(&mut self, inbox: &mut Vec<MeshMsg>) -> bool {
+    pub(crate) fn announce_sleep(&mut self, inbox: &mut Vec<MeshMsg>) -> bool {
         self.bells[self.me].sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.receive(inbox) > 0 {
@@ -310,34 +310,34 @@ impl Mesh {
     }
 
     /// Clears the sleep announcement after waking.
-    pub fn woke(&self) {
+    pub(crate) fn woke(&self) {
         self.bells[self.me].sleeping.store(false, Ordering::SeqCst);
     }
 
     /// Counters so far.
-    pub fn counters(&self) -> MeshCounters {
+    pub(crate) fn counters(&self) -> MeshCounters {
         self.counters
     }
 
     /// Whether frames wait for ring room (the loop must retry soon).
-    pub fn backlogged(&self) -> bool {
+    pub(crate) fn backlogged(&self) -> bool {
         self.peers.iter().any(|p| !p.backlog.is_empty())
     }
 
     /// Whether a peer is so far behind that this core should stop reading.
-    pub fn congested(&self) -> bool {
+    pub(crate) fn congested(&self) -> bool {
         self.peers
             .iter()
             .any(|p| !p.gone && p.backlog.len() >= BACKLOG_PAUSE)
     }
 
     /// Largest backlog seen (frames waiting for ring room).
-    pub fn backlog_high_water(&self) -> usize {
+    pub(crate) fn backlog_high_water(&self) -> usize {
         self.backlog_high_water
     }
 
     /// Frames waiting for ring room now, over all peers.
-    pub fn backlog_len(&self) -> usize {
+    pub(crate) fn backlog_len(&self) -> usize {
         self.peers.iter().map(|p| p.backlog.len()).sum()
     }
 }

@@ -6,21 +6,21 @@
 //! nothing here sees a socket or the core's slab, only [`ConnKey`](crate::conn::ConnKey)s and
 //! out-queues (through [`Recipients`]). Above `conn`, below `app`.
 
-pub mod broadcast;
-pub mod channels;
-pub mod deliver;
-pub mod mesh;
+pub(crate) mod broadcast;
+pub(crate) mod channels;
+pub(crate) mod deliver;
+pub(crate) mod mesh;
 
 use std::sync::Arc;
 
-pub use broadcast::Hub;
-pub use deliver::{deliver, Recipients};
+pub(crate) use broadcast::Hub;
+pub(crate) use deliver::Recipients;
 
 use crate::conn::SharedFrame;
 
 /// Most cores one server can run: a channel's interest set is a bit set of
 /// this many cores.
-pub const MAX_CORES: usize = 256;
+pub(crate) const MAX_CORES: usize = 256;
 
 /// What one core sends another through its SPSC ring. Channel names travel
 /// as `Arc<str>` so a name is allocated once per core that holds it, and

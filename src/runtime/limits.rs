@@ -29,7 +29,7 @@ pub fn raise_nofile() {
 }
 
 /// Warns when limits will cap the server well below what the host could do.
-pub fn warn_if_low(cores: usize) {
+pub(crate) fn warn_if_low(cores: usize) {
     if let Some(r) = get(libc::RLIMIT_NOFILE) {
         if r.rlim_cur < 65_536 {
             warn!(

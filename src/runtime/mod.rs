@@ -1,7 +1,7 @@
 //! Start-up and shutdown: one pinned glommio executor per CPU, each running
 //! its own [`Shard`], plus the signal handling that drains them.
 
-pub mod limits;
+pub(crate) mod limits;
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;

@@ -11,7 +11,7 @@ use crate::hub::mesh::{self, Doorbells};
 /// What the main thread and the cores share: the shutdown flag and each
 /// core's doorbell. The flag is read once per loop pass (a read-shared cache
 /// line); nothing else here is touched on the data path.
-pub struct Control {
+pub(crate) struct Control {
     pub shutdown: AtomicBool,
     /// Set with `shutdown` when a core failed: the others close their
     /// connections with 1012 (service restart) instead of 1001, since the
@@ -28,7 +28,7 @@ pub struct Control {
 impl Control {
     /// Control block for `cores` cores (one eventfd each for the
     /// doorbells).
-    pub fn new(cores: usize) -> io::Result<Arc<Control>> {
+    pub(crate) fn new(cores: usize) -> io::Result<Arc<Control>> {
         Ok(Arc::new(Control {
             shutdown: AtomicBool::new(false),
             restart: AtomicBool::new(false),
@@ -41,7 +41,7 @@ impl Control {
     }
 
     /// Ready for traffic: every core listens and no drain has begun.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed)
             && !self.shutdown.load(Ordering::Relaxed)
             && self
@@ -51,7 +51,7 @@ impl Control {
     }
 
     /// Asks every core to shut down and wakes the ones that sleep.
-    pub fn request_shutdown(&self) {
+    pub(crate) fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
         for bell in self.bells.iter() {
             bell.ring();

@@ -29,7 +29,7 @@ fn from_words(w: [u64; WORDS]) -> Stats {
 
 /// One core's published counters.
 #[repr(align(128))]
-pub struct CoreMetrics {
+pub(crate) struct CoreMetrics {
     /// The core's listener is bound and its accept is armed.
     pub listening: AtomicBool,
     connections: AtomicU64,
@@ -48,7 +48,7 @@ impl Default for CoreMetrics {
 
 /// A copy of one core's published counters.
 #[derive(Default, Debug, Clone, Copy)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub connections: u64,
     pub stats: Stats,
 }
@@ -56,7 +56,7 @@ pub struct Snapshot {
 impl CoreMetrics {
     /// Copies this core's counters out (called by the owning core only).
     #[inline]
-    pub fn publish(&self, stats: &Stats, connections: usize) {
+    pub(crate) fn publish(&self, stats: &Stats, connections: usize) {
         let r = Ordering::Relaxed;
         self.connections.store(connections as u64, r);
         for (a, &v) in self.stats.iter().zip(words(stats)) {
@@ -65,7 +65,7 @@ impl CoreMetrics {
     }
 
     /// Reads the counters (any core).
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let r = Ordering::Relaxed;
         Snapshot {
             connections: self.connections.load(r),
@@ -341,7 +341,7 @@ const FAMILIES: &[Family] = &[
 
 /// Renders every core's counters in the Prometheus text format (0.0.4),
 /// one series per core (`core="N"`).
-pub fn render(cores: &[CoreMetrics]) -> String {
+pub(crate) fn render(cores: &[CoreMetrics]) -> String {
     let snaps: Vec<Snapshot> = cores.iter().map(CoreMetrics::snapshot).collect();
     let mut out = String::with_capacity(256 * FAMILIES.len() * snaps.len().max(1));
     for f in FAMILIES {

@@ -24,20 +24,20 @@
 //! nothing here can leak to another core.
 
 mod accept;
-pub mod control;
+pub(crate) mod control;
 mod failpoints;
 mod fanout;
 mod gauges;
 mod head;
 mod lifecycle;
-pub mod metrics;
+pub(crate) mod metrics;
 mod query;
 mod recv;
 mod send;
-pub mod slab;
-pub mod stats;
+pub(crate) mod slab;
+pub(crate) mod stats;
 mod timers;
-pub mod wheel;
+pub(crate) mod wheel;
 
 use std::io;
 use std::rc::Rc;
@@ -56,9 +56,9 @@ use crate::hub::mesh::{self, Mesh};
 use crate::hub::MeshMsg;
 use crate::io::ring::Ring;
 use crate::ws::Limits;
-pub use control::Control;
+pub(crate) use control::Control;
 use slab::{token, untoken, Op, SendMsg, Slab};
-pub use stats::Stats;
+pub(crate) use stats::Stats;
 use wheel::TimerWheel;
 
 /// Settings every core shares (read-only).
@@ -99,7 +99,7 @@ pub struct ShardConfig {
 }
 
 /// One core's state. Owned by its loop task.
-pub struct Shard {
+pub(crate) struct Shard {
     id: usize,
     /// The ring, with the provided receive buffers it owns.
     ring: Ring,
@@ -180,7 +180,7 @@ const POOL_TRIM_PERIOD: Duration = Duration::from_secs(1);
 impl Shard {
     /// Sets up this core: ring, buffers, listener, mesh. Runs on the core's
     /// own thread (the ring is single-issuer).
-    pub async fn start(
+    pub(crate) async fn start(
         id: usize,
         cfg: Rc<ShardConfig>,
         control: Arc<Control>,
@@ -240,7 +240,7 @@ impl Shard {
     }
 
     /// Runs the loop until shutdown completes; returns the core's counters.
-    pub async fn run(mut self) -> io::Result<Stats> {
+    pub(crate) async fn run(mut self) -> io::Result<Stats> {
         loop {
             let worked = self.turn()?;
             if self.finished() {

@@ -12,7 +12,7 @@ use crate::ws::Session;
 /// Completion kinds, packed with a [`ConnKey`] into `user_data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Op {
+pub(crate) enum Op {
     Accept = 1,
     Recv = 2,
     Send = 3,
@@ -27,13 +27,13 @@ const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
 
 /// Packs an operation and a connection into a completion's `user_data`.
 #[inline]
-pub fn token(op: Op, key: ConnKey) -> u64 {
+pub(crate) fn token(op: Op, key: ConnKey) -> u64 {
     ((op as u64) << 56) | (((key.gen & GEN_MASK) as u64) << 32) | key.idx as u64
 }
 
 /// Unpacks [`token`].
 #[inline]
-pub fn untoken(ud: u64) -> (Option<Op>, ConnKey) {
+pub(crate) fn untoken(ud: u64) -> (Option<Op>, ConnKey) {
     let op = match (ud >> 56) as u8 {
         1 => Some(Op::Accept),
         2 => Some(Op::Recv),
@@ -50,7 +50,7 @@ pub fn untoken(ud: u64) -> (Option<Op>, ConnKey) {
 }
 
 /// Where a connection is in its life.
-pub enum Phase {
+pub(crate) enum Phase {
     /// Reading the HTTP upgrade request. The head buffer stays empty (no
     /// allocation) when the request arrives in one read.
     Handshake(Vec<u8>),
@@ -72,14 +72,14 @@ pub enum Phase {
 
 /// The iovecs and header of a `sendmsg` in flight; boxed so their address
 /// is stable while the kernel reads them.
-pub struct SendMsg {
+pub(crate) struct SendMsg {
     pub hdr: libc::msghdr,
     pub iov: [libc::iovec; MAX_IOV],
 }
 
 impl SendMsg {
     /// An empty message header.
-    pub fn new() -> Box<SendMsg> {
+    pub(crate) fn new() -> Box<SendMsg> {
         Box::new(SendMsg {
             // SAFETY: msghdr is plain data; all-zero is a valid empty header.
             hdr: unsafe { std::mem::zeroed() },
@@ -92,7 +92,7 @@ impl SendMsg {
 }
 
 /// One client connection. Owned by its core's slab; never shared.
-pub struct Conn {
+pub(crate) struct Conn {
     /// The socket; closed when the connection is dropped from the slab,
     /// which happens only once no operation references it.
     pub fd: OwnedFd,
@@ -130,11 +130,11 @@ pub struct Conn {
 }
 
 /// No timer-wheel entry.
-pub const NO_TICK: u64 = u64::MAX;
+pub(crate) const NO_TICK: u64 = u64::MAX;
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(fd: OwnedFd, deadline: Instant) -> Conn {
+    pub(crate) fn new(fd: OwnedFd, deadline: Instant) -> Conn {
         Conn {
             fd,
             phase: Phase::Handshake(Vec::new()),
@@ -154,7 +154,7 @@ impl Conn {
     }
 
     /// Whether operations still reference this connection.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.recv_armed || self.out.sending()
     }
 }
@@ -166,7 +166,7 @@ struct Slot {
 
 /// The core's connections, addressed by [`ConnKey`].
 #[derive(Default)]
-pub struct Slab {
+pub(crate) struct Slab {
     slots: Vec<Slot>,
     free: Vec<u32>,
     len: usize,
@@ -174,7 +174,7 @@ pub struct Slab {
 
 impl Slab {
     /// Stores a connection and returns its key.
-    pub fn insert(&mut self, conn: Conn) -> ConnKey {
+    pub(crate) fn insert(&mut self, conn: Conn) -> ConnKey {
         self.len += 1;
         if let Some(idx) = self.free.pop() {
             let s = &mut self.slots[idx as usize];
@@ -194,7 +194,7 @@ impl Slab {
 
     /// The live connection for `key`, if it still exists.
     #[inline]
-    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
+    pub(crate) fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
         match self.slots.get_mut(key.idx as usize) {
             Some(Slot { gen, conn: Some(c) }) if *gen == key.gen => Some(c),
             _ => None,
@@ -202,7 +202,7 @@ impl Slab {
     }
 
     /// Frees the slot; the next connection in it gets a new generation.
-    pub fn remove(&mut self, key: ConnKey) -> Option<Conn> {
+    pub(crate) fn remove(&mut self, key: ConnKey) -> Option<Conn> {
         let s = self.slots.get_mut(key.idx as usize)?;
         if s.gen != key.gen {
             return None;
@@ -215,24 +215,24 @@ impl Slab {
     }
 
     /// Live connections.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether there are no live connections.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Calls `f` on every live connection.
-    pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Conn)) {
         for c in self.slots.iter().filter_map(|s| s.conn.as_ref()) {
             f(c);
         }
     }
 
     /// Keys of all live connections.
-    pub fn keys(&self) -> Vec<ConnKey> {
+    pub(crate) fn keys(&self) -> Vec<ConnKey> {
         self.slots
             .iter()
             .enumerate()

@@ -10,14 +10,14 @@
 use std::time::{Duration, Instant};
 
 /// Granularity of deadlines.
-pub const TICK: Duration = Duration::from_millis(50);
+pub(crate) const TICK: Duration = Duration::from_millis(50);
 const SLOTS: usize = 512;
 /// A slot keeps up to this many entries' worth of capacity when it drains;
 /// beyond it, capacity the remaining entries do not need is given back.
 const SLOT_KEEP: usize = 32;
 
 /// The wheel; `K` identifies a connection.
-pub struct TimerWheel<K> {
+pub(crate) struct TimerWheel<K> {
     start: Instant,
     /// Next tick to process.
     cursor: u64,
@@ -30,7 +30,7 @@ pub struct TimerWheel<K> {
 
 impl<K: Copy> TimerWheel<K> {
     /// An empty wheel starting now.
-    pub fn new(now: Instant) -> TimerWheel<K> {
+    pub(crate) fn new(now: Instant) -> TimerWheel<K> {
         TimerWheel {
             start: now,
             cursor: 0,
@@ -41,7 +41,7 @@ impl<K: Copy> TimerWheel<K> {
     }
 
     /// The tick an entry for `t` would fire at.
-    pub fn tick_of(&self, t: Instant) -> u64 {
+    pub(crate) fn tick_of(&self, t: Instant) -> u64 {
         // Round up so nothing fires before its deadline.
         let d = t.saturating_duration_since(self.start);
         (d.as_nanos().div_ceil(TICK.as_nanos())) as u64
@@ -49,7 +49,7 @@ impl<K: Copy> TimerWheel<K> {
 
     /// Schedules `key` to be reported at or after `deadline`; returns the
     /// entry's tick, which [`TimerWheel::advance`] reports with it.
-    pub fn insert(&mut self, deadline: Instant, key: K) -> u64 {
+    pub(crate) fn insert(&mut self, deadline: Instant, key: K) -> u64 {
         let tick = self.tick_of(deadline).max(self.cursor);
         let s = (tick as usize) % SLOTS;
         self.slots[s].push((tick, key));
@@ -59,12 +59,14 @@ impl<K: Copy> TimerWheel<K> {
     }
 
     /// Entries scheduled and not yet reported.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether nothing is scheduled.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
@@ -72,7 +74,7 @@ impl<K: Copy> TimerWheel<K> {
     /// sleeps until then, not until the next tick (an idle core holding
     /// connections whose next pings are seconds away wakes seconds from
     /// now, not 20 times a second). A scan of one word per slot.
-    pub fn next_wake(&self) -> Option<Instant> {
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
         if self.len == 0 {
             return None;
         }
@@ -82,7 +84,7 @@ impl<K: Copy> TimerWheel<K> {
     }
 
     /// Reports every entry (tick, key) whose tick has passed at `now`.
-    pub fn advance(&mut self, now: Instant, mut fire: impl FnMut(u64, K)) {
+    pub(crate) fn advance(&mut self, now: Instant, mut fire: impl FnMut(u64, K)) {
         // Rounded down: tick k (deadlines up to k * TICK) has passed only
         // once `now` reaches k * TICK; `tick_of`'s rounding up would fire
         // entries up to a tick early.

@@ -12,11 +12,17 @@ use super::close::CloseCode;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum OpCode {
+    /// Continues a fragmented message.
     Continuation = 0x0,
+    /// A UTF-8 text message (or its first fragment).
     Text = 0x1,
+    /// A binary message (or its first fragment).
     Binary = 0x2,
+    /// Starts or answers the closing handshake.
     Close = 0x8,
+    /// Asks for a pong.
     Ping = 0x9,
+    /// Answers a ping (or is a heartbeat).
     Pong = 0xA,
 }
 
@@ -50,16 +56,22 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// A parsed, validated client frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// The final fragment of its message.
     pub fin: bool,
+    /// What the frame carries.
     pub opcode: OpCode,
+    /// The masking key (all zero when unmasked).
     pub mask: [u8; 4],
+    /// Payload length as declared.
     pub payload_len: u64,
 }
 
 /// Why a header was rejected: the close code to fail the connection with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeaderError {
+    /// The close code to fail the connection with.
     pub code: CloseCode,
+    /// Why, for the close frame.
     pub reason: &'static str,
 }
 

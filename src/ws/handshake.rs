@@ -77,7 +77,9 @@ pub fn parse_request<R>(
 /// resource (health, readiness, metrics) answered without upgrading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target<W, H> {
+    /// A WebSocket endpoint: the request must be an upgrade.
     WebSocket(W),
+    /// A plain HTTP resource.
     Http(H),
 }
 
@@ -87,7 +89,12 @@ pub enum Request<W, H> {
     /// A WebSocket upgrade: answer 101.
     Upgrade(Upgrade<W>),
     /// A plain `GET` of an HTTP resource; the head is `head_len` bytes.
-    Get { resource: H, head_len: usize },
+    Get {
+        /// What the path names.
+        resource: H,
+        /// Length of the request head.
+        head_len: usize,
+    },
 }
 
 /// The request line of an upgrade: `GET` over HTTP/1.1 (RFC 6455 §4.1).
@@ -192,16 +199,23 @@ pub fn parse_any<R, H>(
 pub enum Parsed<'a, W, H> {
     /// A valid WebSocket upgrade: check `creds`, then answer 101.
     Upgrade {
+        /// The checked upgrade.
         upgrade: Upgrade<W>,
+        /// What the client presented.
         creds: Credentials<'a>,
     },
     /// A plain HTTP request with its whole body (empty without
     /// `Content-Length`); any method, so the resource decides on 405.
     Http {
+        /// What the path names.
         resource: H,
+        /// The request method.
         method: Method,
+        /// Length of the request head.
         head_len: usize,
+        /// The whole body.
         body: &'a [u8],
+        /// What the client presented.
         creds: Credentials<'a>,
     },
 }
@@ -219,11 +233,16 @@ pub enum Progress<'a, W, H> {
     /// already, so the caller can refuse (405, 401) before the body is
     /// sent or buffered.
     AwaitingBody {
+        /// The client waits for `100 Continue`.
         continue_expected: bool,
+        /// What the path names.
         resource: H,
+        /// The request method.
         method: Method,
+        /// What the client presented.
         creds: Credentials<'a>,
     },
+    /// The request is complete.
     Done(Parsed<'a, W, H>),
 }
 

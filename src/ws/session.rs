@@ -21,7 +21,9 @@ use super::utf8::{self, Utf8Stream};
 /// The kind of a complete data message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
+    /// UTF-8 text (validated).
     Text,
+    /// Bytes.
     Binary,
 }
 

@@ -1,6 +1,8 @@
 //! Test harness: start the real server binary on an ephemeral port, talk to
 //! it over real sockets, stop it with a real signal.
-#![allow(dead_code)]
+// Shared by every test crate, each using a different part of it; `pub`
+// is how the test files reach it, not an API.
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

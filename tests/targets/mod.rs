@@ -13,10 +13,13 @@
 //!   agree with a prediction from the message parsed as a `serde_json::Value`;
 //!   accepted payloads are valid JSON (checked by [`is_json`], independent of
 //!   serde_json) and carry the value the client sent.
+// Included by the property tests and the fuzz targets alike; `pub` is how
+// they reach the oracles, not an API.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
-use ringcast::internals::{api, protocol, Route};
 use ringcast::http::{self, Credentials};
+use ringcast::internals::{api, protocol, Route};
 use ringcast::ws::frame::{self, OpCode};
 use ringcast::ws::handshake::{self, Parsed, Progress, Target};
 use ringcast::ws::{CloseCode, Handler, Limits, MessageKind, Session, State};
