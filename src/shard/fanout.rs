@@ -101,9 +101,11 @@ impl Shard {
         self.mark_dirty(key);
     }
 
-    /// `/broadcast`: the pass's frames, local and from other cores, to every
-    /// local subscriber; this core's own then go to the other cores.
-    pub(super) fn fan_out_broadcast(&mut self) {
+    /// The pass's fan-out, one walk per batch: `/broadcast` frames (local
+    /// and from other cores) to every local subscriber, this core's own
+    /// then handed to the other cores; then channel messages to their local
+    /// subscribers.
+    pub(super) fn fan_out(&mut self) {
         let max = self.cfg.max_send_queue_bytes;
         let Shard {
             env,
@@ -111,6 +113,7 @@ impl Shard {
             dirty,
             overflow,
             mesh,
+            stats,
             ..
         } = self;
         let mut sink = Sink {
@@ -118,29 +121,16 @@ impl Shard {
             dirty,
             overflow,
         };
-        self.stats.deliveries += env.hub.fan_out(&mut env.pool, max, &mut sink);
-        if let Some(m) = mesh {
-            m.send(&env.hub.outbox);
+        if env.hub.has_pending() {
+            stats.deliveries += env.hub.fan_out(&mut env.pool, max, &mut sink);
+            if let Some(m) = mesh {
+                m.send(&env.hub.outbox);
+            }
+            env.hub.outbox.clear();
         }
-        env.hub.outbox.clear();
-    }
-
-    /// Channel messages to their local subscribers.
-    pub(super) fn fan_out_channels(&mut self) {
-        let max = self.cfg.max_send_queue_bytes;
-        let Shard {
-            env,
-            conns,
-            dirty,
-            overflow,
-            ..
-        } = self;
-        let mut sink = Sink {
-            conns,
-            dirty,
-            overflow,
-        };
-        self.stats.deliveries += env.channels.fan_out(&mut env.pool, max, &mut sink);
+        if env.channels.has_pending() {
+            stats.deliveries += env.channels.fan_out(&mut env.pool, max, &mut sink);
+        }
     }
 
     /// Hands this pass's channel messages for other cores to the mesh.

@@ -304,13 +304,9 @@ impl Shard {
             worked = true;
             self.handle_mesh_messages();
         }
-        if self.env.hub.has_pending() {
+        if self.env.hub.has_pending() || self.env.channels.has_pending() {
             worked = true;
-            self.fan_out_broadcast();
-        }
-        if self.env.channels.has_pending() {
-            worked = true;
-            self.fan_out_channels();
+            self.fan_out();
         }
         // Timers before the flush: a ping or a timeout's close frame leaves
         // in the pass that queued it, not a pass (or a sleep) later.
