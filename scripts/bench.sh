@@ -80,6 +80,12 @@ scenario_args() { # the generator's arguments for a scenario
 }
 for s in "${SCENARIOS[@]}"; do scenario_args "$s" >/dev/null; done
 
+# A server is a binary name in target/release, or LABEL=PATH for any build
+# of either server (an A/B of two ringcast builds: "old=/tmp/old/ringcast
+# ringcast"); its flags follow from the binary's file name.
+server_label() { case "$1" in *=*) echo "${1%%=*}" ;; *) echo "$1" ;; esac; }
+server_bin() { case "$1" in *=*) echo "${1#*=}" ;; *) echo "$RINGCAST_ROOT/target/release/$1" ;; esac; }
+
 # --- CPUs ------------------------------------------------------------------
 NCPU=$(nproc)
 SERVER_CPUS=${SERVER_CPUS:-0}
@@ -122,7 +128,7 @@ echo "bench.sh: ${SCENARIOS[*]} x {$SERVERS} x $ROUNDS rounds, ${WARMUP}s warm-u
      "server on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS ($GEN_N threads); results in $OUT"
 cat > "$OUT/host.json" <<EOF
 {"cpus": $NCPU, "server_cpus": "$SERVER_CPUS", "gen_cpus": "$GEN_CPUS", "kernel": "$(uname -r)",
- "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "quick": $QUICK, "perf_events": "$EVENTS",
+ "servers": "$(for s in $SERVERS; do server_label "$s"; done | tr '\n' ' ')", "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "quick": $QUICK, "perf_events": "$EVENTS",
  "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)", "date": "$(date -Is)"}
 EOF
 
@@ -132,12 +138,6 @@ cleanup() {
   if [ -n "$PERF_PID" ]; then kill -KILL "$PERF_PID" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
-
-# A server is a binary name in target/release, or LABEL=PATH for any build
-# of either server (an A/B of two ringcast builds: "old=/tmp/old/ringcast
-# ringcast"); its flags follow from the binary's file name.
-server_label() { case "$1" in *=*) echo "${1%%=*}" ;; *) echo "$1" ;; esac; }
-server_bin() { case "$1" in *=*) echo "${1#*=}" ;; *) echo "$RINGCAST_ROOT/target/release/$1" ;; esac; }
 
 run_one() { # scenario server round
   local scen=$1 spec=$2 round=$3

@@ -99,13 +99,19 @@ def main(out_dir):
     out = Path(out_dir)
     recs = [json.loads(p.read_text()) for p in sorted((out / "raw").glob("*.json"))]
     host = json.loads((out / "host.json").read_text()) if (out / "host.json").exists() else {}
+    global SERVERS
+    # The run's servers in the order bench.sh was given them (the ratio is
+    # the first over the second): ringcast vs the baseline, or an A/B of
+    # two ringcast builds.
+    SERVERS = (host.get("servers") or " ".join(SERVERS)).split()[:2]
+    a, b = SERVERS
     by = {}
     for r in recs:
         by.setdefault(r["bench_scenario"], {}).setdefault(r["server_name"], []).append(r)
     scenarios = [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER)
 
     lines = []
-    lines.append("# ringcast vs ringcast-tokio")
+    lines.append(f"# {a} vs {b}")
     lines.append("")
     lines.append(
         f"{host.get('date', '')} · commit {host.get('commit', '?')} · kernel {host.get('kernel', '?')} · "
@@ -119,14 +125,14 @@ def main(out_dir):
         "Medians over rounds, min–max in brackets. *per server CPU-s* = work done per second of server CPU time "
         "(user + system, from the scheduler), the figure that stays meaningful on a shared host. Syscalls are every "
         "syscall the server made during the measured window (`perf stat -e raw_syscalls:sys_enter`), per message. "
-        "Ratio = ringcast / ringcast-tokio (↑ higher is better, ↓ lower is better)."
+        f"Ratio = {a} / {b} (↑ higher is better, ↓ lower is better)."
     )
     lines.append("")
     chart = []
     for s in scenarios:
         lines.append(f"## {s}: {DESCR.get(s, '')}" + (f" ({by[s][SERVERS[0]][0].get('conns')} connections)" if s == "idle" and SERVERS[0] in by[s] else ""))
         lines.append("")
-        lines.append("| metric | ringcast | ringcast-tokio | ratio |")
+        lines.append(f"| metric | {a} | {b} | ratio |")
         lines.append("|---|---|---|---|")
         for i, (label, ex, f, better) in enumerate(METRICS.get(s, THROUGHPUT)):
             cells = []
@@ -155,11 +161,11 @@ def svg(rows):
     """Horizontal bars: each scenario's headline metric for both servers."""
     w, left, bar_h, gap = 760, 250, 16, 14
     h = 40 + len(rows) * (2 * bar_h + gap) + 20
-    colors = {"ringcast": "#d9480f", "ringcast-tokio": "#1c7ed6"}
+    colors = dict(zip(SERVERS, ["#d9480f", "#1c7ed6"]))
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
         f'<rect width="{w}" height="{h}" fill="white"/>',
-        '<text x="10" y="20" font-size="14" font-weight="bold">ringcast vs ringcast-tokio (medians; bar length relative to the larger)</text>',
+        f'<text x="10" y="20" font-size="14" font-weight="bold">{SERVERS[0]} vs {SERVERS[1]} (medians; bar length relative to the larger)</text>',
     ]
     y = 40
     for scen, label, f, meds, better in rows:
