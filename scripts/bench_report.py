@@ -8,6 +8,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from rctools import svg_doc
+
 SERVERS = ["ringcast", "ringcast-tokio"]
 ORDER = ["echo", "echo-big", "echo-lat", "broadcast", "broadcast-wide", "idle", "churn"]
 
@@ -162,11 +164,7 @@ def svg(rows):
     w, left, bar_h, gap = 760, 250, 16, 14
     h = 40 + len(rows) * (2 * bar_h + gap) + 20
     colors = dict(zip(SERVERS, ["#d9480f", "#1c7ed6"]))
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{w}" height="{h}" fill="white"/>',
-        f'<text x="10" y="20" font-size="14" font-weight="bold">{SERVERS[0]} vs {SERVERS[1]} (medians; bar length relative to the larger)</text>',
-    ]
+    out = []
     y = 40
     for scen, label, f, meds, better in rows:
         top = max((m for m in meds if m is not None), default=0) or 1
@@ -180,8 +178,8 @@ def svg(rows):
             out.append(f'<rect x="{left}" y="{yy}" width="{length:.1f}" height="{bar_h - 2}" fill="{colors[srv]}"/>')
             out.append(f'<text x="{left + length + 4:.1f}" y="{yy + bar_h - 4}">{srv}: {fmt(f, m)}</text>')
         y += 2 * bar_h + gap
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    title = f"{SERVERS[0]} vs {SERVERS[1]} (medians; bar length relative to the larger)"
+    return svg_doc(w, h, title, out)
 
 
 if __name__ == "__main__":

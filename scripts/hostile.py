@@ -22,8 +22,9 @@ import selectors
 import socket
 import struct
 import sys
-import threading
 import time
+
+from rctools import WS, Closed, HandshakeRefused, RssSampler, cpu_seconds, frame, parse_metrics, scrape
 
 HEAD = (
     b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
@@ -53,126 +54,42 @@ def raise_nofile():
     return hard
 
 
-# ----- the server process --------------------------------------------------
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise Failed(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime and stime: fields 14 and 15 of stat, 12 and 13 after the name.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class RssSampler:
-    """Samples the server's RSS every 50 ms on a thread; keeps the peak."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.before = rss(pid)
-        self.peak = self.before
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stop.wait(0.05):
-            try:
-                self.peak = max(self.peak, rss(self.pid))
-            except (OSError, Failed):
-                return
-
-    def finish(self):
-        self.stop.set()
-        self.thread.join()
-        after = rss(self.pid)
-        self.peak = max(self.peak, after)
-        return after
-
-
-# ----- well-behaved clients -------------------------------------------------
-
-
-def read_head(s):
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        b = s.recv(1)
-        if not b:
-            raise Failed(f"connection closed during the response head: {head!r}")
-        head += b
-    return head.decode("latin-1")
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        d = s.recv(n - len(buf))
-        if not d:
-            raise Failed("connection closed mid-frame")
-        buf += d
-    return buf
-
-
-def masked(opcode, payload, fin=True):
-    key = os.urandom(4)
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack(">H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-def read_frame(s):
-    h = recv_exact(s, 2)
-    n = h[1] & 0x7F
-    if n == 126:
-        n = struct.unpack(">H", recv_exact(s, 2))[0]
-    elif n == 127:
-        n = struct.unpack(">Q", recv_exact(s, 8))[0]
-    return h[0] & 0x0F, recv_exact(s, n)
+# ----- a well-behaved client -------------------------------------------------
 
 
 def upgrade(addr, path="/echo", timeout=10):
-    s = socket.create_connection(addr, timeout=timeout)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(HEAD.replace(b"/echo", path.encode(), 1))
-    head = read_head(s)
-    if not head.startswith("HTTP/1.1 101 "):
-        s.close()
-        raise Failed(f"upgrade refused: {head.splitlines()[0]!r}")
-    return s
+    """An upgraded raw socket (for scenarios that then misbehave)."""
+    try:
+        ws = WS(addr, path, timeout=timeout)
+    except (Closed, HandshakeRefused) as e:
+        raise Failed(f"upgrade failed: {e}") from None
+    ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return ws.sock
 
 
 def echo_once(addr, text):
-    """A legitimate client: upgrade, one echo, closing handshake."""
-    s = upgrade(addr)
+    """A legitimate client: upgrade, one echo (heartbeat pings answered),
+    closing handshake."""
     try:
-        s.sendall(masked(1, text.encode()))
-        while True:
-            op, p = read_frame(s)
-            if op == 9:  # a heartbeat ping
-                s.sendall(masked(10, p))
-                continue
-            if (op, p) != (1, text.encode()):
-                raise Failed(f"echo: got opcode {op} {p[:40]!r}")
-            break
-        s.sendall(masked(8, struct.pack(">H", 1000)))
-        op, _ = read_frame(s)
-        if op != 8:
+        ws = WS(addr, "/echo", timeout=10)
+    except (Closed, HandshakeRefused) as e:
+        raise Failed(f"upgrade failed: {e}") from None
+    try:
+        ws.send_text(text)
+        op, p = ws.recv()
+        if (op, p) != (1, text.encode()):
+            raise Failed(f"echo: got opcode {op} {p[:40]!r}")
+        ws.close(1000)
+        try:
+            op, _ = ws.recv()
             raise Failed(f"expected the close reply, got opcode {op}")
+        except Closed as c:
+            if c.code != 1000:
+                raise Failed(f"expected the close reply, got {c}") from None
+    except Closed as c:
+        raise Failed(f"echo: {c}") from None
     finally:
-        s.close()
+        ws.shutdown()
 
 
 def echo_retrying(addr, text, patience=15):
@@ -189,22 +106,8 @@ def echo_retrying(addr, text, patience=15):
 
 def connections(addr):
     """`ringcast_connections` summed over cores (the scrape counts 1)."""
-    s = socket.create_connection(addr, timeout=10)
-    try:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
-    finally:
-        s.close()
-    total = 0.0
-    for line in data.decode().split("\r\n\r\n", 1)[-1].splitlines():
-        if line.startswith("ringcast_connections{") or line.startswith("ringcast_connections "):
-            total += float(line.rsplit(None, 1)[1])
-    return int(total)
+    sums, _, _ = parse_metrics(scrape(addr, timeout=10))
+    return int(sums.get("ringcast_connections", 0))
 
 
 def wait_connections(addr, want, patience=30, at_least=False):
@@ -305,8 +208,8 @@ def rststorm(args, addr):
     """Thousands of connections reset mid-handshake and mid-frame, in
     batches: nothing left behind."""
     half_head = HEAD[: len(HEAD) // 2]
-    frame = masked(2, b"\x07" * 1000)
-    half_frame = frame[: len(frame) // 2]
+    data = frame(2, b"\x07" * 1000)
+    half_frame = data[: len(data) // 2]
     batches = args.conns // args.batch
     done = {"handshake": 0, "frame": 0}
     for b in range(batches):

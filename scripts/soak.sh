@@ -146,7 +146,7 @@ while :; do
     --handshake-timeout "$HANDSHAKE_TIMEOUT" --rate-limit "$RATE_LIMIT"
   for p in "${JOB_PIDS[@]}"; do wait "$p" || true; done
   JOB_PIDS=()
-  python3 "$SOAKPY" roundline --dir "$RDIR" --round "$r" || true
+  python3 "$RINGCAST_ROOT/scripts/soak_report.py" roundline --dir "$RDIR" --round "$r" || true
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     SERVER_DIED="during round $r"
     echo "soak.sh: the server exited during round $r" >&2
@@ -175,7 +175,7 @@ rm -f "$SERVER_LOG" "$OUT/.stop" "$OUT/.round"
 PANICS=$(grep -c "panicked" "$OUT/server.log" || true)
 
 rc=0
-python3 "$SOAKPY" report --dir "$OUT" --slope-bound "$SLOPE_BOUND" --interval "$INTERVAL" \
+python3 "$RINGCAST_ROOT/scripts/soak_report.py" report --dir "$OUT" --slope-bound "$SLOPE_BOUND" --interval "$INTERVAL" \
   --round-s "$ROUND" --panics "$PANICS" --server-died "$SERVER_DIED" --exit-status "$EXIT_STATUS" \
   --server-cmd "ringcast ${SERVER_ARGS[*]/$API_KEY/<key>}" --load "$LOAD_DESC" \
   --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" --date "$(date -Is)" \
