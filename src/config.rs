@@ -175,6 +175,38 @@ pub struct Config {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+
+    /// Once every core listens, write the bound address (`IP:PORT` and a
+    /// newline) to this file, atomically (written beside it, then
+    /// renamed): how a script or test that started ringcast on port 0
+    /// learns the port without reading the log.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr_file: Option<PathBuf>,
+
+    /// Test hooks (a client can make a handler panic, a core fail or
+    /// stall). Not a flag, so no deployment turns it on by accident: the
+    /// binary sets it from `RINGCAST_FAILPOINTS=1`, an embedding test sets
+    /// it directly (no environment variable shared by every server in the
+    /// process).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub failpoints: bool,
+}
+
+/// The built-in defaults, exactly those of the flags (clap's own
+/// defaults, so the two cannot drift apart), for a program that embeds the
+/// server and has no command line. Unlike [`Config::from_args_and_file`]
+/// it reads no environment variable: an embedder's configuration is what
+/// its code says.
+impl Default for Config {
+    fn default() -> Config {
+        let matches = Config::command()
+            .mut_args(|a| a.env(None::<&'static str>))
+            .try_get_matches_from(["ringcast"])
+            .expect("the flags' defaults parse");
+        Config::from_arg_matches(&matches).expect("the flags' defaults are valid")
+    }
 }
 
 impl Config {
@@ -507,6 +539,15 @@ pub fn online_cpus() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_is_the_flags_defaults() {
+        let mut parsed = load(&[]).unwrap();
+        // The environment may set these for the parsed one only.
+        (parsed.auth_secret, parsed.api_key) = (None, None);
+        assert_eq!(Config::default(), parsed);
+        assert!(!Config::default().failpoints);
+    }
 
     #[test]
     fn cpu_lists() {

@@ -30,7 +30,10 @@ pub(crate) mod shard;
 pub mod ws;
 
 pub use config::Config;
+pub use runtime::publisher::{PublishError, Publisher};
 pub use runtime::run;
+pub use runtime::server::{Server, ShutdownHandle};
+pub use shard::stats::Stats;
 
 /// Building blocks exposed for the benches, the fuzz targets and the load
 /// generator (they drive the handler, fan-out and parsers directly). Not a

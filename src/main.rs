@@ -6,13 +6,16 @@ use ringcast::config::{self, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cfg = match config::load() {
+    let mut cfg = match config::load() {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("ringcast: {e}");
             std::process::exit(2);
         }
     };
+    // Test hooks: an environment variable for the binary (tests that
+    // embed the server set the field instead).
+    cfg.failpoints = std::env::var_os("RINGCAST_FAILPOINTS").is_some_and(|v| v == "1");
     if cfg.print_config {
         print_config(&cfg);
         return;

@@ -1,30 +1,32 @@
 //! Start-up and shutdown: one pinned glommio executor per CPU, each running
-//! its own [`Shard`], plus the signal handling that drains them.
+//! its own [`Shard`](crate::shard::Shard) ([`server`]), publishing from
+//! other threads ([`publisher`]), and the binary's signal handling that
+//! drains them ([`run`]).
 
-pub(crate) mod limits;
+pub mod limits;
+pub mod publisher;
+pub mod server;
 
-use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::app::heartbeat;
-use crate::app::requests::Access;
 use crate::app::Policy;
 use crate::config::Config;
-use crate::hub::mesh;
-use crate::shard::{Control, Shard, ShardConfig, Stats};
+use crate::app::heartbeat;
+use crate::app::requests::Access;
+use crate::shard::{ShardConfig, Stats};
 use crate::ws::Limits;
+use server::{Server, ShutdownHandle};
 
 /// glommio reserves this much registered memory per executor for its own
 /// storage I/O, which ringcast does not use (default would be 10 MiB).
-const GLOMMIO_IO_MEMORY: usize = 64 * 1024;
+pub(crate) const GLOMMIO_IO_MEMORY: usize = 64 * 1024;
 
 impl Config {
     /// The per-core settings derived from the command line.
@@ -59,7 +61,7 @@ impl Config {
                     min_us: micros(self.ping_min),
                     max_us: micros(self.ping_max),
                 },
-                failpoints: std::env::var_os("RINGCAST_FAILPOINTS").is_some_and(|v| v == "1"),
+                failpoints: self.failpoints,
             },
             idle_timeout: (self.idle_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.idle_timeout)),
@@ -82,167 +84,54 @@ fn micros(seconds: f64) -> u64 {
     (seconds * 1e6) as u64
 }
 
-/// Runs the server until SIGINT/SIGTERM and a completed drain. Returns the
-/// per-core counters.
+/// The binary's server: [`Server::start`], signal handling, `--addr-file`,
+/// then [`Server::wait`]. Runs until SIGINT/SIGTERM and a completed drain
+/// (or a failed core: then the error). Returns the per-core counters.
 pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
-    let cpus = cfg.cpu_set()?;
-    let n = cpus.len();
-    if n > crate::hub::MAX_CORES {
-        return Err(format!(
-            "{n} cores requested; at most {} are supported (use --cores or --cpus)",
-            crate::hub::MAX_CORES
-        ));
-    }
-    limits::raise_nofile();
-    let mut shard_cfg = cfg.shard_config();
-    shard_cfg.cores = n;
-    // Port 0: pick one port for all cores. The placeholder holds it (bound,
-    // never listening, so it receives nothing) until every core has bound.
-    let placeholder = if cfg.listen.port() == 0 {
-        let p = crate::io::listener::reserve_port(cfg.listen)
-            .map_err(|e| format!("reserving a port: {e}"))?;
-        shard_cfg.listen = p.1;
-        Some(p.0)
-    } else {
-        None
-    };
-    let listen = shard_cfg.listen;
-    let control = Control::new(n).map_err(|e| format!("creating the cores' doorbells: {e}"))?;
     // Before any core starts and before the startup line: a signal that
     // arrives as soon as someone sees "listening" must reach our handler,
-    // not the default action (which kills the process without close frames).
-    spawn_signal_thread(control.clone(), Duration::from_secs_f64(cfg.drain_delay))?;
-    let mut links: Vec<Option<mesh::Links>> = if n > 1 {
-        mesh::build(n).into_iter().map(Some).collect()
-    } else {
-        vec![None]
-    };
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    // Every core reports here when its loop ends, however it ends (a drop
-    // guard reports a panic too), so the main thread learns of a failed core
-    // at once rather than when it gets round to joining it.
-    let (exit_tx, exit_rx) = mpsc::channel::<(usize, Result<Stats, String>)>();
-
-    let mut handles = Vec::with_capacity(n);
-    for (i, &cpu) in cpus.iter().enumerate() {
-        let shard_cfg = shard_cfg.clone();
-        let control = control.clone();
-        let mesh = links[i].take();
-        let ready = ready_tx.clone();
-        let exit = ExitReport::new(i, exit_tx.clone());
-        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("ringcast-{i}"))
-            .io_memory(GLOMMIO_IO_MEMORY)
-            .spawn(move || async move {
-                let mut exit = exit;
-                let shard = match Shard::start(i, Rc::new(shard_cfg), control, mesh).await {
-                    Ok(s) => {
-                        let _ = ready.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let msg = format!("core {i} (CPU {cpu}): {e}");
-                        let _ = ready.send(Err(msg.clone()));
-                        exit.send(Err(msg));
-                        return;
-                    }
-                };
-                let r = shard.run().await.map_err(|e| format!("core {i}: {e}"));
-                exit.send(r);
-            })
-            .map_err(|e| format!("starting executor on CPU {cpu}: {e}"))?;
-        handles.push(h);
+    // not the default action (which kills the process without close
+    // frames). Signals caught before the thread below runs wait for it.
+    let signals =
+        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("installing signal handlers: {e}"))?;
+    let server = Server::start(cfg)?;
+    spawn_signal_thread(
+        signals,
+        server.handle(),
+        Duration::from_secs_f64(cfg.drain_delay),
+    )?;
+    if let Some(path) = &cfg.addr_file {
+        // A script waiting for this file would wait forever: fail instead
+        // (dropping the server shuts it down).
+        write_addr_file(path, server.local_addr())
+            .map_err(|e| format!("--addr-file {}: {e}", path.display()))?;
     }
-    drop(ready_tx);
-    drop(exit_tx);
-    let placeholder_guard = placeholder;
-
-    let mut startup_error = None;
-    for _ in 0..n {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                startup_error.get_or_insert(e);
-            }
-            Err(_) => {
-                startup_error.get_or_insert("an executor exited during start-up".into());
-            }
-        }
-    }
-    drop(placeholder_guard);
-    if let Some(e) = &startup_error {
-        error!("{e}");
-        control.request_shutdown();
-    } else {
-        info!(
-            "ringcast listening on ws://{} (pid {}) with {} core(s) on CPUs {:?}; max message {} B, max header {} B, \
-             send queue bound {} B per connection, {} recv buffers x {} B per core, handshake timeout {}s, \
-             shutdown grace {}s",
-            listen,
-            std::process::id(),
-            n,
-            cpus,
-            cfg.max_message_bytes,
-            cfg.max_header_bytes,
-            cfg.max_send_queue_bytes,
-            cfg.recv_buffers.next_power_of_two(),
-            cfg.recv_buffer_size,
-            cfg.handshake_timeout,
-            cfg.shutdown_grace
-        );
-        limits::warn_if_low(n);
-        warn_if_open(cfg);
-    }
-
-    // Cores end in any order; the first that ends without a shutdown having
-    // been asked for has failed, and takes the process down with it.
-    let mut stats: Vec<Option<Stats>> = vec![None; n];
-    let mut failure = startup_error;
-    for (core, r) in exit_rx.iter() {
-        match r {
-            Ok(s) => stats[core] = Some(s),
-            Err(e) => {
-                let asked = control.shutdown.load(Ordering::SeqCst);
-                if failure.is_none() && !asked {
-                    error!(
-                        core,
-                        "core {core} failed: {e}; closing the other cores' connections with 1012 \
-                         and exiting with status 1 for the service manager to restart ringcast"
-                    );
-                    control.restart.store(true, Ordering::SeqCst);
-                } else {
-                    error!(core, "{e}");
-                }
-                failure.get_or_insert(e);
-                control.request_shutdown();
-            }
-        }
-    }
-    for h in handles {
-        if let Err(e) = h.join() {
-            failure.get_or_insert(format!("executor failed: {e}"));
-        }
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(stats.into_iter().flatten().collect()),
-    }
+    server.wait()
 }
 
-/// Reports a core's end to the main thread exactly once: with its result,
+/// Writes `addr` and a newline to `path` so that a reader never sees a
+/// partial file: written to `PATH.tmp` beside it, then renamed over it.
+fn write_addr_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reports a core's end to the supervisor exactly once: with its result,
 /// or, if the core's thread unwinds before that (a panic outside every
 /// `catch_unwind`), with the panic.
-struct ExitReport {
+pub(crate) struct ExitReport {
     core: usize,
     tx: Option<mpsc::Sender<(usize, Result<Stats, String>)>>,
 }
 
 impl ExitReport {
-    fn new(core: usize, tx: mpsc::Sender<(usize, Result<Stats, String>)>) -> ExitReport {
+    pub(crate) fn new(core: usize, tx: mpsc::Sender<(usize, Result<Stats, String>)>) -> ExitReport {
         ExitReport { core, tx: Some(tx) }
     }
 
-    fn send(&mut self, r: Result<Stats, String>) {
+    pub(crate) fn send(&mut self, r: Result<Stats, String>) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send((self.core, r));
         }
@@ -263,15 +152,15 @@ impl Drop for ExitReport {
 }
 
 /// Warns about settings that leave a door open.
-fn warn_if_open(cfg: &Config) {
+pub(crate) fn warn_if_open(cfg: &Config) {
     if cfg.auth_secret.is_some() && cfg.allowed_origins.is_empty() {
         warn!(
             "--auth-secret is set but --allowed-origins is not: any web page can open WebSockets \
              here with a token it holds (cross-site WebSocket hijacking); list your origins"
         );
     }
-    if std::env::var_os("RINGCAST_FAILPOINTS").is_some_and(|v| v == "1") {
-        warn!("RINGCAST_FAILPOINTS=1: test hooks are on (a client can make a handler panic); never in production");
+    if cfg.failpoints {
+        warn!("failpoints (RINGCAST_FAILPOINTS=1): test hooks are on (a client can make a handler panic); never in production");
     }
     if cfg.api_key.is_none() {
         info!(
@@ -283,9 +172,11 @@ fn warn_if_open(cfg: &Config) {
 /// First SIGINT/SIGTERM drains: `/readyz` turns 503 at once, then after
 /// `--drain-delay` every connection is closed with 1001 (waiting up to the
 /// grace period). A second signal exits at once.
-fn spawn_signal_thread(control: Arc<Control>, drain_delay: Duration) -> Result<(), String> {
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("installing signal handlers: {e}"))?;
+fn spawn_signal_thread(
+    mut signals: Signals,
+    server: ShutdownHandle,
+    drain_delay: Duration,
+) -> Result<(), String> {
     std::thread::Builder::new()
         .name("ringcast-signals".into())
         .spawn(move || {
@@ -295,28 +186,28 @@ fn spawn_signal_thread(control: Arc<Control>, drain_delay: Duration) -> Result<(
                 if seen == 1 {
                     // Readiness flips first, so a load balancer stops
                     // routing here while open connections are still served.
-                    control.draining.store(true, Ordering::SeqCst);
+                    server.drain();
                     if drain_delay.is_zero() {
                         info!(
                             signal = sig,
                             "shutting down: no new connections, closing open ones with 1001"
                         );
-                        control.request_shutdown();
+                        server.shutdown();
                     } else {
                         info!(
                             signal = sig,
                             "draining: /readyz answers 503; closing connections with 1001 in {:?}",
                             drain_delay
                         );
-                        let later = control.clone();
+                        let later = server.clone();
                         let delayed = std::thread::Builder::new()
                             .name("ringcast-drain".into())
                             .spawn(move || {
                                 std::thread::sleep(drain_delay);
-                                later.request_shutdown();
+                                later.shutdown();
                             });
                         if delayed.is_err() {
-                            control.request_shutdown();
+                            server.shutdown();
                         }
                     }
                 } else {
@@ -338,8 +229,9 @@ mod tests {
     /// executor's only task, and this test keeps it so: a use of any other
     /// part of glommio fails here with the reason, before it can starve.
     const ALLOWED: &[&str] = &[
-        // Start-up: one pinned executor per CPU, running the loop.
-        "glommio::{LocalExecutorBuilder, Placement}",
+        // Start-up: one pinned executor per CPU, running the loop, and its
+        // join handle.
+        "glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement}",
         // The mesh's lock-free rings (plain memory, no reactor).
         "glommio::channels::spsc_queue",
         // Preemption points inside the loop's own task.

@@ -29,6 +29,7 @@ mod failpoints;
 mod fanout;
 mod gauges;
 mod head;
+pub mod inject;
 mod lifecycle;
 pub(crate) mod metrics;
 mod query;
@@ -162,6 +163,8 @@ pub(crate) struct Shard {
     /// Shutdown: set once stragglers were aborted at the deadline; the loop
     /// ends when their descriptors are closed or at this instant.
     drain_cutoff: Option<Instant>,
+    /// Channel messages from threads outside the cores (the `Publisher`).
+    inbox: inject::Inbox,
 }
 
 /// Token for the listener's multishot accept and the doorbell's poll.
@@ -185,6 +188,7 @@ impl Shard {
         cfg: Rc<ShardConfig>,
         control: Arc<Control>,
         links: Option<mesh::Links>,
+        inbox: inject::Inbox,
     ) -> io::Result<Shard> {
         let mut ring = Ring::new(4096)?;
         ring.provide_buffers(0, cfg.recv_buffers, cfg.recv_buffer_size)?;
@@ -228,6 +232,7 @@ impl Shard {
             stats: Stats::default(),
             drain_deadline: None,
             drain_cutoff: None,
+            inbox,
         };
         shard
             .ring
@@ -304,6 +309,7 @@ impl Shard {
             worked = true;
             self.handle_mesh_messages();
         }
+        worked |= self.take_injected();
         if self.env.hub.has_pending() || self.env.channels.has_pending() {
             worked = true;
             self.fan_out();
@@ -359,12 +365,20 @@ impl Shard {
     /// task on its executor, so blocking the thread here starves nothing.
     /// A shutdown request needs no check here: it rings the doorbell after
     /// raising the flag, and a write the poll has not reported yet makes the
-    /// wait return at once.
+    /// wait return at once. Nor do messages queued by other threads (see
+    /// [`inject`]): the core announces its sleep and looks at its queue
+    /// once more, and a sender that finds the announcement rings.
     fn park(&mut self) -> io::Result<()> {
         if let Some(m) = &mut self.mesh {
             if !m.announce_sleep(&mut self.mesh_in) {
                 return Ok(());
             }
+        }
+        if !self.inbox.may_sleep() {
+            if let Some(m) = &self.mesh {
+                m.woke();
+            }
+            return Ok(());
         }
         // Frames waiting for room in a peer's ring are retried soon.
         let backlog_retry = self
@@ -398,6 +412,7 @@ impl Shard {
         if let Some(m) = &self.mesh {
             m.woke();
         }
+        self.inbox.woke();
         r
     }
 }
