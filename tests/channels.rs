@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::{http_exchange, read_head, tcp, ws_on_core, Server};
+use common::{http_exchange, read_head, tcp, ws_on_core, Running, Server};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -434,12 +434,12 @@ const KEY: &str = "s3cret";
 
 /// Sends one HTTP request (`head` without its blank line; Content-Length
 /// is added) and reads the whole response.
-fn http(server: &Server, head: &str, body: &str) -> (u16, String) {
+fn http(server: &impl Running, head: &str, body: &str) -> (u16, String) {
     let req = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
-    http_exchange(server.addr, req.as_bytes())
+    http_exchange(server.addr(), req.as_bytes())
 }
 
-fn post_publish(server: &Server, auth: &str, body: &str) -> (u16, String) {
+fn post_publish(server: &impl Running, auth: &str, body: &str) -> (u16, String) {
     let head = format!("POST /api/publish HTTP/1.1\r\nHost: x\r\n{auth}");
     http(server, &head, body)
 }
@@ -619,7 +619,7 @@ fn api_is_off_without_a_key() {
     assert_eq!(error_code(&resp), "api_disabled");
 }
 
-fn channel_list(server: &Server) -> Value {
+fn channel_list(server: &impl Running) -> Value {
     let head = format!("GET /api/channels HTTP/1.1\r\nHost: x\r\nX-Api-Key: {KEY}\r\n");
     let (status, resp) = http(server, &head, "");
     assert_eq!(status, 200, "{resp}");

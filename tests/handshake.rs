@@ -14,7 +14,7 @@ fn req(path: &str, edit: impl Fn(String) -> String) -> Vec<u8> {
 
 #[test]
 fn each_bad_request_gets_its_status_and_the_socket_is_closed() {
-    let server = Server::start(&["--log", "debug"]);
+    let server = Server::spawn(&["--log", "debug"]);
     let a = server.addr;
     // A well-behaved client connected throughout.
     let mut ws = client(&server.url("/echo"));

@@ -167,7 +167,7 @@ fn reset(s: TcpStream) {
 #[test]
 fn slowloris_heads_are_dropped_at_the_handshake_timeout() {
     const CONNS: usize = 50;
-    let server = Server::start(&["--handshake-timeout", "1", "--log", "debug"]);
+    let server = Server::spawn(&["--handshake-timeout", "1", "--log", "debug"]);
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
     let head = upgrade_request("/echo").into_bytes();
@@ -244,7 +244,7 @@ fn slowloris_heads_are_dropped_at_the_handshake_timeout() {
 #[test]
 fn abusive_request_heads_are_refused() {
     // Refusals tests/handshake.rs does not already cover.
-    let server = Server::start(&[]);
+    let server = Server::spawn(&[]);
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
     let flood: String = (0..100).map(|i| format!("X-Flood-{i}: y\r\n")).collect();
@@ -320,7 +320,7 @@ fn abusive_request_heads_are_refused() {
 fn frame_length_claims_are_judged_from_the_header_alone() {
     // Default limits (16 MiB messages). No payload is ever sent: each close
     // must come from the frame header by itself.
-    let server = Server::start(&[]);
+    let server = Server::spawn(&[]);
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
     let header = |first: u8, len: u64| {
@@ -359,7 +359,7 @@ fn frame_length_claims_are_judged_from_the_header_alone() {
 fn one_byte_fragments_are_closed_when_they_pass_max_message_bytes() {
     const LIMIT: usize = 65536;
     const FLOOD: usize = 100_000;
-    let server = Server::start(&["--max-message-bytes", "65536"]);
+    let server = Server::spawn(&["--max-message-bytes", "65536"]);
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
 
@@ -403,7 +403,7 @@ fn one_byte_fragments_are_closed_when_they_pass_max_message_bytes() {
 #[test]
 fn empty_fragments_are_closed_past_max_fragments() {
     const FLOOD: usize = 100_000;
-    let server = Server::start(&["--max-fragments", "1000"]);
+    let server = Server::spawn(&["--max-fragments", "1000"]);
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
     let mut s = raw_ws(server.addr, "/echo");
@@ -427,7 +427,7 @@ fn empty_fragments_are_closed_past_max_fragments() {
 #[test]
 fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
     const PINGS: usize = 50_000;
-    let server = Server::start(&["--max-send-queue-bytes", "1048576", "--close-timeout", "60"]);
+    let server = Server::spawn(&["--max-send-queue-bytes", "1048576", "--close-timeout", "60"]);
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
     let mut s = raw_ws_not_reading(server.addr, "/echo");
@@ -498,7 +498,7 @@ fn a_channel_subscriber_that_never_reads_is_cut_off_and_the_others_get_everythin
     const READERS: usize = 2;
     // Publishers here go as fast as their readers keep up: the publish rate
     // limit is off (tests/reliability.rs tests it).
-    let server = Server::start(&[
+    let server = Server::spawn(&[
         "--max-send-queue-bytes",
         "1048576",
         "--close-timeout",
@@ -609,7 +609,7 @@ fn a_channel_subscriber_that_never_reads_is_cut_off_and_the_others_get_everythin
 #[test]
 fn abrupt_resets_mid_handshake_and_mid_frame_leave_nothing_behind() {
     const EACH: usize = 200;
-    let server = Server::start(&[]);
+    let server = Server::spawn(&[]);
     let mut bystander = Bystander::new(&server);
     let mut listener = client(&server.url("/broadcast"));
     let mut mem = Memory::new(&server, 16 * MIB);
@@ -666,7 +666,7 @@ fn abrupt_resets_mid_handshake_and_mid_frame_leave_nothing_behind() {
 fn a_connection_flood_over_max_connections_gets_503_and_the_rest_are_served() {
     const LIMIT: usize = 50;
     const FLOOD: usize = 80;
-    let server = Server::start(&["--cores", "1", "--max-connections", "50"]);
+    let server = Server::spawn(&["--cores", "1", "--max-connections", "50"]);
     // The bystander is one of the 50.
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
@@ -727,7 +727,7 @@ fn a_client_that_shuts_down_its_side_right_after_its_request_still_gets_the_answ
     // arrives in the same loop pass as the request, before the answer is
     // flushed. The answer must still go out.
     const ROUNDS: usize = 50;
-    let server = Server::start(&["--cores", "2", "--api-key", "k"]);
+    let server = Server::spawn(&["--cores", "2", "--api-key", "k"]);
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
     let half_close = |request: &[u8]| {

@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     client, close_client, handshakes, http_body, http_exchange, masked, metric_sum, raw_ws,
-    read_frame, recv_json, scrape, send_json, upgrade_request, Server, Ws, PATIENCE,
+    read_frame, recv_json, scrape, send_json, upgrade_request, Running, Server, Ws, PATIENCE,
 };
 use serde_json::json;
 use std::io::{Read, Write};
@@ -20,8 +20,8 @@ fn echo_once(ws: &mut Ws, text: &str) {
 }
 
 /// An upgrade over the limit: 503 with a plain-text reason.
-fn assert_over_capacity(server: &Server) {
-    let (status, resp) = http_exchange(server.addr, upgrade_request("/echo").as_bytes());
+fn assert_over_capacity(server: &impl Running) {
+    let (status, resp) = http_exchange(server.addr(), upgrade_request("/echo").as_bytes());
     assert_eq!(status, 503, "{resp}");
     assert_eq!(
         http_body(&resp),

@@ -27,7 +27,7 @@ fn body(resp: &str) -> &str {
 
 #[test]
 fn health_and_readiness_answer_plain_http() {
-    let server = Server::start(&["--cores", "2"]);
+    let server = Server::spawn(&["--cores", "2"]);
     let (status, resp) = get(&server, "/healthz");
     assert_eq!(status, 200, "{resp}");
     assert_eq!(body(&resp), "ok\n");
@@ -54,7 +54,7 @@ fn health_and_readiness_answer_plain_http() {
 
 #[test]
 fn metrics_parse_and_count_what_the_clients_did() {
-    let server = Server::start(&["--cores", "2"]);
+    let server = Server::spawn(&["--cores", "2"]);
     const CLIENTS: usize = 6;
     const MESSAGES: usize = 25;
     let mut sockets = Vec::new();
@@ -190,7 +190,7 @@ fn readyz_fails_first_and_open_clients_are_served_during_the_drain_delay() {
 /// (and `last` is false); panics on any other failure.
 fn drain_delay_run(delay: u64, last: bool) -> bool {
     let delay_s = delay.to_string();
-    let mut server = Server::start(&["--cores", "2", "--drain-delay", &delay_s]);
+    let mut server = Server::spawn(&["--cores", "2", "--drain-delay", &delay_s]);
     let (mut ws, _) = ws_client(&server);
     send(&mut ws, json!({"type":"subscribe","channel":"d","id":1}));
     assert_eq!(recv(&mut ws), json!({"type":"ack","id":1}));
@@ -263,7 +263,7 @@ fn drain_delay_run(delay: u64, last: bool) -> bool {
 #[test]
 fn metrics_count_a_channel_load_exactly() {
     const PER_PUBLISHER: usize = 10;
-    let server = Server::start(&["--cores", "2", "--api-key", "k"]);
+    let server = Server::spawn(&["--cores", "2", "--api-key", "k"]);
 
     // At least six subscribers, at least two on each core; every upgrade
     // is kept, so they are all counted.
@@ -440,7 +440,7 @@ fn config_file_settings_take_effect() {
     // The key itself is never printed.
     assert!(printed.contains("api-key = \"<redacted>\"\n"), "{printed}");
 
-    let server = Server::start(&["--config", path_str]);
+    let server = Server::spawn(&["--config", path_str]);
     let (mut ws, _) = ws_client(&server);
     for (id, ch) in [(1, "a"), (2, "b")] {
         send(&mut ws, json!({"type":"subscribe","channel":ch,"id":id}));

@@ -10,7 +10,7 @@ use tungstenite::Message;
 
 #[test]
 fn a_handler_panic_drops_one_connection_and_the_core_goes_on() {
-    let server = Server::start_env(&["--cores", "1"], &[("RINGCAST_FAILPOINTS", "1")]);
+    let server = Server::spawn_env(&["--cores", "1"], &[("RINGCAST_FAILPOINTS", "1")]);
     let mut bystander = client(&server.url("/echo"));
     bystander.send(Message::text("before")).unwrap();
     assert_eq!(bystander.read().unwrap(), Message::text("before"));

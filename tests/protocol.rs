@@ -5,11 +5,11 @@ mod common;
 
 use std::io::Write;
 
-use common::{client, expect_close, frame, masked, raw_ws, Server};
+use common::{client, expect_close, frame, masked, raw_ws, Running, Server};
 use tungstenite::Message;
 
-fn close_code_for(server: &Server, bytes: &[u8]) -> u16 {
-    let mut s = raw_ws(server.addr, "/echo");
+fn close_code_for(server: &impl Running, bytes: &[u8]) -> u16 {
+    let mut s = raw_ws(server.addr(), "/echo");
     s.write_all(bytes).unwrap();
     expect_close(&mut s)
 }

@@ -62,7 +62,7 @@ fn a_flood_of_tiny_frames_stays_within_the_memory_bound() {
     const BOUND: u64 = 4 * 1024 * 1024;
     const FRAMES: usize = 1_000_000;
     let bound = BOUND.to_string();
-    let server = Server::start(&[
+    let server = Server::spawn(&[
         "--cores",
         "1",
         "--max-send-queue-bytes",
@@ -187,7 +187,7 @@ fn a_flood_of_tiny_frames_stays_within_the_memory_bound() {
 /// with 1008 long before anyone's backlog matters.
 #[test]
 fn a_flooding_publisher_is_closed_by_the_default_publish_rate() {
-    let server = Server::start(&["--cores", "1"]);
+    let server = Server::spawn(&["--cores", "1"]);
     let mut listener = client(&server.url("/broadcast"));
     let mut flooder = raw_ws(server.addr, "/broadcast");
     let batch: Vec<u8> = masked(true, 2, b"").repeat(10_000);
@@ -224,7 +224,7 @@ fn a_flooding_publisher_is_closed_by_the_default_publish_rate() {
 /// 1008.
 #[test]
 fn a_slow_consumer_sees_whole_frames_then_a_clean_1008() {
-    let server = Server::start(&[
+    let server = Server::spawn(&[
         "--cores",
         "1",
         "--max-send-queue-bytes",
@@ -305,7 +305,7 @@ fn a_slow_consumer_sees_whole_frames_then_a_clean_1008() {
 /// restart), and the process exits non-zero for its service manager.
 #[test]
 fn a_failed_core_stops_the_process_and_the_others_close_with_1012() {
-    let mut server = Server::start_env(
+    let mut server = Server::spawn_env(
         &["--cores", "2", "--shutdown-grace", "3"],
         &[("RINGCAST_FAILPOINTS", "1")],
     );
@@ -340,7 +340,7 @@ fn a_failed_core_stops_the_process_and_the_others_close_with_1012() {
 /// exactly one answer, and the rest are refused.
 #[test]
 fn repeated_unconfirmed_subscribes_are_bounded() {
-    let server = Server::start(&["--cores", "2", "--max-subscriptions", "5"]);
+    let server = Server::spawn(&["--cores", "2", "--max-subscriptions", "5"]);
     let mut s = raw_ws(server.addr, "/ws");
     // One write: all 100 arrive in one read, before any confirmation.
     let mut burst = Vec::new();
@@ -397,7 +397,7 @@ fn expect_close_after_close(s: &mut TcpStream) -> u16 {
 /// become. Now the answer is the only response, and the connection closes.
 #[test]
 fn api_channels_answers_once_and_reads_no_second_request() {
-    let server = Server::start(&["--cores", "2", "--api-key", "k"]);
+    let server = Server::spawn(&["--cores", "2", "--api-key", "k"]);
     for _ in 0..20 {
         let mut s = tcp(server.addr);
         s.write_all(b"GET /api/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\n")
@@ -425,7 +425,7 @@ fn api_channels_answers_once_and_reads_no_second_request() {
 /// timed: a slow runner wakes less, never more.
 #[test]
 fn an_idle_core_wakes_only_when_a_timer_is_due() {
-    let server = Server::start(&["--cores", "1", "--ping-interval", "4", "--ping-min", "2"]);
+    let server = Server::spawn(&["--cores", "1", "--ping-interval", "4", "--ping-min", "2"]);
     let mut idle: Vec<Ws> = (0..50).map(|_| client(&server.url("/echo"))).collect();
     for ws in &mut idle {
         ws.send(Message::text("x")).unwrap();
@@ -454,7 +454,7 @@ fn a_congested_core_keeps_reading_connections_that_do_not_publish() {
     // Enough to fill the ring to the stalled core (8,192) and the backlog
     // past the pause mark (32,768), with room to spare.
     const MESSAGES: u32 = 60_000;
-    let server = Server::start_env(
+    let server = Server::spawn_env(
         &["--cores", "2", "--max-publishes-per-sec", "0"],
         &[("RINGCAST_FAILPOINTS", "1")],
     );
@@ -540,7 +540,7 @@ fn next_text(ws: &mut Ws) -> String {
 #[test]
 fn sendmsg_headers_and_send_buffers_are_freed_after_a_burst() {
     const SUBS: usize = 300;
-    let server = Server::start(&["--cores", "1"]);
+    let server = Server::spawn(&["--cores", "1"]);
     let mut subs: Vec<TcpStream> = (0..SUBS)
         .map(|_| raw_ws(server.addr, "/broadcast"))
         .collect();

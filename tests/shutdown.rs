@@ -55,7 +55,7 @@ fn listening_sockets(pid: u32, port: u16) -> usize {
 fn sigterm_closes_everyone_with_1001_and_exits_0() {
     // A long grace period: the held client below keeps the server draining
     // (alive) until the test has looked at its sockets.
-    let mut server = Server::start(&["--cores", "2", "--shutdown-grace", "60"]);
+    let mut server = Server::spawn(&["--cores", "2", "--shutdown-grace", "60"]);
     let port = server.addr.port();
     // One listener per core, as the process's own sockets show.
     assert_eq!(listening_sockets(server.pid(), port), 2);
@@ -126,7 +126,7 @@ fn sigterm_closes_everyone_with_1001_and_exits_0() {
 
 #[test]
 fn shutdown_gives_up_on_silent_peers_after_the_grace_period() {
-    let mut server = Server::start(&["--shutdown-grace", "1"]);
+    let mut server = Server::spawn(&["--shutdown-grace", "1"]);
     // A raw client that never answers the close frame.
     let mut s = raw_ws(server.addr, "/echo");
     s.write_all(&common::masked(true, 1, b"x")).unwrap();

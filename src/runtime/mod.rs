@@ -3,9 +3,9 @@
 //! other threads ([`publisher`]), and the binary's signal handling that
 //! drains them ([`run`]).
 
-pub mod limits;
-pub mod publisher;
-pub mod server;
+pub(crate) mod limits;
+pub(crate) mod publisher;
+pub(crate) mod server;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,10 +16,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 
-use crate::app::Policy;
-use crate::config::Config;
 use crate::app::heartbeat;
 use crate::app::requests::Access;
+use crate::app::Policy;
+use crate::config::Config;
 use crate::shard::{ShardConfig, Stats};
 use crate::ws::Limits;
 use server::{Server, ShutdownHandle};

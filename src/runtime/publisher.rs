@@ -84,9 +84,7 @@ impl fmt::Display for PublishError {
                 "the core's publish queue is full (the server is not keeping up); \
                  nothing was published: retry later or publish less often",
             ),
-            PublishError::Stopped => {
-                f.write_str("the server has shut down; nothing was published")
-            }
+            PublishError::Stopped => f.write_str("the server has shut down; nothing was published"),
         }
     }
 }
@@ -128,8 +126,8 @@ impl Publisher {
                 max: inner.max_payload,
             });
         }
-        let value: &RawValue = serde_json::from_str(payload)
-            .map_err(|e| PublishError::BadPayload(e.to_string()))?;
+        let value: &RawValue =
+            serde_json::from_str(payload).map_err(|e| PublishError::BadPayload(e.to_string()))?;
         let core = self.core_for(channel);
         let msg = Injected::encode(channel, value);
         match inner.inlets[core].send(msg, &inner.control.bells[core]) {

@@ -96,8 +96,7 @@ impl Server {
             None
         };
         let listen = shard_cfg.listen;
-        let control =
-            Control::new(n).map_err(|e| format!("creating the cores' doorbells: {e}"))?;
+        let control = Control::new(n).map_err(|e| format!("creating the cores' doorbells: {e}"))?;
         let mut links: Vec<Option<mesh::Links>> = if n > 1 {
             mesh::build(n).into_iter().map(Some).collect()
         } else {

@@ -32,11 +32,11 @@ use crate::ws::OpCode;
 /// publishing flat out cannot keep the core from its sockets: the rest
 /// waits for the next pass (which comes at once, the loop does not sleep
 /// while the queue holds anything).
-pub const BATCH: usize = 1024;
+pub(crate) const BATCH: usize = 1024;
 
 /// A channel message encoded for every subscriber: the `message` frame a
 /// `/ws` publish of the same channel and payload produces, byte for byte.
-pub struct Injected {
+pub(crate) struct Injected {
     frame: SharedFrame,
     /// Where the channel name sits inside the frame (it is copied there
     /// verbatim), so the message needs no second allocation for it.
@@ -47,7 +47,7 @@ pub struct Injected {
 impl Injected {
     /// Encodes `payload` on `channel`, which must have passed
     /// [`protocol::validate_channel`] (at most 128 ASCII bytes).
-    pub fn encode(channel: &str, payload: &RawValue) -> Injected {
+    pub(crate) fn encode(channel: &str, payload: &RawValue) -> Injected {
         let parts = protocol::message_parts(channel, payload);
         let frame = SharedFrame::encode_parts(OpCode::Text, &parts);
         let body: usize = parts.iter().map(|p| p.len()).sum();
@@ -63,13 +63,13 @@ impl Injected {
 
     /// The channel the message is published on.
     #[cfg(test)]
-    pub fn channel(&self) -> &str {
+    pub(crate) fn channel(&self) -> &str {
         name_in(self.frame.bytes(), self.channel_at, self.channel_len)
     }
 
     /// The encoded frame.
     #[cfg(test)]
-    pub fn frame(&self) -> &[u8] {
+    pub(crate) fn frame(&self) -> &[u8] {
         self.frame.bytes()
     }
 }
@@ -88,19 +88,19 @@ fn name_in(frame: &[u8], at: u8, len: u8) -> &str {
 struct Parked(AtomicBool);
 
 /// The sending end of one core's queue.
-pub struct Inlet {
+pub(crate) struct Inlet {
     tx: Sender<Injected>,
     parked: Arc<Parked>,
 }
 
 /// The core's end of its queue.
-pub struct Inbox {
+pub(crate) struct Inbox {
     rx: Receiver<Injected>,
     parked: Arc<Parked>,
 }
 
 /// One core's queue, holding at most `capacity` messages.
-pub fn inlet(capacity: usize) -> (Inlet, Inbox) {
+pub(crate) fn inlet(capacity: usize) -> (Inlet, Inbox) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     let parked = Arc::new(Parked::default());
     let inbox = Inbox {
@@ -114,7 +114,11 @@ impl Inlet {
     /// Queues `msg` for the core whose doorbell is `bell`, waking the core
     /// if it sleeps. A full queue or a core that has stopped gives the
     /// message back in the error.
-    pub fn send(&self, msg: Injected, bell: &Doorbell) -> Result<(), TrySendError<Injected>> {
+    pub(crate) fn send(
+        &self,
+        msg: Injected,
+        bell: &Doorbell,
+    ) -> Result<(), TrySendError<Injected>> {
         self.tx.try_send(msg)?;
         // Pairs with the fence in `Inbox::may_sleep`.
         fence(Ordering::SeqCst);
@@ -128,7 +132,7 @@ impl Inlet {
 impl Inbox {
     /// Announces that the core is going to sleep. Returns `false` (and
     /// withdraws the announcement) if messages are waiting.
-    pub fn may_sleep(&self) -> bool {
+    pub(crate) fn may_sleep(&self) -> bool {
         self.parked.0.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.rx.is_empty() {
@@ -139,7 +143,7 @@ impl Inbox {
     }
 
     /// Withdraws the announcement after waking.
-    pub fn woke(&self) {
+    pub(crate) fn woke(&self) {
         self.parked.0.store(false, Ordering::SeqCst);
     }
 }
@@ -221,12 +225,18 @@ mod tests {
                 0
             }
         };
-        inlet.send(Injected::encode("c", raw("1")), &bells[0]).unwrap();
+        inlet
+            .send(Injected::encode("c", raw("1")), &bells[0])
+            .unwrap();
         assert_eq!(count(&bells[0]), 0, "an awake core is not rung");
         while inbox.rx.try_recv().is_ok() {}
         assert!(inbox.may_sleep());
-        inlet.send(Injected::encode("c", raw("2")), &bells[0]).unwrap();
-        inlet.send(Injected::encode("c", raw("3")), &bells[0]).unwrap();
+        inlet
+            .send(Injected::encode("c", raw("2")), &bells[0])
+            .unwrap();
+        inlet
+            .send(Injected::encode("c", raw("3")), &bells[0])
+            .unwrap();
         assert_eq!(count(&bells[0]), 1, "one ring for a sleeping core");
         inbox.woke();
     }

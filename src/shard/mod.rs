@@ -29,7 +29,7 @@ mod failpoints;
 mod fanout;
 mod gauges;
 mod head;
-pub mod inject;
+pub(crate) mod inject;
 mod lifecycle;
 pub(crate) mod metrics;
 mod query;

@@ -10,20 +10,31 @@ use crate::app::MsgStats;
 #[repr(C)]
 #[derive(Default, Debug, Clone, Copy, Pod, Zeroable)]
 pub struct Stats {
+    /// Connections accepted.
     pub accepted: u64,
+    /// WebSocket upgrades completed.
     pub upgraded: u64,
+    /// Upgrades refused as malformed or unsupported.
     pub refused: u64,
+    /// Connections closed and freed.
     pub closed: u64,
+    /// Frames queued to subscribers by fan-out.
     pub deliveries: u64,
+    /// Connections closed with 1008 for their backlog.
     pub slow_consumer_closes: u64,
+    /// Send submissions (one per connection per pass at most).
     pub sends: u64,
+    /// `io_uring_enter` calls.
     pub enters: u64,
+    /// Loop passes.
     pub turns: u64,
     /// Plain HTTP requests answered (health, readiness, metrics, API).
     pub http_requests: u64,
     /// Upgrades refused: 401 (token), 403 (origin), 503 (connection limit).
     pub unauthorized: u64,
+    /// Upgrades refused for their origin (403).
     pub forbidden_origin: u64,
+    /// Upgrades refused at `--max-connections` (503).
     pub over_capacity: u64,
     /// Connections closed with 1008 for their message rate.
     pub rate_limit_closes: u64,
@@ -49,19 +60,23 @@ pub struct Stats {
     /// Gauges, refreshed about once a second: suspect connections now,
     /// unsent bytes queued over all connections.
     pub suspects: u64,
+    /// Gauge: unsent bytes queued over all connections.
     pub send_queue_bytes: u64,
     /// Gauge: memory held by all send queues (what the bound counts).
     pub send_queue_memory: u64,
     /// Gauges: frames waiting for room in peers' rings; connections whose
     /// reads are paused while a peer is congested.
     pub mesh_backlog: u64,
+    /// Gauge: connections whose reads are paused.
     pub paused_connections: u64,
     /// Gauges: free `sendmsg` headers and pooled send-buffer bytes kept
     /// for reuse (both freed once unused for a second).
     pub sendmsg_headers: u64,
+    /// Gauge: pooled send-buffer bytes.
     pub send_pool_bytes: u64,
     /// Gauges: channel entries and local subscriptions.
     pub channels: u64,
+    /// Gauge: local channel subscriptions.
     pub subscriptions: u64,
     /// Counters of the connections' messages.
     pub msg: MsgStats,

@@ -1,5 +1,8 @@
-//! Test harness: start the real server binary on an ephemeral port, talk to
-//! it over real sockets, stop it with a real signal.
+//! Test harness: start the real server on an ephemeral port — in this
+//! process through the embedding API ([`Server::start`]), or as its binary
+//! where a test needs a process (signals, exit status, RSS, the log:
+//! [`Server::spawn`]) — and talk to it over real sockets. Ports come from
+//! the API or from `--addr-file`, never from a log line.
 // Shared by every test crate, each using a different part of it; `pub`
 // is how the test files reach it, not an API.
 #![allow(dead_code, unreachable_pub)]
@@ -8,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Generous bound for anything a test waits on, so a bug fails the test
@@ -91,26 +94,119 @@ pub struct Server {
     log: Arc<Mutex<String>>,
 }
 
+/// A server running inside this test process ([`ringcast::Server`]).
+/// Dropping it shuts it down gracefully.
+pub struct Embedded {
+    server: Option<ringcast::Server>,
+    pub addr: SocketAddr,
+}
+
+impl Embedded {
+    /// `ws://ADDR/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// A publisher into the server from any thread.
+    pub fn publisher(&self) -> ringcast::Publisher {
+        self.server.as_ref().expect("running").publisher()
+    }
+
+    /// Shuts down gracefully (1001 close frames); returns each core's
+    /// counters.
+    pub fn stop(mut self) -> Vec<ringcast::Stats> {
+        let server = self.server.take().expect("running");
+        server.shutdown().expect("a clean shutdown")
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            let _ = s.shutdown();
+        }
+    }
+}
+
+/// What every running server gives a test: its address.
+pub trait Running {
+    /// Where it listens.
+    fn addr(&self) -> SocketAddr;
+    /// `ws://ADDR/path`.
+    fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr(), path)
+    }
+}
+
+impl Running for Embedded {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Running for Server {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// The configuration `ringcast ARGS` would run with, on an ephemeral port.
+fn config(args: &[&str]) -> ringcast::Config {
+    let mut all = vec!["ringcast", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    ringcast::Config::from_args_and_file(all).unwrap_or_else(|e| panic!("config {args:?}: {e}"))
+}
+
 impl Server {
-    /// Starts `ringcast` with extra arguments.
-    pub fn start(args: &[&str]) -> Server {
+    /// Starts ringcast in this process with extra arguments.
+    pub fn start(args: &[&str]) -> Embedded {
+        Server::start_env(args, &[])
+    }
+
+    /// Starts ringcast in this process; `RINGCAST_FAILPOINTS=1` in `env`
+    /// turns the test hooks on (the config field, not the environment,
+    /// which every server in the process would share).
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Embedded {
+        let mut cfg = config(args);
+        for (k, v) in env {
+            match (*k, *v) {
+                ("RINGCAST_FAILPOINTS", "1") => cfg.failpoints = true,
+                other => panic!("no in-process meaning for {other:?}: use Server::spawn_env"),
+            }
+        }
+        let server = ringcast::Server::start(&cfg).unwrap_or_else(|e| panic!("start: {e}"));
+        Embedded {
+            addr: server.local_addr(),
+            server: Some(server),
+        }
+    }
+
+    /// Starts the `ringcast` binary with extra arguments.
+    pub fn spawn(args: &[&str]) -> Server {
         Server::start_bin(env!("CARGO_BIN_EXE_ringcast"), args)
     }
 
-    /// Starts `ringcast` with extra arguments and environment variables.
-    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::spawn(env!("CARGO_BIN_EXE_ringcast"), args, env)
+    /// Starts the `ringcast` binary with extra arguments and environment
+    /// variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch(env!("CARGO_BIN_EXE_ringcast"), args, env)
     }
 
-    /// Starts a server binary that takes `--listen` and logs
-    /// `listening on ws://ADDR` once it accepts connections.
+    /// Starts a server binary that takes `--listen` and `--addr-file`.
     pub fn start_bin(bin: &str, args: &[&str]) -> Server {
-        Server::spawn(bin, args, &[])
+        Server::launch(bin, args, &[])
     }
 
-    fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+    fn launch(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addr_file =
+            std::env::temp_dir().join(format!("ringcast-test-{}-{n}.addr", std::process::id()));
+        let _ = std::fs::remove_file(&addr_file);
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--addr-file")
+            .arg(&addr_file)
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -120,29 +216,29 @@ impl Server {
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on ws://") {
-                    let rest = &line[i + "listening on ws://".len()..];
-                    let addr = rest.split_whitespace().next().unwrap_or("");
-                    let _ = tx.send(addr.trim_end_matches([',', ';']).to_string());
-                }
                 let mut l = log2.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(PATIENCE) {
-            Ok(a) => a
-                .parse()
-                .unwrap_or_else(|e| panic!("bad address {a:?}: {e}")),
-            Err(_) => {
+        let start = Instant::now();
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                if let Ok(a) = text.trim().parse::<SocketAddr>() {
+                    break a;
+                }
+            }
+            let exited = child.try_wait().expect("try_wait").is_some();
+            if exited || start.elapsed() > PATIENCE {
                 let _ = child.kill();
                 panic!("server did not start:\n{}", log.lock().unwrap());
             }
+            std::thread::sleep(Duration::from_millis(10));
         };
+        let _ = std::fs::remove_file(&addr_file);
         Server {
             child: Some(child),
             addr,
@@ -427,8 +523,8 @@ pub fn http_body(resp: &str) -> &str {
 }
 
 /// Scrapes `/metrics` and parses it as Prometheus text.
-pub fn scrape(server: &Server) -> prometheus_parse::Scrape {
-    let (status, resp) = http_exchange(server.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+pub fn scrape(server: &impl Running) -> prometheus_parse::Scrape {
+    let (status, resp) = http_exchange(server.addr(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 200, "{resp}");
     let lines = http_body(&resp).lines().map(|l| Ok(l.to_owned()));
     prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
@@ -505,9 +601,9 @@ pub fn rss_bytes(server: &Server) -> u64 {
 /// `core` (the `X-Ringcast-Core` header of the 101), so a test can place
 /// clients on different cores. Bounded: SO_REUSEPORT spreads connections
 /// by hash, so a few tries find each core.
-pub fn ws_on_core(server: &Server, path: &str, core: usize) -> Ws {
+pub fn ws_on_core(server: &impl Running, path: &str, core: usize) -> Ws {
     for _ in 0..200 {
-        let (ws, resp) = tungstenite::connect(server.url(path)).expect("upgrade");
+        let (ws, resp) = tungstenite::connect(server.ws_url(path)).expect("upgrade");
         let on = resp
             .headers()
             .get("x-ringcast-core")
