@@ -29,6 +29,7 @@ pub(crate) mod runtime;
 pub(crate) mod shard;
 pub mod ws;
 
+pub use app::stats::MsgStats;
 pub use config::Config;
 pub use runtime::publisher::{PublishError, Publisher};
 pub use runtime::run;

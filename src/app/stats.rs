@@ -15,7 +15,9 @@ pub(crate) const RTT_BUCKETS_US: [u64; 14] = [
 #[repr(C)]
 #[derive(Default, Clone, Copy, Debug, Pod, Zeroable)]
 pub struct MsgStats {
+    /// Data messages received.
     pub messages_in: u64,
+    /// Their payload bytes.
     pub bytes_in: u64,
     /// Replies queued to the sender (echoes, `/ws` acks, pongs, errors);
     /// fan-out deliveries are counted by the core.
@@ -34,7 +36,9 @@ pub struct MsgStats {
     /// Ping round trips per bucket of [`RTT_BUCKETS_US`] (last: `+Inf`),
     /// not cumulative.
     pub rtt_buckets: [u64; RTT_BUCKETS_US.len() + 1],
+    /// Sum of the ping round trips measured (microseconds).
     pub rtt_sum_us: u64,
+    /// Ping round trips measured.
     pub rtt_count: u64,
 }
 

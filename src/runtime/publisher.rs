@@ -172,7 +172,7 @@ mod tests {
 
     #[test]
     fn refusals_say_why() {
-        let (p, _inboxes) = publisher(2, 4);
+        let (p, _inboxes) = publisher(2, 8);
         for bad in ["", "a b", "chat.*", &"x".repeat(129)] {
             match p.publish(bad, "1") {
                 Err(PublishError::BadChannel(why)) => assert!(why.contains("channel"), "{why}"),

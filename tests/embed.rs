@@ -1,0 +1,119 @@
+//! The embedding API: a server started in this process, published into
+//! from several threads at once, stopped gracefully.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use common::{recv_json, send_json, ws_on_core, Server, Ws, PATIENCE};
+use ringcast::PublishError;
+use serde_json::json;
+
+/// Subscribes `ws` to `channel` and waits for the ack.
+fn subscribe(ws: &mut Ws, channel: &str) {
+    send_json(
+        ws,
+        json!({"type": "subscribe", "channel": channel, "id": 1}),
+    );
+    let ack = recv_json(ws);
+    assert_eq!(ack["type"], "ack", "{ack}");
+}
+
+#[test]
+fn threads_publish_to_subscribers_on_every_core_in_order_and_exactly_once() {
+    const THREADS: u64 = 4;
+    const EACH: u64 = 500;
+    let server = Server::start(&["--cores", "2"]);
+    let mut subs = [ws_on_core(&server, "/ws", 0), ws_on_core(&server, "/ws", 1)];
+    for s in &mut subs {
+        subscribe(s, "ticks");
+    }
+    let publisher = server.publisher();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let p = publisher.clone();
+            std::thread::spawn(move || {
+                for n in 0..EACH {
+                    let payload = format!(r#"{{"from":{t},"n":{n}}}"#);
+                    // Back-pressure is the caller's to handle: retry, bounded.
+                    let start = Instant::now();
+                    loop {
+                        match p.publish("ticks", &payload) {
+                            Ok(()) => break,
+                            Err(PublishError::Full) if start.elapsed() < PATIENCE => {
+                                std::thread::yield_now()
+                            }
+                            Err(e) => panic!("publish: {e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("publisher thread");
+    }
+    for (core, ws) in subs.iter_mut().enumerate() {
+        let mut next: HashMap<u64, u64> = HashMap::new();
+        for _ in 0..THREADS * EACH {
+            let m = recv_json(ws);
+            assert_eq!(m["type"], "message", "{m}");
+            assert_eq!(m["channel"], "ticks");
+            let (from, n) = (
+                m["payload"]["from"].as_u64().expect("from"),
+                m["payload"]["n"].as_u64().expect("n"),
+            );
+            let want = next.entry(from).or_insert(0);
+            assert_eq!(
+                n, *want,
+                "core {core}: thread {from}'s messages out of order"
+            );
+            *want += 1;
+        }
+        assert!(
+            next.values().all(|&n| n == EACH),
+            "core {core}: every message once: {next:?}"
+        );
+    }
+    let stats = server.stop();
+    assert_eq!(stats.len(), 2);
+    let published: u64 = stats.iter().map(|s| s.msg.publishes).sum();
+    assert_eq!(published, THREADS * EACH, "each message published once");
+}
+
+#[test]
+fn bad_input_is_refused_with_its_reason_and_a_stopped_server_says_so() {
+    let server = Server::start(&["--cores", "1", "--max-message-bytes", "64"]);
+    let p = server.publisher();
+    match p.publish("no spaces", "1") {
+        Err(PublishError::BadChannel(why)) => assert!(!why.is_empty()),
+        other => panic!("bad channel: {other:?}"),
+    }
+    match p.publish("c", "{not json") {
+        Err(e @ PublishError::BadPayload(_)) => {
+            assert!(e.to_string().contains("JSON"), "{e}")
+        }
+        other => panic!("bad payload: {other:?}"),
+    }
+    match p.publish("c", "1 2") {
+        Err(PublishError::BadPayload(_)) => {}
+        other => panic!("two values: {other:?}"),
+    }
+    let big = format!("\"{}\"", "x".repeat(100));
+    assert_eq!(
+        p.publish("c", &big),
+        Err(PublishError::TooLarge { len: 102, max: 64 })
+    );
+    // A channel nobody subscribes to is fine: the message goes nowhere.
+    p.publish("c", r#"{"ok":true}"#).expect("valid message");
+    let mut ws = common::client(&server.url("/ws"));
+    subscribe(&mut ws, "c");
+    server.stop();
+    // The client got the server's going-away close.
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    assert_eq!(p.publish("c", "1"), Err(PublishError::Stopped));
+}
