@@ -16,8 +16,10 @@ fn main() {
         .map(|s| s.parse().expect("SECONDS must be a number"))
         .unwrap_or(5)
         .min(60);
-    let mut cfg = ringcast::Config::default();
-    cfg.listen = "127.0.0.1:0".parse().expect("address");
+    let cfg = ringcast::Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..ringcast::Config::default()
+    };
     let server = ringcast::Server::start(&cfg).unwrap_or_else(|e| {
         eprintln!("embed: {e}");
         std::process::exit(1);

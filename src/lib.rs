@@ -1,5 +1,26 @@
 //! ringcast: a thread-per-core io_uring WebSocket server.
 //!
+//! It runs as the `ringcast` binary, or inside any program through
+//! [`Server`]: started from a [`Config`] on its own pinned cores, published
+//! into from any thread through a [`Publisher`], stopped with close frames
+//! by [`Server::shutdown`] (`examples/embed.rs` is a complete program).
+//!
+//! ```no_run
+//! let cfg = ringcast::Config {
+//!     listen: "127.0.0.1:0".parse().expect("address"),
+//!     ..ringcast::Config::default()
+//! };
+//! let server = ringcast::Server::start(&cfg).expect("start");
+//! println!("clients connect to ws://{}/ws", server.local_addr());
+//! let publisher = server.publisher(); // Send + Clone: one per thread
+//! std::thread::spawn(move || publisher.publish("ticks", r#"{"tick":1}"#))
+//!     .join()
+//!     .expect("thread")
+//!     .expect("published");
+//! let per_core = server.shutdown().expect("clean shutdown");
+//! println!("{} cores stopped", per_core.len());
+//! ```
+//!
 //! Layers, ground first; each imports only from the layers above it in
 //! this list, never from one below (see `docs/architecture.md`):
 //!
@@ -16,7 +37,8 @@
 //! - [`runtime`]: executors, pinning, start and stop, signals.
 //!
 //! The public API is the protocol layers ([`ws`], [`http`]), the ring
-//! ([`io`], which the load generator drives too), [`Config`] and [`run`].
+//! ([`io`], which the load generator drives too), [`Config`], [`Server`],
+//! [`Publisher`] and [`run`].
 //! Everything else is `pub(crate)`; [`internals`] names the few building
 //! blocks benches, fuzz targets and the load generator need.
 pub(crate) mod app;
