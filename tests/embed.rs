@@ -117,3 +117,47 @@ fn bad_input_is_refused_with_its_reason_and_a_stopped_server_says_so() {
     }
     assert_eq!(p.publish("c", "1"), Err(PublishError::Stopped));
 }
+
+#[test]
+fn a_full_queue_is_back_pressure_and_every_accepted_message_is_delivered() {
+    let server = Server::start_env(&["--cores", "2"], &[("RINGCAST_FAILPOINTS", "1")]);
+    let p = server.publisher();
+    let core = p.core_for("c");
+    let other = 1 - core;
+    // A subscriber on the other core, its interest confirmed by the ack.
+    let mut sub = ws_on_core(&server, "/ws", other);
+    subscribe(&mut sub, "c");
+    // Connected before the stall: a new connection could land on the
+    // stalled core and wait for it.
+    let mut resumer = ws_on_core(&server, "/echo", other);
+    // Stall the core that takes "c"'s messages: the echo comes back, then
+    // its loop stops (test hook), so nothing drains its queue.
+    let mut staller = ws_on_core(&server, "/echo", core);
+    staller
+        .send(tungstenite::Message::text("ringcast:stall-core"))
+        .expect("send");
+    let echoed = staller.read().expect("the hook's echo");
+    assert_eq!(echoed.to_text().ok(), Some("ringcast:stall-core"));
+    let mut accepted = 0;
+    loop {
+        match p.publish("c", &accepted.to_string()) {
+            Ok(()) => accepted += 1,
+            Err(PublishError::Full) => break,
+            Err(e) => panic!("publish: {e}"),
+        }
+        assert!(
+            accepted <= ringcast::Publisher::QUEUE_CAPACITY,
+            "more accepted than the queue holds"
+        );
+    }
+    assert_eq!(accepted, ringcast::Publisher::QUEUE_CAPACITY);
+    // Resume it from the other core: everything accepted arrives, in order.
+    resumer
+        .send(tungstenite::Message::text("ringcast:resume-cores"))
+        .expect("send");
+    for n in 0..accepted {
+        let m = recv_json(&mut sub);
+        assert_eq!(m["payload"], n, "{m}");
+    }
+    server.stop();
+}
