@@ -20,40 +20,14 @@ use serde_json::value::RawValue;
 use crate::conn::SharedFrame;
 use crate::ws::OpCode;
 
-/// The longest channel name, in bytes: names are keys in every core's
-/// subscription table and are copied into every `message` frame, so they are
-/// kept short.
-pub const MAX_CHANNEL_LEN: usize = 128;
+pub use crate::hub::name::MAX_CHANNEL_LEN;
 
-/// Checks a channel name: 1..=128 bytes of ASCII letters, digits and
-/// `_ - . : / @`.
-///
-/// `*` is excluded because it is the wildcard in token claims (a channel
-/// named `chat.*` would be ambiguous), and quotes, backslashes and control
-/// characters are excluded so a name can be copied into JSON output without
-/// escaping (see [`message_parts`]).
+/// Checks a channel name (see [`crate::hub::name::check`]) as a protocol
+/// error.
 ///
 /// The error's `id` is `None`: [`parse_client`] fills in the request's.
 pub fn validate_channel(name: &str) -> Result<(), ProtoError> {
-    const RULE: &str = "channel names are 1 to 128 ASCII letters, digits and `_ - . : / @`";
-    let cause = if name.is_empty() {
-        "empty channel name".to_owned()
-    } else if name.len() > MAX_CHANNEL_LEN {
-        format!("channel name too long ({} bytes)", name.len())
-    } else if let Some(c) = name.chars().find(|&c| !is_channel_char(c)) {
-        format!("{c:?} is not allowed in a channel name")
-    } else {
-        return Ok(());
-    };
-    Err(ProtoError::new(
-        ErrorCode::BadChannel,
-        format!("{cause}: {RULE}"),
-        None,
-    ))
-}
-
-fn is_channel_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/' | '@')
+    crate::hub::name::check(name).map_err(|m| ProtoError::new(ErrorCode::BadChannel, m, None))
 }
 
 /// One parsed client message, borrowing from the frame it came in.

@@ -10,6 +10,8 @@ pub(crate) mod broadcast;
 pub(crate) mod channels;
 pub(crate) mod deliver;
 pub(crate) mod mesh;
+pub(crate) mod name;
+pub(crate) mod options;
 
 use std::sync::Arc;
 

@@ -137,17 +137,12 @@ impl Publisher {
         }
     }
 
-    /// The core that publishes `channel`'s messages from this handle (and
-    /// every clone of it): FNV-1a of the name, modulo the core count. All
-    /// cores deliver to all subscribers; this only says whose queue a
-    /// [`PublishError::Full`] is about.
+    /// The core that owns `channel` (FNV-1a of the name, modulo the core
+    /// count): it sequences the channel's publications, so a message from
+    /// this handle (and every clone of it) goes straight to it, and a
+    /// [`PublishError::Full`] is about its queue.
     pub fn core_for(&self, channel: &str) -> usize {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in channel.as_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        (h % self.inner.inlets.len() as u64) as usize
+        crate::hub::name::owner(channel, self.inner.inlets.len())
     }
 }
 

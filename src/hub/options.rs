@@ -1,0 +1,154 @@
+//! Per-channel options (history, presence, who may publish), chosen by the
+//! first `[[channels]]` pattern that matches a channel's name, else the
+//! flags' defaults.
+//!
+//! Resolved once when a channel's entry is created on a core, never per
+//! message: a pattern list is a few string comparisons, and its result is
+//! kept with the entry.
+
+use std::time::Duration;
+
+/// What a channel keeps and allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// Publications kept for history and recovery (0: none, and the
+    /// `history` request is refused with `history_disabled`).
+    pub history_size: u32,
+    /// Oldest publication age history still serves.
+    pub history_ttl: Duration,
+    /// Whether the owner keeps the channel's subscribers for `presence`.
+    pub presence: bool,
+    /// Whether subscribers may ask for `join`/`leave` events.
+    pub join_leave: bool,
+    /// Whether `/ws` clients may publish (else only the HTTP API and an
+    /// embedding program's `Publisher`).
+    pub allow_publish: bool,
+}
+
+impl ChannelOptions {
+    /// Whether the owner tracks who is subscribed (presence or join/leave
+    /// need the same list).
+    pub fn tracked(&self) -> bool {
+        self.presence || self.join_leave
+    }
+}
+
+impl Default for ChannelOptions {
+    /// The flags' defaults: recovery works for a chat-like app out of the
+    /// box (100 publications, five minutes), presence and join/leave cost
+    /// memory and traffic per subscriber, so they are opt-in.
+    fn default() -> ChannelOptions {
+        ChannelOptions {
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            presence: false,
+            join_leave: false,
+            allow_publish: true,
+        }
+    }
+}
+
+/// A pattern and the options of the channels it matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelRule {
+    /// An exact name, `*`, or a prefix ending in `*` (the token claims'
+    /// pattern syntax).
+    pub pattern: String,
+    /// Options for matching channels.
+    pub options: ChannelOptions,
+}
+
+impl ChannelRule {
+    /// Whether the rule applies to `channel`.
+    pub fn matches(&self, channel: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => channel.starts_with(prefix),
+            None => self.pattern == channel,
+        }
+    }
+}
+
+/// Checks a rule's pattern: non-empty, channel-name characters, and `*`
+/// only as the last character.
+pub fn validate_pattern(pattern: &str) -> Result<(), String> {
+    let body = pattern.strip_suffix('*').unwrap_or(pattern);
+    if pattern.is_empty() {
+        return Err("empty pattern".into());
+    }
+    if body.contains('*') {
+        return Err(format!(
+            "pattern {pattern:?}: `*` may only end a pattern (a prefix match)"
+        ));
+    }
+    if !body.is_empty() {
+        super::name::check(body).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The rules in order, and the options for channels none matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChannelRules {
+    /// Tried in order; the first match wins.
+    pub rules: Vec<ChannelRule>,
+    /// For channels no rule matches (the flags).
+    pub default: ChannelOptions,
+}
+
+impl ChannelRules {
+    /// The options of `channel`.
+    pub fn resolve(&self, channel: &str) -> &ChannelOptions {
+        self.rules
+            .iter()
+            .find(|r| r.matches(channel))
+            .map_or(&self.default, |r| &r.options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_match_wins_and_the_default_covers_the_rest() {
+        let chat = ChannelOptions {
+            presence: true,
+            ..ChannelOptions::default()
+        };
+        let quiet = ChannelOptions {
+            history_size: 0,
+            ..ChannelOptions::default()
+        };
+        let rules = ChannelRules {
+            rules: vec![
+                ChannelRule {
+                    pattern: "chat:*".into(),
+                    options: chat.clone(),
+                },
+                ChannelRule {
+                    pattern: "chat:lobby".into(),
+                    options: quiet.clone(),
+                },
+                ChannelRule {
+                    pattern: "ticks".into(),
+                    options: quiet.clone(),
+                },
+            ],
+            default: ChannelOptions::default(),
+        };
+        assert_eq!(rules.resolve("chat:lobby"), &chat);
+        assert_eq!(rules.resolve("ticks"), &quiet);
+        assert_eq!(rules.resolve("ticks2"), &ChannelOptions::default());
+        assert_eq!(rules.resolve("chat"), &ChannelOptions::default());
+    }
+
+    #[test]
+    fn patterns_are_checked() {
+        assert!(validate_pattern("*").is_ok());
+        assert!(validate_pattern("chat:*").is_ok());
+        assert!(validate_pattern("exact").is_ok());
+        assert!(validate_pattern("").is_err());
+        assert!(validate_pattern("a*b").is_err());
+        assert!(validate_pattern("a b*").is_err());
+    }
+}
