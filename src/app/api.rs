@@ -11,7 +11,9 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::protocol::{self, set_once, write_json_string, write_u64, Count, Since, SinceSeed, Text};
+use super::protocol::{
+    self, set_once, write_json_string, write_u64, Count, Since, SinceSeed, Text,
+};
 use crate::conn::SharedFrame;
 use crate::hub::{wire, Position};
 
@@ -631,7 +633,10 @@ mod tests {
     #[test]
     fn published_body() {
         let mut out = Vec::new();
-        let p = Position { epoch: 1, offset: 9 };
+        let p = Position {
+            epoch: 1,
+            offset: 9,
+        };
         write_published_results(&[("a".into(), p), ("b".into(), p)], &mut out);
         assert_eq!(
             to_value(&out),
@@ -643,13 +648,30 @@ mod tests {
 
     #[test]
     fn history_and_presence_bodies() {
-        let h = parse_history(br#"{"channel":"c","limit":3,"since":{"offset":2,"epoch":"0000000000000001"}}"#)
-            .unwrap();
+        let h = parse_history(
+            br#"{"channel":"c","limit":3,"since":{"offset":2,"epoch":"0000000000000001"}}"#,
+        )
+        .unwrap();
         assert_eq!((h.channel.as_str(), h.limit), ("c", Some(3)));
-        assert_eq!(h.since, Some(Since { offset: 2, epoch: 1 }));
+        assert_eq!(
+            h.since,
+            Some(Since {
+                offset: 2,
+                epoch: 1
+            })
+        );
         assert_eq!(&*parse_presence(br#"{"channel":"c","x":1}"#).unwrap(), "c");
-        for bad in [&br#"{"limit":1}"#[..], br#"{"channel":"a b"}"#, br#"{"channel":"c","limit":1.5}"#, b"[]"] {
-            assert!(parse_history(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &br#"{"limit":1}"#[..],
+            br#"{"channel":"a b"}"#,
+            br#"{"channel":"c","limit":1.5}"#,
+            b"[]",
+        ] {
+            assert!(
+                parse_history(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

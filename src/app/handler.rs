@@ -50,7 +50,14 @@ pub struct Env {
 
 impl Env {
     /// The state of core `me` of `cores`.
-    pub fn new(me: usize, cores: usize, policy: Policy, streams: Streams, rules: Rc<ChannelRules>, nonce: u64) -> Env {
+    pub fn new(
+        me: usize,
+        cores: usize,
+        policy: Policy,
+        streams: Streams,
+        rules: Rc<ChannelRules>,
+        nonce: u64,
+    ) -> Env {
         Env {
             hub: Hub::default(),
             channels: Channels::new(me, cores),
@@ -81,7 +88,7 @@ impl Env {
 }
 
 /// `<nonce>-<core>-<seq>`: see [`Env::client_id`].
-pub fn client_id(nonce: u64, core: usize, seq: u64) -> Box<str> {
+pub(crate) fn client_id(nonce: u64, core: usize, seq: u64) -> Box<str> {
     format!("{:012x}-{core}-{seq}", nonce & 0xffff_ffff_ffff).into_boxed_str()
 }
 
@@ -393,7 +400,13 @@ impl<'a> ConnIo<'a> {
         }
     }
 
-    fn history(&mut self, channel: &str, id: Option<u64>, limit: Option<u64>, since: Option<Since>) {
+    fn history(
+        &mut self,
+        channel: &str,
+        id: Option<u64>,
+        limit: Option<u64>,
+        since: Option<Since>,
+    ) {
         if !self.allowed(channel, id) {
             return;
         }
@@ -429,7 +442,7 @@ impl<'a> ConnIo<'a> {
 
 /// Checks a history read against the channel's options and the cap; the
 /// request's `from` and `reply` are the caller's to fill in.
-pub fn history_request(
+pub(crate) fn history_request(
     rules: &ChannelRules,
     channel: &str,
     limit: Option<u64>,
@@ -462,7 +475,7 @@ pub fn history_request(
 /// deliveries, and cancels a subscribe still waiting for the owner.
 /// `unsub_ack`: the unsubscribe's id, when one asked. Returns whether that
 /// ack is owed later (after a waiting subscribe's).
-pub fn leave_channel(
+pub(crate) fn leave_channel(
     env: &mut Env,
     key: ConnKey,
     client: u64,

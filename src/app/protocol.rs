@@ -339,7 +339,9 @@ impl<'de> Visitor<'de> for WireVisitor {
                 Key::Since => set_once(&mut w.since, map.next_value_seed(SinceSeed)?, "since")?,
                 Key::Presence => set_once(&mut w.presence, map.next_value()?, "presence")?,
                 Key::JoinLeave => set_once(&mut w.join_leave, map.next_value()?, "join_leave")?,
-                Key::Limit => set_once(&mut w.limit, map.next_value_seed(Count("limit"))?, "limit")?,
+                Key::Limit => {
+                    set_once(&mut w.limit, map.next_value_seed(Count("limit"))?, "limit")?
+                }
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -406,7 +408,11 @@ impl<'de> Visitor<'de> for SinceSeed {
                 )?,
                 "epoch" => {
                     let e = map.next_value_seed(Text("since.epoch"))?;
-                    set_once(&mut epoch, crate::hub::wire::parse_epoch(&e).unwrap_or(0), "epoch")?
+                    set_once(
+                        &mut epoch,
+                        crate::hub::wire::parse_epoch(&e).unwrap_or(0),
+                        "epoch",
+                    )?
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -694,8 +700,8 @@ fn write_reply(head: &[u8], id: Option<u64>, out: &mut Vec<u8>) {
 }
 
 pub use crate::hub::wire::write_json_string;
-use crate::hub::{wire, Position, PresenceList};
 pub(crate) use crate::hub::wire::write_u64;
+use crate::hub::{wire, Position, PresenceList};
 
 #[cfg(test)]
 mod tests {
@@ -1088,7 +1094,13 @@ mod tests {
                 id,
                 ..
             } => {
-                assert_eq!(since, Some(Since { offset: 41, epoch: 255 }));
+                assert_eq!(
+                    since,
+                    Some(Since {
+                        offset: 41,
+                        epoch: 255
+                    })
+                );
                 assert!(presence && join_leave);
                 assert_eq!(id, Some(3));
             }
@@ -1098,7 +1110,10 @@ mod tests {
         let text = r#"{"type":"subscribe","channel":"c","since":{"offset":1,"epoch":"x"}}"#;
         assert!(matches!(
             parse(text).unwrap(),
-            ClientMsg::Subscribe { since: Some(Since { epoch: 0, .. }), .. }
+            ClientMsg::Subscribe {
+                since: Some(Since { epoch: 0, .. }),
+                ..
+            }
         ));
         match parse(r#"{"type":"history","channel":"c","limit":5,"id":1}"#).unwrap() {
             ClientMsg::History { limit, since, .. } => assert_eq!((limit, since), (Some(5), None)),
@@ -1109,26 +1124,51 @@ mod tests {
             ClientMsg::Presence { id: None, .. }
         ));
         for (bad, says) in [
-            (r#"{"type":"subscribe","channel":"c","since":{"offset":1.5,"epoch":"e"},"id":2}"#, "since.offset"),
-            (r#"{"type":"subscribe","channel":"c","since":{"offset":-1,"epoch":"e"}}"#, "since.offset"),
-            (r#"{"type":"subscribe","channel":"c","since":{"offset":"1","epoch":"e"}}"#, "since.offset"),
-            (r#"{"type":"subscribe","channel":"c","since":{"epoch":"e"}}"#, "offset"),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"offset":1.5,"epoch":"e"},"id":2}"#,
+                "since.offset",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"offset":-1,"epoch":"e"}}"#,
+                "since.offset",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"offset":"1","epoch":"e"}}"#,
+                "since.offset",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"epoch":"e"}}"#,
+                "offset",
+            ),
             (r#"{"type":"subscribe","channel":"c","since":5}"#, "since"),
-            (r#"{"type":"subscribe","channel":"c","since":{"offset":1,"epoch":7}}"#, "since.epoch"),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"offset":1,"epoch":7}}"#,
+                "since.epoch",
+            ),
             (r#"{"type":"history","channel":"c","limit":1e12}"#, "limit"),
             (r#"{"type":"history","channel":"c","limit":-3}"#, "limit"),
-            (r#"{"type":"subscribe","channel":"c","presence":"yes"}"#, "bool"),
+            (
+                r#"{"type":"subscribe","channel":"c","presence":"yes"}"#,
+                "bool",
+            ),
         ] {
             let e = err(bad);
             assert_eq!(e.code, ErrorCode::BadJson, "{bad}");
             assert!(e.message.contains(says), "{bad}: {}", e.message);
         }
-        assert_eq!(err(r#"{"type":"subscribe","channel":"c","since":{"offset":1.5,"epoch":"e"},"id":2}"#).id, Some(2));
+        assert_eq!(
+            err(r#"{"type":"subscribe","channel":"c","since":{"offset":1.5,"epoch":"e"},"id":2}"#)
+                .id,
+            Some(2)
+        );
     }
 
     #[test]
     fn stream_replies_are_json() {
-        let p = Position { epoch: 0xab, offset: 7 };
+        let p = Position {
+            epoch: 0xab,
+            offset: 7,
+        };
         let mut v = Vec::new();
         write_subscribe_ack(Some(1), p, Some(true), None, &mut v);
         assert_eq!(

@@ -8,9 +8,9 @@
 
 use tracing::debug;
 
+use super::handler::history_request;
 use super::handler::Env;
 use super::{api, auth, Resource, Route};
-use super::handler::history_request;
 use crate::http::{self, Credentials, Method, Refusal};
 use crate::hub::HistoryReq;
 use crate::ws::handshake::Upgrade;
@@ -168,7 +168,12 @@ pub(crate) fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> H
                 env.stats.publishes += batch.len() as u64;
                 let batch = batch
                     .iter()
-                    .map(|p| (Box::from(&*p.channel), Box::from(p.payload.get().as_bytes())))
+                    .map(|p| {
+                        (
+                            Box::from(&*p.channel),
+                            Box::from(p.payload.get().as_bytes()),
+                        )
+                    })
                     .collect();
                 HeadOutcome::Api(ApiCall::Publish(batch))
             }

@@ -251,7 +251,12 @@ impl Channels {
     /// records the stream's position and gives back who asked. The caller
     /// adds it ([`Channels::add`]) unless it was cancelled, and then calls
     /// [`Channels::settle`].
-    pub fn answered(&mut self, channel: &str, key: ConnKey, position: Position) -> Option<(u32, Joining)> {
+    pub fn answered(
+        &mut self,
+        channel: &str,
+        key: ConnKey,
+        position: Position,
+    ) -> Option<(u32, Joining)> {
         let idx = self.lookup(channel)?;
         let ch = self.slot(idx)?;
         let at = ch.joining.iter().position(|j| j.key == key)?;
@@ -471,7 +476,10 @@ mod tests {
         let f = Frame::new(SharedFrame::encode(OpCode::Text, b"m"));
         ch.deliver("news", 1, f.clone());
         assert!(!ch.has_pending());
-        let pos = Position { epoch: 7, offset: 1 };
+        let pos = Position {
+            epoch: 7,
+            offset: 1,
+        };
         let (i, j) = ch.answered("news", key(5), pos).unwrap();
         assert!(!j.cancelled);
         assert!(ch.add(i, key(5), false));
@@ -480,7 +488,10 @@ mod tests {
         assert_eq!(ch.live_position(idx).unwrap().offset, 2);
         let mut queues = Queues::default();
         queues.add(key(5));
-        assert_eq!(ch.fan_out(&mut BufPool::default(), usize::MAX, &mut queues), 1);
+        assert_eq!(
+            ch.fan_out(&mut BufPool::default(), usize::MAX, &mut queues),
+            1
+        );
     }
 
     #[test]

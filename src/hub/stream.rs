@@ -121,7 +121,7 @@ pub struct Streams {
 /// A per-process random number (the standard library seeds its hash maps
 /// from the OS): the base of epochs and client ids, so neither repeats
 /// across restarts.
-pub fn process_nonce() -> u64 {
+pub(crate) fn process_nonce() -> u64 {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     h.finish()
@@ -249,7 +249,14 @@ impl Streams {
 
     /// Numbers a publication, keeps it, and sends it to every core with
     /// subscribers; answers `reply` on core `from`.
-    pub fn sequence(&mut self, from: usize, reply: ReplyTo, channel: &str, payload: &[u8], now_us: u64) {
+    pub fn sequence(
+        &mut self,
+        from: usize,
+        reply: ReplyTo,
+        channel: &str,
+        payload: &[u8],
+        now_us: u64,
+    ) {
         let idx = self.get_or_create(channel);
         let st = self.stream(idx);
         st.position.offset += 1;
@@ -268,7 +275,8 @@ impl Streams {
             ));
         }
         if reply != ReplyTo::Nobody {
-            self.out.push((from, MeshMsg::Sequenced { reply, position }));
+            self.out
+                .push((from, MeshMsg::Sequenced { reply, position }));
         }
         self.counters.sequenced += 1;
         self.keep(idx, position.offset, frame, payload_at, now_us);
@@ -330,8 +338,7 @@ impl Streams {
     /// Drops stream `idx`'s expired entries before it is read, so a read
     /// never serves what the sweep has not reached yet.
     fn expire(&mut self, idx: u32, now_us: u64) {
-        while self
-            .slots[idx as usize]
+        while self.slots[idx as usize]
             .as_ref()
             .and_then(Stream::front_expiry)
             .is_some_and(|t| t <= now_us)
@@ -552,7 +559,13 @@ fn recover(st: &Stream, since: Position) -> Option<Vec<SharedFrame>> {
         return None;
     }
     let skip = (since.offset + 1 - first) as usize;
-    Some(st.history.iter().skip(skip).map(|e| e.frame.share()).collect())
+    Some(
+        st.history
+            .iter()
+            .skip(skip)
+            .map(|e| e.frame.share())
+            .collect(),
+    )
 }
 
 fn read_history(st: &Stream, limit: usize, since: Option<Position>) -> HistoryAnswer {
@@ -633,7 +646,12 @@ mod tests {
         std::mem::take(&mut s.out)
     }
 
-    fn sub(core: u16, channel: &str, since: Option<Position>, member: Option<&str>) -> SubscribeReq {
+    fn sub(
+        core: u16,
+        channel: &str,
+        since: Option<Position>,
+        member: Option<&str>,
+    ) -> SubscribeReq {
         SubscribeReq {
             from: core,
             channel: Arc::from(channel),
@@ -697,28 +715,51 @@ mod tests {
         take(&mut s);
         // History keeps 5 (offsets 4..=8).
         let r = reply({
-            s.subscribe(sub(1, "room:a", Some(Position { epoch, offset: 3 }), None), 0);
+            s.subscribe(
+                sub(1, "room:a", Some(Position { epoch, offset: 3 }), None),
+                0,
+            );
             take(&mut s)
         });
         assert_eq!((r.recovered, r.frames.len()), (Some(true), 5));
         let r = reply({
-            s.subscribe(sub(1, "room:a", Some(Position { epoch, offset: 2 }), None), 0);
+            s.subscribe(
+                sub(1, "room:a", Some(Position { epoch, offset: 2 }), None),
+                0,
+            );
             take(&mut s)
         });
         assert_eq!(r.recovered, Some(false));
         let r = reply({
-            s.subscribe(sub(1, "room:a", Some(Position { epoch: epoch ^ 1, offset: 8 }), None), 0);
+            s.subscribe(
+                sub(
+                    1,
+                    "room:a",
+                    Some(Position {
+                        epoch: epoch ^ 1,
+                        offset: 8,
+                    }),
+                    None,
+                ),
+                0,
+            );
             take(&mut s)
         });
         assert_eq!(r.recovered, Some(false));
         let r = reply({
-            s.subscribe(sub(1, "room:a", Some(Position { epoch, offset: 8 }), None), 0);
+            s.subscribe(
+                sub(1, "room:a", Some(Position { epoch, offset: 8 }), None),
+                0,
+            );
             take(&mut s)
         });
         assert_eq!((r.recovered, r.frames.len()), (Some(true), 0));
         // Past the TTL nothing is recoverable, and the sweep frees it.
         let r = reply({
-            s.subscribe(sub(1, "room:a", Some(Position { epoch, offset: 7 }), None), 11_000_000);
+            s.subscribe(
+                sub(1, "room:a", Some(Position { epoch, offset: 7 }), None),
+                11_000_000,
+            );
             take(&mut s)
         });
         assert_eq!(r.recovered, Some(false));
@@ -763,7 +804,11 @@ mod tests {
         s.subscribe(sub(0, "room:x", None, Some("c3")), 0);
         let r = reply(take(&mut s));
         let p = r.presence.expect("asked");
-        assert_eq!((p.count, p.clients.len()), (3, 2), "count exact, list capped");
+        assert_eq!(
+            (p.count, p.clients.len()),
+            (3, 2),
+            "count exact, list capped"
+        );
         s.leave("room:x", "c1");
         assert_eq!(s.members(), 2);
         s.leave("room:x", "c1");

@@ -10,7 +10,7 @@ use crate::ws::OpCode;
 
 /// `{"type":"message","channel":"C","offset":O,"payload":P}` as one frame,
 /// and where `P` starts in it (history answers copy the payload back out).
-pub fn message_frame(channel: &str, offset: u64, payload: &[u8]) -> (SharedFrame, u32) {
+pub(crate) fn message_frame(channel: &str, offset: u64, payload: &[u8]) -> (SharedFrame, u32) {
     debug_assert!(super::name::check(channel).is_ok(), "{channel:?}");
     let mut digits = [0u8; 20];
     let digits = u64_digits(offset, &mut digits);
@@ -31,14 +31,19 @@ pub fn message_frame(channel: &str, offset: u64, payload: &[u8]) -> (SharedFrame
 }
 
 /// The payload inside a frame made by [`message_frame`].
-pub fn payload_of(frame: &SharedFrame, at: u32) -> &[u8] {
+pub(crate) fn payload_of(frame: &SharedFrame, at: u32) -> &[u8] {
     let b = frame.bytes();
     &b[at as usize..b.len() - 1]
 }
 
 /// `{"type":"join"|"leave","channel":"C","client":"ID","user":U}` (`U` a
 /// JSON string or `null`), for the subscribers that asked for events.
-pub fn event_frame(join: bool, channel: &str, client: &str, user: Option<&str>) -> SharedFrame {
+pub(crate) fn event_frame(
+    join: bool,
+    channel: &str,
+    client: &str,
+    user: Option<&str>,
+) -> SharedFrame {
     let mut v = Vec::with_capacity(64 + channel.len() + client.len());
     v.extend_from_slice(if join {
         b"{\"type\":\"join\",\"channel\":\""
@@ -63,13 +68,13 @@ fn write_client(client: &str, user: Option<&str>, out: &mut Vec<u8>) {
 }
 
 /// `{"client":"ID","user":U}`: one presence entry.
-pub fn write_presence_entry(client: &str, user: Option<&str>, out: &mut Vec<u8>) {
+pub(crate) fn write_presence_entry(client: &str, user: Option<&str>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"client\":");
     write_client(client, user, out);
 }
 
 /// An epoch as clients see it: 16 hex digits, a JSON string.
-pub fn write_epoch(epoch: u64, out: &mut Vec<u8>) {
+pub(crate) fn write_epoch(epoch: u64, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     for i in (0..16).rev() {
@@ -80,7 +85,7 @@ pub fn write_epoch(epoch: u64, out: &mut Vec<u8>) {
 
 /// Reads an epoch a client sent back ([`write_epoch`]'s form). Anything
 /// else is no epoch this server ever issued: `None`, which never matches.
-pub fn parse_epoch(s: &str) -> Option<u64> {
+pub(crate) fn parse_epoch(s: &str) -> Option<u64> {
     if s.len() != 16 {
         return None;
     }
@@ -136,7 +141,7 @@ fn u64_digits(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// Appends `n` in decimal.
-pub fn write_u64(n: u64, out: &mut Vec<u8>) {
+pub(crate) fn write_u64(n: u64, out: &mut Vec<u8>) {
     let mut buf = [0u8; 20];
     out.extend_from_slice(u64_digits(n, &mut buf));
 }

@@ -88,7 +88,10 @@ impl Shard {
                     channel,
                     offset,
                     frame,
-                } => self.env.channels.deliver(&channel, offset, Frame::new(frame)),
+                } => self
+                    .env
+                    .channels
+                    .deliver(&channel, offset, Frame::new(frame)),
                 MeshMsg::Event { channel, frame } => {
                     self.env.channels.event(&channel, Frame::new(frame))
                 }
@@ -110,9 +113,7 @@ impl Shard {
                         m.send_to(from as usize, MeshMsg::ChannelsReply { query, channels });
                     }
                 }
-                MeshMsg::ChannelsReply { query, channels } => {
-                    self.channels_reply(query, &channels)
-                }
+                MeshMsg::ChannelsReply { query, channels } => self.channels_reply(query, &channels),
                 // Engine requests were taken by `streams.receive`.
                 MeshMsg::Sequence(_)
                 | MeshMsg::Subscribe(_)

@@ -8,12 +8,12 @@ use super::slab::{Conn, Phase};
 use super::{metrics, Shard, ShardConfig};
 use crate::app::requests::{self, HeadOutcome, HttpRequest, RefusedBy};
 use crate::app::{auth, protocol, ConnCtl, Endpoint, Env, Resource, Route};
-use crate::ws::frame::encode_frame_into;
-use crate::ws::OpCode;
 use crate::conn::ConnKey;
 use crate::http::{self, Refusal};
 use crate::io::bufring::RecvBuf;
+use crate::ws::frame::encode_frame_into;
 use crate::ws::handshake::{self, Parsed, Progress};
+use crate::ws::OpCode;
 use crate::ws::Session;
 
 /// Parses what a handshaking connection has sent so far (`data`: this

@@ -213,8 +213,7 @@ impl Shard {
             conns: Slab::default(),
             env: {
                 let rules = Rc::new(cfg.channels.clone());
-                let streams =
-                    Streams::new(id, rules.clone(), cfg.stream_limits.clone(), cfg.nonce);
+                let streams = Streams::new(id, rules.clone(), cfg.stream_limits.clone(), cfg.nonce);
                 Env::new(id, cfg.cores, cfg.policy.clone(), streams, rules, cfg.nonce)
             },
             clients: 0,

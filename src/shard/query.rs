@@ -13,7 +13,9 @@ use crate::app::api;
 use crate::app::requests::{json_error, ApiCall};
 use crate::conn::ConnKey;
 use crate::http;
-use crate::hub::{HistoryAnswer, HistoryReq, MeshMsg, Position, PresenceList, ReplyTo, Unsequenced};
+use crate::hub::{
+    HistoryAnswer, HistoryReq, MeshMsg, Position, PresenceList, ReplyTo, Unsequenced,
+};
 
 /// API requests waiting for other cores' answers.
 #[derive(Default)]
