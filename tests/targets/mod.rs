@@ -1009,13 +1009,33 @@ fn predict_client(text: &[u8]) -> Option<Verdict<Option<u64>, Option<u64>>> {
     {
         return bad_json;
     }
+    // The stream fields: at most once, of their type (`since` an object
+    // with a u64 `offset` and a string `epoch`), whatever the `type`.
+    for key in ["since", "presence", "join_leave", "limit"] {
+        let Ok(v) = once(&f, key) else {
+            return bad_json;
+        };
+        let ok = match (key, &v) {
+            (_, None) => true,
+            ("presence" | "join_leave", Some(v)) => v.is_boolean(),
+            ("limit", Some(v)) => v.is_u64(),
+            (_, Some(Value::Object(m))) => {
+                m.get("offset").is_some_and(Value::is_u64)
+                    && m.get("epoch").is_some_and(Value::is_string)
+            }
+            _ => false,
+        };
+        if !ok {
+            return bad_json;
+        }
+    }
     let err = |code| Some(Verdict::Err(code, id));
     let Some(Value::String(kind)) = kind else {
         return err("missing_field");
     };
     match kind.as_str() {
         "ping" => return Some(Verdict::Ok(id)),
-        "subscribe" | "unsubscribe" => {}
+        "subscribe" | "unsubscribe" | "history" | "presence" => {}
         "publish" if payload.is_none() => return err("missing_field"),
         "publish" => {}
         _ => return err("unknown_type"),
@@ -1032,17 +1052,28 @@ fn predict_client(text: &[u8]) -> Option<Verdict<Option<u64>, Option<u64>>> {
 fn check_payload(text: &[u8], whole: Option<&Value>, channel: &str, payload: &str) {
     assert!(inside(text, payload.as_bytes()), "payload not borrowed");
     assert!(is_json(payload.as_bytes()), "payload not JSON: {payload:?}");
-    let raw: &RawValue = serde_json::from_str(payload).expect("a RawValue parses again");
-    let parts = protocol::message_parts(channel, raw);
-    let joined = parts.concat();
+    let (frame, at) = ringcast::internals::message_frame(channel, 1, payload.as_bytes());
+    assert_eq!(
+        ringcast::internals::payload_of(&frame, at),
+        payload.as_bytes()
+    );
+    let head = frame.bytes().len() - message_len(channel, payload);
+    let joined = frame.bytes()[head..].to_vec();
     assert!(is_json(&joined), "message frame not JSON");
     if let (Some(want), Some(got)) = (whole, value_of(payload.as_bytes())) {
         assert_eq!(&got, want, "payload value changed");
         let framed = value_of(&joined).expect("the frame parses as its payload does");
         assert_eq!(framed["type"], "message");
         assert_eq!(framed["channel"], channel);
+        assert_eq!(framed["offset"], 1);
         assert_eq!(&framed["payload"], want);
     }
+}
+
+/// The length of `{"type":"message","channel":C,"offset":1,"payload":P}`.
+fn message_len(channel: &str, payload: &str) -> usize {
+    format!(r#"{{"type":"message","channel":"{channel}","offset":1,"payload":}}"#).len()
+        + payload.len()
 }
 
 /// Checks one `/ws` message and one publish API body (see module docs).
@@ -1059,6 +1090,8 @@ fn check_client(text: &[u8]) {
             let v = value.as_ref();
             match &msg {
                 protocol::ClientMsg::Subscribe { channel, .. }
+                | protocol::ClientMsg::History { channel, .. }
+                | protocol::ClientMsg::Presence { channel, .. }
                 | protocol::ClientMsg::Unsubscribe { channel, .. } => {
                     assert!(protocol::validate_channel(channel).is_ok());
                     if let Some(v) = v {
