@@ -248,7 +248,8 @@ impl Streams {
     }
 
     /// Numbers a publication, keeps it, and sends it to every core with
-    /// subscribers; answers `reply` on core `from`.
+    /// subscribers; answers `reply` on core `from` (a caller on this core
+    /// passes [`ReplyTo::Nobody`] and uses the returned position).
     pub fn sequence(
         &mut self,
         from: usize,
@@ -256,7 +257,7 @@ impl Streams {
         channel: &str,
         payload: &[u8],
         now_us: u64,
-    ) {
+    ) -> Position {
         let idx = self.get_or_create(channel);
         let st = self.stream(idx);
         st.position.offset += 1;
@@ -281,6 +282,7 @@ impl Streams {
         self.counters.sequenced += 1;
         self.keep(idx, position.offset, frame, payload_at, now_us);
         self.drop_if_unused(idx);
+        position
     }
 
     /// Adds a publication to stream `idx`'s history, within its size and
@@ -498,7 +500,7 @@ impl Streams {
                     channel,
                     payload,
                 } = *u;
-                self.sequence(from as usize, reply, &channel, &payload, now_us);
+                let _ = self.sequence(from as usize, reply, &channel, &payload, now_us);
             }
             MeshMsg::Subscribe(req) => self.subscribe(*req, now_us),
             MeshMsg::Leave { channel, client } => self.leave(&channel, &client),

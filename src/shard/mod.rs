@@ -354,10 +354,14 @@ impl Shard {
         }
         self.rearm_recvs();
         self.publish_metrics();
-        self.flush()?;
+        // Wake the peers this pass pushed to before our own sends: they
+        // fan out in parallel with this core's flush instead of after it
+        // (with an owner core between publisher and subscribers, that is
+        // the hop's latency).
         if let Some(m) = &mut self.mesh {
             m.ring_doorbells();
         }
+        self.flush()?;
         self.stall_if_asked()?;
         Ok(worked)
     }
