@@ -161,8 +161,8 @@ fn channel_claims_limit_subscribe_and_publish() {
 
     // A token without `channels` may use any channel.
     let open = token(SECRET, now() + 3600, None);
-    let (mut any, _) = try_ws_client_with(&server.url(&format!("/ws?token={open}")), &[])
-        .expect("upgrade");
+    let (mut any, _) =
+        try_ws_client_with(&server.url(&format!("/ws?token={open}")), &[]).expect("upgrade");
     send_json(
         &mut any,
         json!({"type":"subscribe","channel":"news","id":1}),

@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use common::{
-    check_offset_ack, http_exchange, message_json, message_text, parse_message, read_head,
-    recv_text, subscribe_ws, publish_ws, tcp, ws_client_on_core, Running, Server,
+    check_offset_ack, http_exchange, message_json, message_text, parse_message, publish_ws,
+    read_head, recv_text, subscribe_ws, tcp, ws_client_on_core, Running, Server,
 };
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
@@ -372,11 +372,7 @@ fn every_subscriber_on_every_core_gets_each_message_once_verbatim() {
         for from in 0..2 {
             assert_eq!(
                 recv_message(s),
-                (
-                    "fan".to_owned(),
-                    raw_at + 1 + from,
-                    json!({"marker": from})
-                ),
+                ("fan".to_owned(), raw_at + 1 + from, json!({"marker": from})),
                 "sub {i}"
             );
         }

@@ -28,7 +28,10 @@ fn threads_publish_to_subscribers_on_every_core_in_order_and_exactly_once() {
     const THREADS: u64 = 4;
     const EACH: u64 = 500;
     let server = Server::start(&["--cores", "2"]);
-    let mut subs = [ws_client_on_core(&server, 0).0, ws_client_on_core(&server, 1).0];
+    let mut subs = [
+        ws_client_on_core(&server, 0).0,
+        ws_client_on_core(&server, 1).0,
+    ];
     for s in &mut subs {
         subscribe(s, "ticks");
     }

@@ -674,11 +674,7 @@ pub fn ws_client_on_core(server: &impl Running, core: usize) -> (Ws, serde_json:
 }
 
 /// [`ws_client_on_core`] with a path (`/ws?token=...`).
-pub fn ws_path_on_core(
-    server: &impl Running,
-    path: &str,
-    core: usize,
-) -> (Ws, serde_json::Value) {
+pub fn ws_path_on_core(server: &impl Running, path: &str, core: usize) -> (Ws, serde_json::Value) {
     let mut ws = ws_on_core(server, path, core);
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_write_timeout(Some(PATIENCE)).unwrap();
