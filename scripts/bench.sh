@@ -18,7 +18,12 @@
 #   broadcast       1,000 subscribers, publisher 2,000 msg/s x 64 B
 #   broadcast-wide  5,000 subscribers, publisher 300 msg/s x 64 B
 #   channels        as broadcast, through one /ws channel (subscribe, JSON
-#                   publish; ringcast only: the baseline has no /ws)
+#                   publish; ringcast only: the baseline has no /ws); server
+#                   history off (--history-size 0)
+#   channels-ordered as channels with 2 publishers on different server cores
+#                   and history on (--history-size 100): every subscriber
+#                   checks the channel's offsets are consecutive (gaps and
+#                   reorders are reported as failures)
 #   idle            15,000 connections held (RSS per connection)
 #   churn           64 parallel connect/handshake/echo/close loops
 #
@@ -49,12 +54,12 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?}; shift 2 ;;
     --warmup) WARMUP=${2:?}; shift 2 ;;
     --servers) SERVERS=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) SCENARIOS+=("$1"); shift ;;
   esac
 done
-ALL=(echo echo-big echo-lat broadcast broadcast-wide channels idle churn)
+ALL=(echo echo-big echo-lat broadcast broadcast-wide channels channels-ordered idle churn)
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   if [ "$QUICK" = 1 ]; then SCENARIOS=(echo broadcast churn idle); else SCENARIOS=("${ALL[@]}"); fi
 fi
@@ -73,12 +78,44 @@ scenario_args() { # the generator's arguments for a scenario
     broadcast)      echo "broadcast --conns 1000 --rate 2000 --size 64" ;;
     broadcast-wide) echo "broadcast --conns 5000 --rate 300 --size 64" ;;
     channels)       echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench" ;;
+    channels-ordered) echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench --publishers 2" ;;
     idle)           if [ "$QUICK" = 1 ]; then echo "idle --conns 2000"; else echo "idle --conns 15000"; fi ;;
     churn)          echo "churn --parallel 64" ;;
     *) die "unknown scenario '$1' (one of: ${ALL[*]})" ;;
   esac
 }
 for s in "${SCENARIOS[@]}"; do scenario_args "$s" >/dev/null; done
+
+# Scenarios that only ringcast runs (the baseline has no /ws).
+ringcast_only() { case "$1" in channels|channels-ordered) return 0 ;; *) return 1 ;; esac; }
+
+# Extra ringcast flags per scenario, as "--flag value" pairs. A flag the
+# binary's --help does not list (an older build, e.g. one side of an A/B) is
+# left out with a warning, so the scenario still runs there.
+scenario_server_args() {
+  case "$1" in
+    channels)         echo "--history-size 0" ;;
+    channels-ordered) echo "--history-size 100" ;;
+    *) echo "" ;;
+  esac
+}
+supported_server_args() { # bin scenario: the scenario's flags this binary has
+  local bin=$1 scen=$2 help out=() flag value
+  local -a args
+  read -r -a args <<<"$(scenario_server_args "$scen")"
+  [ ${#args[@]} -gt 0 ] || return 0
+  help=$("$bin" --help 2>&1 || true)
+  set -- "${args[@]}"
+  while [ $# -ge 2 ]; do
+    flag=$1 value=$2; shift 2
+    if grep -qE -- "(^|[^[:alnum:]-])$flag([^[:alnum:]-]|\$)" <<<"$help"; then
+      out+=("$flag" "$value")
+    else
+      echo "bench.sh: $bin has no $flag; running $scen without '$flag $value'" >&2
+    fi
+  done
+  echo "${out[*]}"
+}
 
 # A server is a binary name in target/release, or LABEL=PATH for any build
 # of either server (an A/B of two ringcast builds: "old=/tmp/old/ringcast
@@ -149,7 +186,7 @@ run_one() { # scenario server round
   local log="$OUT/raw/$name.server.log" fifo="$OUT/raw/$name.ctl"
   local sargs
   case "$kind" in
-    ringcast) sargs="--cpus $SERVER_CPUS" ;;
+    ringcast) sargs="--cpus $SERVER_CPUS $(supported_server_args "$bin" "$scen")" ;;
     ringcast-tokio) sargs="--threads $SERVER_N" ;;
     *) sargs="" ;;
   esac
@@ -193,9 +230,9 @@ run_one() { # scenario server round
     return 0
   fi
   # One record: the generator's JSON line plus perf counts.
-  python3 - "$OUT/raw/$name.out" "$OUT/raw/$name.perf" "$scen" "$server" "$round" >"$OUT/raw/$name.json" <<'PY'
+  python3 - "$OUT/raw/$name.out" "$OUT/raw/$name.perf" "$scen" "$server" "$round" "$sargs" >"$OUT/raw/$name.json" <<'PY'
 import json, sys, os
-out, perf, scen, server, rnd = sys.argv[1:6]
+out, perf, scen, server, rnd, sargs = sys.argv[1:7]
 line = [l for l in open(out) if l.startswith("{")][-1]
 rec = json.loads(line)
 counts = {}
@@ -207,16 +244,19 @@ if os.path.exists(perf):
                 counts[f[2]] = float(f[0])
             except ValueError:
                 counts[f[2]] = None  # <not counted> / <not supported>
-rec.update({"bench_scenario": scen, "server_name": server, "round": int(rnd), "perf": counts})
+rec.update({"bench_scenario": scen, "server_name": server, "round": int(rnd), "perf": counts,
+            "server_args": sargs.split()})
 print(json.dumps(rec))
 PY
   grep -E "^  " "$OUT/raw/$name.out" | sed "s/^/  [$name] /" | sed -n 1,4p
+  # Channel runs: where the publishers landed and the ordering verdict.
+  grep -E "^  (publishers|order)" "$OUT/raw/$name.out" | sed "s/^/  [$name] /" || true
 }
 
 for round in $(seq 1 "$ROUNDS"); do
   for scen in "${SCENARIOS[@]}"; do
     for spec in $SERVERS; do
-      if [ "$scen" = channels ] && [ "$(basename "$(server_bin "$spec")")" != ringcast ]; then continue; fi
+      if ringcast_only "$scen" && [ "$(basename "$(server_bin "$spec")")" != ringcast ]; then continue; fi
       run_one "$scen" "$spec" "$round"
     done
   done

@@ -11,7 +11,7 @@ from pathlib import Path
 from rctools import svg_doc
 
 SERVERS = ["ringcast", "ringcast-tokio"]
-ORDER = ["echo", "echo-big", "echo-lat", "broadcast", "broadcast-wide", "idle", "churn"]
+ORDER = ["echo", "echo-big", "echo-lat", "broadcast", "broadcast-wide", "channels", "channels-ordered", "idle", "churn"]
 
 
 def get(rec, path, default=None):
@@ -33,7 +33,9 @@ def ms(path):
     return lambda r: (get(r, path) / 1000.0) if get(r, path) is not None else None
 
 
-# (label, extractor, unit format, higher is better)
+# (label, extractor, unit format, higher is better[, "total"]): a row
+# marked "total" shows the sum over rounds (failure counts: one bad round
+# must not vanish in a median), min–max per round in brackets.
 THROUGHPUT = [
     ("msgs/s", lambda r: r.get("per_s"), "{:,.0f}", True),
     ("msgs per server CPU-s", lambda r: get(r, "server.per_cpu_s"), "{:,.0f}", True),
@@ -53,6 +55,16 @@ BROADCAST = [
     ("syscalls per delivery", syscalls_per, "{:.4f}", False),
     ("server CPU (cores)", lambda r: get(r, "server.utilization"), "{:.2f}", None),
 ]
+# /ws channels: the broadcast figures plus the ordering check (offsets each
+# subscriber saw, whole run). "–" in the gap/reorder rows: not checked, the
+# server sent no offsets.
+CHANNELS = BROADCAST[:4] + [
+    ("gaps (failures)", lambda r: r.get("gaps"), "{:,.0f}", False, "total"),
+    ("offsets missing in gaps", lambda r: get(r, "stream.gap_offsets") if r.get("gaps") is not None else None, "{:,.0f}", False, "total"),
+    ("duplicates/reorders (failures)", lambda r: r.get("reorders"), "{:,.0f}", False, "total"),
+    ("publishers", lambda r: r.get("publishers"), "{:,.0f}", None),
+    ("publishers' distinct server cores", lambda r: get(r, "stream.publisher_distinct_cores") if get(r, "stream.welcomes") else None, "{:,.0f}", None),
+] + BROADCAST[4:]
 IDLE = [
     ("RSS per connection (B)", lambda r: get(r, "server.rss_per_conn"), "{:,.0f}", False),
     ("server RSS holding (MiB)", lambda r: (get(r, "server.rss") or 0) / 1048576, "{:.1f}", False),
@@ -69,11 +81,13 @@ CHURN = [
 METRICS = {
     "echo": THROUGHPUT, "echo-big": THROUGHPUT, "echo-lat": THROUGHPUT,
     "broadcast": BROADCAST, "broadcast-wide": BROADCAST,
+    "channels": CHANNELS, "channels-ordered": CHANNELS,
     "idle": IDLE, "churn": CHURN,
 }
 # The one number per scenario for the chart.
 HEADLINE = {
-    "echo": 1, "echo-big": 1, "echo-lat": 3, "broadcast": 2, "broadcast-wide": 2, "idle": 0, "churn": 1,
+    "echo": 1, "echo-big": 1, "echo-lat": 3, "broadcast": 2, "broadcast-wide": 2,
+    "channels": 2, "channels-ordered": 2, "idle": 0, "churn": 1,
 }
 DESCR = {
     "echo": "100 conns x 16 in flight x 32 B text",
@@ -81,6 +95,8 @@ DESCR = {
     "echo-lat": "1,000 conns x 1 in flight x 32 B",
     "broadcast": "1,000 subscribers, 2,000 msg/s x 64 B",
     "broadcast-wide": "5,000 subscribers, 300 msg/s x 64 B",
+    "channels": "as broadcast, through one /ws channel (history off)",
+    "channels-ordered": "as channels, 2 publishers on different server cores, history on; offsets checked",
     "idle": "connections held",
     "churn": "64 loops: connect, handshake, 1 echo, close",
 }
@@ -136,13 +152,18 @@ def main(out_dir):
         lines.append("")
         lines.append(f"| metric | {a} | {b} | ratio |")
         lines.append("|---|---|---|---|")
-        for i, (label, ex, f, better) in enumerate(METRICS.get(s, THROUGHPUT)):
+        for i, (label, ex, f, better, *agg) in enumerate(METRICS.get(s, THROUGHPUT)):
             cells = []
             meds = []
             for srv in SERVERS:
-                med, lo, hi = summarize(ex(r) for r in by[s].get(srv, []))
+                vals = [ex(r) for r in by[s].get(srv, [])]
+                med, lo, hi = summarize(vals)
+                if agg == ["total"] and med is not None:
+                    med = sum(v for v in vals if v is not None)
+                    cells.append(f"{fmt(f, med)} total [{fmt(f, lo)}–{fmt(f, hi)}]")
+                else:
+                    cells.append("–" if med is None else f"{fmt(f, med)} [{fmt(f, lo)}–{fmt(f, hi)}]")
                 meds.append(med)
-                cells.append("–" if med is None else f"{fmt(f, med)} [{fmt(f, lo)}–{fmt(f, hi)}]")
             ratio = "–"
             if meds[0] is not None and meds[1] not in (None, 0):
                 arrow = "" if better is None else (" ↑" if better else " ↓")
@@ -151,12 +172,42 @@ def main(out_dir):
             if i == HEADLINE.get(s, -1):
                 chart.append((s, label, f, meds, better))
         lines.append("")
+    lines.extend(ordering_notes(recs))
     errors = [(r["bench_scenario"], r["server_name"], r["round"], r.get("errors")) for r in recs if r.get("errors")]
     if errors:
         lines.append("Runs with generator-side errors: " + ", ".join(f"{a}/{b}#{c}: {d}" for a, b, c, d in errors))
         lines.append("")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "chart.svg").write_text(svg(chart))
+
+
+def ordering_notes(recs):
+    """Channel runs: ordering failures (any gap or reorder), runs whose
+    order could not be checked, publishers that had to share a core."""
+    out = []
+    chan = sorted((r for r in recs if r.get("stream")), key=lambda r: (r["bench_scenario"], r["server_name"], r["round"]))
+    name = lambda r: f"{r['bench_scenario']}/{r['server_name']}#{r['round']}"
+    bad = [r for r in chan if (r.get("gaps") or 0) + (r.get("reorders") or 0) > 0]
+    if bad:
+        out.append("**ORDERING FAILURES** (offsets not consecutive at a subscriber): " + ", ".join(
+            f"{name(r)}: {r['gaps']} gaps ({get(r, 'stream.gap_offsets', 0)} offsets missing), "
+            f"{r['reorders']} duplicates/reorders" for r in bad))
+        out.append("")
+    elif any(r.get("gaps") is not None for r in chan):
+        checked = [r for r in chan if r.get("gaps") is not None]
+        out.append(f"Channel ordering: no gap or reorder in {len(checked)} run(s) "
+                   f"({sum(get(r, 'stream.with_offset', 0) for r in checked):,} deliveries checked).")
+        out.append("")
+    unchecked = [r for r in chan if r.get("gaps") is None]
+    if unchecked:
+        out.append("Order not checked (the server sent no offsets): " + ", ".join(name(r) for r in unchecked))
+        out.append("")
+    shared = [r for r in chan if get(r, "stream.placement_gave_up")]
+    if shared:
+        out.append("Publishers sharing a server core (no distinct core found; e.g. a 1-core server): "
+                   + ", ".join(f"{name(r)}: cores {get(r, 'stream.publisher_cores')}" for r in shared))
+        out.append("")
+    return out
 
 
 def svg(rows):

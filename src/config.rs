@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue};
 use clap::parser::ValueSource;
-use clap::{ArgMatches, ColorChoice, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgAction, ArgMatches, ColorChoice, CommandFactory, FromArgMatches, Parser};
 use serde::{Serialize, Serializer};
+
+/// The per-channel options [`Config::channels`] and
+/// [`Config::channel_rules`] hold, and the check a rule's pattern passes.
+pub use crate::hub::options::{validate_pattern, ChannelOptions, ChannelRule, ChannelRules};
 
 /// ringcast: a thread-per-core io_uring WebSocket server.
 ///
@@ -26,6 +30,10 @@ pub struct Config {
     /// TOML file of defaults for the other flags: keys are the flag names
     /// (`max-connections = 1000`, `allowed-origins = ["https://a"]`,
     /// `cpus = "0,2-3"`); the command line and environment win over it.
+    /// It may also hold `[[channels]]` tables of per-channel options
+    /// (`pattern = "chat:*"`, `history_size`, `history_ttl`, `presence`,
+    /// `join_leave`, `allow_publish`; first match wins, keys not given take
+    /// the flags' values).
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -171,6 +179,47 @@ pub struct Config {
     #[arg(long, default_value_t = 100)]
     pub max_subscriptions: usize,
 
+    /// Publications a channel keeps for history and recovery (0: none, and
+    /// history requests are refused), for channels no `[[channels]]` rule
+    /// of the config file gives a `history_size`.
+    #[arg(long, default_value_t = 100)]
+    pub history_size: u32,
+
+    /// Seconds a publication stays in history, for channels no rule gives
+    /// a `history_ttl`.
+    #[arg(long, default_value_t = 300.0, value_parser = parse_seconds)]
+    pub history_ttl: f64,
+
+    /// History memory budget per core, in bytes: over it the core's oldest
+    /// publications (of any channel) are evicted first.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub history_max_bytes: usize,
+
+    /// Largest `limit` a history request may ask for (more: `bad_limit`),
+    /// and the limit of a request that gives none.
+    #[arg(long, default_value_t = 1000)]
+    pub history_max_limit: u32,
+
+    /// Most clients listed in a presence answer (its count stays exact).
+    #[arg(long, default_value_t = 1000)]
+    pub presence_max_clients: u32,
+
+    /// Keep channels' subscriber lists for `presence` requests, for
+    /// channels no rule gives a `presence`.
+    #[arg(long)]
+    pub presence: bool,
+
+    /// Let subscribers ask for `join`/`leave` events, for channels no rule
+    /// gives a `join_leave`.
+    #[arg(long)]
+    pub join_leave: bool,
+
+    /// Whether `/ws` clients may publish (`false`: only the HTTP API and an
+    /// embedding program's publisher may), for channels no rule gives an
+    /// `allow_publish`.
+    #[arg(long, action = ArgAction::Set, default_value_t = true, value_name = "BOOL")]
+    pub allow_publish: bool,
+
     /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,6 +241,17 @@ pub struct Config {
     #[arg(skip)]
     #[serde(skip)]
     pub failpoints: bool,
+
+    /// Per-channel options, the config file's `[[channels]]` tables in file
+    /// order (first match wins), with the keys a table left out filled from
+    /// the flags. Not a flag. Serialized last: TOML puts tables after plain
+    /// values.
+    #[arg(skip)]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_rules"
+    )]
+    pub channels: Vec<ChannelRule>,
 }
 
 /// The built-in defaults, exactly those of the flags (clap's own
@@ -235,6 +295,27 @@ impl Config {
     /// Shutdown grace period.
     pub fn grace(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_grace)
+    }
+
+    /// The options the channel flags give: those of channels no rule
+    /// matches, and of the keys a rule leaves out.
+    pub fn channel_defaults(&self) -> ChannelOptions {
+        ChannelOptions {
+            history_size: self.history_size,
+            history_ttl: Duration::from_secs_f64(self.history_ttl),
+            presence: self.presence,
+            join_leave: self.join_leave,
+            allow_publish: self.allow_publish,
+        }
+    }
+
+    /// The per-channel rules ([`Config::channels`], in order) over the
+    /// flags' options as the default.
+    pub fn channel_rules(&self) -> ChannelRules {
+        ChannelRules {
+            rules: self.channels.clone(),
+            default: self.channel_defaults(),
+        }
     }
 }
 
@@ -303,19 +384,20 @@ impl Config {
         };
         let in_file = |e: String| LoadError::File(format!("config {}: {e}", path.display()));
         let bin = args.first().cloned().unwrap_or_else(|| "ringcast".into());
+        let (flags, rules) = file_args(&path, &cli, &bin).map_err(in_file)?;
         let mut all = vec![bin.clone()];
-        all.extend(
-            file_args(&path, &cli, &bin)
-                .map_err(in_file)?
-                .into_iter()
-                .map(OsString::from),
-        );
+        all.extend(flags.into_iter().map(OsString::from));
         all.extend(args.into_iter().skip(1));
         let matches = Config::command()
             .color(ColorChoice::Never)
             .try_get_matches_from(all)
             .map_err(|e| in_file(clap_reason(&e)))?;
-        Config::from_arg_matches(&matches).map_err(|e| in_file(clap_reason(&e)))
+        let mut cfg = Config::from_arg_matches(&matches).map_err(|e| in_file(clap_reason(&e)))?;
+        // Rules take the effective flags (file and command line merged)
+        // for the keys they leave out.
+        let default = cfg.channel_defaults();
+        cfg.channels = rules.into_iter().map(|r| r.resolve(&default)).collect();
+        Ok(cfg)
     }
 
     /// The configuration as a `--config` file, for `--print-config`: `None`
@@ -326,9 +408,15 @@ impl Config {
 }
 
 /// The arguments the config file at `path` stands for, minus those the
-/// command line (`cli`) or the environment overrides. Every entry is
-/// checked, overridden or not, so a bad file fails the same way always.
-fn file_args(path: &Path, cli: &ArgMatches, bin: &OsString) -> Result<Vec<String>, String> {
+/// command line (`cli`) or the environment overrides, and its
+/// `[[channels]]` rules (not flags, so parsed here, not by clap). Every
+/// entry is checked, overridden or not, so a bad file fails the same way
+/// always.
+fn file_args(
+    path: &Path,
+    cli: &ArgMatches,
+    bin: &OsString,
+) -> Result<(Vec<String>, Vec<RuleEntry>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
     let table: toml::Table = text.parse().map_err(|e| format!("invalid TOML: {e}"))?;
     let cmd = Config::command();
@@ -341,7 +429,12 @@ fn file_args(path: &Path, cli: &ArgMatches, bin: &OsString) -> Result<Vec<String
     };
     let mut seen: Vec<(&str, &clap::Arg)> = Vec::new();
     let mut out = Vec::new();
+    let mut rules = Vec::new();
     for (key, value) in &table {
+        if key == CHANNELS {
+            rules = channel_entries(value)?;
+            continue;
+        }
         let long = key.replace('_', "-");
         if NOT_IN_FILE.contains(&long.as_str()) {
             return Err(format!("key \"{key}\" cannot be set in a config file"));
@@ -373,7 +466,160 @@ fn file_args(path: &Path, cli: &ArgMatches, bin: &OsString) -> Result<Vec<String
             out.extend(entry);
         }
     }
+    Ok((out, rules))
+}
+
+/// The config file's key for per-channel rules (`[[channels]]`).
+const CHANNELS: &str = "channels";
+
+/// The keys of a `[[channels]]` table (`-` may stand for `_`).
+const RULE_KEYS: [&str; 6] = [
+    "pattern",
+    "history_size",
+    "history_ttl",
+    "presence",
+    "join_leave",
+    "allow_publish",
+];
+
+/// A `[[channels]]` table as written: the keys it leaves out take the
+/// flags' values once the file and the command line are merged.
+#[derive(Debug, Default)]
+struct RuleEntry {
+    pattern: String,
+    history_size: Option<u32>,
+    history_ttl: Option<Duration>,
+    presence: Option<bool>,
+    join_leave: Option<bool>,
+    allow_publish: Option<bool>,
+}
+
+impl RuleEntry {
+    /// The rule, with `default` (the flags) for the keys not given.
+    fn resolve(self, default: &ChannelOptions) -> ChannelRule {
+        ChannelRule {
+            pattern: self.pattern,
+            options: ChannelOptions {
+                history_size: self.history_size.unwrap_or(default.history_size),
+                history_ttl: self.history_ttl.unwrap_or(default.history_ttl),
+                presence: self.presence.unwrap_or(default.presence),
+                join_leave: self.join_leave.unwrap_or(default.join_leave),
+                allow_publish: self.allow_publish.unwrap_or(default.allow_publish),
+            },
+        }
+    }
+}
+
+/// The file's `channels` value: an array of tables, each a rule with a
+/// pattern no earlier rule has. Errors name the entry (`channels[2]: ...`).
+fn channel_entries(value: &toml::Value) -> Result<Vec<RuleEntry>, String> {
+    let toml::Value::Array(items) = value else {
+        return Err(format!(
+            "key \"{CHANNELS}\": expected an array of tables ([[{CHANNELS}]]), found {}",
+            value.type_str()
+        ));
+    };
+    let mut out: Vec<RuleEntry> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let entry = channel_entry(item).map_err(|e| format!("{CHANNELS}[{i}]: {e}"))?;
+        if let Some(j) = out.iter().position(|r| r.pattern == entry.pattern) {
+            return Err(format!(
+                "{CHANNELS}[{i}]: pattern {:?} is already that of {CHANNELS}[{j}]",
+                entry.pattern
+            ));
+        }
+        out.push(entry);
+    }
     Ok(out)
+}
+
+/// One `[[channels]]` table.
+fn channel_entry(item: &toml::Value) -> Result<RuleEntry, String> {
+    use toml::Value;
+    let Value::Table(table) = item else {
+        return Err(format!("expected a table, found {}", item.type_str()));
+    };
+    let mut entry = RuleEntry::default();
+    let mut pattern = None;
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for (key, value) in table {
+        let name = key.replace('-', "_");
+        let Some(&canon) = RULE_KEYS.iter().find(|k| **k == name) else {
+            return Err(format!("unknown key \"{key}\""));
+        };
+        if let Some((other, _)) = seen.iter().find(|(_, c)| *c == canon) {
+            return Err(format!(
+                "keys \"{other}\" and \"{key}\" set the same option"
+            ));
+        }
+        seen.push((key, canon));
+        let found = |what: &str| match value {
+            Value::Integer(i) => format!("expected {what}, found {i}"),
+            v => format!("expected {what}, found {}", v.type_str()),
+        };
+        let bool_value = || value.as_bool().ok_or_else(|| found("true or false"));
+        let checked = match canon {
+            "pattern" => value
+                .as_str()
+                .ok_or_else(|| found("a string"))
+                .and_then(|p| {
+                    validate_pattern(p)?;
+                    pattern = Some(p.to_string());
+                    Ok(())
+                }),
+            "history_size" => value
+                .as_integer()
+                .filter(|&n| n >= 0)
+                .ok_or_else(|| found("a non-negative integer"))
+                .and_then(|n| {
+                    let n = u32::try_from(n)
+                        .map_err(|_| format!("{n} is too large (at most {})", u32::MAX))?;
+                    entry.history_size = Some(n);
+                    Ok(())
+                }),
+            "history_ttl" => match value {
+                Value::Integer(i) => Ok(*i as f64),
+                Value::Float(f) => Ok(*f),
+                _ => Err(found("a number of seconds")),
+            }
+            .and_then(check_seconds)
+            .map(|s| entry.history_ttl = Some(Duration::from_secs_f64(s))),
+            "presence" => bool_value().map(|b| entry.presence = Some(b)),
+            "join_leave" => bool_value().map(|b| entry.join_leave = Some(b)),
+            _ => bool_value().map(|b| entry.allow_publish = Some(b)),
+        };
+        checked.map_err(|e| match canon {
+            // validate_pattern's errors name the pattern already.
+            "pattern" if value.is_str() => e,
+            _ => format!("key \"{key}\": {e}"),
+        })?;
+    }
+    entry.pattern = pattern.ok_or_else(|| "missing key \"pattern\"".to_string())?;
+    Ok(entry)
+}
+
+/// A rule as `--print-config` writes it: every key, so the printout says
+/// exactly what each rule does and reads back the same.
+#[derive(Serialize)]
+struct RuleToml<'a> {
+    pattern: &'a str,
+    history_size: u32,
+    history_ttl: f64,
+    presence: bool,
+    join_leave: bool,
+    allow_publish: bool,
+}
+
+/// [`Config::channels`] as `[[channels]]` tables.
+fn serialize_rules<S: Serializer>(rules: &[ChannelRule], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(rules.iter().map(|r| RuleToml {
+        pattern: &r.pattern,
+        history_size: r.options.history_size,
+        history_ttl: r.options.history_ttl.as_secs_f64(),
+        presence: r.options.presence,
+        join_leave: r.options.join_leave,
+        allow_publish: r.options.allow_publish,
+    }))
 }
 
 /// One file entry as arguments: `--key=value` (so values starting with `-`
@@ -398,6 +644,8 @@ fn entry_args(long: &str, arg: &clap::Arg, value: &toml::Value) -> Result<Vec<St
         )),
     };
     let text = match value {
+        // A flag that takes `true|false` as a value (`--allow-publish`).
+        Value::Boolean(b) if takes_bool(arg) => b.to_string(),
         Value::Array(items) => {
             let Some(delim) = arg.get_value_delimiter() else {
                 return Err("expected a single value, found array".into());
@@ -417,6 +665,14 @@ fn entry_args(long: &str, arg: &clap::Arg, value: &toml::Value) -> Result<Vec<St
         ));
     }
     Ok(vec![format!("--{long}={text}")])
+}
+
+/// Whether `arg`'s value is `true` or `false`.
+fn takes_bool(arg: &clap::Arg) -> bool {
+    let values = arg.get_possible_values();
+    ["true", "false"]
+        .iter()
+        .all(|b| values.iter().any(|v| v.get_name() == *b))
 }
 
 /// Whether clap would reject `a` and `b` together (declared on either side).
@@ -486,6 +742,11 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    check_seconds(v)
+}
+
+/// A time in seconds a flag or config entry may hold: 0 to one day.
+fn check_seconds(v: f64) -> Result<f64, String> {
     if !(0.0..=86_400.0).contains(&v) {
         return Err(format!("{v} is out of range (0 to 86400 seconds)"));
     }
@@ -791,6 +1052,14 @@ mod tests {
             "--max-msgs-per-sec=0.3",
             "--msg-burst=1e300",
             "--max-subscriptions=9",
+            "--history-size=0",
+            "--history-ttl=0.1",
+            "--history-max-bytes=10",
+            "--history-max-limit=11",
+            "--presence-max-clients=12",
+            "--presence",
+            "--join-leave",
+            "--allow-publish=false",
             "--log=ringcast=debug,warn",
         ];
         let original = load(&args).unwrap();
@@ -818,7 +1087,14 @@ mod tests {
     #[test]
     fn every_flag_can_be_set_from_a_file() {
         let default = load(&[]).unwrap();
-        let candidates = ["7", "2.5", r#""127.0.0.1:7""#, r#"["https://a"]"#, "true"];
+        let candidates = [
+            "7",
+            "2.5",
+            r#""127.0.0.1:7""#,
+            r#"["https://a"]"#,
+            "true",
+            "false",
+        ];
         let cmd = Config::command();
         let mut tried = 0;
         for arg in cmd.get_arguments() {
@@ -842,5 +1118,326 @@ mod tests {
             );
         }
         assert!(tried >= 25, "only {tried} flags");
+    }
+
+    #[test]
+    fn channel_flag_defaults_are_the_options_defaults() {
+        let want = ChannelRules {
+            rules: Vec::new(),
+            default: ChannelOptions::default(),
+        };
+        assert_eq!(Config::default().channel_rules(), want);
+        assert_eq!(load(&[]).unwrap().channel_rules(), want);
+        let cfg = Config::default();
+        assert_eq!(
+            (
+                cfg.history_max_bytes,
+                cfg.history_max_limit,
+                cfg.presence_max_clients
+            ),
+            (64 << 20, 1000, 1000)
+        );
+    }
+
+    #[test]
+    fn channel_flags() {
+        let cfg = load(&[
+            "--history-size=5",
+            "--history-ttl=1.5",
+            "--history-max-bytes=4096",
+            "--history-max-limit=50",
+            "--presence-max-clients=7",
+            "--presence",
+            "--join-leave",
+            "--allow-publish",
+            "false",
+        ])
+        .unwrap();
+        let want = ChannelOptions {
+            history_size: 5,
+            history_ttl: Duration::from_millis(1500),
+            presence: true,
+            join_leave: true,
+            allow_publish: false,
+        };
+        assert_eq!(cfg.channel_rules().default, want);
+        assert_eq!(
+            (
+                cfg.history_max_bytes,
+                cfg.history_max_limit,
+                cfg.presence_max_clients
+            ),
+            (4096, 50, 7)
+        );
+        assert!(load(&["--allow-publish=true"]).unwrap().allow_publish);
+        // `--allow-publish` takes a value, and only true or false.
+        assert!(matches!(
+            load(&["--allow-publish"]),
+            Err(LoadError::Clap(_))
+        ));
+        assert!(matches!(
+            load(&["--allow-publish=yes"]),
+            Err(LoadError::Clap(_))
+        ));
+        assert!(matches!(
+            load(&["--history-ttl=86401"]),
+            Err(LoadError::Clap(_))
+        ));
+        // From a file, the flags take TOML booleans.
+        let cfg = with_file("allow-publish = false\npresence = true", &[]).unwrap();
+        assert!(!cfg.allow_publish && cfg.presence);
+        let err = with_file("allow-publish = \"maybe\"", &[]).unwrap_err();
+        assert!(
+            err.contains(r#"key "allow-publish": invalid value 'maybe'"#),
+            "{err}"
+        );
+    }
+
+    /// The file's channel rules, in order, with the given keys.
+    const RULES: &str = r#"
+        history-size = 50
+        presence = true
+
+        [[channels]]
+        pattern = "chat:*"
+        history_size = 500
+        history_ttl = 600
+        join_leave = true
+
+        [[channels]]
+        pattern = "ticks"
+        history_ttl = 0.25
+        presence = false
+        allow_publish = false
+
+        [[channels]]
+        pattern = "*"
+    "#;
+
+    #[test]
+    fn channel_rules_from_a_file() {
+        let cfg = with_file(RULES, &[]).unwrap();
+        let flags = ChannelOptions {
+            history_size: 50,
+            presence: true,
+            ..ChannelOptions::default()
+        };
+        let rules = cfg.channel_rules();
+        assert_eq!(rules.default, flags);
+        let want = [
+            (
+                "chat:*",
+                ChannelOptions {
+                    history_size: 500,
+                    history_ttl: Duration::from_secs(600),
+                    join_leave: true,
+                    ..flags.clone()
+                },
+            ),
+            (
+                "ticks",
+                ChannelOptions {
+                    history_ttl: Duration::from_millis(250),
+                    presence: false,
+                    allow_publish: false,
+                    ..flags.clone()
+                },
+            ),
+            ("*", flags.clone()),
+        ];
+        let got: Vec<_> = cfg
+            .channels
+            .iter()
+            .map(|r| (r.pattern.as_str(), r.options.clone()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(rules.rules, cfg.channels);
+        assert_eq!(rules.resolve("chat:lobby"), &want[0].1);
+        assert_eq!(rules.resolve("ticks"), &want[1].1);
+        assert_eq!(rules.resolve("other"), &flags);
+        // Inline tables, kebab-case keys and an empty list do as well.
+        let cfg = with_file(
+            r#"channels = [{ pattern = "a", history-size = 3 }, { pattern = "b*" }]"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.channels.len(), 2);
+        assert_eq!(cfg.channels[0].options.history_size, 3);
+        assert_eq!(cfg.channels[1].pattern, "b*");
+        assert!(with_file("channels = []", &[]).unwrap().channels.is_empty());
+        // Without a file there are no rules.
+        assert!(load(&[]).unwrap().channels.is_empty());
+    }
+
+    #[test]
+    fn rules_take_the_effective_flags() {
+        let cli = [
+            "--history-size=7",
+            "--history-ttl=9",
+            "--join-leave",
+            "--allow-publish=false",
+        ];
+        let cfg = with_file(RULES, &cli).unwrap();
+        let [chat, ticks, all] = &cfg.channels[..] else {
+            panic!("{:?}", cfg.channels)
+        };
+        // What a rule sets stays...
+        assert_eq!(chat.options.history_size, 500);
+        assert_eq!(chat.options.history_ttl, Duration::from_secs(600));
+        assert!(!ticks.options.presence);
+        // ...what it leaves out follows the command line, else the file.
+        assert_eq!(ticks.options.history_size, 7);
+        assert!(!chat.options.allow_publish);
+        assert!(ticks.options.join_leave);
+        assert!(chat.options.presence);
+        let flags = ChannelOptions {
+            history_size: 7,
+            history_ttl: Duration::from_secs(9),
+            presence: true,
+            join_leave: true,
+            allow_publish: false,
+        };
+        assert_eq!(all.options, flags);
+        assert_eq!(cfg.channel_rules().default, flags);
+    }
+
+    #[test]
+    fn channel_errors_name_the_entry() {
+        // Valid rules to put before the bad one.
+        let ok = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("[[channels]]\npattern = \"ok{i}\"\n"))
+                .collect()
+        };
+        let cases = [
+            (
+                format!("{}[[channels]]\npattern = \"x\"\nhistroy_size = 1", ok(2)),
+                r#": channels[2]: unknown key "histroy_size""#,
+            ),
+            (
+                "[[channels]]\nhistory_size = 1".to_string(),
+                r#": channels[0]: missing key "pattern""#,
+            ),
+            (
+                format!("{}[[channels]]\npattern = \"a*b\"", ok(1)),
+                ": channels[1]: pattern \"a*b\": `*` may only end a pattern (a prefix match)",
+            ),
+            (
+                format!("{}[[channels]]\npattern = \"\"", ok(1)),
+                ": channels[1]: empty pattern",
+            ),
+            (
+                format!("{}[[channels]]\npattern = \"a b\"", ok(1)),
+                ": channels[1]: pattern \"a b\": ",
+            ),
+            (
+                "[[channels]]\npattern = 3".to_string(),
+                r#": channels[0]: key "pattern": expected a string, found 3"#,
+            ),
+            (
+                format!("{}[[channels]]\npattern = \"y\"\nhistory_size = -1", ok(3)),
+                r#": channels[3]: key "history_size": expected a non-negative integer, found -1"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\nhistory_size = 1.5".to_string(),
+                r#": channels[0]: key "history_size": expected a non-negative integer, found float"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\nhistory_size = 4294967296".to_string(),
+                r#": channels[0]: key "history_size": 4294967296 is too large (at most 4294967295)"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\nhistory_ttl = \"5m\"".to_string(),
+                r#": channels[0]: key "history_ttl": expected a number of seconds, found string"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\nhistory_ttl = -1".to_string(),
+                r#": channels[0]: key "history_ttl": -1 is out of range (0 to 86400 seconds)"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\nhistory_ttl = nan".to_string(),
+                r#": channels[0]: key "history_ttl": NaN is out of range (0 to 86400 seconds)"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\npresence = 1".to_string(),
+                r#": channels[0]: key "presence": expected true or false, found 1"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\njoin_leave = \"yes\"".to_string(),
+                r#": channels[0]: key "join_leave": expected true or false, found string"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\nallow_publish = []".to_string(),
+                r#": channels[0]: key "allow_publish": expected true or false, found array"#,
+            ),
+            (
+                "[[channels]]\npattern = \"y\"\njoin_leave = true\njoin-leave = true".to_string(),
+                r#": channels[0]: keys "join-leave" and "join_leave" set the same option"#,
+            ),
+            (
+                format!("{}[[channels]]\npattern = \"b\"\n{}", ok(1), ok(1)),
+                r#": channels[2]: pattern "ok0" is already that of channels[0]"#,
+            ),
+            (
+                "channels = 3".to_string(),
+                r#": key "channels": expected an array of tables ([[channels]]), found integer"#,
+            ),
+            (
+                "[channels]\npattern = \"y\"".to_string(),
+                r#": key "channels": expected an array of tables ([[channels]]), found table"#,
+            ),
+            (
+                "channels = [\"chat:*\"]".to_string(),
+                r#": channels[0]: expected a table, found string"#,
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = with_file(&toml, &[]).unwrap_err();
+            assert!(err.starts_with("config "), "{err}");
+            if want.ends_with(": ") {
+                assert!(err.contains(want), "{toml:?}: {err:?} lacks {want:?}");
+            } else {
+                assert!(
+                    err.ends_with(want),
+                    "{toml:?}: {err:?} does not end in {want:?}"
+                );
+            }
+        }
+        // A bad rule fails even when the command line sets every flag.
+        let err = with_file(
+            "[[channels]]\npattern = \"y\"\npresence = 1",
+            &["--presence"],
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn channels_print_and_round_trip() {
+        let original = with_file(RULES, &["--history-ttl=0.1", "--max-connections=3"]).unwrap();
+        let printed = original.to_toml().unwrap();
+        assert_eq!(printed.matches("[[channels]]").count(), 3, "{printed}");
+        let table: toml::Table = printed.parse().unwrap();
+        let rules = table["channels"].as_array().unwrap();
+        for rule in rules {
+            let keys: Vec<_> = rule
+                .as_table()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut want = RULE_KEYS.to_vec();
+            want.sort_unstable();
+            let mut keys = keys;
+            keys.sort_unstable();
+            assert_eq!(keys, want, "{printed}");
+        }
+        // The printout is a config file that gives the same configuration,
+        // whatever the command line then says (every rule key is explicit).
+        assert_eq!(with_file(&printed, &[]).unwrap(), original);
+        let changed = with_file(&printed, &["--history-size=1"]).unwrap();
+        assert_eq!(changed.channels, original.channels);
+        // Without rules no `channels` key is printed.
+        let printed = load(&[]).unwrap().to_toml().unwrap();
+        assert!(!printed.contains("channels"), "{printed}");
     }
 }

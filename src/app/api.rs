@@ -11,7 +11,11 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::protocol::{self, set_once, write_json_string, write_u64, Text};
+use super::protocol::{
+    self, set_once, write_json_string, write_u64, Count, Since, SinceSeed, Text,
+};
+use crate::conn::SharedFrame;
+use crate::hub::{wire, Position};
 
 /// The most messages one batch may carry: bounds the work (and the fan-out)
 /// one request can cause before anything is published.
@@ -40,7 +44,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    /// A 400 with `code` and `message`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status: 400,
             code,
@@ -250,6 +255,132 @@ impl<'de> Visitor<'de> for BatchSeed {
     }
 }
 
+/// A `POST /api/history` body: `{"channel":C,"limit":N,"since":{...}}`.
+pub struct HistoryBody {
+    /// The channel (validated).
+    pub channel: String,
+    /// Most publications (default: the server's cap).
+    pub limit: Option<u64>,
+    /// Only publications after this point.
+    pub since: Option<Since>,
+}
+
+/// Parses a `POST /api/history` body.
+pub fn parse_history(body: &[u8]) -> Result<HistoryBody, ApiError> {
+    let q = parse_query(body)?;
+    Ok(HistoryBody {
+        channel: q.channel,
+        limit: q.limit,
+        since: q.since,
+    })
+}
+
+/// Parses a `POST /api/presence` body (`{"channel":C}`): the channel.
+pub fn parse_presence(body: &[u8]) -> Result<Box<str>, ApiError> {
+    Ok(parse_query(body)?.channel.into_boxed_str())
+}
+
+struct Query {
+    channel: String,
+    limit: Option<u64>,
+    since: Option<Since>,
+}
+
+/// The fields of a history or presence body (unknown ones ignored).
+fn parse_query(body: &[u8]) -> Result<Query, ApiError> {
+    let body = simdutf8::basic::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("bad_json", "the body is not valid UTF-8"))?;
+    let q: QueryWire<'_> =
+        serde_json::from_str(body).map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+    let channel = q
+        .channel
+        .ok_or_else(|| ApiError::bad_request("missing_field", "missing field `channel`"))?;
+    protocol::validate_channel(&channel)
+        .map_err(|e| ApiError::bad_request("bad_channel", e.message))?;
+    Ok(Query {
+        channel: channel.into_owned(),
+        limit: q.limit,
+        since: q.since,
+    })
+}
+
+#[derive(Default)]
+struct QueryWire<'a> {
+    channel: Option<Cow<'a, str>>,
+    limit: Option<u64>,
+    since: Option<Since>,
+}
+
+impl<'de> Deserialize<'de> for QueryWire<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(QueryVisitor)
+    }
+}
+
+struct QueryVisitor;
+
+impl<'de> Visitor<'de> for QueryVisitor {
+    type Value = QueryWire<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `channel`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<QueryWire<'de>, A::Error> {
+        let mut q = QueryWire::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "channel" => set_once(
+                    &mut q.channel,
+                    map.next_value_seed(Text("channel"))?,
+                    "channel",
+                )?,
+                "limit" => set_once(&mut q.limit, map.next_value_seed(Count("limit"))?, "limit")?,
+                "since" => set_once(&mut q.since, map.next_value_seed(SinceSeed)?, "since")?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// Appends `{"published":N,"results":[{"channel":C,"offset":O,"epoch":"E"},...]}`.
+pub fn write_published_results(results: &[(Box<str>, Position)], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"published\":");
+    write_u64(results.len() as u64, out);
+    out.extend_from_slice(b",\"results\":[");
+    for (i, (channel, p)) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"channel\":");
+        write_json_string(channel, out);
+        out.extend_from_slice(b",\"offset\":");
+        write_u64(p.offset, out);
+        out.extend_from_slice(b",\"epoch\":");
+        wire::write_epoch(p.epoch, out);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// Appends `{"epoch":"E","offset":T,"publications":[...]}`.
+pub fn write_history_body(
+    p: Position,
+    publications: &[(u64, SharedFrame, u32)],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"{\"epoch\":");
+    wire::write_epoch(p.epoch, out);
+    out.extend_from_slice(b",\"offset\":");
+    write_u64(p.offset, out);
+    out.push(b',');
+    protocol::write_publications(publications, out);
+    out.push(b'}');
+}
+
 /// Appends `{"error":{"code":"...","message":"..."}}`, the body of every
 /// API error response (both strings escaped).
 pub fn write_error_body(code: &str, message: &str, out: &mut Vec<u8>) {
@@ -258,13 +389,6 @@ pub fn write_error_body(code: &str, message: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"message\":");
     write_json_string(message, out);
     out.extend_from_slice(b"}}");
-}
-
-/// Appends `{"published":N}`: how many messages the request published.
-pub fn write_published_body(n: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"published\":");
-    write_u64(n as u64, out);
-    out.push(b'}');
 }
 
 /// Appends `{"channels":[{"name":"a","subscribers":3},...]}`, sorted by
@@ -508,10 +632,46 @@ mod tests {
 
     #[test]
     fn published_body() {
-        for n in [0, 1, MAX_BATCH] {
-            let mut out = Vec::new();
-            write_published_body(n, &mut out);
-            assert_eq!(to_value(&out), json!({ "published": n }));
+        let mut out = Vec::new();
+        let p = Position {
+            epoch: 1,
+            offset: 9,
+        };
+        write_published_results(&[("a".into(), p), ("b".into(), p)], &mut out);
+        assert_eq!(
+            to_value(&out),
+            json!({"published":2,"results":[
+                {"channel":"a","offset":9,"epoch":"0000000000000001"},
+                {"channel":"b","offset":9,"epoch":"0000000000000001"}]})
+        );
+    }
+
+    #[test]
+    fn history_and_presence_bodies() {
+        let h = parse_history(
+            br#"{"channel":"c","limit":3,"since":{"offset":2,"epoch":"0000000000000001"}}"#,
+        )
+        .unwrap();
+        assert_eq!((h.channel.as_str(), h.limit), ("c", Some(3)));
+        assert_eq!(
+            h.since,
+            Some(Since {
+                offset: 2,
+                epoch: 1
+            })
+        );
+        assert_eq!(&*parse_presence(br#"{"channel":"c","x":1}"#).unwrap(), "c");
+        for bad in [
+            &br#"{"limit":1}"#[..],
+            br#"{"channel":"a b"}"#,
+            br#"{"channel":"c","limit":1.5}"#,
+            b"[]",
+        ] {
+            assert!(
+                parse_history(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

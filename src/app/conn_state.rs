@@ -95,13 +95,17 @@ impl ConnCtl {
 /// `/ws` state of one connection.
 #[derive(Default)]
 pub struct WsConn {
-    /// Channel indices in the core's registry.
+    /// Channel indices in the core's registry: subscribed, or waiting for
+    /// the owner's answer.
     pub subs: Vec<u32>,
-    /// Subscribe acks held on channels until other cores confirm (one per
+    /// Subscribes waiting for their channel owner's answer (one per
     /// request, repeats included); bounded by `--max-subscriptions`, so a
     /// client repeating subscribes it does not read answers to cannot grow
     /// the channels' waiting lists.
     pub held_acks: u32,
     /// The token's claims when auth is on (channel patterns).
     pub claims: Option<auth::Claims>,
+    /// This connection's number on its core: its client id (`welcome`,
+    /// presence) is made from it.
+    pub client: u64,
 }

@@ -6,12 +6,16 @@ use tracing::debug;
 
 use super::conn_state::{ConnCtl, Endpoint};
 use super::policy::{CoreHook, Policy, PONG_BURST};
-use super::protocol::{self, ClientMsg, ErrorCode};
+use std::rc::Rc;
+
+use super::protocol::{self, ClientMsg, ErrorCode, Since};
 use super::route::Route;
 use super::stats::MsgStats;
 use crate::conn::{BufPool, ConnKey, Frame, OutQueue, SharedFrame};
-use crate::hub::channels::{Channels, Subscribed};
-use crate::hub::Hub;
+use crate::hub::channels::Channels;
+use crate::hub::options::ChannelRules;
+use crate::hub::stream::Streams;
+use crate::hub::{HistoryReq, Hub, Member, MeshMsg, Position, ReplyTo, SubscribeReq, Unsequenced};
 use crate::ws::frame::{encode_frame_into, encode_header, unmask_into, MAX_SERVER_HEADER_LEN};
 use crate::ws::session::{Handler, MessageKind};
 use crate::ws::OpCode;
@@ -24,8 +28,14 @@ use crate::ws::OpCode;
 pub struct Env {
     /// `/broadcast` subscribers and the pass's frames.
     pub hub: Hub,
-    /// Named channels.
+    /// Named channels: this core's subscribers.
     pub channels: Channels,
+    /// The streams this core owns (sequencing, history, presence).
+    pub streams: Streams,
+    /// Channel options by pattern.
+    pub rules: Rc<ChannelRules>,
+    /// The base of this process's client ids.
+    pub nonce: u64,
     /// The connections' message counters.
     pub stats: MsgStats,
     /// Reused for `/ws` replies and HTTP responses.
@@ -40,10 +50,20 @@ pub struct Env {
 
 impl Env {
     /// The state of core `me` of `cores`.
-    pub fn new(me: usize, cores: usize, policy: Policy) -> Env {
+    pub fn new(
+        me: usize,
+        cores: usize,
+        policy: Policy,
+        streams: Streams,
+        rules: Rc<ChannelRules>,
+        nonce: u64,
+    ) -> Env {
         Env {
             hub: Hub::default(),
             channels: Channels::new(me, cores),
+            streams,
+            rules,
+            nonce,
             stats: MsgStats::default(),
             scratch: Vec::new(),
             pool: BufPool::default(),
@@ -58,6 +78,18 @@ impl Env {
     pub fn mesh_traffic(&self) -> usize {
         self.hub.outbox.len() + self.channels.outgoing.len()
     }
+
+    /// The id a `/ws` connection's `welcome` names, from its per-core
+    /// sequence number: unique in the process, and across restarts (the
+    /// nonce is random).
+    pub fn client_id(&self, seq: u64) -> Box<str> {
+        client_id(self.nonce, self.channels.me(), seq)
+    }
+}
+
+/// `<nonce>-<core>-<seq>`: see [`Env::client_id`].
+pub(crate) fn client_id(nonce: u64, core: usize, seq: u64) -> Box<str> {
+    format!("{:012x}-{core}-{seq}", nonce & 0xffff_ffff_ffff).into_boxed_str()
 }
 
 /// The [`Handler`] a session talks to while it parses one read: the
@@ -210,55 +242,145 @@ impl<'a> ConnIo<'a> {
         };
         match msg {
             ClientMsg::Ping { id } => self.reply(|v| protocol::write_pong(id, v)),
-            ClientMsg::Subscribe { channel, id } => self.subscribe(&channel, id),
+            ClientMsg::Subscribe {
+                channel,
+                id,
+                since,
+                presence,
+                join_leave,
+            } => self.subscribe(&channel, id, since, presence, join_leave),
             ClientMsg::Unsubscribe { channel, id } => self.unsubscribe(&channel, id),
             ClientMsg::Publish {
                 channel,
                 payload,
                 id,
-            } => {
-                if !self.allowed(&channel, id) || !self.admit_publish() {
-                    return;
-                }
-                // Framed once; every subscriber on every core shares it.
-                let frame = Frame::new(protocol::message_frame(&channel, payload));
-                self.env.channels.publish(&channel, &frame);
-                self.env.stats.publishes += 1;
-                self.reply(|v| protocol::write_ack(id, v));
-            }
+            } => self.publish(&channel, payload.get().as_bytes(), id),
+            ClientMsg::History {
+                channel,
+                id,
+                limit,
+                since,
+            } => self.history(&channel, id, limit, since),
+            ClientMsg::Presence { channel, id } => self.presence(&channel, id),
         }
     }
 
-    fn subscribe(&mut self, channel: &str, id: Option<u64>) {
+    /// Sends `msg` to `channel`'s owner (this core's loop, if it is the
+    /// owner).
+    fn to_owner(&mut self, channel: &str, msg: MeshMsg) {
+        let owner = self.env.channels.owner_of(channel);
+        self.env.channels.outgoing.push((owner, msg));
+    }
+
+    fn me(&self) -> u16 {
+        self.env.channels.me() as u16
+    }
+
+    /// Publishes: the owner numbers it, fans it out and answers with its
+    /// offset; the ack waits for that.
+    fn publish(&mut self, channel: &str, payload: &[u8], id: Option<u64>) {
         if !self.allowed(channel, id) {
             return;
+        }
+        if !self.env.rules.resolve(channel).allow_publish {
+            let msg = format!("channel \"{channel}\" takes publications from the API only");
+            return self.error(id, ErrorCode::PublishDisabled, &msg);
+        }
+        if !self.admit_publish() {
+            return;
+        }
+        let msg = MeshMsg::Sequence(Box::new(Unsequenced {
+            from: self.me(),
+            reply: ReplyTo::Ws { key: self.key, id },
+            channel: channel.into(),
+            payload: payload.into(),
+        }));
+        self.to_owner(channel, msg);
+        self.env.stats.publishes += 1;
+    }
+
+    fn subscribe(
+        &mut self,
+        channel: &str,
+        id: Option<u64>,
+        since: Option<Since>,
+        presence: bool,
+        join_leave: bool,
+    ) {
+        if !self.allowed(channel, id) {
+            return;
+        }
+        let opts = self.env.rules.resolve(channel);
+        let tracked = opts.tracked();
+        if presence && !opts.presence {
+            let msg = format!("channel \"{channel}\" keeps no presence");
+            return self.error(id, ErrorCode::PresenceDisabled, &msg);
+        }
+        if join_leave && !opts.join_leave {
+            let msg = format!("channel \"{channel}\" has no join/leave events");
+            return self.error(id, ErrorCode::JoinLeaveDisabled, &msg);
         }
         let max = self.env.policy.max_subscriptions;
         let known = self.env.channels.lookup(channel);
         let Endpoint::Channels(ws) = &mut self.ctl.endpoint else {
             return;
         };
-        let already = known.is_some_and(|i| ws.subs.contains(&i));
-        let full = !already && ws.subs.len() >= max;
+        let listed = known.is_some_and(|i| ws.subs.contains(&i));
+        let full = !listed && ws.subs.len() >= max;
         if full || ws.held_acks as usize >= max {
             self.env.stats.subscription_limit += 1;
             debug!(limit = max, "subscription refused: --max-subscriptions");
             let msg = if full {
                 format!("at most {max} subscriptions per connection")
             } else {
-                format!("at most {max} subscribes waiting for confirmation per connection")
+                format!("at most {max} subscribes waiting for an answer per connection")
             };
             return self.error(id, ErrorCode::TooManySubscriptions, &msg);
         }
-        let (idx, outcome) = self.env.channels.subscribe(self.key, channel, id);
-        let (Subscribed::Now { new } | Subscribed::Pending { new }) = outcome;
-        if new {
+        let key = self.key;
+        let channels = &mut self.env.channels;
+        let idx = channels.entry(channel, tracked);
+        if !listed {
             ws.subs.push(idx);
         }
-        match outcome {
-            Subscribed::Now { .. } => self.reply(|v| protocol::write_ack(id, v)),
-            Subscribed::Pending { .. } => ws.held_acks += 1,
+        let since = since.map(|s| Position {
+            epoch: s.epoch,
+            offset: s.offset,
+        });
+        // This core already receives the channel: everything after the
+        // offset it delivered last is still to come, so the answer is here
+        // — unless the owner has something to add (presence, recovery).
+        let live = channels.live_position(idx);
+        let local = match live {
+            Some(pos) if !tracked && !presence => match since {
+                None => Some((pos, None)),
+                Some(s) if s.epoch != pos.epoch || s.offset >= pos.offset => {
+                    Some((pos, Some(s == pos)))
+                }
+                Some(_) => None,
+            },
+            _ => None,
+        };
+        if let Some((pos, recovered)) = local {
+            channels.add(idx, key, false);
+            self.env.stats.count_recovery(recovered);
+            return self.reply(|v| protocol::write_subscribe_ack(id, pos, recovered, None, v));
         }
+        let member = tracked.then(|| Member {
+            client: client_id(self.env.nonce, channels.me(), ws.client),
+            user: ws.claims.as_ref().map(|c| c.sub.clone().into_boxed_str()),
+        });
+        let req = SubscribeReq {
+            from: channels.me() as u16,
+            channel: channels.name(idx).unwrap_or_else(|| channel.into()),
+            key,
+            id,
+            since,
+            member,
+            want_presence: presence,
+        };
+        channels.request(idx, req, join_leave);
+        ws.held_acks += 1;
     }
 
     fn unsubscribe(&mut self, channel: &str, id: Option<u64>) {
@@ -266,25 +388,107 @@ impl<'a> ConnIo<'a> {
         let Endpoint::Channels(ws) = &mut self.ctl.endpoint else {
             return;
         };
-        match idx.and_then(|i| ws.subs.iter().position(|&s| s == i)) {
-            Some(pos) => {
-                let idx = ws.subs.swap_remove(pos);
-                // A subscribe still waiting for confirmations is answered
-                // first: every request gets its reply, in order.
-                let held = self.env.channels.take_held_acks(self.key, idx);
-                ws.held_acks = ws.held_acks.saturating_sub(held.len() as u32);
-                for held in held {
-                    self.reply(|v| protocol::write_ack(held, v));
-                }
-                self.env.channels.unsubscribe(self.key, idx);
-                self.reply(|v| protocol::write_ack(id, v));
-            }
-            None => {
-                let msg = format!("not subscribed to \"{channel}\"");
-                self.error(id, ErrorCode::NotSubscribed, &msg);
-            }
+        let Some(pos) = idx.and_then(|i| ws.subs.iter().position(|&s| s == i)) else {
+            let msg = format!("not subscribed to \"{channel}\"");
+            return self.error(id, ErrorCode::NotSubscribed, &msg);
+        };
+        let idx = ws.subs.swap_remove(pos);
+        let client = ws.client;
+        let owed = leave_channel(&mut self.env, self.key, client, idx, Some(id));
+        if !owed {
+            self.reply(|v| protocol::write_ack(id, v));
         }
     }
+
+    fn history(
+        &mut self,
+        channel: &str,
+        id: Option<u64>,
+        limit: Option<u64>,
+        since: Option<Since>,
+    ) {
+        if !self.allowed(channel, id) {
+            return;
+        }
+        let cap = self.env.policy.history_max_limit;
+        let req = match history_request(&self.env.rules, channel, limit, since, cap) {
+            Ok(r) => r,
+            Err((code, msg)) => return self.error(id, code, &msg),
+        };
+        let msg = MeshMsg::History(Box::new(HistoryReq {
+            from: self.me(),
+            reply: ReplyTo::Ws { key: self.key, id },
+            ..req
+        }));
+        self.to_owner(channel, msg);
+    }
+
+    fn presence(&mut self, channel: &str, id: Option<u64>) {
+        if !self.allowed(channel, id) {
+            return;
+        }
+        if !self.env.rules.resolve(channel).presence {
+            let msg = format!("channel \"{channel}\" keeps no presence");
+            return self.error(id, ErrorCode::PresenceDisabled, &msg);
+        }
+        let msg = MeshMsg::Presence {
+            from: self.me(),
+            reply: ReplyTo::Ws { key: self.key, id },
+            channel: channel.into(),
+        };
+        self.to_owner(channel, msg);
+    }
+}
+
+/// Checks a history read against the channel's options and the cap; the
+/// request's `from` and `reply` are the caller's to fill in.
+pub(crate) fn history_request(
+    rules: &ChannelRules,
+    channel: &str,
+    limit: Option<u64>,
+    since: Option<Since>,
+    cap: u32,
+) -> Result<HistoryReq, (ErrorCode, String)> {
+    if rules.resolve(channel).history_size == 0 {
+        let msg = format!("channel \"{channel}\" keeps no history");
+        return Err((ErrorCode::HistoryDisabled, msg));
+    }
+    let limit = limit.unwrap_or(u64::from(cap));
+    if limit > u64::from(cap) {
+        let msg = format!("limit {limit} is over the server's maximum of {cap}");
+        return Err((ErrorCode::BadLimit, msg));
+    }
+    Ok(HistoryReq {
+        from: 0,
+        reply: ReplyTo::Nobody,
+        channel: channel.into(),
+        limit: limit as u32,
+        since: since.map(|s| Position {
+            epoch: s.epoch,
+            offset: s.offset,
+        }),
+    })
+}
+
+/// Takes connection `key` (client number `client`) off channel `idx`:
+/// tells the owner it left if the channel tracks presence, stops its
+/// deliveries, and cancels a subscribe still waiting for the owner.
+/// `unsub_ack`: the unsubscribe's id, when one asked. Returns whether that
+/// ack is owed later (after a waiting subscribe's).
+pub(crate) fn leave_channel(
+    env: &mut Env,
+    key: ConnKey,
+    client: u64,
+    idx: u32,
+    unsub_ack: Option<Option<u64>>,
+) -> bool {
+    let channels = &mut env.channels;
+    if channels.tracked(idx) {
+        let id = client_id(env.nonce, channels.me(), client);
+        channels.leave(idx, id);
+    }
+    channels.remove(idx, key);
+    channels.cancel(idx, key, unsub_ack)
 }
 
 /// Token bucket: refills `tokens` by the time elapsed since `refill_us` at

@@ -23,6 +23,8 @@ pub struct Policy {
     pub publish_burst: f32,
     /// Channels per `/ws` connection.
     pub max_subscriptions: usize,
+    /// Largest `limit` a history read may ask (`--history-max-limit`).
+    pub history_max_limit: u32,
     /// Ping intervals.
     pub heartbeat: heartbeat::Policy,
     /// Test hook (`RINGCAST_FAILPOINTS=1` in the environment, never a

@@ -18,7 +18,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::conn::SharedFrame;
-use crate::ws::OpCode;
 
 pub use crate::hub::name::MAX_CHANNEL_LEN;
 
@@ -35,6 +34,30 @@ pub fn validate_channel(name: &str) -> Result<(), ProtoError> {
 pub enum ClientMsg<'a> {
     /// Start receiving `message`s published on `channel`.
     Subscribe {
+        /// The channel name (validated).
+        channel: Cow<'a, str>,
+        /// The request id, echoed in the answer.
+        id: Option<u64>,
+        /// Recover what was published after this point.
+        since: Option<Since>,
+        /// Put the presence list in the ack.
+        presence: bool,
+        /// Receive `join`/`leave` events.
+        join_leave: bool,
+    },
+    /// Read the channel's history.
+    History {
+        /// The channel name (validated).
+        channel: Cow<'a, str>,
+        /// The request id, echoed in the answer.
+        id: Option<u64>,
+        /// Most publications to return (default: the server's cap).
+        limit: Option<u64>,
+        /// Only publications after this point.
+        since: Option<Since>,
+    },
+    /// Who is subscribed to `channel`.
+    Presence {
         /// The channel name (validated).
         channel: Cow<'a, str>,
         /// The request id, echoed in the answer.
@@ -68,6 +91,8 @@ impl ClientMsg<'_> {
     pub fn id(&self) -> Option<u64> {
         match *self {
             ClientMsg::Subscribe { id, .. }
+            | ClientMsg::History { id, .. }
+            | ClientMsg::Presence { id, .. }
             | ClientMsg::Unsubscribe { id, .. }
             | ClientMsg::Publish { id, .. }
             | ClientMsg::Ping { id } => id,
@@ -95,6 +120,18 @@ pub enum ErrorCode {
     NotSubscribed,
     /// A binary frame: the protocol is JSON text only.
     BinaryUnsupported,
+    /// `presence` on a channel whose options keep no presence.
+    PresenceDisabled,
+    /// `join_leave` on a channel whose options have no join/leave events.
+    JoinLeaveDisabled,
+    /// `history` on a channel whose options keep no history.
+    HistoryDisabled,
+    /// A history `limit` over `--history-max-limit`.
+    BadLimit,
+    /// A history `since` from another epoch: that history is gone.
+    EpochMismatch,
+    /// `publish` on a channel only the API may publish to.
+    PublishDisabled,
 }
 
 impl ErrorCode {
@@ -109,6 +146,12 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::BinaryUnsupported => "binary_unsupported",
+            ErrorCode::PresenceDisabled => "presence_disabled",
+            ErrorCode::JoinLeaveDisabled => "join_leave_disabled",
+            ErrorCode::HistoryDisabled => "history_disabled",
+            ErrorCode::BadLimit => "bad_limit",
+            ErrorCode::EpochMismatch => "epoch_mismatch",
+            ErrorCode::PublishDisabled => "publish_disabled",
         }
     }
 }
@@ -186,6 +229,19 @@ pub fn parse_client<'a>(text: &'a [u8]) -> Result<ClientMsg<'a>, ProtoError> {
         "subscribe" => Ok(ClientMsg::Subscribe {
             channel: channel(wire.channel)?,
             id,
+            since: wire.since,
+            presence: wire.presence.unwrap_or(false),
+            join_leave: wire.join_leave.unwrap_or(false),
+        }),
+        "history" => Ok(ClientMsg::History {
+            channel: channel(wire.channel)?,
+            id,
+            limit: wire.limit,
+            since: wire.since,
+        }),
+        "presence" => Ok(ClientMsg::Presence {
+            channel: channel(wire.channel)?,
+            id,
         }),
         "unsubscribe" => Ok(ClientMsg::Unsubscribe {
             channel: channel(wire.channel)?,
@@ -202,7 +258,7 @@ pub fn parse_client<'a>(text: &'a [u8]) -> Result<ClientMsg<'a>, ProtoError> {
         "ping" => Ok(ClientMsg::Ping { id }),
         _ => Err(ProtoError::new(
             ErrorCode::UnknownType,
-            "unknown `type`: expected subscribe, unsubscribe, publish or ping",
+            "unknown `type`: expected subscribe, unsubscribe, publish, history, presence or ping",
             id,
         )),
     }
@@ -216,6 +272,21 @@ struct Wire<'a> {
     channel: Option<Cow<'a, str>>,
     payload: Option<&'a RawValue>,
     id: Option<u64>,
+    since: Option<Since>,
+    presence: Option<bool>,
+    join_leave: Option<bool>,
+    limit: Option<u64>,
+}
+
+/// A point in a channel's stream the client sent back: the `offset` of the
+/// last publication it has and the `epoch` it came from. An epoch this
+/// server never issued is kept as 0, which no stream has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    /// The last offset the client has.
+    pub offset: u64,
+    /// The epoch it belongs to (0: not one of ours).
+    pub epoch: u64,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +296,11 @@ enum Key {
     Channel,
     Payload,
     Id,
+    Since,
+    Presence,
+    #[serde(rename = "join_leave")]
+    JoinLeave,
+    Limit,
     #[serde(other)]
     Other,
 }
@@ -260,12 +336,94 @@ impl<'de> Visitor<'de> for WireVisitor {
                         set_once(&mut w.id, id, "id")?;
                     }
                 }
+                Key::Since => set_once(&mut w.since, map.next_value_seed(SinceSeed)?, "since")?,
+                Key::Presence => set_once(&mut w.presence, map.next_value()?, "presence")?,
+                Key::JoinLeave => set_once(&mut w.join_leave, map.next_value()?, "join_leave")?,
+                Key::Limit => {
+                    set_once(&mut w.limit, map.next_value_seed(Count("limit"))?, "limit")?
+                }
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
         Ok(w)
+    }
+}
+
+/// A non-negative integer field, named in the error when it is anything
+/// else (a float, a negative number, a string).
+pub(crate) struct Count(pub(crate) &'static str);
+
+impl<'de> DeserializeSeed<'de> for Count {
+    type Value = u64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Count {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a non-negative integer for `{}`", self.0)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+        Ok(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+        u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+    }
+}
+
+/// `since`: `{"offset":O,"epoch":"E"}`, both required.
+pub(crate) struct SinceSeed;
+
+impl<'de> DeserializeSeed<'de> for SinceSeed {
+    type Value = Since;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Since, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SinceSeed {
+    type Value = Since;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object {\"offset\":N,\"epoch\":\"...\"} for `since`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Since, A::Error> {
+        let (mut offset, mut epoch) = (None, None);
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            match &*k {
+                "offset" => set_once(
+                    &mut offset,
+                    map.next_value_seed(Count("since.offset"))?,
+                    "offset",
+                )?,
+                "epoch" => {
+                    let e = map.next_value_seed(Text("since.epoch"))?;
+                    set_once(
+                        &mut epoch,
+                        crate::hub::wire::parse_epoch(&e).unwrap_or(0),
+                        "epoch",
+                    )?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        match (offset, epoch) {
+            (Some(offset), Some(epoch)) => Ok(Since { offset, epoch }),
+            (None, _) => Err(de::Error::custom("`since` needs an `offset`")),
+            (_, None) => Err(de::Error::custom("`since` needs an `epoch`")),
+        }
     }
 }
 
@@ -402,6 +560,119 @@ pub fn write_ack(id: Option<u64>, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+/// Appends `,"epoch":"E","offset":T`.
+fn write_position(p: Position, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"epoch\":");
+    wire::write_epoch(p.epoch, out);
+    out.extend_from_slice(b",\"offset\":");
+    write_u64(p.offset, out);
+}
+
+/// Appends `{"type":"ack","id":N,"epoch":"E","offset":T}`: a publication's
+/// place, or a subscribe's starting point.
+pub fn write_position_ack(id: Option<u64>, p: Position, out: &mut Vec<u8>) {
+    write_reply(b"{\"type\":\"ack\"", id, out);
+    write_position(p, out);
+    out.push(b'}');
+}
+
+/// Appends a subscribe's ack: the stream's position, whether `since` was
+/// recovered (when given), the presence list (when asked for).
+pub fn write_subscribe_ack(
+    id: Option<u64>,
+    p: Position,
+    recovered: Option<bool>,
+    presence: Option<&PresenceList>,
+    out: &mut Vec<u8>,
+) {
+    write_reply(b"{\"type\":\"ack\"", id, out);
+    write_position(p, out);
+    if let Some(r) = recovered {
+        out.extend_from_slice(if r {
+            b",\"recovered\":true"
+        } else {
+            b",\"recovered\":false"
+        });
+    }
+    if let Some(list) = presence {
+        out.extend_from_slice(b",\"presence\":");
+        write_presence_body(list, out);
+    }
+    out.push(b'}');
+}
+
+/// Appends `{"count":N,"clients":[{"client":..,"user":..},...]}`.
+pub fn write_presence_body(list: &PresenceList, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{");
+    write_presence_fields(list, out);
+    out.push(b'}');
+}
+
+fn write_presence_fields(list: &PresenceList, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\"count\":");
+    write_u64(list.count, out);
+    out.extend_from_slice(b",\"clients\":[");
+    for (i, m) in list.clients.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        wire::write_presence_entry(&m.client, m.user.as_deref(), out);
+    }
+    out.push(b']');
+}
+
+/// Appends a presence request's ack: `{"type":"ack","id":K,"count":N,"clients":[...]}`.
+pub fn write_presence_ack(id: Option<u64>, list: &PresenceList, out: &mut Vec<u8>) {
+    write_reply(b"{\"type\":\"ack\"", id, out);
+    out.push(b',');
+    write_presence_fields(list, out);
+    out.push(b'}');
+}
+
+/// Appends `"publications":[{"offset":O,"payload":P},...]` from history
+/// frames (payloads copied out of the `message` frames).
+pub fn write_publications(publications: &[(u64, SharedFrame, u32)], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\"publications\":[");
+    for (i, (offset, frame, at)) in publications.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"offset\":");
+        write_u64(*offset, out);
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(wire::payload_of(frame, *at));
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// Appends a history request's ack:
+/// `{"type":"ack","id":K,"epoch":"E","offset":T,"publications":[...]}`.
+pub fn write_history_ack(
+    id: Option<u64>,
+    p: Position,
+    publications: &[(u64, SharedFrame, u32)],
+    out: &mut Vec<u8>,
+) {
+    write_reply(b"{\"type\":\"ack\"", id, out);
+    write_position(p, out);
+    out.push(b',');
+    write_publications(publications, out);
+    out.push(b'}');
+}
+
+/// Appends `{"type":"welcome","client":"ID","core":N,"ping_ms":P}`, the
+/// first message on every `/ws` connection.
+pub fn write_welcome(client: &str, core: usize, ping_ms: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"type\":\"welcome\",\"client\":");
+    write_json_string(client, out);
+    out.extend_from_slice(b",\"core\":");
+    write_u64(core as u64, out);
+    out.extend_from_slice(b",\"ping_ms\":");
+    write_u64(ping_ms, out);
+    out.push(b'}');
+}
+
 /// Appends `{"type":"pong","id":N}` (no `id` when the ping had none).
 pub fn write_pong(id: Option<u64>, out: &mut Vec<u8>) {
     write_reply(b"{\"type\":\"pong\"", id, out);
@@ -428,80 +699,9 @@ fn write_reply(head: &[u8], id: Option<u64>, out: &mut Vec<u8>) {
     }
 }
 
-/// The pieces of a `message` frame's payload in order, so a caller can
-/// write them straight into one frame buffer (after sizing the header from
-/// their total length) with a single copy of the payload:
-/// `{"type":"message","channel":"C","payload":P}`.
-///
-/// `channel` must have passed [`validate_channel`]: it is copied without
-/// JSON escaping, which the channel rules make unnecessary.
-pub fn message_parts<'a>(channel: &'a str, payload: &'a RawValue) -> [&'a [u8]; 5] {
-    debug_assert!(validate_channel(channel).is_ok(), "{channel:?}");
-    [
-        b"{\"type\":\"message\",\"channel\":\"",
-        channel.as_bytes(),
-        b"\",\"payload\":",
-        payload.get().as_bytes(),
-        b"}",
-    ]
-}
-
-/// The `message` frame every subscriber of `channel` receives, encoded once:
-/// the one place a publish (from a `/ws` client, the HTTP API or an
-/// embedding program's `Publisher`) is framed.
-pub fn message_frame(channel: &str, payload: &RawValue) -> SharedFrame {
-    SharedFrame::encode_parts(OpCode::Text, &message_parts(channel, payload))
-}
-
-/// Appends `s` as a JSON string literal (quotes included), escaping `"`,
-/// `\` and control characters; everything else, non-ASCII included, is
-/// copied as is (JSON text is UTF-8).
-pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => &[],
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if short.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(short);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
-/// Appends `n` in decimal.
-pub(crate) fn write_u64(mut n: u64, out: &mut Vec<u8>) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
+pub use crate::hub::wire::write_json_string;
+pub(crate) use crate::hub::wire::write_u64;
+use crate::hub::{wire, Position, PresenceList};
 
 #[cfg(test)]
 mod tests {
@@ -528,7 +728,7 @@ mod tests {
     #[test]
     fn subscribe_with_and_without_id() {
         match parse(r#"{"type":"subscribe","channel":"chat.room1","id":7}"#).unwrap() {
-            ClientMsg::Subscribe { channel, id } => {
+            ClientMsg::Subscribe { channel, id, .. } => {
                 assert_eq!(channel, "chat.room1");
                 assert!(matches!(channel, Cow::Borrowed(_)), "zero-copy");
                 assert_eq!(id, Some(7));
@@ -536,7 +736,7 @@ mod tests {
             m => panic!("{m:?}"),
         }
         match parse(r#"{"channel":"a","type":"subscribe"}"#).unwrap() {
-            ClientMsg::Subscribe { channel, id } => {
+            ClientMsg::Subscribe { channel, id, .. } => {
                 assert_eq!(channel, "a");
                 assert_eq!(id, None);
             }
@@ -884,26 +1084,124 @@ mod tests {
     }
 
     #[test]
-    fn message_parts_concatenate_to_the_message() {
-        let text = r#"{"type":"publish","channel":"chat:1/a@b","payload":{"s":"\"\\\u00e9","n":[1,-2.5e3,null]}}"#;
-        let (channel, payload) = match parse(text).unwrap() {
-            ClientMsg::Publish {
-                channel, payload, ..
-            } => (channel, payload),
+    fn stream_requests_parse() {
+        let text = r#"{"type":"subscribe","channel":"c","since":{"epoch":"00000000000000ff","offset":41},"presence":true,"join_leave":true,"id":3}"#;
+        match parse(text).unwrap() {
+            ClientMsg::Subscribe {
+                since,
+                presence,
+                join_leave,
+                id,
+                ..
+            } => {
+                assert_eq!(
+                    since,
+                    Some(Since {
+                        offset: 41,
+                        epoch: 255
+                    })
+                );
+                assert!(presence && join_leave);
+                assert_eq!(id, Some(3));
+            }
             m => panic!("{m:?}"),
-        };
-        let parts = message_parts(&channel, payload);
-        let joined = parts.concat();
+        }
+        // An epoch this server never issued parses, and matches nothing.
+        let text = r#"{"type":"subscribe","channel":"c","since":{"offset":1,"epoch":"x"}}"#;
+        assert!(matches!(
+            parse(text).unwrap(),
+            ClientMsg::Subscribe {
+                since: Some(Since { epoch: 0, .. }),
+                ..
+            }
+        ));
+        match parse(r#"{"type":"history","channel":"c","limit":5,"id":1}"#).unwrap() {
+            ClientMsg::History { limit, since, .. } => assert_eq!((limit, since), (Some(5), None)),
+            m => panic!("{m:?}"),
+        }
+        assert!(matches!(
+            parse(r#"{"type":"presence","channel":"c"}"#).unwrap(),
+            ClientMsg::Presence { id: None, .. }
+        ));
+        for (bad, says) in [
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"offset":1.5,"epoch":"e"},"id":2}"#,
+                "since.offset",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"offset":-1,"epoch":"e"}}"#,
+                "since.offset",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"offset":"1","epoch":"e"}}"#,
+                "since.offset",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"epoch":"e"}}"#,
+                "offset",
+            ),
+            (r#"{"type":"subscribe","channel":"c","since":5}"#, "since"),
+            (
+                r#"{"type":"subscribe","channel":"c","since":{"offset":1,"epoch":7}}"#,
+                "since.epoch",
+            ),
+            (r#"{"type":"history","channel":"c","limit":1e12}"#, "limit"),
+            (r#"{"type":"history","channel":"c","limit":-3}"#, "limit"),
+            (
+                r#"{"type":"subscribe","channel":"c","presence":"yes"}"#,
+                "bool",
+            ),
+        ] {
+            let e = err(bad);
+            assert_eq!(e.code, ErrorCode::BadJson, "{bad}");
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
         assert_eq!(
-            to_value(&joined),
-            json!({"type":"message","channel":"chat:1/a@b","payload":{"s":"\"\\é","n":[1,-2500.0,null]}})
+            err(r#"{"type":"subscribe","channel":"c","since":{"offset":1.5,"epoch":"e"},"id":2}"#)
+                .id,
+            Some(2)
         );
-        // The payload appears verbatim: one copy, no re-encoding.
-        assert_eq!(parts[3], br#"{"s":"\"\\\u00e9","n":[1,-2.5e3,null]}"#);
-        let expected = format!(
-            r#"{{"type":"message","channel":"chat:1/a@b","payload":{}}}"#,
-            payload.get()
+    }
+
+    #[test]
+    fn stream_replies_are_json() {
+        let p = Position {
+            epoch: 0xab,
+            offset: 7,
+        };
+        let mut v = Vec::new();
+        write_subscribe_ack(Some(1), p, Some(true), None, &mut v);
+        assert_eq!(
+            to_value(&v),
+            json!({"type":"ack","id":1,"epoch":"00000000000000ab","offset":7,"recovered":true})
         );
-        assert_eq!(joined, expected.as_bytes());
+        let list = PresenceList {
+            count: 3,
+            clients: vec![crate::hub::Member {
+                client: "a-0-1".into(),
+                user: Some("u\"1".into()),
+            }],
+        };
+        v.clear();
+        write_presence_ack(Some(2), &list, &mut v);
+        assert_eq!(
+            to_value(&v),
+            json!({"type":"ack","id":2,"count":3,"clients":[{"client":"a-0-1","user":"u\"1"}]})
+        );
+        let (f1, at1) = crate::hub::wire::message_frame("c", 6, br#"{"x":1}"#);
+        let (f2, at2) = crate::hub::wire::message_frame("c", 7, b"[2]");
+        v.clear();
+        write_history_ack(None, p, &[(6, f1, at1), (7, f2, at2)], &mut v);
+        assert_eq!(
+            to_value(&v),
+            json!({"type":"ack","epoch":"00000000000000ab","offset":7,
+                   "publications":[{"offset":6,"payload":{"x":1}},{"offset":7,"payload":[2]}]})
+        );
+        v.clear();
+        write_welcome("n-1-2", 1, 30000, &mut v);
+        assert_eq!(
+            to_value(&v),
+            json!({"type":"welcome","client":"n-1-2","core":1,"ping_ms":30000})
+        );
     }
 }

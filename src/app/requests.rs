@@ -8,11 +8,11 @@
 
 use tracing::debug;
 
+use super::handler::history_request;
 use super::handler::Env;
-use super::{api, auth, protocol, MsgStats, Resource, Route};
-use crate::conn::Frame;
+use super::{api, auth, Resource, Route};
 use crate::http::{self, Credentials, Method, Refusal};
-use crate::hub::channels::Channels;
+use crate::hub::HistoryReq;
 use crate::ws::handshake::Upgrade;
 
 /// Who may connect and who may use the API (read-only, shared by the
@@ -54,6 +54,19 @@ pub(crate) enum HeadOutcome {
     Resource(Resource),
     /// `GET /api/channels`: gather every core's counts.
     Query,
+    /// An API request channel owners answer.
+    Api(ApiCall),
+}
+
+/// An API request for channel owners, owned (the request's bytes are
+/// released before the core acts on it).
+pub(crate) enum ApiCall {
+    /// `POST /api/publish`: channels and payloads, in order.
+    Publish(Vec<(Box<str>, Box<[u8]>)>),
+    /// `POST /api/history`.
+    History(HistoryReq),
+    /// `POST /api/presence`: the channel.
+    Presence(Box<str>),
 }
 
 /// Checks an upgrade's origin and token.
@@ -105,9 +118,10 @@ pub(crate) fn precheck(
     scratch: &mut Vec<u8>,
 ) -> Option<HeadOutcome> {
     scratch.clear();
-    let allowed = match resource {
-        Resource::Publish => Method::Post,
-        _ => Method::Get,
+    let allowed = if resource.takes_body() {
+        Method::Post
+    } else {
+        Method::Get
     };
     if method != allowed {
         let allow = if allowed == Method::Post {
@@ -118,14 +132,13 @@ pub(crate) fn precheck(
         json_error(405, allow, "method_not_allowed", "wrong method", scratch);
         return Some(HeadOutcome::Respond);
     }
-    let api = matches!(resource, Resource::Publish | Resource::ChannelList);
-    (api && !api_authorised(access, creds, scratch)).then_some(HeadOutcome::Respond)
+    (resource.is_api() && !api_authorised(access, creds, scratch)).then_some(HeadOutcome::Respond)
 }
 
 /// A body announced for a resource that takes none is refused at once
 /// (413) rather than buffered up to `--max-body-bytes`.
 pub(crate) fn body_not_wanted(resource: Resource, scratch: &mut Vec<u8>) -> Option<HeadOutcome> {
-    if resource == Resource::Publish {
+    if resource.takes_body() {
         return None;
     }
     scratch.clear();
@@ -150,9 +163,55 @@ pub(crate) fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> H
             HeadOutcome::Resource(req.resource)
         }
         Resource::ChannelList => HeadOutcome::Query,
-        Resource::Publish => {
-            publish(&mut env.channels, &mut env.stats, req.body, scratch);
-            HeadOutcome::Respond
+        Resource::Publish => match api::parse_publish(req.body) {
+            Ok(batch) => {
+                env.stats.publishes += batch.len() as u64;
+                let batch = batch
+                    .iter()
+                    .map(|p| {
+                        (
+                            Box::from(&*p.channel),
+                            Box::from(p.payload.get().as_bytes()),
+                        )
+                    })
+                    .collect();
+                HeadOutcome::Api(ApiCall::Publish(batch))
+            }
+            Err(e) => {
+                json_error(e.status, "", e.code, &e.message, scratch);
+                HeadOutcome::Respond
+            }
+        },
+        Resource::History => {
+            let cap = env.policy.history_max_limit;
+            let parsed = api::parse_history(req.body).and_then(|h| {
+                history_request(&env.rules, &h.channel, h.limit, h.since, cap)
+                    .map_err(|(code, message)| api::ApiError::bad_request(code.as_str(), message))
+            });
+            match parsed {
+                Ok(h) => HeadOutcome::Api(ApiCall::History(h)),
+                Err(e) => {
+                    json_error(e.status, "", e.code, &e.message, scratch);
+                    HeadOutcome::Respond
+                }
+            }
+        }
+        Resource::Presence => {
+            let parsed = api::parse_presence(req.body).and_then(|channel| {
+                if env.rules.resolve(&channel).presence {
+                    Ok(channel)
+                } else {
+                    let message = format!("channel \"{channel}\" keeps no presence");
+                    Err(api::ApiError::bad_request("presence_disabled", message))
+                }
+            });
+            match parsed {
+                Ok(channel) => HeadOutcome::Api(ApiCall::Presence(channel)),
+                Err(e) => {
+                    json_error(e.status, "", e.code, &e.message, scratch);
+                    HeadOutcome::Respond
+                }
+            }
         }
     }
 }
@@ -183,24 +242,8 @@ fn api_authorised(access: &Access, creds: &Credentials<'_>, out: &mut Vec<u8>) -
     true
 }
 
-/// `POST /api/publish`: every message is framed once and published like a
-/// `/ws` client's; the batch is all-or-nothing.
-fn publish(channels: &mut Channels, stats: &mut MsgStats, body: &[u8], out: &mut Vec<u8>) {
-    let batch = match api::parse_publish(body) {
-        Ok(b) => b,
-        Err(e) => return json_error(e.status, "", e.code, &e.message, out),
-    };
-    for p in &batch {
-        let frame = Frame::new(protocol::message_frame(&p.channel, p.payload));
-        channels.publish(&p.channel, &frame);
-    }
-    stats.publishes += batch.len() as u64;
-    let mut body = Vec::new();
-    api::write_published_body(batch.len(), &mut body);
-    http::write_response(200, "application/json", "", &body, out);
-}
-
-fn json_error(status: u16, extra: &str, code: &str, message: &str, out: &mut Vec<u8>) {
+/// An API error response: `{"error":{"code":..,"message":..}}`.
+pub(crate) fn json_error(status: u16, extra: &str, code: &str, message: &str, out: &mut Vec<u8>) {
     let mut body = Vec::new();
     api::write_error_body(code, message, &mut body);
     http::write_response(status, "application/json", extra, &body, out);

@@ -27,6 +27,29 @@ pub enum Resource {
     Publish,
     /// `GET /api/channels`: channels and subscriber counts, all cores.
     ChannelList,
+    /// `POST /api/history`: a channel's history.
+    History,
+    /// `POST /api/presence`: a channel's presence.
+    Presence,
+}
+
+impl Resource {
+    /// Whether the resource is part of the API (key required, `POST` with
+    /// a JSON body unless it is `/api/channels`).
+    pub fn is_api(self) -> bool {
+        matches!(
+            self,
+            Resource::Publish | Resource::ChannelList | Resource::History | Resource::Presence
+        )
+    }
+
+    /// Whether the resource takes a `POST` body.
+    pub fn takes_body(self) -> bool {
+        matches!(
+            self,
+            Resource::Publish | Resource::History | Resource::Presence
+        )
+    }
 }
 
 impl Route {
@@ -48,6 +71,8 @@ impl Route {
             "/metrics" => Some(Target::Http(Resource::Metrics)),
             "/api/publish" => Some(Target::Http(Resource::Publish)),
             "/api/channels" => Some(Target::Http(Resource::ChannelList)),
+            "/api/history" => Some(Target::Http(Resource::History)),
+            "/api/presence" => Some(Target::Http(Resource::Presence)),
             _ => Route::from_path(path).map(Target::WebSocket),
         }
     }

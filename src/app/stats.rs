@@ -33,6 +33,10 @@ pub struct MsgStats {
     /// Pongs dropped because a later ping in the same read superseded them
     /// (ping floods).
     pub pongs_coalesced: u64,
+    /// Subscribes with `since` whose missed publications were recovered.
+    pub recovered: u64,
+    /// Subscribes with `since` that could not be recovered (`recovered:false`).
+    pub not_recovered: u64,
     /// Ping round trips per bucket of [`RTT_BUCKETS_US`] (last: `+Inf`),
     /// not cumulative.
     pub rtt_buckets: [u64; RTT_BUCKETS_US.len() + 1],
@@ -43,6 +47,15 @@ pub struct MsgStats {
 }
 
 impl MsgStats {
+    /// Counts a subscribe's recovery outcome (`None`: no `since`).
+    pub(crate) fn count_recovery(&mut self, recovered: Option<bool>) {
+        match recovered {
+            Some(true) => self.recovered += 1,
+            Some(false) => self.not_recovered += 1,
+            None => {}
+        }
+    }
+
     pub(crate) fn record_rtt(&mut self, rtt_us: u64) {
         let b = RTT_BUCKETS_US
             .iter()

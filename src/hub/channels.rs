@@ -1,26 +1,31 @@
-//! Named channels: each core's map from a channel to its local subscribers,
-//! and its view of which other cores have subscribers of it.
+//! Named channels, subscriber side: each core's map from a channel to its
+//! local subscribers, and where this core's copy of each stream stands.
 //!
-//! A publish is framed once on the core that received it, queued by
-//! reference to every local subscriber, and pushed (one `Arc` handle) only to
-//! the cores that announced interest. Interest is announced through the
-//! mesh when a core's first local subscriber arrives and withdrawn when its
-//! last one leaves; a subscribe is acknowledged to the client only once
-//! every peer has confirmed the announcement, so anything published after
-//! the ack, on any core, is delivered.
+//! Publications come from the channel's owner core ([`super::stream`]), in
+//! offset order, one `Arc` handle per core, and are queued by reference to
+//! every local subscriber. The owner learns that this core has subscribers
+//! from the first subscribe (sent to it), and that it has none from a
+//! `Withdraw` when the last one leaves. A later subscribe on a core that
+//! already receives the channel is answered here, from the offset this core
+//! delivered last: everything after it is still to come, so nothing is
+//! missed or repeated. A subscribe the owner must see (the first, one that
+//! recovers or wants presence, any on a channel tracking presence) waits in
+//! `joining` until the owner's answer, which arrives after every
+//! publication it covers.
 //!
 //! Nothing here is shared: the registry belongs to its core's loop. Channel
-//! entries exist while a local subscriber, a remote interest or an
-//! unconfirmed announcement needs them, so memory is bounded by
-//! connections × `--max-subscriptions`.
+//! entries exist while a local subscriber or a pending subscribe needs
+//! them, so memory is bounded by connections × `--max-subscriptions`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use indexmap::IndexSet;
 
+use std::collections::VecDeque;
+
 use super::deliver::{deliver, Recipients};
-use super::{MeshMsg, MAX_CORES};
+use super::{name, MeshMsg, Position, SubscribeReq, MAX_CORES};
 use crate::conn::{BufPool, ConnKey, Frame};
 
 /// A set of core ids (`< MAX_CORES`).
@@ -55,30 +60,40 @@ impl CoreSet {
 
 struct Channel {
     name: Arc<str>,
+    owner: usize,
+    /// The channel tracks presence: every subscribe and leave goes to the
+    /// owner.
+    tracked: bool,
     /// Local subscribers: dense for the fan-out walk, O(1) removal.
     subs: IndexSet<ConnKey>,
-    /// Other cores with subscribers.
-    remote: CoreSet,
-    /// Interest announcements not yet confirmed by a peer.
-    unconfirmed: u32,
-    /// Subscribe acks held until `unconfirmed` reaches zero.
-    waiting: Vec<(ConnKey, Option<u64>)>,
+    /// The subscribers that asked for join/leave events.
+    events: IndexSet<ConnKey>,
+    /// The stream as this core has delivered it (valid while `subs` is
+    /// not empty).
+    position: Position,
+    /// Subscribes waiting for the owner's answer, in the order sent (the
+    /// owner answers in that order).
+    joining: VecDeque<Joining>,
 }
 
 impl Channel {
     fn unused(&self) -> bool {
-        self.subs.is_empty() && self.remote.is_empty() && self.unconfirmed == 0
+        self.subs.is_empty() && self.joining.is_empty()
     }
 }
 
-/// What a subscribe did.
+/// A subscribe waiting for its owner's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Subscribed {
-    /// Subscribed (newly, or already was); acknowledge now.
-    Now { new: bool },
-    /// Subscribed; the ack follows through [`Channels::acks_due`] once every
-    /// other core has confirmed this core's interest.
-    Pending { new: bool },
+pub struct Joining {
+    /// The connection.
+    pub key: ConnKey,
+    /// It asked for join/leave events.
+    pub join_leave: bool,
+    /// Unsubscribed (or closed) meanwhile: answer, but do not add.
+    pub cancelled: bool,
+    /// The id of the unsubscribe that cancelled it, acknowledged after the
+    /// subscribe's own ack.
+    pub unsub_ack: Option<Option<u64>>,
 }
 
 /// One core's channels.
@@ -91,12 +106,12 @@ pub struct Channels {
     /// Entries that may have become unused this pass; freed at the end of
     /// it, so an index queued for fan-out is never reused mid-pass.
     maybe_unused: Vec<u32>,
-    /// Messages for this pass's local fan-out, in order.
-    pending: Vec<(u32, Frame)>,
-    /// Mesh messages for other cores: `(core, message)`, sent by the loop.
+    /// Frames for this pass's local fan-out, in order: `(channel, frame,
+    /// event)` (events go to the subscribers that asked for them).
+    pending: Vec<(u32, Frame, bool)>,
+    /// Messages for owners, `(core, message)` (this core included), sent
+    /// by the loop.
     pub outgoing: Vec<(usize, MeshMsg)>,
-    /// Subscribe acks released by confirmations: `(connection, request id)`.
-    pub acks_due: Vec<(ConnKey, Option<u64>)>,
     subscriptions: usize,
     live: usize,
 }
@@ -114,27 +129,44 @@ impl Channels {
             maybe_unused: Vec::new(),
             pending: Vec::new(),
             outgoing: Vec::new(),
-            acks_due: Vec::new(),
             subscriptions: 0,
             live: 0,
         }
+    }
+
+    /// This core's id.
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
+    /// The owner core of `channel`.
+    pub fn owner_of(&self, channel: &str) -> usize {
+        name::owner(channel, self.cores)
     }
 
     fn slot(&mut self, idx: u32) -> Option<&mut Channel> {
         self.slots.get_mut(idx as usize).and_then(Option::as_mut)
     }
 
-    fn get_or_create(&mut self, name: &str) -> u32 {
+    fn get(&self, idx: u32) -> Option<&Channel> {
+        self.slots.get(idx as usize).and_then(Option::as_ref)
+    }
+
+    /// The entry of `name` (already validated), created if need be;
+    /// `tracked`: the channel's options keep presence.
+    pub fn entry(&mut self, name: &str, tracked: bool) -> u32 {
         if let Some(&idx) = self.by_name.get(name) {
             return idx;
         }
         let name: Arc<str> = Arc::from(name);
         let ch = Channel {
+            owner: self.owner_of(&name),
             name: name.clone(),
+            tracked,
             subs: IndexSet::new(),
-            remote: CoreSet::default(),
-            unconfirmed: 0,
-            waiting: Vec::new(),
+            events: IndexSet::new(),
+            position: Position::default(),
+            joining: VecDeque::new(),
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -148,98 +180,152 @@ impl Channels {
         };
         self.by_name.insert(name, idx);
         self.live += 1;
+        self.maybe_unused.push(idx);
         idx
     }
 
-    fn peers(&self) -> impl Iterator<Item = usize> {
-        let me = self.me;
-        (0..self.cores).filter(move |&c| c != me)
+    /// The channel's name handle.
+    pub fn name(&self, idx: u32) -> Option<Arc<str>> {
+        self.get(idx).map(|c| c.name.clone())
     }
 
-    fn announce(&mut self, idx: u32, on: bool) {
-        let Some(ch) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
-            return;
-        };
-        let name = ch.name.clone();
-        if on {
-            ch.unconfirmed += (self.cores - 1) as u32;
-        }
-        let from = self.me as u16;
-        for core in (0..self.cores).filter(|&c| c != self.me) {
-            self.outgoing.push((
-                core,
-                MeshMsg::Interest {
-                    channel: name.clone(),
-                    from,
-                    on,
-                },
-            ));
-        }
+    /// Whether the channel tracks presence.
+    pub fn tracked(&self, idx: u32) -> bool {
+        self.get(idx).is_some_and(|c| c.tracked)
     }
 
-    /// Subscribes `key` to `name` (already validated). Returns the channel's
-    /// index (for [`Channels::unsubscribe`]) and when to acknowledge.
-    pub fn subscribe(&mut self, key: ConnKey, name: &str, id: Option<u64>) -> (u32, Subscribed) {
-        let idx = self.get_or_create(name);
-        let cores = self.cores;
+    /// Whether `key` receives channel `idx` now.
+    pub fn is_subscribed(&self, idx: u32, key: ConnKey) -> bool {
+        self.get(idx).is_some_and(|c| c.subs.contains(&key))
+    }
+
+    /// Where this core's copy of the stream stands, if it receives it
+    /// (some local subscriber does).
+    pub fn live_position(&self, idx: u32) -> Option<Position> {
+        self.get(idx)
+            .filter(|c| !c.subs.is_empty())
+            .map(|c| c.position)
+    }
+
+    /// Adds `key` to the channel's receivers (the core receives it).
+    /// Returns whether it is new.
+    pub fn add(&mut self, idx: u32, key: ConnKey, events: bool) -> bool {
         let Some(ch) = self.slot(idx) else {
-            return (idx, Subscribed::Now { new: false });
+            return false;
         };
         let new = ch.subs.insert(key);
-        let first = new && ch.subs.len() == 1;
+        if events {
+            ch.events.insert(key);
+        }
         if new {
             self.subscriptions += 1;
         }
-        if first && cores > 1 {
-            self.announce(idx, true);
-        }
+        new
+    }
+
+    /// Sends a subscribe to the channel's owner; the connection waits in
+    /// `joining` for the answer.
+    pub fn request(&mut self, idx: u32, req: SubscribeReq, join_leave: bool) {
+        let key = req.key;
         let Some(ch) = self.slot(idx) else {
-            return (idx, Subscribed::Now { new });
+            return;
         };
-        if ch.unconfirmed > 0 {
-            ch.waiting.push((key, id));
-            (idx, Subscribed::Pending { new })
-        } else {
-            (idx, Subscribed::Now { new })
+        ch.joining.push_back(Joining {
+            key,
+            join_leave,
+            cancelled: false,
+            unsub_ack: None,
+        });
+        let owner = ch.owner;
+        self.outgoing
+            .push((owner, MeshMsg::Subscribe(Box::new(req))));
+    }
+
+    /// Whether `key` has a subscribe waiting on channel `idx`.
+    pub fn is_joining(&self, idx: u32, key: ConnKey) -> bool {
+        self.get(idx)
+            .is_some_and(|c| c.joining.iter().any(|j| j.key == key && !j.cancelled))
+    }
+
+    /// The owner answered the oldest subscribe waiting on `channel`:
+    /// records the stream's position and gives back who asked. The caller
+    /// adds it ([`Channels::add`]) unless it was cancelled, and then calls
+    /// [`Channels::settle`].
+    pub fn answered(
+        &mut self,
+        channel: &str,
+        key: ConnKey,
+        position: Position,
+    ) -> Option<(u32, Joining)> {
+        let idx = self.lookup(channel)?;
+        let ch = self.slot(idx)?;
+        let at = ch.joining.iter().position(|j| j.key == key)?;
+        let j = ch.joining.remove(at)?;
+        ch.position = position;
+        Some((idx, j))
+    }
+
+    /// Cancels `key`'s waiting subscribes on channel `idx` (it unsubscribed
+    /// or closed); an unsubscribe's ack is owed after the last of them.
+    /// Returns whether there was one.
+    pub fn cancel(&mut self, idx: u32, key: ConnKey, unsub_ack: Option<Option<u64>>) -> bool {
+        let Some(ch) = self.slot(idx) else {
+            return false;
+        };
+        let mut last = None;
+        for (i, j) in ch.joining.iter_mut().enumerate() {
+            if j.key == key && !j.cancelled {
+                j.cancelled = true;
+                last = Some(i);
+            }
+        }
+        if let (Some(i), Some(ack)) = (last, unsub_ack) {
+            ch.joining[i].unsub_ack = Some(ack);
+        }
+        last.is_some()
+    }
+
+    /// Tells the owner a member left (channels that track presence).
+    pub fn leave(&mut self, idx: u32, client: Box<str>) {
+        if let Some(ch) = self.get(idx) {
+            let msg = MeshMsg::Leave {
+                channel: ch.name.clone(),
+                client,
+            };
+            self.outgoing.push((ch.owner, msg));
         }
     }
 
-    /// Takes `key`'s subscribe acks still held on channel `idx` for
-    /// confirmations (oldest first), so an unsubscribe can answer them
-    /// before its own ack instead of dropping them.
-    pub fn take_held_acks(&mut self, key: ConnKey, idx: u32) -> Vec<Option<u64>> {
-        let mut held = Vec::new();
-        if let Some(ch) = self.slot(idx) {
-            ch.waiting.retain(|&(k, id)| {
-                if k == key {
-                    held.push(id);
-                }
-                k != key
-            });
-        }
-        held
-    }
-
-    /// Unsubscribes `key` from channel `idx`. Returns whether it was
-    /// subscribed.
-    pub fn unsubscribe(&mut self, key: ConnKey, idx: u32) -> bool {
-        let cores = self.cores;
+    /// Removes `key` from channel `idx`'s receivers. Returns whether it was
+    /// one.
+    pub fn remove(&mut self, idx: u32, key: ConnKey) -> bool {
         let Some(ch) = self.slot(idx) else {
             return false;
         };
         if !ch.subs.swap_remove(&key) {
             return false;
         }
-        ch.waiting.retain(|(k, _)| *k != key);
-        let last = ch.subs.is_empty();
+        ch.events.swap_remove(&key);
         self.subscriptions -= 1;
-        if last {
-            if cores > 1 {
-                self.announce(idx, false);
-            }
+        self.settle(idx);
+        true
+    }
+
+    /// After a removal or an answer: a channel this core no longer needs
+    /// is withdrawn from its owner and freed at the end of the pass.
+    pub fn settle(&mut self, idx: u32) {
+        let me = self.me as u16;
+        let Some(ch) = self.get(idx) else {
+            return;
+        };
+        if ch.unused() {
+            let msg = MeshMsg::Withdraw {
+                channel: ch.name.clone(),
+                from: me,
+            };
+            self.outgoing.push((ch.owner, msg));
             self.maybe_unused.push(idx);
         }
-        true
     }
 
     /// The index of channel `name`, if this core knows it.
@@ -247,83 +333,27 @@ impl Channels {
         self.by_name.get(name).copied()
     }
 
-    /// Publishes an encoded message frame on `name`: queued for this core's
-    /// subscribers and pushed to every core that has subscribers. A channel
-    /// this core does not know has no subscribers anywhere (remote interest
-    /// creates the entry), so the message goes nowhere. Returns whether any
-    /// core had subscribers.
-    pub fn publish(&mut self, name: &str, frame: &Frame) -> bool {
-        let Some(idx) = self.lookup(name) else {
-            return false;
+    /// A publication from the owner: queued for this core's subscribers.
+    pub fn deliver(&mut self, channel: &str, offset: u64, frame: Frame) {
+        let Some(idx) = self.lookup(channel) else {
+            return;
         };
-        let Some(ch) = self.slots.get(idx as usize).and_then(Option::as_ref) else {
-            return false;
-        };
-        let local = !ch.subs.is_empty();
-        for core in ch.remote.iter() {
-            self.outgoing.push((
-                core,
-                MeshMsg::Publish {
-                    channel: ch.name.clone(),
-                    frame: frame.share(),
-                },
-            ));
+        if let Some(ch) = self.slot(idx) {
+            if !ch.subs.is_empty() {
+                ch.position.offset = offset;
+                self.pending.push((idx, frame, false));
+            }
         }
-        let remote = !ch.remote.is_empty();
-        if local {
-            self.pending.push((idx, frame.clone()));
-        }
-        local || remote
     }
 
-    /// Handles a channel message from another core. Returns any message
-    /// that is not about channels (broadcast frames, queries, replies).
-    pub fn receive(&mut self, msg: MeshMsg) -> Option<MeshMsg> {
-        match msg {
-            MeshMsg::Publish { channel, frame } => {
-                if let Some(idx) = self.lookup(&channel) {
-                    if self.slot(idx).is_some_and(|c| !c.subs.is_empty()) {
-                        self.pending.push((idx, Frame::new(frame)));
-                    }
-                }
-            }
-            MeshMsg::Interest { channel, from, on } => {
-                let core = from as usize;
-                if on {
-                    let idx = self.get_or_create(&channel);
-                    if let Some(ch) = self.slot(idx) {
-                        ch.remote.insert(core);
-                    }
-                    self.outgoing.push((
-                        core,
-                        MeshMsg::InterestAck {
-                            channel,
-                            from: self.me as u16,
-                        },
-                    ));
-                } else if let Some(idx) = self.lookup(&channel) {
-                    if let Some(ch) = self.slot(idx) {
-                        ch.remote.remove(core);
-                    }
-                    self.maybe_unused.push(idx);
-                }
-            }
-            MeshMsg::InterestAck { channel, .. } => {
-                if let Some(idx) = self.lookup(&channel) {
-                    let mut released = Vec::new();
-                    if let Some(ch) = self.slot(idx) {
-                        ch.unconfirmed = ch.unconfirmed.saturating_sub(1);
-                        if ch.unconfirmed == 0 {
-                            released = std::mem::take(&mut ch.waiting);
-                        }
-                    }
-                    self.acks_due.append(&mut released);
-                    self.maybe_unused.push(idx);
-                }
-            }
-            other => return Some(other),
+    /// A join/leave event from the owner.
+    pub fn event(&mut self, channel: &str, frame: Frame) {
+        let Some(idx) = self.lookup(channel) else {
+            return;
+        };
+        if self.get(idx).is_some_and(|c| !c.events.is_empty()) {
+            self.pending.push((idx, frame, true));
         }
-        None
     }
 
     /// Whether messages wait for local fan-out.
@@ -331,7 +361,7 @@ impl Channels {
         !self.pending.is_empty()
     }
 
-    /// Queues every pending message to its channel's local subscribers
+    /// Queues every pending frame to its channel's local subscribers
     /// through [`deliver`], each subscriber's bound checked before every
     /// frame. Returns the number of deliveries.
     pub fn fan_out(
@@ -341,12 +371,13 @@ impl Channels {
         recipients: &mut impl Recipients,
     ) -> u64 {
         let mut deliveries = 0;
-        for (idx, frame) in self.pending.drain(..) {
+        for (idx, frame, event) in self.pending.drain(..) {
             let Some(ch) = self.slots.get(idx as usize).and_then(Option::as_ref) else {
                 continue;
             };
+            let to = if event { &ch.events } else { &ch.subs };
             let batch = std::iter::once(&frame);
-            deliveries += deliver(ch.subs.iter().copied(), batch, pool, max_queue, recipients);
+            deliveries += deliver(to.iter().copied(), batch, pool, max_queue, recipients);
         }
         deliveries
     }
@@ -355,12 +386,8 @@ impl Channels {
     /// fan-out.
     pub fn end_pass(&mut self) {
         while let Some(idx) = self.maybe_unused.pop() {
-            let unused = self
-                .slots
-                .get(idx as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|c| c.unused() && c.waiting.is_empty());
-            if unused && !self.pending.iter().any(|(i, _)| *i == idx) {
+            let unused = self.get(idx).is_some_and(Channel::unused);
+            if unused && !self.pending.iter().any(|(i, ..)| *i == idx) {
                 if let Some(ch) = self.slots[idx as usize].take() {
                     self.by_name.remove(&ch.name);
                     self.free.push(idx);
@@ -385,7 +412,7 @@ impl Channels {
         self.subscriptions
     }
 
-    /// Channel entries held (local subscribers or remote interest).
+    /// Channel entries held (local subscribers or pending subscribes).
     pub fn len(&self) -> usize {
         self.live
     }
@@ -395,17 +422,9 @@ impl Channels {
         self.live == 0
     }
 
-    /// Whether a peer is known to have subscribers of `name` (tests).
-    pub fn remote_interest(&self, name: &str) -> Vec<usize> {
-        self.lookup(name)
-            .and_then(|i| self.slots.get(i as usize).and_then(Option::as_ref))
-            .map(|c| c.remote.iter().collect())
-            .unwrap_or_default()
-    }
-
     /// Number of other cores.
     pub fn peer_count(&self) -> usize {
-        self.peers().count()
+        self.cores - 1
     }
 }
 
@@ -420,20 +439,15 @@ mod tests {
         ConnKey { idx: i, gen: 0 }
     }
 
-    /// Delivers every outgoing message to its core, as the mesh would.
-    fn pump(cores: &mut [Channels]) {
-        loop {
-            let mut moved = false;
-            for c in 0..cores.len() {
-                let out = std::mem::take(&mut cores[c].outgoing);
-                for (dst, msg) in out {
-                    moved = true;
-                    assert!(cores[dst].receive(msg).is_none());
-                }
-            }
-            if !moved {
-                break;
-            }
+    fn req(channel: &Arc<str>, k: ConnKey) -> SubscribeReq {
+        SubscribeReq {
+            from: 1,
+            channel: channel.clone(),
+            key: k,
+            id: None,
+            since: None,
+            member: None,
+            want_presence: false,
         }
     }
 
@@ -450,108 +464,78 @@ mod tests {
     }
 
     #[test]
-    fn single_core_acks_at_once_and_frees_on_last_unsubscribe() {
-        let mut ch = Channels::new(0, 1);
-        let (idx, s) = ch.subscribe(key(1), "a", Some(7));
-        assert_eq!(s, Subscribed::Now { new: true });
+    fn a_subscribe_waits_for_its_owner_then_receives_in_order() {
+        let mut ch = Channels::new(1, 2);
+        let idx = ch.entry("news", false);
+        let name = ch.name(idx).unwrap();
+        ch.request(idx, req(&name, key(5)), false);
+        let owner = ch.owner_of("news");
+        assert_eq!(ch.outgoing.len(), 1);
+        assert_eq!(ch.outgoing[0].0, owner);
+        // A publication before the answer reaches nobody here.
+        let f = Frame::new(SharedFrame::encode(OpCode::Text, b"m"));
+        ch.deliver("news", 1, f.clone());
+        assert!(!ch.has_pending());
+        let pos = Position {
+            epoch: 7,
+            offset: 1,
+        };
+        let (i, j) = ch.answered("news", key(5), pos).unwrap();
+        assert!(!j.cancelled);
+        assert!(ch.add(i, key(5), false));
+        assert_eq!(ch.live_position(idx), Some(pos));
+        ch.deliver("news", 2, f.clone());
+        assert_eq!(ch.live_position(idx).unwrap().offset, 2);
+        let mut queues = Queues::default();
+        queues.add(key(5));
         assert_eq!(
-            ch.subscribe(key(1), "a", None).1,
-            Subscribed::Now { new: false }
+            ch.fan_out(&mut BufPool::default(), usize::MAX, &mut queues),
+            1
         );
-        assert_eq!(ch.subscriptions(), 1);
-        assert!(ch.outgoing.is_empty());
-        assert!(ch.unsubscribe(key(1), idx));
-        assert!(!ch.unsubscribe(key(1), idx));
+    }
+
+    #[test]
+    fn the_last_subscriber_leaving_withdraws_and_frees() {
+        let mut ch = Channels::new(0, 2);
+        let idx = ch.entry("c", false);
+        ch.add(idx, key(1), false);
+        ch.outgoing.clear();
+        assert!(ch.remove(idx, key(1)));
+        assert!(!ch.remove(idx, key(1)));
+        assert!(matches!(ch.outgoing[..], [(_, MeshMsg::Withdraw { .. })]));
         ch.end_pass();
         assert!(ch.is_empty());
-        assert_eq!(ch.lookup("a"), None);
+        assert_eq!(ch.lookup("c"), None);
     }
 
     #[test]
-    fn ack_waits_for_every_peer_and_publish_reaches_interested_cores_only() {
-        let mut cores: Vec<Channels> = (0..3).map(|i| Channels::new(i, 3)).collect();
-        let (_, s) = cores[1].subscribe(key(5), "news", Some(1));
-        assert_eq!(s, Subscribed::Pending { new: true });
-        assert_eq!(cores[1].outgoing.len(), 2, "announced to both peers");
-        assert!(cores[1].acks_due.is_empty());
-        pump(&mut cores);
-        assert_eq!(cores[1].acks_due, vec![(key(5), Some(1))]);
-        assert_eq!(cores[0].remote_interest("news"), vec![1]);
-        assert_eq!(cores[2].remote_interest("news"), vec![1]);
-        // A second local subscriber needs no new announcement.
-        assert_eq!(
-            cores[1].subscribe(key(6), "news", None).1,
-            Subscribed::Now { new: true }
-        );
+    fn a_cancelled_subscribe_keeps_the_entry_until_answered() {
+        let mut ch = Channels::new(0, 2);
+        let idx = ch.entry("c", false);
+        let name = ch.name(idx).unwrap();
+        ch.request(idx, req(&name, key(1)), false);
+        assert!(ch.cancel(idx, key(1), Some(Some(9))));
+        ch.end_pass();
+        assert!(ch.lookup("c").is_some(), "kept while answered is owed");
+        let (i, j) = ch.answered("c", key(1), Position::default()).unwrap();
+        assert!(j.cancelled);
+        assert_eq!(j.unsub_ack, Some(Some(9)));
+        ch.settle(i);
+        ch.end_pass();
+        assert!(ch.is_empty());
+    }
 
-        let f = Frame::new(SharedFrame::encode(OpCode::Text, b"m"));
-        assert!(cores[0].publish("news", &f));
-        assert!(!cores[0].has_pending(), "no local subscribers on core 0");
-        let out = std::mem::take(&mut cores[0].outgoing);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].0, 1, "only the interested core");
-        for (dst, msg) in out {
-            assert!(cores[dst].receive(msg).is_none());
-        }
-        let (a, b) = (key(10), key(11));
+    #[test]
+    fn events_go_only_to_those_who_asked() {
+        let mut ch = Channels::new(0, 1);
+        let idx = ch.entry("r", true);
+        ch.add(idx, key(1), true);
+        ch.add(idx, key(2), false);
+        ch.event("r", Frame::new(SharedFrame::encode(OpCode::Text, b"j")));
         let mut queues = Queues::default();
-        queues.add(a);
-        queues.add(b);
-        let mut c1 = Channels::new(1, 3);
-        let (_, _) = c1.subscribe(a, "x", None);
-        let (_, _) = c1.subscribe(b, "x", None);
-        let fx = Frame::new(SharedFrame::encode(OpCode::Text, b"x"));
-        cores[1].pending.clear();
-        // Fan-out shares the frame with every local subscriber.
-        c1.pending.push((c1.lookup("x").unwrap(), fx.clone()));
-        assert_eq!(
-            c1.fan_out(&mut BufPool::default(), usize::MAX, &mut queues),
-            2
-        );
-        assert_eq!(queues.touched.len(), 2);
-        assert!(!cores[2].publish("nobody", &f));
-    }
-
-    #[test]
-    fn last_unsubscribe_withdraws_interest_and_entries_are_freed() {
-        let mut cores: Vec<Channels> = (0..2).map(|i| Channels::new(i, 2)).collect();
-        let (idx, _) = cores[0].subscribe(key(1), "c", None);
-        pump(&mut cores);
-        assert_eq!(cores[1].remote_interest("c"), vec![0]);
-        cores[0].unsubscribe(key(1), idx);
-        pump(&mut cores);
-        for c in &mut cores {
-            c.end_pass();
-        }
-        assert!(cores[0].is_empty());
-        assert!(cores[1].is_empty());
-        let f = Frame::new(SharedFrame::encode(OpCode::Text, b"m"));
-        assert!(!cores[1].publish("c", &f));
-    }
-
-    #[test]
-    fn unsubscribe_takes_only_its_own_held_acks() {
-        let mut cores: Vec<Channels> = (0..2).map(|i| Channels::new(i, 2)).collect();
-        let (idx, _) = cores[0].subscribe(key(1), "c", Some(1));
-        let (_, s) = cores[0].subscribe(key(2), "c", Some(5));
-        assert_eq!(s, Subscribed::Pending { new: true });
-        assert_eq!(cores[0].take_held_acks(key(1), idx), vec![Some(1)]);
-        assert!(cores[0].unsubscribe(key(1), idx));
-        pump(&mut cores);
-        assert_eq!(cores[0].acks_due, vec![(key(2), Some(5))]);
-    }
-
-    #[test]
-    fn resubscribe_before_confirmation_waits_for_all_confirmations() {
-        let mut cores: Vec<Channels> = (0..2).map(|i| Channels::new(i, 2)).collect();
-        let (idx, _) = cores[0].subscribe(key(1), "c", Some(1));
-        cores[0].unsubscribe(key(1), idx);
-        let (_, s) = cores[0].subscribe(key(2), "c", Some(2));
-        assert_eq!(s, Subscribed::Pending { new: true });
-        cores[0].end_pass();
-        assert!(cores[0].lookup("c").is_some(), "kept while unconfirmed");
-        pump(&mut cores);
-        assert_eq!(cores[0].acks_due, vec![(key(2), Some(2))]);
-        assert_eq!(cores[1].remote_interest("c"), vec![0]);
+        queues.add(key(1));
+        queues.add(key(2));
+        ch.fan_out(&mut BufPool::default(), usize::MAX, &mut queues);
+        assert_eq!(queues.touched, vec![(key(1), false)]);
     }
 }

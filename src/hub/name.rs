@@ -12,7 +12,7 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 /// rules (a channel named `chat.*` would be ambiguous), and quotes,
 /// backslashes and control characters are excluded so a name can be copied
 /// into JSON output without escaping.
-pub fn check(name: &str) -> Result<(), String> {
+pub(crate) fn check(name: &str) -> Result<(), String> {
     const RULE: &str = "channel names are 1 to 128 ASCII letters, digits and `_ - . : / @`";
     let cause = if name.is_empty() {
         "empty channel name".to_owned()
@@ -35,7 +35,7 @@ fn is_channel_char(c: char) -> bool {
 /// (and an embedding program's `Publisher`) computes the same owner
 /// without talking to the others.
 #[inline]
-pub fn owner(channel: &str, cores: usize) -> usize {
+pub(crate) fn owner(channel: &str, cores: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in channel.bytes() {
         h ^= u64::from(b);

@@ -56,6 +56,7 @@ impl Config {
                 publish_rate_per_us: self.max_publishes_per_sec / 1e6,
                 publish_burst: self.max_publishes_per_sec.max(1.0) as f32,
                 max_subscriptions: self.max_subscriptions,
+                history_max_limit: self.history_max_limit,
                 heartbeat: heartbeat::Policy {
                     base_us: micros(self.ping_interval),
                     min_us: micros(self.ping_min),
@@ -76,6 +77,12 @@ impl Config {
                 api_key: self.api_key.clone(),
             },
             max_body_bytes: self.max_body_bytes,
+            channels: self.channel_rules(),
+            stream_limits: crate::hub::stream::StreamLimits {
+                history_max_bytes: self.history_max_bytes,
+                presence_max_clients: self.presence_max_clients,
+            },
+            nonce: crate::hub::stream::process_nonce(),
         }
     }
 }

@@ -7,10 +7,13 @@ use tracing::debug;
 
 use super::slab::{Phase, Slab};
 use super::Shard;
-use crate::app::{protocol, Endpoint};
+use crate::app::protocol::{self, ErrorCode};
+use crate::app::Endpoint;
 use crate::conn::outq::Pushed;
 use crate::conn::{ConnKey, Frame, OutQueue};
-use crate::hub::{MeshMsg, Recipients};
+use crate::hub::{
+    HistoryAnswer, MeshMsg, Position, PresenceList, Recipients, ReplyTo, SubscribeReply,
+};
 use crate::ws::frame::encode_frame_into;
 use crate::ws::{CloseCode, OpCode, State};
 
@@ -43,35 +46,179 @@ impl Recipients for Sink<'_> {
 }
 
 impl Shard {
-    /// Dispatches what other cores sent this pass.
+    /// Moves this pass's messages for owners and subscriber cores on: to
+    /// the mesh, or, for this core, into this pass's inbound messages.
+    pub(super) fn route_outgoing(&mut self) {
+        let me = self.id;
+        let mut out = std::mem::take(&mut self.env.channels.outgoing);
+        out.append(&mut self.env.streams.out);
+        for (core, msg) in out.drain(..) {
+            if core == me {
+                self.mesh_in.push(msg);
+            } else if let Some(m) = &mut self.mesh {
+                m.send_to(core, msg);
+            }
+        }
+        self.env.channels.outgoing = out;
+    }
+
+    /// Dispatches what other cores (and this core's own engine) sent, until
+    /// nothing addressed to this core is left: an owner's answer to a
+    /// request made here is handled in the same pass.
     pub(super) fn handle_mesh_messages(&mut self) {
+        loop {
+            self.route_outgoing();
+            if self.mesh_in.is_empty() {
+                break;
+            }
+            self.handle_mesh_batch();
+        }
+    }
+
+    fn handle_mesh_batch(&mut self) {
         let mut msgs = std::mem::take(&mut self.mesh_in);
+        let now = self.env.now_us;
         for msg in msgs.drain(..) {
-            match self.env.channels.receive(msg) {
-                None => {}
-                Some(MeshMsg::Broadcast(f)) => self.env.hub.inbox.push(Frame::new(f)),
-                Some(MeshMsg::ChannelsQuery { from, query }) => {
+            let Some(msg) = self.env.streams.receive(msg, now) else {
+                continue;
+            };
+            match msg {
+                MeshMsg::Broadcast(f) => self.env.hub.inbox.push(Frame::new(f)),
+                MeshMsg::Publish {
+                    channel,
+                    offset,
+                    frame,
+                } => self
+                    .env
+                    .channels
+                    .deliver(&channel, offset, Frame::new(frame)),
+                MeshMsg::Event { channel, frame } => {
+                    self.env.channels.event(&channel, Frame::new(frame))
+                }
+                MeshMsg::Sequenced { reply, position } => self.sequenced(reply, position),
+                MeshMsg::Subscribed(r) => {
+                    // Publications that arrived before the answer are
+                    // covered by it: they go out before the new subscriber
+                    // joins the list.
+                    if self.env.channels.has_pending() {
+                        self.fan_out();
+                    }
+                    self.subscribed(*r);
+                }
+                MeshMsg::HistoryAnswer { reply, answer } => self.history_answer(reply, *answer),
+                MeshMsg::PresenceAnswer { reply, list } => self.presence_answer(reply, &list),
+                MeshMsg::ChannelsQuery { from, query } => {
                     let channels = self.env.channels.local_counts();
                     if let Some(m) = &mut self.mesh {
                         m.send_to(from as usize, MeshMsg::ChannelsReply { query, channels });
                     }
                 }
-                Some(MeshMsg::ChannelsReply { query, channels }) => {
-                    self.channels_reply(query, &channels)
-                }
-                Some(_) => {}
+                MeshMsg::ChannelsReply { query, channels } => self.channels_reply(query, &channels),
+                // Engine requests were taken by `streams.receive`.
+                MeshMsg::Sequence(_)
+                | MeshMsg::Subscribe(_)
+                | MeshMsg::Leave { .. }
+                | MeshMsg::Withdraw { .. }
+                | MeshMsg::History(_)
+                | MeshMsg::Presence { .. } => {}
             }
         }
+        // Anything that arrived meanwhile waits for the next round.
+        msgs.append(&mut self.mesh_in);
         self.mesh_in = msgs;
-        // Subscriptions every peer has now confirmed.
-        let acks = std::mem::take(&mut self.env.channels.acks_due);
-        for (key, id) in acks {
-            if let Some(c) = self.conns.get_mut(key) {
-                if let Endpoint::Channels(ws) = &mut c.ctl.endpoint {
-                    ws.held_acks = ws.held_acks.saturating_sub(1);
-                }
+    }
+
+    /// A publication's offset, for the `/ws` client or API request that
+    /// made it.
+    fn sequenced(&mut self, reply: ReplyTo, position: Position) {
+        match reply {
+            ReplyTo::Nobody => {}
+            ReplyTo::Ws { key, id } => {
+                self.ws_reply(key, |v| protocol::write_position_ack(id, position, v))
             }
-            self.ws_reply(key, |v| protocol::write_ack(id, v));
+            ReplyTo::Api { ticket, index } => self.api_sequenced(ticket, index, position),
+        }
+    }
+
+    /// The owner answered a subscribe: the subscriber starts receiving
+    /// (unless it left meanwhile), gets its ack, then whatever was
+    /// recovered, before any later publication.
+    fn subscribed(&mut self, r: SubscribeReply) {
+        let channels = &mut self.env.channels;
+        let Some((idx, joining)) = channels.answered(&r.channel, r.key, r.position) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(r.key) else {
+            channels.settle(idx);
+            return;
+        };
+        if let Endpoint::Channels(ws) = &mut conn.ctl.endpoint {
+            ws.held_acks = ws.held_acks.saturating_sub(1);
+        }
+        let open = matches!(&conn.phase, Phase::Open(s) if s.state() == State::Open);
+        if joining.cancelled || !open {
+            channels.settle(idx);
+            let id = r.id;
+            self.ws_reply(r.key, |v| {
+                protocol::write_subscribe_ack(id, r.position, r.recovered, None, v)
+            });
+            if let Some(unsub) = joining.unsub_ack {
+                self.ws_reply(r.key, |v| protocol::write_ack(unsub, v));
+            }
+            return;
+        }
+        channels.add(idx, r.key, joining.join_leave);
+        self.env.stats.count_recovery(r.recovered);
+        let id = r.id;
+        let presence = r.presence.as_ref();
+        self.ws_reply(r.key, |v| {
+            protocol::write_subscribe_ack(id, r.position, r.recovered, presence, v)
+        });
+        if r.frames.is_empty() {
+            return;
+        }
+        let max = self.cfg.max_send_queue_bytes;
+        let Some(conn) = self.conns.get_mut(r.key) else {
+            return;
+        };
+        let frames: Vec<Frame> = r.frames.into_iter().map(Frame::new).collect();
+        let pushed = conn.out.push_frames(frames.iter(), max, &mut self.env.pool);
+        self.stats.deliveries += pushed.frames;
+        if pushed.over {
+            self.overflow.push(r.key);
+        }
+        self.mark_dirty(r.key);
+    }
+
+    fn history_answer(&mut self, reply: ReplyTo, answer: HistoryAnswer) {
+        match reply {
+            ReplyTo::Nobody => {}
+            ReplyTo::Ws { key, id } => match answer {
+                HistoryAnswer::Found {
+                    position,
+                    publications,
+                } => self.ws_reply(key, |v| {
+                    protocol::write_history_ack(id, position, &publications, v)
+                }),
+                HistoryAnswer::EpochMismatch { current } => {
+                    let msg = epoch_mismatch(current);
+                    self.env.stats.protocol_errors += 1;
+                    self.ws_reply(key, |v| {
+                        protocol::write_error(id, ErrorCode::EpochMismatch, &msg, v)
+                    })
+                }
+            },
+            ReplyTo::Api { ticket, .. } => self.api_history(ticket, answer),
+        }
+    }
+
+    fn presence_answer(&mut self, reply: ReplyTo, list: &PresenceList) {
+        match reply {
+            ReplyTo::Nobody => {}
+            ReplyTo::Ws { key, id } => {
+                self.ws_reply(key, |v| protocol::write_presence_ack(id, list, v))
+            }
+            ReplyTo::Api { ticket, .. } => self.api_presence(ticket, list),
         }
     }
 
@@ -133,21 +280,6 @@ impl Shard {
         }
     }
 
-    /// Hands this pass's channel messages for other cores to the mesh.
-    pub(super) fn send_channel_messages(&mut self) {
-        if self.env.channels.outgoing.is_empty() {
-            return;
-        }
-        let mut out = std::mem::take(&mut self.env.channels.outgoing);
-        if let Some(m) = &mut self.mesh {
-            for (core, msg) in out.drain(..) {
-                m.send_to(core, msg);
-            }
-        }
-        out.clear();
-        self.env.channels.outgoing = out;
-    }
-
     /// Closes consumers whose backlog went over the bound: the backlog is
     /// dropped and they get a 1008 close frame; everyone else is unaffected.
     pub(super) fn close_overflowed(&mut self) {
@@ -158,4 +290,14 @@ impl Shard {
             }
         }
     }
+}
+
+/// The error message for a history `since` from another epoch.
+pub(super) fn epoch_mismatch(current: u64) -> String {
+    let mut e = Vec::new();
+    crate::hub::wire::write_epoch(current, &mut e);
+    format!(
+        "`since.epoch` is not the channel's epoch ({}): the history it refers to is gone",
+        String::from_utf8_lossy(&e)
+    )
 }

@@ -7,11 +7,13 @@ use tracing::debug;
 use super::slab::{Conn, Phase};
 use super::{metrics, Shard, ShardConfig};
 use crate::app::requests::{self, HeadOutcome, HttpRequest, RefusedBy};
-use crate::app::{auth, ConnCtl, Endpoint, Env, Resource, Route};
+use crate::app::{auth, protocol, ConnCtl, Endpoint, Env, Resource, Route};
 use crate::conn::ConnKey;
 use crate::http::{self, Refusal};
 use crate::io::bufring::RecvBuf;
+use crate::ws::frame::encode_frame_into;
 use crate::ws::handshake::{self, Parsed, Progress};
+use crate::ws::OpCode;
 use crate::ws::Session;
 
 /// Parses what a handshaking connection has sent so far (`data`: this
@@ -109,6 +111,7 @@ impl Shard {
             HeadOutcome::Respond => self.respond(key),
             HeadOutcome::Resource(r) => self.answer_http(key, r),
             HeadOutcome::Query => self.start_query(key),
+            HeadOutcome::Api(call) => self.start_api(key, call),
         }
     }
 
@@ -138,7 +141,7 @@ impl Shard {
                 v,
             ),
             // Answered in `requests` before they get here.
-            Resource::Publish | Resource::ChannelList => {
+            Resource::Publish | Resource::ChannelList | Resource::History | Resource::Presence => {
                 http::write_response(500, "text/plain", "", b"misrouted\n", v)
             }
         });
@@ -180,8 +183,24 @@ impl Shard {
         conn.phase = Phase::Open(Session::new(limits));
         conn.deadline = None;
         conn.ctl = ConnCtl::open(up.route, claims, &self.env.policy, self.env.now_us);
-        if let Endpoint::Broadcast { slot } = &mut conn.ctl.endpoint {
-            *slot = Some(self.env.hub.subscribe(key));
+        match &mut conn.ctl.endpoint {
+            Endpoint::Broadcast { slot } => *slot = Some(self.env.hub.subscribe(key)),
+            Endpoint::Channels(ws) => {
+                // The first message: who the client is, where, and how
+                // often it will be pinged.
+                ws.client = self.clients;
+                self.clients += 1;
+                let id = self.env.client_id(ws.client);
+                let ping_ms = self.env.policy.heartbeat.interval_us(None) / 1000;
+                let scratch = &mut self.env.scratch;
+                scratch.clear();
+                protocol::write_welcome(&id, self.id, ping_ms, scratch);
+                let scratch = &self.env.scratch;
+                conn.out.write_with(&mut self.env.pool, |v| {
+                    encode_frame_into(OpCode::Text, scratch, v)
+                });
+            }
+            Endpoint::None | Endpoint::Echo => {}
         }
         self.open_ws += 1;
         self.stats.upgraded += 1;

@@ -3,8 +3,9 @@
 //!
 //! Each core has one bounded crossbeam queue ([`inlet`]): any thread sends,
 //! the core's loop drains it with `try_recv` once per pass, so the core
-//! takes no lock and a thread never blocks it. The message arrives already
-//! encoded (the caller's thread paid for that), and the core publishes it
+//! takes no lock and a thread never blocks it. The message arrives
+//! validated and packed in one allocation (the caller's thread paid for
+//! that), on the channel's owner core, which numbers and publishes it
 //! exactly like a message from the HTTP publish API.
 //!
 //! Waking a sleeping core uses its doorbell (the eventfd its ring polls),
@@ -23,10 +24,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::value::RawValue;
 
 use super::Shard;
-use crate::app::protocol;
-use crate::conn::{Frame, SharedFrame};
 use crate::hub::mesh::Doorbell;
-use crate::ws::OpCode;
+use crate::hub::{MeshMsg, ReplyTo, Unsequenced};
 
 /// Most messages a core takes from its queue in one pass, so a thread
 /// publishing flat out cannot keep the core from its sockets: the rest
@@ -34,55 +33,37 @@ use crate::ws::OpCode;
 /// while the queue holds anything).
 pub(crate) const BATCH: usize = 1024;
 
-/// A channel message encoded for every subscriber: the `message` frame a
-/// `/ws` publish of the same channel and payload produces, byte for byte.
+/// A channel message from another thread: channel and payload, validated.
 pub(crate) struct Injected {
-    frame: SharedFrame,
-    /// Where the channel name sits inside the frame (it is copied there
-    /// verbatim), so the message needs no second allocation for it.
-    channel_at: u8,
+    /// The channel name, then the payload.
+    bytes: Box<[u8]>,
     channel_len: u8,
 }
 
 impl Injected {
-    /// Encodes `payload` on `channel`, which must have passed
-    /// [`protocol::validate_channel`] (at most 128 ASCII bytes).
+    /// A publication of `payload` (valid JSON) on `channel` (validated).
     pub(crate) fn encode(channel: &str, payload: &RawValue) -> Injected {
-        let parts = protocol::message_parts(channel, payload);
-        let frame = SharedFrame::encode_parts(OpCode::Text, &parts);
-        let body: usize = parts.iter().map(|p| p.len()).sum();
-        let header = frame.bytes().len() - body;
+        let mut bytes = Vec::with_capacity(channel.len() + payload.get().len());
+        bytes.extend_from_slice(channel.as_bytes());
+        bytes.extend_from_slice(payload.get().as_bytes());
         Injected {
-            // A frame header is at most 10 bytes and the envelope before the
-            // name 29; a valid name is at most 128 bytes.
-            channel_at: (header + parts[0].len()) as u8,
+            bytes: bytes.into_boxed_slice(),
             channel_len: channel.len() as u8,
-            frame,
         }
     }
 
-    /// The channel the message is published on.
-    #[cfg(test)]
+    /// The channel.
     pub(crate) fn channel(&self) -> &str {
-        name_in(self.frame.bytes(), self.channel_at, self.channel_len)
+        let name = &self.bytes[..self.channel_len as usize];
+        std::str::from_utf8(name).expect("a channel name is ASCII")
     }
 
-    /// The encoded frame.
-    #[cfg(test)]
-    pub(crate) fn frame(&self) -> &[u8] {
-        self.frame.bytes()
+    /// The payload.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.bytes[self.channel_len as usize..]
     }
 }
 
-/// The channel name at `at..at + len` of an encoded message frame.
-fn name_in(frame: &[u8], at: u8, len: u8) -> &str {
-    let name = &frame[at as usize..at as usize + len as usize];
-    // The name was a `&str` when it was copied in.
-    std::str::from_utf8(name).expect("a channel name is ASCII")
-}
-
-/// The flag a core raises before it sleeps; on its own cache line, since
-/// senders read it on every message.
 #[repr(align(64))]
 #[derive(Default)]
 struct Parked(AtomicBool);
@@ -158,9 +139,28 @@ impl Shard {
             let Ok(msg) = self.inbox.rx.try_recv() else {
                 break;
             };
-            let frame = Frame::new(msg.frame);
-            let channel = name_in(frame.bytes(), msg.channel_at, msg.channel_len);
-            self.env.channels.publish(channel, &frame);
+            // The `Publisher` sends a channel's messages to its owner, so
+            // they are numbered right here; should the two ever disagree,
+            // the owner numbers it after one more hop.
+            let (channel, payload) = (msg.channel(), msg.payload());
+            let owner = self.env.channels.owner_of(channel);
+            if owner == self.id {
+                let now = self.env.now_us;
+                self.env
+                    .streams
+                    .sequence(self.id, ReplyTo::Nobody, channel, payload, now);
+            } else {
+                let u = Unsequenced {
+                    from: self.id as u16,
+                    reply: ReplyTo::Nobody,
+                    channel: channel.into(),
+                    payload: payload.into(),
+                };
+                self.env
+                    .channels
+                    .outgoing
+                    .push((owner, MeshMsg::Sequence(Box::new(u))));
+            }
             n += 1;
         }
         self.env.stats.publishes += n as u64;
@@ -177,16 +177,14 @@ mod tests {
     }
 
     #[test]
-    fn the_frame_is_the_ws_message_and_names_its_channel() {
+    fn a_message_keeps_its_channel_and_payload() {
         for (channel, payload) in [
             ("a", "1"),
             ("news/eu@x:y.z-_", r#"{"tick":1,"from":"thread 0"}"#),
             (&*"c".repeat(128), &*format!("\"{}\"", "p".repeat(70_000))),
         ] {
             let msg = Injected::encode(channel, raw(payload));
-            let parts = protocol::message_parts(channel, raw(payload));
-            let want = SharedFrame::encode_parts(OpCode::Text, &parts);
-            assert_eq!(msg.frame(), want.bytes());
+            assert_eq!(msg.payload(), payload.as_bytes());
             assert_eq!(msg.channel(), channel);
         }
     }

@@ -11,6 +11,7 @@ use tracing::info;
 
 use super::slab::{Phase, NO_TICK};
 use super::Shard;
+use crate::app::handler::leave_channel;
 use crate::app::{ConnIo, Endpoint};
 use crate::conn::ConnKey;
 use crate::http::Refusal;
@@ -64,7 +65,7 @@ impl Shard {
         let moved = match &mut conn.ctl.endpoint {
             Endpoint::Channels(ws) => {
                 for idx in ws.subs.drain(..) {
-                    self.env.channels.unsubscribe(key, idx);
+                    leave_channel(&mut self.env, key, ws.client, idx, None);
                 }
                 None
             }

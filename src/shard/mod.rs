@@ -54,6 +54,8 @@ use crate::app::{CoreHook, Env, Policy};
 use crate::conn::outq::{FreeList, MAX_IOV};
 use crate::conn::ConnKey;
 use crate::hub::mesh::{self, Mesh};
+use crate::hub::options::ChannelRules;
+use crate::hub::stream::{StreamLimits, Streams};
 use crate::hub::MeshMsg;
 use crate::io::ring::Ring;
 use crate::ws::Limits;
@@ -97,6 +99,12 @@ pub struct ShardConfig {
     pub access: Access,
     /// Largest API request body.
     pub max_body_bytes: usize,
+    /// Channel options by pattern.
+    pub channels: ChannelRules,
+    /// The in-memory engine's limits.
+    pub stream_limits: StreamLimits,
+    /// This process's random base for epochs and client ids.
+    pub nonce: u64,
 }
 
 /// One core's state. Owned by its loop task.
@@ -165,6 +173,9 @@ pub(crate) struct Shard {
     drain_cutoff: Option<Instant>,
     /// Channel messages from threads outside the cores (the `Publisher`).
     inbox: inject::Inbox,
+    /// `/ws` connections opened on this core so far: the next one's client
+    /// number.
+    clients: u64,
 }
 
 /// Token for the listener's multishot accept and the doorbell's poll.
@@ -200,7 +211,12 @@ impl Shard {
             ring,
             accept: accept::Acceptor::new(listener),
             conns: Slab::default(),
-            env: Env::new(id, cfg.cores, cfg.policy.clone()),
+            env: {
+                let rules = Rc::new(cfg.channels.clone());
+                let streams = Streams::new(id, rules.clone(), cfg.stream_limits.clone(), cfg.nonce);
+                Env::new(id, cfg.cores, cfg.policy.clone(), streams, rules, cfg.nonce)
+            },
+            clients: 0,
             mesh,
             mesh_in: Vec::new(),
             open_ws: 0,
@@ -305,11 +321,15 @@ impl Shard {
             worked |= m.retry_backlog();
             m.receive(&mut self.mesh_in);
         }
-        if !self.mesh_in.is_empty() {
+        worked |= self.take_injected();
+        if !self.mesh_in.is_empty()
+            || !self.env.channels.outgoing.is_empty()
+            || !self.env.streams.out.is_empty()
+        {
             worked = true;
             self.handle_mesh_messages();
         }
-        worked |= self.take_injected();
+        self.sweep_history();
         if self.env.hub.has_pending() || self.env.channels.has_pending() {
             worked = true;
             self.fan_out();
@@ -318,7 +338,10 @@ impl Shard {
         // in the pass that queued it, not a pass (or a sleep) later.
         self.timers();
         self.env.channels.end_pass();
-        self.send_channel_messages();
+        // Leaves and withdrawals from this pass's closes; what is for this
+        // core is handled next pass (the loop does not sleep on it).
+        self.route_outgoing();
+        worked |= !self.mesh_in.is_empty();
         self.close_overflowed();
         if self.recycled {
             if let Some(bufs) = self.ring.buffers() {
@@ -369,6 +392,9 @@ impl Shard {
     /// [`inject`]): the core announces its sleep and looks at its queue
     /// once more, and a sender that finds the announcement rings.
     fn park(&mut self) -> io::Result<()> {
+        if !self.mesh_in.is_empty() {
+            return Ok(());
+        }
         if let Some(m) = &mut self.mesh {
             if !m.announce_sleep(&mut self.mesh_in) {
                 return Ok(());
@@ -401,6 +427,10 @@ impl Shard {
             backlog_retry,
             gauges,
             pool_trim,
+            self.env
+                .streams
+                .next_expiry_us()
+                .map(|us| self.epoch + Duration::from_micros(us)),
         ]
         .into_iter()
         .flatten()
@@ -414,6 +444,16 @@ impl Shard {
         }
         self.inbox.woke();
         r
+    }
+}
+
+impl Shard {
+    /// Drops history past its age once its oldest entry is due.
+    fn sweep_history(&mut self) {
+        let now = self.env.now_us;
+        if self.env.streams.next_expiry_us().is_some_and(|t| t <= now) {
+            self.env.streams.sweep(now);
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! one JSON line.
 
 mod procfs;
+mod stream;
 mod wire;
 mod worker;
 
@@ -25,7 +26,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use wire::now_ns;
-use worker::{Outcome, Plan, Scenario, Shared, Worker};
+use worker::{Outcome, Plan, Scenario, Shared, StreamStats, Worker, PLACEMENT_ATTEMPTS};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Kind {
@@ -64,6 +65,12 @@ struct Args {
     /// `/broadcast` (subscribe, then JSON publish messages).
     #[arg(long, value_parser = parse_channel)]
     channel: Option<String>,
+    /// Broadcast: publisher connections sharing `--rate` (round-robin). On a
+    /// `/ws` channel each is placed on a different server core, by the
+    /// `core` of the server's welcome (up to 64 connections tried; then
+    /// publishers may share a core, and the summary says so).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    publishers: u64,
     /// Churn: connect/echo/close loops running in parallel.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
@@ -156,6 +163,7 @@ fn run(args: &Args) -> Result<(), String> {
                 rate: args.rate.max(1),
                 size: args.size.unwrap_or(64).max(16),
                 channel: args.channel.clone(),
+                publishers: args.publishers as usize,
             },
             args.conns.unwrap_or(1000),
             args.size.unwrap_or(64).max(16),
@@ -246,15 +254,24 @@ fn run(args: &Args) -> Result<(), String> {
     let open_secs = open_started.elapsed().as_secs_f64();
     if args.scenario == Kind::Broadcast {
         shared.publish.store(true, Ordering::Release);
-        // The publisher connection is one more.
+        // The publishers are more connections, placed by the publisher's
+        // worker.
         let deadline = Instant::now() + Duration::from_secs_f64(args.open_timeout);
-        while shared.opened.load(Ordering::Relaxed) < conns + 1 {
+        while !shared.publishers_placed.load(Ordering::Acquire) {
             if Instant::now() > deadline {
                 shared.stop.store(true, Ordering::SeqCst);
                 join(handles);
-                return Err("publisher did not connect".into());
+                return Err("publishers did not connect".into());
             }
             thread::sleep(Duration::from_millis(1));
+        }
+        if shared.publishers_up.load(Ordering::Relaxed) == 0 {
+            shared.stop.store(true, Ordering::SeqCst);
+            let first = join(handles)
+                .into_iter()
+                .find_map(|o| o.ok()?.first_error)
+                .unwrap_or_else(|| "none".into());
+            return Err(format!("no publisher connected; first error: {first}"));
         }
     }
 
@@ -309,7 +326,23 @@ fn run(args: &Args) -> Result<(), String> {
     let (mut count, mut bytes, mut published, mut errors, mut lag, mut opened, mut last_open) =
         (0, 0, 0, 0, 0, 0, 0);
     let mut first_error = None;
+    let mut st = StreamStats::default();
     for o in &outcomes {
+        let s = &o.stream;
+        st.with_offset += s.with_offset;
+        st.without_offset += s.without_offset;
+        st.gaps += s.gaps;
+        st.gap_offsets += s.gap_offsets;
+        st.reorders += s.reorders;
+        st.welcomes += s.welcomes;
+        for (&core, &n) in &s.subscriber_cores {
+            *st.subscriber_cores.entry(core).or_default() += n;
+        }
+        st.publisher_cores.extend_from_slice(&s.publisher_cores);
+        st.publisher_attempts += s.publisher_attempts;
+        st.placement_gave_up |= s.placement_gave_up;
+        st.publish_acks += s.publish_acks;
+        st.last_offset = st.last_offset.max(s.last_offset);
         lat.add(&o.latency_us).map_err(|e| e.to_string())?;
         hs.add(&o.handshake_us).map_err(|e| e.to_string())?;
         count += o.count;
@@ -355,8 +388,16 @@ fn run(args: &Args) -> Result<(), String> {
             if args.binary { "binary" } else { "text" }
         ),
         Kind::Broadcast => println!(
-            "  {conns} subscribers, publisher at {} msg/s x {size} B, {threads} threads, {window_s:.1} s measured",
-            args.rate
+            "  {conns} subscribers, {} at {} msg/s x {size} B{}, {threads} threads, {window_s:.1} s measured",
+            if args.publishers == 1 {
+                "publisher".to_string()
+            } else {
+                format!("{} publishers", args.publishers)
+            },
+            args.rate,
+            args.channel
+                .as_ref()
+                .map_or(String::new(), |c| format!(" on /ws channel {c}"))
         ),
         Kind::Idle => println!("  {conns} connections held, {threads} threads"),
         Kind::Churn => println!("  {conns} parallel loops, {threads} threads, {window_s:.1} s measured"),
@@ -397,6 +438,50 @@ fn run(args: &Args) -> Result<(), String> {
             "  published {published} in window; expected {exp} deliveries, received {count}, lost {} (drained {drain_s:.2} s); publisher max lag {lag} us",
             exp.saturating_sub(count)
         );
+    }
+    let channel_mode = args.scenario == Kind::Broadcast && args.channel.is_some();
+    if channel_mode {
+        println!("  {}", placement_line(&st, args.publishers as usize));
+        if st.welcomes > 0 {
+            let per: Vec<String> = st
+                .subscriber_cores
+                .iter()
+                .map(|(c, n)| format!("core {c}: {n}"))
+                .collect();
+            println!(
+                "  welcome: {} subscribers ({})",
+                st.welcomes,
+                if per.is_empty() {
+                    "no core given".to_string()
+                } else {
+                    per.join(", ")
+                }
+            );
+        } else {
+            println!("  welcome: none (a server without channel streams)");
+        }
+        if st.with_offset == 0 {
+            println!(
+                "  order: not checked, no delivery carried an offset ({} without)",
+                st.without_offset
+            );
+        } else {
+            println!(
+                "  order{}: {} deliveries with offsets (whole run): {} gaps ({} offsets missing), {} duplicates/reorders{}; {} publish acks, last offset {}",
+                if st.gaps + st.reorders > 0 { " FAILED" } else { "" },
+                st.with_offset,
+                st.gaps,
+                st.gap_offsets,
+                st.reorders,
+                if st.without_offset > 0 {
+                    format!(", {} without an offset", st.without_offset)
+                } else {
+                    String::new()
+                },
+                st.publish_acks,
+                st.last_offset.map_or("-".to_string(), |o| o.to_string())
+            );
+        }
     }
     let mut server_json = serde_json::Value::Null;
     if let Some(d) = server {
@@ -471,6 +556,12 @@ fn run(args: &Args) -> Result<(), String> {
         "expected": expected,
         "loss": loss,
         "publisher_lag_us": lag,
+        "publishers": if args.scenario == Kind::Broadcast { json!(st.publisher_cores.len()) } else { serde_json::Value::Null },
+        "publishers_wanted": if args.scenario == Kind::Broadcast { json!(args.publishers) } else { serde_json::Value::Null },
+        "channel": args.channel,
+        "stream": if channel_mode { stream_json(&st) } else { serde_json::Value::Null },
+        "gaps": if channel_mode && st.with_offset > 0 { json!(st.gaps) } else { serde_json::Value::Null },
+        "reorders": if channel_mode && st.with_offset > 0 { json!(st.reorders) } else { serde_json::Value::Null },
         "opened": opened,
         "open_s": open_secs,
         "handshakes_per_s": if args.scenario == Kind::Idle { opened as f64 / open_secs } else { 0.0 },
@@ -481,6 +572,62 @@ fn run(args: &Args) -> Result<(), String> {
     });
     println!("{j}");
     Ok(())
+}
+
+/// How the publishers landed on server cores, for the summary.
+fn placement_line(st: &StreamStats, wanted: usize) -> String {
+    let n = st.publisher_cores.len();
+    let cores: Vec<String> = st
+        .publisher_cores
+        .iter()
+        .map(|c| c.map_or("?".to_string(), |c| c.to_string()))
+        .collect();
+    let tried = format!(
+        "{} connection{} tried",
+        st.publisher_attempts,
+        if st.publisher_attempts == 1 { "" } else { "s" }
+    );
+    if st.publisher_cores.iter().all(Option::is_none) {
+        return format!("publishers: {n} of {wanted}, server cores unknown (no welcome); {tried}");
+    }
+    let mut distinct = st.publisher_cores.clone();
+    distinct.sort();
+    distinct.dedup();
+    let mut line = format!(
+        "publishers: {n} on server cores {}; {tried}",
+        cores.join(", ")
+    );
+    if n < wanted {
+        line.push_str(&format!(" (only {n} of {wanted} connected)"));
+    }
+    if st.placement_gave_up {
+        line.push_str(&format!(
+            " (wanted {wanted} distinct cores: only {} found in {PLACEMENT_ATTEMPTS} attempts, so publishers share cores)",
+            distinct.len()
+        ));
+    }
+    line
+}
+
+fn stream_json(st: &StreamStats) -> serde_json::Value {
+    let mut distinct: Vec<u64> = st.publisher_cores.iter().flatten().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    json!({
+        "with_offset": st.with_offset,
+        "without_offset": st.without_offset,
+        "gaps": st.gaps,
+        "gap_offsets": st.gap_offsets,
+        "reorders": st.reorders,
+        "welcomes": st.welcomes,
+        "subscriber_cores": st.subscriber_cores.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "publisher_cores": st.publisher_cores,
+        "publisher_distinct_cores": distinct.len(),
+        "publisher_attempts": st.publisher_attempts,
+        "placement_gave_up": st.placement_gave_up,
+        "publish_acks": st.publish_acks,
+        "last_offset": st.last_offset,
+    })
 }
 
 fn perf_command(ctl: &mut Option<std::fs::File>, cmd: &str) {

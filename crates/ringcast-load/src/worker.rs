@@ -9,7 +9,7 @@
 //! 2-CPU host the generator's core is otherwise the first thing to saturate,
 //! and its queueing then shows up as server latency.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -21,6 +21,7 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, squeue, types};
 use ringcast::io::ring::Ring;
 
+use crate::stream::{self, OffsetCheck, Reply, Step};
 use crate::wire::{self, now_ns};
 
 /// What the run does.
@@ -33,16 +34,20 @@ pub(crate) enum Scenario {
         size: usize,
         binary: bool,
     },
-    /// `subscribers` on `/broadcast`; one publisher sends `rate` messages/s
-    /// of `size` bytes, evenly paced (open loop). With `channel`, everyone
-    /// is on `/ws` instead: subscribers subscribe to the channel (a
-    /// connection counts as open once its subscription is acknowledged), and
-    /// the publisher sends `publish` messages whose payload is a JSON string
-    /// of `size` characters.
+    /// `subscribers` on `/broadcast`; `publishers` connections send `rate`
+    /// messages/s between them (round-robin over one schedule) of `size`
+    /// bytes, evenly paced (open loop). With `channel`, everyone is on `/ws`
+    /// instead: subscribers subscribe to the channel (a connection counts as
+    /// open once its subscription is acknowledged) and check that the
+    /// channel's offsets arrive consecutively; the publishers send `publish`
+    /// messages whose payload is a JSON string of `size` characters, each
+    /// publisher on a different server core when the server's `welcome`
+    /// says which core a connection landed on.
     Broadcast {
         rate: u64,
         size: usize,
         channel: Option<String>,
+        publishers: usize,
     },
     /// Connections opened (at most `concurrency` handshakes at a time per
     /// thread) and held.
@@ -81,6 +86,42 @@ pub(crate) struct Shared {
     pub delivered: AtomicU64,
     /// Broadcast: messages published inside the window.
     pub published_in_window: AtomicU64,
+    /// Broadcast: the publishers are placed (or placement gave up) ...
+    pub publishers_placed: AtomicBool,
+    /// ... and this many are publishing.
+    pub publishers_up: AtomicUsize,
+}
+
+/// Publisher connections tried in search of distinct server cores; after
+/// that, publishers may share a core (the report says so).
+pub(crate) const PLACEMENT_ATTEMPTS: u32 = 64;
+
+/// Channel-mode counters of the whole run (warm-up, window and drain: an
+/// ordering failure is one whenever it happens).
+#[derive(Default, Clone, Debug)]
+pub(crate) struct StreamStats {
+    /// Deliveries that carried an offset, and ones that did not (a server
+    /// without channel streams).
+    pub with_offset: u64,
+    pub without_offset: u64,
+    /// Offsets ahead of the previous + 1, and the offsets they skipped.
+    pub gaps: u64,
+    pub gap_offsets: u64,
+    /// Offsets at or below the highest seen: duplicates and reorders.
+    pub reorders: u64,
+    /// `welcome` frames subscribers got, and their server cores.
+    pub welcomes: u64,
+    pub subscriber_cores: BTreeMap<u64, u64>,
+    /// The publishers in use: the server core of each (`None`: the server
+    /// sent no welcome, or not in channel mode).
+    pub publisher_cores: Vec<Option<u64>>,
+    /// Publisher connections opened to place them.
+    pub publisher_attempts: u32,
+    /// Placement ran out of attempts before finding distinct cores.
+    pub placement_gave_up: bool,
+    /// Publish acks, and the highest offset one carried.
+    pub publish_acks: u64,
+    pub last_offset: Option<u64>,
 }
 
 /// What a worker measured inside the window.
@@ -105,6 +146,8 @@ pub(crate) struct Outcome {
     pub last_open_ns: u64,
     /// First error message, for the report.
     pub first_error: Option<String>,
+    /// Channel mode: ordering, placement and welcome counters.
+    pub stream: StreamStats,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -165,6 +208,8 @@ struct Conn {
     /// Echo: send times of messages in flight, oldest first.
     sent: VecDeque<u64>,
     started: u64,
+    /// Channel subscriber: the offsets seen so far.
+    offsets: OffsetCheck,
 }
 
 impl Conn {
@@ -219,11 +264,13 @@ pub(crate) struct Worker {
     next_number: usize,
     request_echo: Vec<u8>,
     request_broadcast: Vec<u8>,
-    /// Channels mode: the subscribe frame, and the length of the envelope
-    /// before a delivered message's payload string
-    /// (`{"type":"message","channel":"C","payload":"`).
+    /// Channels mode: the subscribe frame, the start of a delivery up to
+    /// its offset (`{"type":"message","channel":"C",`), and the ping a
+    /// publisher candidate sends to learn whether a welcome comes first.
+    channel_mode: bool,
     subscribe_frame: Vec<u8>,
     message_prefix: Vec<u8>,
+    ping_frame: Vec<u8>,
     /// Echo: `in_flight` copies of the message frame, back to back; never
     /// changed after start-up, because sends point straight into it.
     echo_batch: Box<[u8]>,
@@ -235,7 +282,18 @@ pub(crate) struct Worker {
     /// Where in the payload the sequence number and time go (the mask
     /// phase follows the payload offset).
     pub_at: usize,
-    pub_token: Option<usize>,
+    /// Publishers in use (connection slots), in schedule order.
+    pubs: Vec<usize>,
+    /// Publishers wanted.
+    pubs_wanted: usize,
+    /// Placing publishers: the candidate connection waiting for its
+    /// welcome (or for the pong that says there is none).
+    placing: bool,
+    probe: Option<usize>,
+    /// The server core of each of `pubs`.
+    pub_cores: Vec<Option<u64>>,
+    /// Slots of the shared schedule so far (round-robin over `pubs`).
+    pub_slot: u64,
     pub_seq: u64,
     pub_active: bool,
     pub_interval_ns: u64,
@@ -304,9 +362,13 @@ impl Worker {
                     wire::TEXT,
                     format!(r#"{{"type":"subscribe","channel":"{c}"}}"#).as_bytes(),
                 ),
-                format!(r#"{{"type":"message","channel":"{c}","payload":""#).into_bytes(),
+                stream::message_head(c),
             ),
             None => (Vec::new(), Vec::new()),
+        };
+        let pubs_wanted = match plan.scenario {
+            Scenario::Broadcast { publishers, .. } => publishers.max(1),
+            _ => 0,
         };
         // Room for a pass that opens 256 connections (3 operations each) or
         // answers every connection; a fuller queue is flushed early by push().
@@ -331,15 +393,22 @@ impl Worker {
                     "/broadcast"
                 },
             ),
+            channel_mode: channel.is_some(),
             subscribe_frame,
             message_prefix,
+            ping_frame: wire::masked_frame(wire::TEXT, br#"{"type":"ping","id":0}"#),
             echo_batch: echo_batch.into_boxed_slice(),
             echo_frame_len,
             read_buf,
             pub_frame,
             pub_off,
             pub_at,
-            pub_token: None,
+            pubs: Vec::new(),
+            pubs_wanted,
+            placing: false,
+            probe: None,
+            pub_cores: Vec::new(),
+            pub_slot: 0,
             pub_seq: 0,
             pub_active: false,
             pub_interval_ns: 0,
@@ -355,6 +424,7 @@ impl Worker {
                 opened: 0,
                 last_open_ns: 0,
                 first_error: None,
+                stream: StreamStats::default(),
             },
             delivered_unreported: 0,
             payload_len,
@@ -370,7 +440,10 @@ impl Worker {
             self.open_more();
             if publisher_pending && self.shared.publish.load(Ordering::Acquire) {
                 publisher_pending = false;
-                self.start_publisher();
+                self.start_publishers();
+            }
+            if self.placing && self.probe.is_none() {
+                self.next_probe();
             }
             let mut wait = MAX_WAIT;
             if self.pub_active {
@@ -514,6 +587,7 @@ impl Worker {
             dead: false,
             sent: VecDeque::new(),
             started: now_ns(),
+            offsets: OffsetCheck::default(),
         });
         self.connecting += 1;
         let sqe = opcode::Connect::new(
@@ -532,38 +606,99 @@ impl Worker {
         Ok(idx)
     }
 
-    fn start_publisher(&mut self) {
+    fn start_publishers(&mut self) {
         let Scenario::Broadcast { rate, .. } = self.plan.scenario.clone() else {
             return;
         };
-        // The publisher is one more /broadcast connection, on this worker.
-        match self.connect(usize::MAX / 2) {
+        self.pub_interval_ns = 1_000_000_000 / rate.max(1);
+        self.placing = true;
+    }
+
+    /// Opens the next publisher candidate, or ends placement: when enough
+    /// publishers are in use, or when connections keep failing (a bound
+    /// past [`PLACEMENT_ATTEMPTS`], which only limits the search for
+    /// distinct cores).
+    fn next_probe(&mut self) {
+        let attempts = self.out.stream.publisher_attempts;
+        if self.pubs.len() >= self.pubs_wanted
+            || attempts >= PLACEMENT_ATTEMPTS + 4 * self.pubs_wanted as u32
+        {
+            return self.placed();
+        }
+        self.out.stream.publisher_attempts += 1;
+        // The publishers are more /broadcast (or /ws) connections on this
+        // worker; the number only picks a source address.
+        match self.connect(usize::MAX / 2 + attempts as usize) {
             Ok(i) => {
                 if let Some(c) = live(&mut self.conns, i) {
                     c.role = Role::Publisher;
                 }
-                self.pub_token = Some(i);
+                self.probe = Some(i);
             }
             Err(e) => self.error(format!("publisher connect: {e}")),
         }
-        self.pub_interval_ns = 1_000_000_000 / rate.max(1);
     }
 
-    /// Sends every message whose slot in the schedule has come.
+    /// The candidate `t` learnt its server core (`None`: the server sends no
+    /// welcome, or this is `/broadcast`): kept as a publisher if no other
+    /// is on that core, or if the search for distinct cores is over.
+    fn placement_reply(&mut self, t: usize, core: Option<u64>) {
+        if self.probe != Some(t) {
+            return;
+        }
+        self.probe = None;
+        let taken = core.is_some() && self.pub_cores.contains(&core);
+        if taken && self.out.stream.publisher_attempts < PLACEMENT_ATTEMPTS {
+            // On a core that already has one: close it and try another.
+            return self.drop_conn(t);
+        }
+        if taken {
+            self.out.stream.placement_gave_up = true;
+        }
+        self.pub_cores.push(core);
+        self.pubs.push(t);
+        let now = now_ns();
+        self.out.opened += 1;
+        self.out.last_open_ns = now;
+        self.shared.opened.fetch_add(1, Ordering::Relaxed);
+        if self.pubs.len() >= self.pubs_wanted {
+            self.placed();
+        }
+    }
+
+    /// Placement is over: publishing starts with the publishers there are.
+    fn placed(&mut self) {
+        self.placing = false;
+        self.out.stream.publisher_cores = self.pub_cores.clone();
+        if !self.pubs.is_empty() {
+            self.pub_active = true;
+            self.pub_next_ns = now_ns();
+        }
+        self.shared
+            .publishers_up
+            .store(self.pubs.len(), Ordering::Relaxed);
+        self.shared.publishers_placed.store(true, Ordering::Release);
+    }
+
+    /// Sends every message whose slot in the schedule has come, each on
+    /// the next publisher in turn.
     fn publish_due(&mut self, now: u64) {
-        let Some(t) = self.pub_token else { return };
-        let mut batch = Vec::new();
+        let n = self.pubs.len();
+        if n == 0 {
+            return;
+        }
+        let mut batches = vec![Vec::new(); n];
         while self.pub_next_ns <= now {
             let lag = (now - self.pub_next_ns) / 1000;
             self.out.publisher_lag_us = self.out.publisher_lag_us.max(lag);
             self.pub_next_ns += self.pub_interval_ns;
             let mut f = self.pub_frame.clone();
-            if self.message_prefix.is_empty() {
-                wire::write_masked(&mut f, self.pub_off, 0, &self.pub_seq.to_le_bytes());
-                wire::write_masked(&mut f, self.pub_off, 8, &now.to_le_bytes());
-            } else {
+            if self.channel_mode {
                 let hex = format!("{:016x}{now:016x}", self.pub_seq);
                 wire::write_masked(&mut f, self.pub_off, self.pub_at, hex.as_bytes());
+            } else {
+                wire::write_masked(&mut f, self.pub_off, 0, &self.pub_seq.to_le_bytes());
+                wire::write_masked(&mut f, self.pub_off, 8, &now.to_le_bytes());
             }
             self.pub_seq += 1;
             if self.window(now) {
@@ -572,10 +707,13 @@ impl Worker {
                     .published_in_window
                     .fetch_add(1, Ordering::Relaxed);
             }
-            batch.extend_from_slice(&f);
+            batches[(self.pub_slot % n as u64) as usize].extend_from_slice(&f);
+            self.pub_slot += 1;
         }
-        if !batch.is_empty() {
-            self.send(t, &batch);
+        for (k, batch) in batches.iter().enumerate() {
+            if !batch.is_empty() {
+                self.send(self.pubs[k], batch);
+            }
         }
     }
 
@@ -784,8 +922,20 @@ impl Worker {
                     self.send_echoes(t, 1);
                 }
                 Role::Publisher => {
-                    self.pub_active = true;
-                    self.pub_next_ns = now;
+                    // Upgraded; counted open once placement keeps it.
+                    self.connecting -= 1;
+                    self.out
+                        .handshake_us
+                        .saturating_record(now.saturating_sub(started) / 1000);
+                    if self.channel_mode {
+                        // A stream server's welcome comes before the pong;
+                        // an older server answers with the pong alone.
+                        let f = self.ping_frame.clone();
+                        self.send(t, &f);
+                    } else {
+                        self.placement_reply(t, None);
+                    }
+                    return self.frames(t);
                 }
                 Role::Subscriber if !self.subscribe_frame.is_empty() => {
                     // Open once the subscription is acknowledged.
@@ -827,6 +977,11 @@ impl Worker {
         let window = |ts: u64| ws != 0 && ts >= ws && ts < we;
         let prefix = std::mem::take(&mut self.message_prefix);
         let mut acked = false;
+        // A publisher candidate's server core, once its first reply says.
+        let mut placement: Option<Option<u64>> = None;
+        // Error replies (subscribe or publish refused): count, first text.
+        let mut refusals = 0u64;
+        let mut refusal: Option<String> = None;
         // Pongs owed for the server's heartbeat pings (a real client's
         // WebSocket stack answers them; without it the server closes the
         // connection with 1011 after a few missed pongs).
@@ -859,12 +1014,41 @@ impl Worker {
                         body.get(8..16)
                             .and_then(|b| b.try_into().ok())
                             .map(u64::from_le_bytes)
-                    } else if body.starts_with(&prefix) {
-                        body.get(prefix.len() + 16..prefix.len() + 32)
-                            .and_then(|h| std::str::from_utf8(h).ok())
-                            .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    } else if let Some((offset, payload)) = stream::parse_message(body, &prefix) {
+                        let st = &mut self.out.stream;
+                        match offset.map(|o| c.offsets.see(o)) {
+                            None => st.without_offset += 1,
+                            Some(step) => {
+                                st.with_offset += 1;
+                                match step {
+                                    Step::First | Step::Next => {}
+                                    Step::Gap(n) => {
+                                        st.gaps += 1;
+                                        st.gap_offsets += n;
+                                    }
+                                    Step::Behind => st.reorders += 1,
+                                }
+                            }
+                        }
+                        stream::payload_timestamp(payload)
                     } else {
-                        acked |= body.starts_with(br#"{"type":"ack""#);
+                        match stream::classify(body) {
+                            Reply::Ack { .. } => acked = true,
+                            Reply::Welcome { core } => {
+                                let st = &mut self.out.stream;
+                                st.welcomes += 1;
+                                if let Some(core) = core {
+                                    *st.subscriber_cores.entry(core).or_default() += 1;
+                                }
+                            }
+                            Reply::Error => {
+                                refusals += 1;
+                                refusal.get_or_insert_with(|| {
+                                    String::from_utf8_lossy(body).into_owned()
+                                });
+                            }
+                            Reply::Pong | Reply::Other => {}
+                        }
                         None
                     };
                     if let Some(ts) = ts.filter(|&t| window(t)) {
@@ -874,6 +1058,31 @@ impl Worker {
                             .latency_us
                             .saturating_record(now.saturating_sub(ts) / 1000);
                         self.delivered_unreported += 1;
+                    }
+                }
+                (wire::TEXT, Role::Publisher) if !prefix.is_empty() => {
+                    match stream::classify(&c.rbuf[p..p + len]) {
+                        Reply::Welcome { core } => {
+                            placement.get_or_insert(core);
+                        }
+                        // The ping's answer: no welcome came first.
+                        Reply::Pong => {
+                            placement.get_or_insert(None);
+                        }
+                        Reply::Ack { offset } => {
+                            let st = &mut self.out.stream;
+                            st.publish_acks += 1;
+                            if offset > st.last_offset {
+                                st.last_offset = offset;
+                            }
+                        }
+                        Reply::Error => {
+                            refusals += 1;
+                            refusal.get_or_insert_with(|| {
+                                String::from_utf8_lossy(&c.rbuf[p..p + len]).into_owned()
+                            });
+                        }
+                        Reply::Other => {}
                     }
                 }
                 (wire::TEXT | wire::BINARY, Role::Churn) => replies += 1,
@@ -920,6 +1129,16 @@ impl Worker {
         if acked {
             self.opened(now);
         }
+        if refusals > 0 {
+            self.out.errors += refusals - 1;
+            self.error(format!(
+                "server error reply: {}",
+                refusal.unwrap_or_default()
+            ));
+        }
+        if let Some(core) = placement {
+            self.placement_reply(t, core);
+        }
     }
 
     // ----- endings ----------------------------------------------------------
@@ -964,9 +1183,13 @@ impl Worker {
                 self.free.push(t);
             }
         }
-        if self.pub_token == Some(t) {
-            self.pub_token = None;
-            self.pub_active = false;
+        if self.probe == Some(t) {
+            self.probe = None; // placement opens another
+        }
+        if let Some(k) = self.pubs.iter().position(|&p| p == t) {
+            self.pubs.remove(k);
+            self.pub_cores.remove(k);
+            self.pub_active = !self.pubs.is_empty();
         }
     }
 
