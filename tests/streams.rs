@@ -390,7 +390,7 @@ fn welcome_ids_are_unique_and_name_the_core_and_ping_interval() {
 #[test]
 fn two_publishers_on_two_cores_give_every_subscriber_one_sequence() {
     const EACH: u64 = 600;
-    const BURST: u64 = 25;
+    const BURST: u64 = 5;
     const CHANNEL: &str = "seq";
     let server = Server::start(&["--cores", "2", "--max-publishes-per-sec", "0"]);
     let mut epoch: Option<String> = None;
@@ -622,6 +622,7 @@ fn recovery_under_live_traffic_has_no_gap_or_duplicate() {
     const N: u64 = 3000;
     const PER_ROUND: u64 = 150;
     const BURST: u64 = 10;
+    const WINDOW: u64 = 100;
     let server = Server::start(&[
         "--cores",
         "2",
@@ -635,8 +636,18 @@ fn recovery_under_live_traffic_has_no_gap_or_duplicate() {
     let (epoch, start) = subscribe_ws(&mut first, channel, 1);
     assert_eq!(start, 0);
     let (mut publisher, _) = ws_on(&server, 1);
+    // Flow control, not timing: the publisher stays within WINDOW of what
+    // the subscriber has, so reconnects happen while it publishes and each
+    // replay is short, with live traffic right behind it.
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = progress.clone();
     let publishing = thread::spawn(move || {
         for s in (0..N).step_by(BURST as usize) {
+            let start = Instant::now();
+            while s > seen.load(std::sync::atomic::Ordering::Acquire) + WINDOW {
+                assert!(start.elapsed() < PATIENCE, "the subscriber stopped at {s}");
+                thread::sleep(Duration::from_micros(200));
+            }
             for n in s..s + BURST {
                 let m = json!({"type":"publish","channel":channel,"payload":{"n":n},"id":n});
                 publisher.write(Message::text(m.to_string())).unwrap();
@@ -667,6 +678,7 @@ fn recovery_under_live_traffic_has_no_gap_or_duplicate() {
             assert_eq!(offset, last + 1, "round {round}: after {last}");
             assert_eq!(payload, json!({ "n": offset - 1 }));
             last = offset;
+            progress.store(last, std::sync::atomic::Ordering::Release);
             if offset <= tip {
                 replayed += 1;
             } else {
@@ -1290,6 +1302,27 @@ fn presence_and_join_leave_carry_the_token_subject_and_claims_apply() {
         recv_json(&mut alice),
         json!({"type":"leave","channel":ch,"client":bob_id,"user":"bob"})
     );
+
+    // A subject JSON must escape (quote, backslash, a control character,
+    // non-ASCII) comes back as the same string.
+    let odd = "e\"v\\il\u{1}\tno\u{e9}\u{1f600}";
+    let odd_t = token(odd, None);
+    let (mut o, w) = ws_path_on_core(&server, &format!("/ws?token={odd_t}"), 1);
+    let odd_id = w["client"].as_str().unwrap().to_owned();
+    let ack = request(
+        &mut o,
+        json!({"type":"subscribe","channel":ch,"id":1,"presence":true}),
+    );
+    let mut want = vec![
+        (alice_id.clone(), json!("alice")),
+        (odd_id.clone(), json!(odd)),
+    ];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(presence_set(&ack["presence"]["clients"]), want);
+    assert_eq!(
+        recv_json(&mut alice),
+        json!({"type":"join","channel":ch,"client":odd_id,"user":odd})
+    );
     assert_pong(&mut alice, 7);
     let _ = std::fs::remove_file(cfg);
 }
@@ -1335,6 +1368,172 @@ fn presence_lists_are_capped_and_counts_exact() {
     assert_eq!(body["count"], 5, "{body}");
     assert_eq!(body["clients"].as_array().unwrap().len(), 2, "{body}");
     let _ = std::fs::remove_file(cfg);
+}
+
+/// Subscribers come and go on both cores at once (each subscribing and
+/// unsubscribing in turn, half of them subscribing twice each time, which
+/// counts once), then close (half cleanly, half with a reset): two
+/// observers, one on each core, see for every one of them exactly
+/// join, leave, join, leave, ... and nothing else; presence ends with the
+/// observers alone.
+#[test]
+fn join_leave_stays_consistent_under_churn_across_cores() {
+    const CHURNERS: usize = 8;
+    const CYCLES: usize = 25;
+    let cfg = config_file("rooms-churn", ROOMS);
+    let server = Server::start(&[
+        "--cores",
+        "2",
+        "--max-publishes-per-sec",
+        "0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let ch = "room:churn";
+    let mut observers = Vec::new();
+    let mut observer_ids = Vec::new();
+    for core in 0..2 {
+        let (mut ws, id) = ws_on(&server, core);
+        let ack = request(
+            &mut ws,
+            json!({"type":"subscribe","channel":ch,"id":1,"join_leave":true}),
+        );
+        check_offset_ack(&ack, Some(1));
+        observers.push(ws);
+        observer_ids.push(id);
+    }
+    // The second observer's join reaches the first.
+    assert_eq!(
+        recv_json(&mut observers[0]),
+        json!({"type":"join","channel":ch,"client":observer_ids[1],"user":null})
+    );
+    let barrier = Arc::new(Barrier::new(CHURNERS));
+    let churners: Vec<_> = (0..CHURNERS)
+        .map(|i| {
+            let (mut ws, id) = ws_on(&server, i % 2);
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let mut req = 0;
+                let mut next = |ws: &mut Ws, kind: &str| {
+                    req += 1;
+                    let v = request(ws, json!({"type":kind,"channel":ch,"id":req}));
+                    assert_eq!(v["type"], "ack", "churner {i}: {kind}: {v}");
+                };
+                for _ in 0..CYCLES {
+                    next(&mut ws, "subscribe");
+                    if i % 4 < 2 {
+                        next(&mut ws, "subscribe");
+                    }
+                    next(&mut ws, "unsubscribe");
+                }
+                next(&mut ws, "subscribe");
+                (id, ws)
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for (i, c) in churners.into_iter().enumerate() {
+        let (id, ws) = c.join().expect("churner");
+        if i % 2 == 0 {
+            close_client(ws);
+        } else {
+            match ws.into_inner() {
+                tungstenite::stream::MaybeTlsStream::Plain(s) => reset(s),
+                _ => unreachable!(),
+            }
+        }
+        ids.push(id);
+    }
+    let per_churner = 2 * (CYCLES + 1);
+    for (o, ws) in observers.iter_mut().enumerate() {
+        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for _ in 0..CHURNERS * per_churner {
+            let v = recv_json(ws);
+            assert_eq!(v["channel"], ch, "observer {o}: {v}");
+            assert_eq!(v["user"], Value::Null, "observer {o}: {v}");
+            let kind = v["type"].as_str().unwrap().to_owned();
+            assert!(kind == "join" || kind == "leave", "observer {o}: {v}");
+            let client = v["client"].as_str().unwrap().to_owned();
+            assert!(ids.contains(&client), "observer {o}: an event for {v}");
+            seen.entry(client).or_default().push(kind);
+        }
+        // Nothing more: the next reply is a pong.
+        assert_pong(ws, 99);
+        for id in &ids {
+            let kinds = seen.get(id).cloned().unwrap_or_default();
+            let want: Vec<String> = (0..per_churner)
+                .map(|k| if k % 2 == 0 { "join" } else { "leave" }.to_owned())
+                .collect();
+            assert_eq!(kinds, want, "observer {o}: churner {id}");
+        }
+    }
+    let p = request(
+        &mut observers[0],
+        json!({"type":"presence","channel":ch,"id":100}),
+    );
+    assert_eq!(p["count"], 2, "{p}");
+    assert_eq!(
+        presence_set(&p["clients"]),
+        anon(&[&observer_ids[0], &observer_ids[1]])
+    );
+    let _ = std::fs::remove_file(cfg);
+}
+
+/// A plain subscribe (no `since`) while a publisher keeps publishing: the
+/// ack's offset T is exactly where the subscriber's stream starts, so its
+/// first message is T+1 and the rest follow without a gap, on either core.
+#[test]
+fn a_subscribe_under_traffic_gets_everything_after_its_ack_offset() {
+    const N: u64 = 4000;
+    const BURST: u64 = 10;
+    let server = Server::start(&["--cores", "2", "--max-publishes-per-sec", "0"]);
+    let channel = "flowing";
+    // Keeps the channel's stream (and epoch) alive throughout.
+    let (mut keeper, _) = ws_on(&server, 1);
+    let (epoch, _) = subscribe_ws(&mut keeper, channel, 1);
+    let keeping = thread::spawn(move || {
+        for k in 1..=N {
+            let (_, o, _) = parse_message(&recv_text(&mut keeper));
+            assert_eq!(o, k, "the keeper");
+        }
+    });
+    let (mut publisher, _) = ws_on(&server, 0);
+    let publishing = thread::spawn(move || {
+        for s in (0..N).step_by(BURST as usize) {
+            for n in s..s + BURST {
+                let m = json!({"type":"publish","channel":channel,"payload":{"n":n},"id":n});
+                publisher.write(Message::text(m.to_string())).unwrap();
+            }
+            publisher.flush().unwrap();
+            for n in s..s + BURST {
+                assert_eq!(
+                    check_offset_ack(&recv_json(&mut publisher), Some(n)).1,
+                    n + 1
+                );
+            }
+        }
+    });
+    let mut joined_mid_stream = 0;
+    for round in 0..40 {
+        let (mut ws, _) = ws_on(&server, round % 2);
+        let (e, t) = subscribe_ws(&mut ws, channel, 1);
+        assert_eq!(e, epoch, "round {round}");
+        if t == N {
+            break;
+        }
+        joined_mid_stream += 1;
+        let until = (t + 50).min(N);
+        for want in t + 1..=until {
+            let (_, o, p) = parse_message(&recv_text(&mut ws));
+            assert_eq!(o, want, "round {round}: subscribed at {t}");
+            assert_eq!(p, json!({ "n": o - 1 }));
+        }
+        close_client(ws);
+    }
+    publishing.join().expect("publisher");
+    keeping.join().expect("keeper");
+    eprintln!("{joined_mid_stream} subscribes while the publisher ran");
 }
 
 // ----- the HTTP API ------------------------------------------------------------
