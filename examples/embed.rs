@@ -27,8 +27,11 @@ fn main() {
     let url = format!("ws://{}/ws", server.local_addr());
     println!("ringcast on {} core(s): {url}", server.cores());
 
-    // A subscriber, as a browser would be.
+    // A subscriber, as a browser would be: the server's welcome first (its
+    // client id, core and ping interval), then the subscribe's ack (the
+    // channel's epoch and latest offset); every message carries its offset.
     let (mut ws, _) = tungstenite::connect(&url).expect("connect");
+    println!("subscriber: {}", ws.read().expect("welcome"));
     ws.send(Message::text(
         r#"{"type":"subscribe","channel":"ticks","id":1}"#,
     ))

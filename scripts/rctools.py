@@ -3,6 +3,7 @@ blocking WebSocket client, /proc sampling of the server process, the
 /metrics scrape, and SVG documents."""
 
 import base64
+import json
 import os
 import socket
 import struct
@@ -84,6 +85,17 @@ def http_head(sock, limit=65536):
     return status, head.decode("latin-1"), rest
 
 
+def ws_client(addr, path="/ws", **kw):
+    """A /ws connection with its welcome read (kept in .welcome)."""
+    ws = WS(addr, path, **kw)
+    try:
+        ws.expect_welcome()
+    except BaseException:
+        ws.shutdown()
+        raise
+    return ws
+
+
 class WS:
     def __init__(self, addr, path, timeout=10.0, rcvbuf=None, auto_pong=True):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -109,6 +121,7 @@ class WS:
         self.pings = 0
         self.received = 0
         self.wlock = threading.Lock()
+        self.welcome = None
 
     def send(self, data):
         with self.wlock:
@@ -161,6 +174,23 @@ class WS:
                 code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
                 raise Closed(code, "close frame")
             return op, payload
+
+    def recv_json(self):
+        """The next text frame as JSON."""
+        op, payload = self.recv()
+        if op != 0x1:
+            raise ValueError(f"expected a text frame, got opcode {op}")
+        return json.loads(payload)
+
+    def expect_welcome(self):
+        """Reads the welcome every /ws connection starts with
+        ({"type":"welcome","client":ID,"core":N,"ping_ms":P}); keeps it in
+        self.welcome and returns it."""
+        msg = self.recv_json()
+        if msg.get("type") != "welcome":
+            raise ValueError(f"expected the /ws welcome first, got {str(msg)[:100]}")
+        self.welcome = msg
+        return msg
 
     def close(self, code=1000):
         try:

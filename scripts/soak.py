@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 
-from rctools import Closed, HandshakeRefused, WS, frame, http_head, parse_metrics, proc_status, scrape, split_addr
+from rctools import Closed, HandshakeRefused, WS, frame, ws_client, http_head, parse_metrics, proc_status, scrape, split_addr
 
 def wait_close(ws, timeout):
     """Reads (answering pings per ws.auto_pong) until the server ends the
@@ -130,7 +130,7 @@ def garbage_cases(args):
             ws.shutdown()
 
     def bad_json():
-        ws = WS(a, "/ws", timeout=10)
+        ws = ws_client(a, "/ws", timeout=10)
         try:
             ws.send_text("{this is not json")
             op, payload = ws.recv()
@@ -256,7 +256,7 @@ def nonreader(args, tally, n):
     """A /ws subscriber that never reads while another client floods its
     channel: the server must cut it off (1008) and stay bounded."""
     channel = f"soak-sink-{os.getpid()}-{n}"
-    sub = WS(args.addr, "/ws", rcvbuf=4096)
+    sub = ws_client(args.addr, "/ws", rcvbuf=4096)
     pub = None
     try:
         sub.send_text(json.dumps({"type": "subscribe", "channel": channel, "id": 1}))
@@ -264,7 +264,7 @@ def nonreader(args, tally, n):
         if json.loads(payload).get("type") != "ack":
             tally.add("never-reading-subscriber", False, f"subscribe reply {payload[:80]!r}")
             return
-        pub = WS(args.addr, "/ws")
+        pub = ws_client(args.addr, "/ws")
         stop = threading.Event()
 
         def drain_pub():  # answers the publisher's pings
@@ -388,7 +388,7 @@ def cmd_hostile(args):
 
 def cmd_apicheck(args):
     channel = args.channel
-    sub = WS(args.addr, "/ws")
+    sub = ws_client(args.addr, "/ws")
     sub.send_text(json.dumps({"type": "subscribe", "channel": channel, "id": 7}))
     op, payload = sub.recv()
     ack = json.loads(payload)
@@ -398,6 +398,9 @@ def cmd_apicheck(args):
     got = []
     other = []
     sub_error = []
+    # Messages carry the channel's offset, consecutive from the ack's.
+    last_offset = [ack.get("offset", 0)]
+    offset_gaps = [0]
 
     def reader():
         sub.sock.settimeout(1)
@@ -415,6 +418,9 @@ def cmd_apicheck(args):
             m = json.loads(payload)
             if m.get("type") == "message" and m.get("channel") == channel:
                 got.append(m["payload"]["seq"])
+                if m.get("offset") != last_offset[0] + 1:
+                    offset_gaps[0] += 1
+                last_offset[0] = m.get("offset", last_offset[0] + 1)
             else:
                 other.append(m)
 
@@ -462,7 +468,8 @@ def cmd_apicheck(args):
     sub.close()
     sub.shutdown()
     dup = len(got) - len(set(got))
-    out_of_order = sum(1 for a, b in zip(got, got[1:]) if b <= a)
+    # Out of order by payload, or offsets not consecutive.
+    out_of_order = sum(1 for a, b in zip(got, got[1:]) if b <= a) + offset_gaps[0]
     lost = published - len(set(got)) if not http_errors else None
     out = {"published": published, "received": len(got), "lost": max(0, published - len(set(got))),
            "duplicates": dup, "out_of_order": out_of_order, "http_errors": len(http_errors),

@@ -5,8 +5,9 @@
 mod common;
 
 use common::{
-    client, handshakes, http_body, http_exchange, metric_sum, recv_json, scrape, send_json,
-    try_client_with, upgrade_request, upgrade_request_with, Server,
+    check_offset_ack, client, handshakes, http_body, http_exchange, metric_sum, recv_json,
+    recv_text, scrape, send_json, try_client_with, try_ws_client_with, upgrade_request,
+    upgrade_request_with, ws_client, Server,
 };
 use ringcast::internals::auth::{sign, Claims};
 use serde_json::json;
@@ -114,13 +115,14 @@ fn bad_or_missing_tokens_get_401_before_the_upgrade() {
 fn channel_claims_limit_subscribe_and_publish() {
     let server = Server::start(&["--cores", "2", "--auth-secret", SECRET]);
     let t = token(SECRET, now() + 3600, Some(&["chat.*"]));
-    let mut ws = client(&server.url(&format!("/ws?token={t}")));
+    let (mut ws, _) = ws_client(&server.url(&format!("/ws?token={t}")));
 
     send_json(
         &mut ws,
         json!({"type":"subscribe","channel":"chat.room","id":1}),
     );
-    assert_eq!(recv_json(&mut ws), json!({"type":"ack","id":1}));
+    let (epoch, offset) = check_offset_ack(&recv_json(&mut ws), Some(1));
+    assert_eq!(offset, 0);
 
     send_json(&mut ws, json!({"type":"subscribe","channel":"news","id":2}));
     let err = recv_json(&mut ws);
@@ -145,24 +147,27 @@ fn channel_claims_limit_subscribe_and_publish() {
         &mut ws,
         json!({"type":"publish","channel":"chat.room","payload":{"n":1},"id":5}),
     );
-    let mut got = vec![recv_json(&mut ws), recv_json(&mut ws)];
-    got.sort_by_key(|v| v["type"].to_string());
+    let mut got = vec![recv_text(&mut ws), recv_text(&mut ws)];
+    // `{"type":"ack"...` sorts before `{"type":"message"...`.
+    got.sort();
     assert_eq!(
-        got,
-        vec![
-            json!({"type":"ack","id":5}),
-            json!({"type":"message","channel":"chat.room","payload":{"n":1}}),
-        ]
+        serde_json::from_str::<serde_json::Value>(&got[0]).unwrap(),
+        json!({"type":"ack","id":5,"epoch":epoch,"offset":1})
+    );
+    assert_eq!(
+        got[1],
+        r#"{"type":"message","channel":"chat.room","offset":1,"payload":{"n":1}}"#
     );
 
     // A token without `channels` may use any channel.
     let open = token(SECRET, now() + 3600, None);
-    let mut any = client(&server.url(&format!("/ws?token={open}")));
+    let (mut any, _) =
+        try_ws_client_with(&server.url(&format!("/ws?token={open}")), &[]).expect("upgrade");
     send_json(
         &mut any,
         json!({"type":"subscribe","channel":"news","id":1}),
     );
-    assert_eq!(recv_json(&mut any), json!({"type":"ack","id":1}));
+    assert_eq!(check_offset_ack(&recv_json(&mut any), Some(1)).1, 0);
 
     let m = scrape(&server);
     assert_eq!(metric_sum(&m, "ringcast_claims_denied_total", None), 2.0);

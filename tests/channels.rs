@@ -3,11 +3,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::{http_exchange, read_head, tcp, ws_on_core, Running, Server};
+use common::{
+    check_offset_ack, http_exchange, message_json, message_text, parse_message, publish_ws,
+    read_head, recv_text, subscribe_ws, tcp, ws_client_on_core, Running, Server,
+};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -23,64 +26,59 @@ fn send_raw(ws: &mut Ws, text: &str) {
     ws.send(Message::text(text)).unwrap();
 }
 
-/// The next text message, as the server wrote it (pings are answered by
-/// tungstenite itself).
-fn recv_text(ws: &mut Ws) -> String {
-    loop {
-        match ws.read().expect("read") {
-            Message::Text(t) => return t.as_str().to_owned(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
 /// The next JSON message.
 fn recv(ws: &mut Ws) -> Value {
     serde_json::from_str(&recv_text(ws)).expect("JSON")
 }
 
-fn subscribe(ws: &mut Ws, channel: &str, id: u64) {
-    send(ws, json!({"type":"subscribe","channel":channel,"id":id}));
-    assert_eq!(
-        recv(ws),
-        json!({"type":"ack","id":id}),
-        "subscribe {channel}"
-    );
+/// A `/ws` client on `core`, its welcome read.
+fn ws_on(server: &impl Running, core: usize) -> Ws {
+    ws_client_on_core(server, core).0
+}
+
+/// Subscribes and checks the ack; returns the channel's latest offset.
+fn subscribe(ws: &mut Ws, channel: &str, id: u64) -> u64 {
+    subscribe_ws(ws, channel, id).1
 }
 
 /// Publishes and waits for the ack (the publisher must not be subscribed
-/// to anything that could arrive first).
-fn publish(ws: &mut Ws, channel: &str, payload: Value, id: u64) {
-    send(
-        ws,
-        json!({"type":"publish","channel":channel,"payload":payload,"id":id}),
-    );
-    assert_eq!(recv(ws), json!({"type":"ack","id":id}), "publish {channel}");
+/// to anything that could arrive first); returns the publication's offset.
+fn publish(ws: &mut Ws, channel: &str, payload: Value, id: u64) -> u64 {
+    publish_ws(ws, channel, payload, id).1
 }
 
-fn message(channel: &str, payload: Value) -> Value {
-    json!({"type":"message","channel":channel,"payload":payload})
+fn message(channel: &str, offset: u64, payload: Value) -> Value {
+    message_json(channel, offset, payload)
+}
+
+/// The next message, its field order checked: (channel, offset, payload).
+fn recv_message(ws: &mut Ws) -> (String, u64, Value) {
+    parse_message(&recv_text(ws))
 }
 
 #[test]
 fn subscribe_and_publish_across_cores() {
     let server = Server::start(&["--cores", "2"]);
-    let mut sub = ws_on_core(&server, "/ws", 0);
-    let mut publ = ws_on_core(&server, "/ws", 1);
+    let mut sub = ws_on(&server, 0);
+    let mut publ = ws_on(&server, 1);
     send(
         &mut sub,
         json!({"type":"subscribe","channel":"news","id":1}),
     );
-    assert_eq!(recv(&mut sub), json!({"type":"ack","id":1}));
+    let (epoch, offset) = check_offset_ack(&recv(&mut sub), Some(1));
+    assert_eq!(offset, 0, "nothing published yet");
     send(
         &mut publ,
         json!({"type":"publish","channel":"news","payload":{"a":[1,2,"x"]},"id":9}),
     );
-    assert_eq!(recv(&mut publ), json!({"type":"ack","id":9}));
+    // The same epoch from either core: the channel's owner sequences both.
     assert_eq!(
-        recv(&mut sub),
-        json!({"type":"message","channel":"news","payload":{"a":[1,2,"x"]}})
+        recv(&mut publ),
+        json!({"type":"ack","id":9,"epoch":epoch,"offset":1})
+    );
+    assert_eq!(
+        recv_text(&mut sub),
+        r#"{"type":"message","channel":"news","offset":1,"payload":{"a":[1,2,"x"]}}"#
     );
 }
 
@@ -91,8 +89,8 @@ fn subscribe_and_publish_across_cores() {
 #[test]
 fn a_publish_after_the_ack_from_the_other_core_is_delivered() {
     let server = Server::start(&["--cores", "2"]);
-    let mut c0 = ws_on_core(&server, "/ws", 0);
-    let mut c1 = ws_on_core(&server, "/ws", 1);
+    let mut c0 = ws_on(&server, 0);
+    let mut c1 = ws_on(&server, 1);
     let mut id = 0;
     for round in 0..25 {
         for dir in 0..2 {
@@ -103,12 +101,15 @@ fn a_publish_after_the_ack_from_the_other_core_is_delivered() {
             };
             let channel = format!("fresh.{round}.{dir}");
             id += 1;
-            subscribe(sub, &channel, id);
+            assert_eq!(subscribe(sub, &channel, id), 0);
             id += 1;
-            publish(publ, &channel, json!({"round": round, "dir": dir}), id);
+            assert_eq!(
+                publish(publ, &channel, json!({"round": round, "dir": dir}), id),
+                1
+            );
             assert_eq!(
                 recv(sub),
-                message(&channel, json!({"round": round, "dir": dir}))
+                message(&channel, 1, json!({"round": round, "dir": dir}))
             );
         }
     }
@@ -122,10 +123,10 @@ fn a_publish_after_the_ack_from_the_other_core_is_delivered() {
 fn messages_from_one_publisher_arrive_in_order() {
     const N: u64 = 200;
     let server = Server::start(&["--cores", "2"]);
-    let mut s0 = ws_on_core(&server, "/ws", 0);
-    let mut s1 = ws_on_core(&server, "/ws", 1);
-    let mut p0 = ws_on_core(&server, "/ws", 0);
-    let mut p1 = ws_on_core(&server, "/ws", 1);
+    let mut s0 = ws_on(&server, 0);
+    let mut s1 = ws_on(&server, 1);
+    let mut p0 = ws_on(&server, 0);
+    let mut p1 = ws_on(&server, 1);
     subscribe(&mut s0, "order", 1);
     subscribe(&mut s1, "order", 1);
     subscribe(&mut p1, "order", 1);
@@ -139,18 +140,30 @@ fn messages_from_one_publisher_arrive_in_order() {
             );
         }
     }
-    // p0 is not subscribed: exactly its acks, in order.
+    // p0 is not subscribed: exactly its acks, in order, their offsets
+    // increasing. `at[from][seq]` is the offset the ack gave.
+    let mut at = [Vec::new(), Vec::new()];
+    let mut epoch = None;
     for seq in 0..N {
-        assert_eq!(recv(&mut p0), json!({"type":"ack","id":100 + seq}));
+        let (e, o) = check_offset_ack(&recv(&mut p0), Some(100 + seq));
+        assert_eq!(epoch.get_or_insert(e.clone()), &e, "one epoch");
+        at[0].push(o);
     }
     // p1 gets its acks in order, interleaved with the messages.
     let mut acks = Vec::new();
     let mut p1_msgs = Vec::new();
     while acks.len() < N as usize || p1_msgs.len() < 2 * N as usize {
-        let v = recv(&mut p1);
+        let text = recv_text(&mut p1);
+        let v: Value = serde_json::from_str(&text).unwrap();
         match v["type"].as_str() {
-            Some("ack") => acks.push(v["id"].as_u64().unwrap()),
-            Some("message") => p1_msgs.push(v),
+            Some("ack") => {
+                let id = v["id"].as_u64().unwrap();
+                let (e, o) = check_offset_ack(&v, Some(id));
+                assert_eq!(epoch.as_ref(), Some(&e), "one epoch");
+                acks.push(id);
+                at[1].push(o);
+            }
+            Some("message") => p1_msgs.push(parse_message(&text)),
             _ => panic!("unexpected {v}"),
         }
     }
@@ -158,17 +171,27 @@ fn messages_from_one_publisher_arrive_in_order() {
     let mut s0_msgs = Vec::new();
     let mut s1_msgs = Vec::new();
     for _ in 0..2 * N {
-        s0_msgs.push(recv(&mut s0));
-        s1_msgs.push(recv(&mut s1));
+        s0_msgs.push(recv_message(&mut s0));
+        s1_msgs.push(recv_message(&mut s1));
     }
+    // The acks' offsets are 1..=2N, each once, increasing per publisher.
+    let mut all: Vec<u64> = at.concat();
+    all.sort_unstable();
+    assert_eq!(all, (1..=2 * N).collect::<Vec<_>>(), "ack offsets");
+    for (from, offs) in at.iter().enumerate() {
+        assert!(offs.windows(2).all(|w| w[0] < w[1]), "publisher {from}");
+    }
+    assert_eq!(s0_msgs, s1_msgs, "the same sequence on both cores");
+    assert_eq!(s0_msgs, p1_msgs, "the same sequence for the publisher");
     for (who, msgs) in [("s0", s0_msgs), ("s1", s1_msgs), ("p1", p1_msgs)] {
         let mut next = [0u64; 2];
-        for m in msgs {
-            assert_eq!(m["type"], "message", "{who}: {m}");
-            assert_eq!(m["channel"], "order", "{who}: {m}");
-            let from = m["payload"]["from"].as_u64().unwrap() as usize;
-            let seq = m["payload"]["seq"].as_u64().unwrap();
+        for (i, (channel, offset, payload)) in msgs.into_iter().enumerate() {
+            assert_eq!(channel, "order", "{who}");
+            assert_eq!(offset, i as u64 + 1, "{who}: offsets consecutive from 1");
+            let from = payload["from"].as_u64().unwrap() as usize;
+            let seq = payload["seq"].as_u64().unwrap();
             assert_eq!(seq, next[from], "{who}: publisher {from} out of order");
+            assert_eq!(at[from][seq as usize], offset, "{who}: the ack's offset");
             next[from] += 1;
         }
         assert_eq!(next, [N, N], "{who}: every message once");
@@ -183,7 +206,7 @@ fn messages_from_one_publisher_arrive_in_order() {
 #[test]
 fn unsubscribe_stops_delivery_from_both_cores() {
     let server = Server::start(&["--cores", "2"]);
-    let mut p = [ws_on_core(&server, "/ws", 0), ws_on_core(&server, "/ws", 1)];
+    let mut p = [ws_on(&server, 0), ws_on(&server, 1)];
     let mut id = 1000;
     for core in 0..2 {
         // `shared` keeps another subscriber on this core; `solo` has none,
@@ -193,16 +216,20 @@ fn unsubscribe_stops_delivery_from_both_cores() {
             format!("solo.{core}"),
             format!("marker.{core}"),
         );
-        let mut sub = ws_on_core(&server, "/ws", core);
-        let mut keep = ws_on_core(&server, "/ws", core);
+        let mut sub = ws_on(&server, core);
+        let mut keep = ws_on(&server, core);
         subscribe(&mut sub, &shared, 1);
         subscribe(&mut sub, &solo, 2);
         subscribe(&mut sub, &marker, 3);
         subscribe(&mut keep, &shared, 1);
         for (from, pp) in p.iter_mut().enumerate() {
             id += 1;
-            publish(pp, &solo, json!({"before": from}), id);
-            assert_eq!(recv(&mut sub), message(&solo, json!({"before": from})));
+            let offset = publish(pp, &solo, json!({"before": from}), id);
+            assert_eq!(offset, from as u64 + 1);
+            assert_eq!(
+                recv(&mut sub),
+                message(&solo, offset, json!({"before": from}))
+            );
         }
 
         send(
@@ -232,13 +259,13 @@ fn unsubscribe_stops_delivery_from_both_cores() {
             assert_eq!(m["channel"], marker.as_str(), "after unsubscribe: {m}");
             markers.insert(m["payload"]["marker"].as_u64().unwrap());
         }
-        // The other subscriber is unaffected. Order holds per publisher
-        // only: one publish crosses the mesh, the other is local, so either
-        // may come first.
-        let mut got: Vec<Value> = (0..2).map(|_| recv(&mut keep)).collect();
-        got.sort_by_key(|m| m["payload"]["after"].as_u64());
-        for (from, m) in got.into_iter().enumerate() {
-            assert_eq!(m, message(&shared, json!({"after": from})));
+        // The other subscriber is unaffected, and gets them in the
+        // channel's order (each publish was acked before the next).
+        for from in 0..2 {
+            assert_eq!(
+                recv(&mut keep),
+                message(&shared, from + 1, json!({"after": from}))
+            );
         }
 
         // Unsubscribing again, or from a channel never subscribed.
@@ -253,11 +280,13 @@ fn unsubscribe_stops_delivery_from_both_cores() {
             assert_eq!(e["id"], req, "{e}");
         }
 
-        // Subscribing again restores delivery from the other core at once.
-        subscribe(&mut sub, &solo, 8);
+        // Subscribing again restores delivery from the other core at once;
+        // the channel kept counting while it was not subscribed (two
+        // before, two after).
+        assert_eq!(subscribe(&mut sub, &solo, 8), 4);
         id += 1;
         publish(&mut p[1 - core], &solo, json!({"again": 1}), id);
-        assert_eq!(recv(&mut sub), message(&solo, json!({"again": 1})));
+        assert_eq!(recv(&mut sub), message(&solo, 5, json!({"again": 1})));
     }
 }
 
@@ -268,8 +297,8 @@ fn unsubscribe_stops_delivery_from_both_cores() {
 #[test]
 fn unsubscribe_while_the_subscribe_is_unconfirmed_answers_both() {
     let server = Server::start(&["--cores", "2"]);
-    let mut sub = ws_on_core(&server, "/ws", 0);
-    let mut publ = ws_on_core(&server, "/ws", 1);
+    let mut sub = ws_on(&server, 0);
+    let mut publ = ws_on(&server, 1);
     subscribe(&mut sub, "marker", 1);
     for round in 0..10u64 {
         let channel = format!("brief.{round}");
@@ -281,17 +310,19 @@ fn unsubscribe_while_the_subscribe_is_unconfirmed_answers_both() {
             sub.write(Message::text(v.to_string())).unwrap();
         }
         sub.flush().unwrap();
-        assert_eq!(recv(&mut sub), json!({"type":"ack","id":s}));
+        assert_eq!(check_offset_ack(&recv(&mut sub), Some(s)).1, 0);
         assert_eq!(recv(&mut sub), json!({"type":"ack","id":u}));
         // Not subscribed: a publish, then a marker, shows only the marker.
         publish(&mut publ, &channel, json!("gone"), 1);
-        publish(&mut publ, "marker", json!(round), 2);
-        assert_eq!(recv(&mut sub), message("marker", json!(round)));
+        let offset = publish(&mut publ, "marker", json!(round), 2);
+        assert_eq!(offset, round + 1);
+        assert_eq!(recv(&mut sub), message("marker", offset, json!(round)));
     }
 }
 
 /// Several subscribers on each core each get every message exactly once,
-/// and the payload bytes pass through exactly as the publisher wrote them.
+/// in the channel's order, and the payload bytes pass through exactly as
+/// the publisher wrote them.
 #[test]
 fn every_subscriber_on_every_core_gets_each_message_once_verbatim() {
     const PER_PUBLISHER: u64 = 50;
@@ -299,51 +330,52 @@ fn every_subscriber_on_every_core_gets_each_message_once_verbatim() {
     // any of them.
     const RAW: &str = r#"{"k": [1, 2.50, "\u00e9"]}"#;
     let server = Server::start(&["--cores", "2"]);
-    let mut subs: Vec<Ws> = (0..6).map(|i| ws_on_core(&server, "/ws", i % 2)).collect();
+    let mut subs: Vec<Ws> = (0..6).map(|i| ws_on(&server, i % 2)).collect();
     for s in &mut subs {
         subscribe(s, "fan", 1);
     }
-    let mut p = [ws_on_core(&server, "/ws", 0), ws_on_core(&server, "/ws", 1)];
+    let mut p = [ws_on(&server, 0), ws_on(&server, 1)];
+    // Each publish is acked before the next: the offsets are known.
     for seq in 0..PER_PUBLISHER {
         for (from, pp) in p.iter_mut().enumerate() {
-            publish(pp, "fan", json!({"from": from, "seq": seq}), seq);
+            let offset = publish(pp, "fan", json!({"from": from, "seq": seq}), seq);
+            assert_eq!(offset, 2 * seq + from as u64 + 1);
         }
     }
     send_raw(
         &mut p[1],
         &format!(r#"{{"type":"publish","channel":"fan","id":77,"payload":{RAW}}}"#),
     );
-    assert_eq!(recv(&mut p[1]), json!({"type":"ack","id":77}));
+    let raw_at = 2 * PER_PUBLISHER + 1;
+    assert_eq!(check_offset_ack(&recv(&mut p[1]), Some(77)).1, raw_at);
     for (from, pp) in p.iter_mut().enumerate() {
-        publish(pp, "fan", json!({"marker": from}), 99);
+        let offset = publish(pp, "fan", json!({"marker": from}), 99);
+        assert_eq!(offset, raw_at + 1 + from as u64);
     }
 
-    let exact = format!(r#"{{"type":"message","channel":"fan","payload":{RAW}}}"#);
+    let exact = message_text("fan", raw_at, RAW);
     for (i, s) in subs.iter_mut().enumerate() {
-        let mut counts: BTreeMap<(u64, u64), usize> = BTreeMap::new();
-        let (mut raw_seen, mut markers) = (0, 0);
-        while markers < 2 {
-            let text = recv_text(s);
-            let v: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(v["channel"], "fan", "sub {i}: {v}");
-            let pl = &v["payload"];
-            if pl.get("marker").is_some() {
-                markers += 1;
-            } else if pl.get("k").is_some() {
-                assert_eq!(text, exact, "sub {i}: payload re-encoded");
-                raw_seen += 1;
-            } else {
-                let key = (pl["from"].as_u64().unwrap(), pl["seq"].as_u64().unwrap());
-                *counts.entry(key).or_default() += 1;
+        for seq in 0..PER_PUBLISHER {
+            for from in 0..2 {
+                assert_eq!(
+                    recv_message(s),
+                    (
+                        "fan".to_owned(),
+                        2 * seq + from + 1,
+                        json!({"from": from, "seq": seq})
+                    ),
+                    "sub {i}"
+                );
             }
         }
-        assert_eq!(raw_seen, 1, "sub {i}");
-        assert_eq!(
-            counts.len() as u64,
-            2 * PER_PUBLISHER,
-            "sub {i}: all arrived"
-        );
-        assert!(counts.values().all(|&n| n == 1), "sub {i}: duplicates");
+        assert_eq!(recv_text(s), exact, "sub {i}: payload re-encoded");
+        for from in 0..2 {
+            assert_eq!(
+                recv_message(s),
+                ("fan".to_owned(), raw_at + 1 + from, json!({"marker": from})),
+                "sub {i}"
+            );
+        }
     }
 }
 
@@ -352,7 +384,7 @@ fn every_subscriber_on_every_core_gets_each_message_once_verbatim() {
 #[test]
 fn errors_keep_the_connection_open() {
     let server = Server::start(&["--cores", "2"]);
-    let mut ws = ws_on_core(&server, "/ws", 1);
+    let mut ws = ws_on(&server, 1);
     let long = "x".repeat(129);
     let cases: Vec<(String, &str, Option<u64>)> = vec![
         ("not json".into(), "bad_json", None),
@@ -463,7 +495,7 @@ fn error_code(resp: &str) -> String {
 #[test]
 fn publish_api_reaches_subscribers_on_every_core() {
     let server = Server::start(&["--cores", "2", "--api-key", KEY, "--max-body-bytes", "4096"]);
-    let mut subs = [ws_on_core(&server, "/ws", 0), ws_on_core(&server, "/ws", 1)];
+    let mut subs = [ws_on(&server, 0), ws_on(&server, 1)];
     for s in &mut subs {
         subscribe(s, "news", 1);
     }
@@ -480,8 +512,14 @@ fn publish_api_reaches_subscribers_on_every_core() {
         resp.contains("Content-Type: application/json\r\n"),
         "{resp}"
     );
-    assert_eq!(body_json(&resp), json!({"published":1}));
-    let exact = format!(r#"{{"type":"message","channel":"news","payload":{raw}}}"#);
+    let first = body_json(&resp);
+    let epoch = first["results"][0]["epoch"].clone();
+    assert!(common::is_epoch(&epoch), "{first}");
+    assert_eq!(
+        first,
+        json!({"published":1,"results":[{"channel":"news","offset":1,"epoch":epoch}]})
+    );
+    let exact = message_text("news", 1, raw);
     for s in &mut subs {
         assert_eq!(recv_text(s), exact);
     }
@@ -498,10 +536,14 @@ fn publish_api_reaches_subscribers_on_every_core() {
         &batch.to_string(),
     );
     assert_eq!(status, 200, "{resp}");
-    assert_eq!(body_json(&resp), json!({"published":3}));
+    let result = |offset: u64| json!({"channel":"news","offset":offset,"epoch":epoch});
+    assert_eq!(
+        body_json(&resp),
+        json!({"published":3,"results":[result(2), result(3), result(4)]})
+    );
     for s in &mut subs {
-        for p in [json!(1), json!("two"), json!([3])] {
-            assert_eq!(recv(s), message("news", p));
+        for (offset, p) in [(2, json!(1)), (3, json!("two")), (4, json!([3]))] {
+            assert_eq!(recv(s), message("news", offset, p));
         }
     }
 
@@ -520,9 +562,12 @@ fn publish_api_reaches_subscribers_on_every_core() {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
-    assert_eq!(body_json(&resp), json!({"published":1}));
+    assert_eq!(
+        body_json(&resp),
+        json!({"published":1,"results":[result(5)]})
+    );
     for s in &mut subs {
-        assert_eq!(recv(s), message("news", json!("continued")));
+        assert_eq!(recv(s), message("news", 5, json!("continued")));
     }
 
     // A wrong key is refused from the head alone: 401 instead of
@@ -597,10 +642,15 @@ fn publish_api_reaches_subscribers_on_every_core() {
     assert_eq!(at_limit.len(), 4096);
     let (status, resp) = post_publish(&server, &bearer(), &at_limit);
     assert_eq!(status, 200, "{resp}");
+    assert_eq!(
+        body_json(&resp),
+        json!({"published":1,"results":[result(6)]})
+    );
 
-    // Nothing refused went out: the next message is the one at the limit.
+    // Nothing refused went out: the next message is the one at the limit,
+    // and no offset was spent on a refusal.
     for s in &mut subs {
-        assert_eq!(recv(s), message("news", json!("")));
+        assert_eq!(recv(s), message("news", 6, json!("")));
     }
 }
 
@@ -631,10 +681,10 @@ fn channel_list(server: &impl Running) -> Value {
 fn channel_list_sums_subscribers_over_cores() {
     let server = Server::start(&["--cores", "2", "--api-key", KEY]);
     assert_eq!(channel_list(&server), json!({"channels":[]}));
-    let mut a0 = ws_on_core(&server, "/ws", 0);
-    let mut a0b = ws_on_core(&server, "/ws", 0);
-    let mut a1 = ws_on_core(&server, "/ws", 1);
-    let mut b1 = ws_on_core(&server, "/ws", 1);
+    let mut a0 = ws_on(&server, 0);
+    let mut a0b = ws_on(&server, 0);
+    let mut a1 = ws_on(&server, 1);
+    let mut b1 = ws_on(&server, 1);
     subscribe(&mut a0, "a", 1);
     subscribe(&mut a0b, "a", 1);
     subscribe(&mut a1, "a", 1);

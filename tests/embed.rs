@@ -6,7 +6,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use common::{recv_json, send_json, ws_on_core, Server, Ws, PATIENCE};
+use common::{
+    parse_message, recv_json, recv_text, send_json, ws_client_on_core, ws_on_core, Server, Ws,
+    PATIENCE,
+};
 use ringcast::PublishError;
 use serde_json::json;
 
@@ -17,7 +20,7 @@ fn subscribe(ws: &mut Ws, channel: &str) {
         json!({"type": "subscribe", "channel": channel, "id": 1}),
     );
     let ack = recv_json(ws);
-    assert_eq!(ack["type"], "ack", "{ack}");
+    common::check_offset_ack(&ack, Some(1));
 }
 
 #[test]
@@ -25,7 +28,10 @@ fn threads_publish_to_subscribers_on_every_core_in_order_and_exactly_once() {
     const THREADS: u64 = 4;
     const EACH: u64 = 500;
     let server = Server::start(&["--cores", "2"]);
-    let mut subs = [ws_on_core(&server, "/ws", 0), ws_on_core(&server, "/ws", 1)];
+    let mut subs = [
+        ws_client_on_core(&server, 0).0,
+        ws_client_on_core(&server, 1).0,
+    ];
     for s in &mut subs {
         subscribe(s, "ticks");
     }
@@ -54,16 +60,21 @@ fn threads_publish_to_subscribers_on_every_core_in_order_and_exactly_once() {
     for t in threads {
         t.join().expect("publisher thread");
     }
+    // The owner core sequences the publications of every thread: both
+    // cores see one order, offsets 1, 2, ... in it.
+    let mut sequences = Vec::new();
     for (core, ws) in subs.iter_mut().enumerate() {
         let mut next: HashMap<u64, u64> = HashMap::new();
-        for _ in 0..THREADS * EACH {
-            let m = recv_json(ws);
-            assert_eq!(m["type"], "message", "{m}");
-            assert_eq!(m["channel"], "ticks");
+        let mut sequence = Vec::new();
+        for i in 0..THREADS * EACH {
+            let (channel, offset, payload) = parse_message(&recv_text(ws));
+            assert_eq!(channel, "ticks");
+            assert_eq!(offset, i + 1, "core {core}: offsets consecutive from 1");
             let (from, n) = (
-                m["payload"]["from"].as_u64().expect("from"),
-                m["payload"]["n"].as_u64().expect("n"),
+                payload["from"].as_u64().expect("from"),
+                payload["n"].as_u64().expect("n"),
             );
+            sequence.push((from, n));
             let want = next.entry(from).or_insert(0);
             assert_eq!(
                 n, *want,
@@ -75,7 +86,12 @@ fn threads_publish_to_subscribers_on_every_core_in_order_and_exactly_once() {
             next.values().all(|&n| n == EACH),
             "core {core}: every message once: {next:?}"
         );
+        sequences.push(sequence);
     }
+    assert!(
+        sequences[0] == sequences[1],
+        "the two cores saw different orders"
+    );
     let stats = server.stop();
     assert_eq!(stats.len(), 2);
     let published: u64 = stats.iter().map(|s| s.msg.publishes).sum();
@@ -107,7 +123,7 @@ fn bad_input_is_refused_with_its_reason_and_a_stopped_server_says_so() {
     );
     // A channel nobody subscribes to is fine: the message goes nowhere.
     p.publish("c", r#"{"ok":true}"#).expect("valid message");
-    let mut ws = common::client(&server.url("/ws"));
+    let (mut ws, _) = common::ws_client(&server.url("/ws"));
     subscribe(&mut ws, "c");
     server.stop();
     // The client got the server's going-away close.
@@ -125,7 +141,7 @@ fn a_full_queue_is_back_pressure_and_every_accepted_message_is_delivered() {
     let core = p.core_for("c");
     let other = 1 - core;
     // A subscriber on the other core, its interest confirmed by the ack.
-    let mut sub = ws_on_core(&server, "/ws", other);
+    let (mut sub, _) = ws_client_on_core(&server, other);
     subscribe(&mut sub, "c");
     // Connected before the stall: a new connection could land on the
     // stalled core and wait for it.
@@ -157,7 +173,7 @@ fn a_full_queue_is_back_pressure_and_every_accepted_message_is_delivered() {
         .expect("send");
     for n in 0..accepted {
         let m = recv_json(&mut sub);
-        assert_eq!(m["payload"], n, "{m}");
+        assert_eq!(m, common::message_json("c", n as u64 + 1, n.into()));
     }
     server.stop();
 }

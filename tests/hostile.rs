@@ -509,27 +509,33 @@ fn a_channel_subscriber_that_never_reads_is_cut_off_and_the_others_get_everythin
     let mut bystander = Bystander::new(&server);
     let mut mem = Memory::new(&server, 64 * MIB);
     let subscribe = br#"{"type":"subscribe","channel":"flood","id":1}"#;
-    let ack = br#"{"type":"ack","id":1}"#;
 
     let mut slow = raw_ws_not_reading(server.addr, "/ws");
+    let (_, op, welcome) = read_frame(&mut slow).unwrap();
+    assert_eq!(op, 1);
+    common::check_welcome(&serde_json::from_slice(&welcome).unwrap());
     slow.write_all(&masked(true, 1, subscribe)).unwrap();
-    assert_eq!(read_frame(&mut slow).unwrap(), (true, 1, ack.to_vec()));
+    let (_, op, ack) = read_frame(&mut slow).unwrap();
+    assert_eq!(op, 1);
+    let ack = serde_json::from_slice(&ack).unwrap();
+    assert_eq!(common::check_offset_ack(&ack, Some(1)).1, 0, "{ack}");
 
     let progress: Arc<Vec<AtomicUsize>> =
         Arc::new((0..READERS).map(|_| AtomicUsize::new(0)).collect());
     let readers: Vec<_> = (0..READERS)
         .map(|r| {
-            let mut ws = client(&server.url("/ws"));
+            let (mut ws, _) = common::ws_client(&server.url("/ws"));
             send_json(
                 &mut ws,
                 json!({"type":"subscribe","channel":"flood","id":1}),
             );
-            assert_eq!(recv_json(&mut ws), json!({"type":"ack","id":1}));
+            assert_eq!(common::check_offset_ack(&recv_json(&mut ws), Some(1)).1, 0);
             let progress = progress.clone();
             thread::spawn(move || {
                 for i in 0..MESSAGES {
                     let m = recv_json(&mut ws);
                     assert_eq!(m["type"], "message", "reader {r}: {m}");
+                    assert_eq!(m["offset"], i + 1, "reader {r}: {m}");
                     let payload = m["payload"].as_str().expect("string payload");
                     assert_eq!(payload.len(), SIZE);
                     assert_eq!(payload[..8].parse::<usize>().unwrap(), i, "reader {r}");
@@ -540,13 +546,16 @@ fn a_channel_subscriber_that_never_reads_is_cut_off_and_the_others_get_everythin
         })
         .collect();
 
-    // The publisher writes raw frames; its acks are drained on a thread.
-    let mut publisher = raw_ws(server.addr, "/ws");
+    // The publisher writes raw frames (no id); its acks are drained on a
+    // thread, offsets in order.
+    let (mut publisher, _) = common::raw_ws_welcomed(server.addr, "/ws");
     let mut acks = publisher.try_clone().unwrap();
     let drainer = thread::spawn(move || {
-        for _ in 0..MESSAGES {
+        for i in 0..MESSAGES {
             let (_, op, p) = read_frame(&mut acks).unwrap();
-            assert_eq!((op, p.as_slice()), (1, br#"{"type":"ack"}"#.as_slice()));
+            assert_eq!(op, 1);
+            let ack = serde_json::from_slice(&p).unwrap();
+            assert_eq!(common::check_offset_ack(&ack, None).1, i as u64 + 1);
         }
     });
     let pad = "x".repeat(SIZE - 8);
@@ -577,7 +586,8 @@ fn a_channel_subscriber_that_never_reads_is_cut_off_and_the_others_get_everythin
     }
     drainer.join().expect("publisher acks");
 
-    // The one that never read: some messages, then 1008.
+    // The one that never read: some messages (the welcome and the ack were
+    // read above), then 1008.
     let mut got = 0;
     let code = loop {
         let (_, op, p) = read_frame(&mut slow).expect("messages then a close frame");
@@ -627,6 +637,8 @@ fn abrupt_resets_mid_handshake_and_mid_frame_leave_nothing_behind() {
         let path = ["/echo", "/broadcast", "/ws"][i % 3];
         let mut s = raw_ws(server.addr, path);
         if path == "/ws" {
+            // The welcome, then the subscribe's ack.
+            assert_eq!(read_frame(&mut s).unwrap().1, 1);
             let sub = format!(r#"{{"type":"subscribe","channel":"rst-{i}","id":1}}"#);
             s.write_all(&masked(true, 1, sub.as_bytes())).unwrap();
             assert_eq!(read_frame(&mut s).unwrap().1, 1);

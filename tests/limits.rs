@@ -145,10 +145,9 @@ fn rate_limit_closes_a_flooding_client_only() {
 #[test]
 fn subscription_limit_refuses_extra_channels_and_keeps_the_connection() {
     let server = Server::start(&["--cores", "2", "--max-subscriptions", "2"]);
-    let mut ws = client(&server.url("/ws"));
+    let (mut ws, _) = common::ws_client(&server.url("/ws"));
     for (id, ch) in [(1, "a"), (2, "b")] {
-        send_json(&mut ws, json!({"type":"subscribe","channel":ch,"id":id}));
-        assert_eq!(recv_json(&mut ws), json!({"type":"ack","id":id}));
+        common::subscribe_ws(&mut ws, ch, id);
     }
     send_json(&mut ws, json!({"type":"subscribe","channel":"c","id":3}));
     let err = recv_json(&mut ws);
@@ -156,28 +155,23 @@ fn subscription_limit_refuses_extra_channels_and_keeps_the_connection() {
     assert_eq!(err["code"], "too_many_subscriptions", "{err}");
 
     // Subscribing again to a channel it has costs nothing.
-    send_json(&mut ws, json!({"type":"subscribe","channel":"a","id":4}));
-    assert_eq!(recv_json(&mut ws), json!({"type":"ack","id":4}));
+    common::subscribe_ws(&mut ws, "a", 4);
     send_json(&mut ws, json!({"type":"ping","id":5}));
     assert_eq!(recv_json(&mut ws), json!({"type":"pong","id":5}));
 
     // Room again after an unsubscribe.
     send_json(&mut ws, json!({"type":"unsubscribe","channel":"b","id":6}));
     assert_eq!(recv_json(&mut ws), json!({"type":"ack","id":6}));
-    send_json(&mut ws, json!({"type":"subscribe","channel":"c","id":7}));
-    assert_eq!(recv_json(&mut ws), json!({"type":"ack","id":7}));
+    // Nothing published in it yet.
+    assert_eq!(common::subscribe_ws(&mut ws, "c", 7).1, 0);
 
     // And the new subscription is live: a publish from another client
     // (on whichever core) reaches it.
-    let mut publisher = client(&server.url("/ws"));
-    send_json(
-        &mut publisher,
-        json!({"type":"publish","channel":"c","payload":[1],"id":1}),
-    );
-    assert_eq!(recv_json(&mut publisher), json!({"type":"ack","id":1}));
+    let (mut publisher, _) = common::ws_client(&server.url("/ws"));
+    assert_eq!(common::publish_ws(&mut publisher, "c", json!([1]), 1).1, 1);
     assert_eq!(
-        recv_json(&mut ws),
-        json!({"type":"message","channel":"c","payload":[1]})
+        common::recv_text(&mut ws),
+        r#"{"type":"message","channel":"c","offset":1,"payload":[1]}"#
     );
 
     let m = scrape(&server);

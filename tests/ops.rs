@@ -123,9 +123,10 @@ fn metrics_parse_and_count_what_the_clients_did() {
 
 // ----- /ws helpers ------------------------------------------------------
 
-/// A `/ws` client and the core it landed on (`X-Ringcast-Core`).
+/// A `/ws` client and the core it landed on (`X-Ringcast-Core`, which the
+/// welcome, read here, repeats).
 fn ws_client(server: &Server) -> (Ws, usize) {
-    let (ws, resp) = tungstenite::connect(server.url("/ws")).expect("upgrade");
+    let (mut ws, resp) = tungstenite::connect(server.url("/ws")).expect("upgrade");
     let core = resp
         .headers()
         .get("x-ringcast-core")
@@ -135,6 +136,8 @@ fn ws_client(server: &Server) -> (Ws, usize) {
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(PATIENCE)).unwrap();
     }
+    let welcome = common::expect_welcome(&mut ws);
+    assert_eq!(welcome["core"], core, "{welcome}");
     (ws, core)
 }
 
@@ -193,7 +196,7 @@ fn drain_delay_run(delay: u64, last: bool) -> bool {
     let mut server = Server::spawn(&["--cores", "2", "--drain-delay", &delay_s]);
     let (mut ws, _) = ws_client(&server);
     send(&mut ws, json!({"type":"subscribe","channel":"d","id":1}));
-    assert_eq!(recv(&mut ws), json!({"type":"ack","id":1}));
+    let (epoch, _) = common::check_offset_ack(&recv(&mut ws), Some(1));
     assert_eq!(get(&server, "/readyz").0, 200);
 
     // Taken before the signal: the server's delay starts later still.
@@ -217,7 +220,7 @@ fn drain_delay_run(delay: u64, last: bool) -> bool {
         send(&mut ws, json!({"type":"ping","id":2}));
         assert_eq!(recv(&mut ws), json!({"type":"pong","id":2}));
         send(&mut ws, json!({"type":"subscribe","channel":"e","id":3}));
-        assert_eq!(recv(&mut ws), json!({"type":"ack","id":3}));
+        common::check_offset_ack(&recv(&mut ws), Some(3));
         send(
             &mut ws,
             json!({"type":"publish","channel":"d","payload":"still here","id":4}),
@@ -227,8 +230,8 @@ fn drain_delay_run(delay: u64, last: bool) -> bool {
         assert_eq!(
             got,
             [
-                json!({"type":"ack","id":4}),
-                json!({"type":"message","channel":"d","payload":"still here"}),
+                json!({"type":"ack","id":4,"epoch":epoch,"offset":1}),
+                json!({"type":"message","channel":"d","offset":1,"payload":"still here"}),
             ]
         );
     }));
@@ -278,7 +281,7 @@ fn metrics_count_a_channel_load_exactly() {
     for (ws, _) in &mut clients {
         bytes_in += send(ws, json!({"type":"subscribe","channel":"load","id":1}));
         ws_in += 1;
-        assert_eq!(recv(ws), json!({"type":"ack","id":1}));
+        assert_eq!(common::check_offset_ack(&recv(ws), Some(1)).1, 0);
     }
 
     // One publisher on each core (both are subscribers too).
@@ -328,7 +331,11 @@ fn metrics_count_a_channel_load_exactly() {
         while msgs < m + k || acks < want_acks {
             let v = recv(ws);
             match v["type"].as_str() {
-                Some("message") => msgs += 1,
+                Some("message") => {
+                    msgs += 1;
+                    // The channel's order, whoever published.
+                    assert_eq!(v["offset"], msgs, "client {i}: {v}");
+                }
                 Some("ack") => acks += 1,
                 _ => panic!("client {i}: unexpected {v}"),
             }
@@ -364,12 +371,14 @@ fn metrics_count_a_channel_load_exactly() {
         sum(&scrape, "ringcast_bytes_in_total", None),
         bytes_in as f64
     );
-    // Replies (a subscribe ack each, a publish ack each, a pong each) and
-    // deliveries.
+    // Replies (a welcome each, a subscribe ack each, a publish ack each, a
+    // pong each) and deliveries.
     assert_eq!(
         sum(&scrape, "ringcast_messages_out_total", None),
-        (n + m + n) as f64 + total * n as f64
+        (n + n + m + n) as f64 + total * n as f64
     );
+    // Every publication was sequenced once, by the channel's owner.
+    assert_eq!(sum(&scrape, "ringcast_sequenced_total", None), total);
     assert_eq!(sum(&scrape, "ringcast_protocol_errors_total", None), 0.0);
     assert_eq!(
         sum(&scrape, "ringcast_slow_consumer_closes_total", None),
@@ -444,7 +453,7 @@ fn config_file_settings_take_effect() {
     let (mut ws, _) = ws_client(&server);
     for (id, ch) in [(1, "a"), (2, "b")] {
         send(&mut ws, json!({"type":"subscribe","channel":ch,"id":id}));
-        assert_eq!(recv(&mut ws), json!({"type":"ack","id":id}));
+        common::check_offset_ack(&recv(&mut ws), Some(id));
     }
     send(&mut ws, json!({"type":"subscribe","channel":"c","id":3}));
     let e = recv(&mut ws);
@@ -453,7 +462,7 @@ fn config_file_settings_take_effect() {
     assert_eq!(e["id"], 3, "{e}");
     // Already subscribed channels still are.
     send(&mut ws, json!({"type":"subscribe","channel":"a","id":4}));
-    assert_eq!(recv(&mut ws), json!({"type":"ack","id":4}));
+    common::check_offset_ack(&recv(&mut ws), Some(4));
 
     let publish = |key: &str| {
         let body = r#"{"channel":"a","payload":"from the API"}"#;
@@ -467,7 +476,7 @@ fn config_file_settings_take_effect() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!(
         recv(&mut ws),
-        json!({"type":"message","channel":"a","payload":"from the API"})
+        json!({"type":"message","channel":"a","offset":1,"payload":"from the API"})
     );
     let (status, resp) = publish("wrong");
     assert_eq!(status, 401, "{resp}");

@@ -324,8 +324,19 @@ fn channel() -> impl Strategy<Value = String> {
 /// and unknown keys.
 fn field() -> impl Strategy<Value = String> {
     prop_oneof![
-        prop::sample::select(&["ping", "subscribe", "unsubscribe", "publish", "nope"][..])
-            .prop_map(|t| format!("\"type\":\"{t}\"")),
+        prop::sample::select(
+            &[
+                "ping",
+                "subscribe",
+                "unsubscribe",
+                "publish",
+                "history",
+                "presence",
+                "nope"
+            ][..]
+        )
+        .prop_map(|t| format!("\"type\":\"{t}\"")),
+        stream_field(),
         channel().prop_map(|c| format!("\"channel\":{c}")),
         json_value().prop_map(|p| format!("\"payload\":{p}")),
         prop_oneof![
@@ -343,6 +354,52 @@ fn field() -> impl Strategy<Value = String> {
             let es: Vec<String> = es.iter().map(|e| format!("{{{}}}", e.join(","))).collect();
             format!("\"messages\":[{}]", es.join(","))
         }),
+    ]
+}
+
+/// The channel stream fields (`since`, `presence`, `join_leave`, `limit`)
+/// with plausible or wrong values.
+fn stream_field() -> impl Strategy<Value = String> {
+    let count = prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        (0u64..2000).prop_map(|n| n.to_string()),
+        Just("-1".to_owned()),
+        Just("-0".to_owned()),
+        Just("1.5".to_owned()),
+        Just("1e3".to_owned()),
+        Just("null".to_owned()),
+        Just("\"5\"".to_owned()),
+        Just("18446744073709551616".to_owned()),
+    ];
+    let epoch = prop_oneof![
+        "[0-9a-f]{16}".prop_map(|e| format!("\"{e}\"")),
+        "[0-9a-zA-Z+]{0,18}".prop_map(|e| format!("\"{e}\"")),
+        Just("5".to_owned()),
+        Just("null".to_owned()),
+    ];
+    let since = prop_oneof![
+        (count.clone(), epoch.clone())
+            .prop_map(|(o, e)| format!("{{\"offset\":{o},\"epoch\":{e}}}")),
+        (count.clone(), epoch.clone())
+            .prop_map(|(o, e)| format!("{{\"epoch\":{e},\"x\":1,\"offset\":{o}}}")),
+        count.clone().prop_map(|o| format!("{{\"offset\":{o}}}")),
+        epoch.clone().prop_map(|e| format!("{{\"epoch\":{e}}}")),
+        (count.clone(), epoch)
+            .prop_map(|(o, e)| format!("{{\"offset\":{o},\"offset\":{o},\"epoch\":{e}}}")),
+        json_value(),
+    ];
+    let flag = prop_oneof![
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        Just("null".to_owned()),
+        Just("1".to_owned()),
+        Just("\"yes\"".to_owned()),
+    ];
+    prop_oneof![
+        since.prop_map(|v| format!("\"since\":{v}")),
+        flag.clone().prop_map(|v| format!("\"presence\":{v}")),
+        flag.prop_map(|v| format!("\"join_leave\":{v}")),
+        count.prop_map(|v| format!("\"limit\":{v}")),
     ]
 }
 
@@ -407,6 +464,12 @@ fn ws_json_known_messages() {
         r#"{"type":"publish","channel":"c","payload":1e400}"#,
         r#"{"messages":[{"channel":"a","payload":1},{"channel":"b","payload":null}]}"#,
         r#"{"type":"ping","id":null}"#,
+        r#"{"type":"subscribe","channel":"c","since":{"offset":3,"epoch":"00000000000000ff"},"presence":true,"join_leave":false,"id":1}"#,
+        r#"{"type":"history","channel":"c","limit":10,"since":{"epoch":"x","offset":0,"y":[]}}"#,
+        r#"{"type":"history","channel":"c","limit":1e12}"#,
+        r#"{"type":"presence","channel":"c","id":2}"#,
+        r#"{"type":"subscribe","channel":"c","since":{"offset":1,"offset":2,"epoch":"a"}}"#,
+        r#"{"type":"ping","presence":"yes"}"#,
         r#"{"channel":"c","payload":"\ud800"}"#,
         // A duplicate the `Value` hides, behind a type error.
         r#"{"type":null,"type":"ping"}"#,

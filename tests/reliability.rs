@@ -341,7 +341,7 @@ fn a_failed_core_stops_the_process_and_the_others_close_with_1012() {
 #[test]
 fn repeated_unconfirmed_subscribes_are_bounded() {
     let server = Server::spawn(&["--cores", "2", "--max-subscriptions", "5"]);
-    let mut s = raw_ws(server.addr, "/ws");
+    let (mut s, _) = common::raw_ws_welcomed(server.addr, "/ws");
     // One write: all 100 arrive in one read, before any confirmation.
     let mut burst = Vec::new();
     for id in 0..100 {
@@ -357,7 +357,11 @@ fn repeated_unconfirmed_subscribes_are_bounded() {
         }
         let v: Value = serde_json::from_slice(&payload).unwrap();
         match v["type"].as_str() {
-            Some("ack") => acks += 1,
+            Some("ack") => {
+                let id = v["id"].as_u64().unwrap();
+                assert_eq!(common::check_offset_ack(&v, Some(id)).1, 0, "{v}");
+                acks += 1
+            }
             Some("error") => {
                 assert_eq!(v["code"], "too_many_subscriptions", "{v}");
                 errors += 1;
@@ -378,6 +382,12 @@ fn repeated_unconfirmed_subscribes_are_bounded() {
         if op == 1 {
             let v: Value = serde_json::from_slice(&payload).unwrap();
             saw_message = v["type"] == "message";
+            if saw_message {
+                assert_eq!(
+                    v,
+                    json!({"type":"message","channel":"news","offset":1,"payload":1})
+                );
+            }
         }
     }
     assert_eq!(expect_close_after_close(&mut s), 1000);

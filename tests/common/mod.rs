@@ -618,3 +618,185 @@ pub fn ws_on_core(server: &impl Running, path: &str, core: usize) -> Ws {
     }
     panic!("no connection landed on core {core} in 200 tries");
 }
+
+// ----- /ws: the welcome, streams messages and acks ------------------------
+
+/// Checks a `/ws` welcome's shape, exactly:
+/// `{"type":"welcome","client":ID,"core":N,"ping_ms":P}`.
+pub fn check_welcome(v: &serde_json::Value) {
+    assert_eq!(v["type"], "welcome", "the first frame on /ws: {v}");
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("welcome not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["client", "core", "ping_ms", "type"], "welcome: {v}");
+    assert!(
+        v["client"].as_str().is_some_and(|c| !c.is_empty()),
+        "welcome client: {v}"
+    );
+    assert!(v["core"].is_u64(), "welcome core: {v}");
+    assert!(v["ping_ms"].is_u64(), "welcome ping_ms: {v}");
+}
+
+/// Reads the welcome, the first frame of every `/ws` connection, checks
+/// its shape and returns it.
+pub fn expect_welcome(ws: &mut Ws) -> serde_json::Value {
+    let v = recv_json(ws);
+    check_welcome(&v);
+    v
+}
+
+/// A `/ws` client (any query: `url` is the whole `ws://` URL) with its
+/// welcome consumed: (connection, welcome).
+pub fn ws_client(url: &str) -> (Ws, serde_json::Value) {
+    let mut ws = client(url);
+    let welcome = expect_welcome(&mut ws);
+    (ws, welcome)
+}
+
+/// [`try_client_with`] for `/ws`, the welcome consumed.
+pub fn try_ws_client_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> tungstenite::Result<(Ws, serde_json::Value)> {
+    let mut ws = try_client_with(url, headers)?;
+    let welcome = expect_welcome(&mut ws);
+    Ok((ws, welcome))
+}
+
+/// A `/ws` client on `core` ([`ws_on_core`]), its welcome consumed; the
+/// welcome names the same core as the 101's `X-Ringcast-Core`.
+pub fn ws_client_on_core(server: &impl Running, core: usize) -> (Ws, serde_json::Value) {
+    ws_path_on_core(server, "/ws", core)
+}
+
+/// [`ws_client_on_core`] with a path (`/ws?token=...`).
+pub fn ws_path_on_core(server: &impl Running, path: &str, core: usize) -> (Ws, serde_json::Value) {
+    let mut ws = ws_on_core(server, path, core);
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_write_timeout(Some(PATIENCE)).unwrap();
+    }
+    let welcome = expect_welcome(&mut ws);
+    assert_eq!(welcome["core"], core, "welcome on core {core}: {welcome}");
+    (ws, welcome)
+}
+
+/// [`raw_ws`] on `/ws`, the welcome frame read: (socket, welcome).
+pub fn raw_ws_welcomed(addr: SocketAddr, path: &str) -> (TcpStream, serde_json::Value) {
+    let mut s = raw_ws(addr, path);
+    let (fin, op, p) = read_frame(&mut s).expect("the welcome frame");
+    assert!(fin && op == 1, "welcome: opcode {op}, fin {fin}");
+    let welcome: serde_json::Value = serde_json::from_slice(&p).expect("welcome JSON");
+    check_welcome(&welcome);
+    (s, welcome)
+}
+
+/// The exact text of a `message` frame: `payload` as the raw JSON text.
+pub fn message_text(channel: &str, offset: u64, payload: &str) -> String {
+    format!(
+        r#"{{"type":"message","channel":{},"offset":{offset},"payload":{payload}}}"#,
+        serde_json::Value::from(channel)
+    )
+}
+
+/// A `message` as a value.
+pub fn message_json(channel: &str, offset: u64, payload: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"type":"message","channel":channel,"offset":offset,"payload":payload})
+}
+
+/// One `message` frame, parsed, its field order checked (type, channel,
+/// offset, payload): (channel, offset, payload).
+pub fn parse_message(text: &str) -> (String, u64, serde_json::Value) {
+    #[derive(serde::Deserialize)]
+    struct M<'a> {
+        r#type: String,
+        channel: String,
+        offset: u64,
+        #[serde(borrow)]
+        payload: &'a serde_json::value::RawValue,
+    }
+    let m: M<'_> = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(m.r#type, "message", "{text}");
+    assert_eq!(
+        text,
+        message_text(&m.channel, m.offset, m.payload.get()),
+        "a message's fields are type, channel, offset, payload, in that order"
+    );
+    let payload = serde_json::from_str(m.payload.get()).unwrap();
+    (m.channel, m.offset, payload)
+}
+
+/// The next text frame as the server wrote it (pings answered by
+/// tungstenite).
+pub fn recv_text(ws: &mut Ws) -> String {
+    loop {
+        match ws.read().expect("read") {
+            tungstenite::Message::Text(t) => return t.as_str().to_owned(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Whether `e` is a string of hex digits (epochs are opaque hex strings).
+pub fn is_epoch(e: &serde_json::Value) -> bool {
+    e.as_str()
+        .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Checks an ack that carries a channel's position (a subscribe without
+/// `since` or `presence`, a publish): exactly `type`, `id` (when `id` is
+/// `Some`), `epoch` and `offset`. Returns (epoch, offset).
+pub fn check_offset_ack(v: &serde_json::Value, id: Option<u64>) -> (String, u64) {
+    assert_eq!(v["type"], "ack", "{v}");
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let want: &[&str] = if id.is_some() {
+        &["epoch", "id", "offset", "type"]
+    } else {
+        &["epoch", "offset", "type"]
+    };
+    assert_eq!(keys, want, "ack fields: {v}");
+    if let Some(id) = id {
+        assert_eq!(v["id"], id, "{v}");
+    }
+    assert!(is_epoch(&v["epoch"]), "epoch: {v}");
+    let offset = v["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("offset: {v}"));
+    (v["epoch"].as_str().unwrap().to_owned(), offset)
+}
+
+/// Subscribes (no options) and checks the ack: returns (epoch, offset).
+pub fn subscribe_ws(ws: &mut Ws, channel: &str, id: u64) -> (String, u64) {
+    send_json(
+        ws,
+        serde_json::json!({"type":"subscribe","channel":channel,"id":id}),
+    );
+    let ack = recv_json(ws);
+    check_offset_ack(&ack, Some(id))
+}
+
+/// Publishes and waits for the ack (the publisher must not be subscribed
+/// to anything that could arrive first): returns (epoch, offset).
+pub fn publish_ws(
+    ws: &mut Ws,
+    channel: &str,
+    payload: serde_json::Value,
+    id: u64,
+) -> (String, u64) {
+    send_json(
+        ws,
+        serde_json::json!({"type":"publish","channel":channel,"payload":payload,"id":id}),
+    );
+    let ack = recv_json(ws);
+    check_offset_ack(&ack, Some(id))
+}

@@ -10,7 +10,8 @@
 //!   copies payloads through `copy_masked`, and the same (normalised) events
 //!   as [`reference_session`], a plain reimplementation of RFC 6455's rules.
 //! - [`check_ws_json`]: `parse_client` and `parse_publish` never panic and
-//!   agree with a prediction from the message parsed as a `serde_json::Value`;
+//!   agree with a prediction from the message parsed as a `serde_json::Value`
+//!   (the stream fields too: `since`, `presence`, `join_leave`, `limit`);
 //!   accepted payloads are valid JSON (checked by [`is_json`], independent of
 //!   serde_json) and carry the value the client sent.
 // Included by the property tests and the fuzz targets alike; `pub` is how
@@ -979,6 +980,44 @@ enum Verdict<T, A> {
     Err(&'static str, A),
 }
 
+/// Looks up a field that may appear at most once, as its raw text: `Err`
+/// for a duplicate.
+fn raw_once<'f>(fields: &'f [(String, Box<RawValue>)], key: &str) -> Result<Option<&'f str>, ()> {
+    let mut found = fields.iter().filter(|(k, _)| k == key);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(());
+    }
+    Ok(first.map(|(_, v)| v.get()))
+}
+
+/// A non-negative integer that fits a u64 (what `limit` and
+/// `since.offset` must be).
+fn count_of(raw: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(raw).ok()?.as_u64()
+}
+
+/// The epoch a client sent back, as the server reads it: 16 hex digits,
+/// anything else is 0 (no stream has it).
+fn epoch_of(s: &str) -> u64 {
+    if s.len() != 16 {
+        return 0;
+    }
+    u64::from_str_radix(s, 16).unwrap_or(0)
+}
+
+/// `since`'s prediction: `{"offset":N,"epoch":"E"}`, both once, other keys
+/// ignored; `None` when it is anything else (a `bad_json`).
+fn predict_since(raw: &str) -> Option<protocol::Since> {
+    let f = fields(raw.as_bytes())?;
+    let offset = count_of(raw_once(&f, "offset").ok()??)?;
+    let epoch = match serde_json::from_str::<Value>(raw_once(&f, "epoch").ok()??).ok()? {
+        Value::String(e) => epoch_of(&e),
+        _ => return None,
+    };
+    Some(protocol::Since { offset, epoch })
+}
+
 /// What `parse_client` must answer for `text`, when serde_json can parse
 /// it as a `Value` (else `None`).
 fn predict_client(text: &[u8]) -> Option<Verdict<Option<u64>, Option<u64>>> {
@@ -1009,25 +1048,24 @@ fn predict_client(text: &[u8]) -> Option<Verdict<Option<u64>, Option<u64>>> {
     {
         return bad_json;
     }
-    // The stream fields: at most once, of their type (`since` an object
-    // with a u64 `offset` and a string `epoch`), whatever the `type`.
-    for key in ["since", "presence", "join_leave", "limit"] {
-        let Ok(v) = once(&f, key) else {
-            return bad_json;
-        };
-        let ok = match (key, &v) {
-            (_, None) => true,
-            ("presence" | "join_leave", Some(v)) => v.is_boolean(),
-            ("limit", Some(v)) => v.is_u64(),
-            (_, Some(Value::Object(m))) => {
-                m.get("offset").is_some_and(Value::is_u64)
-                    && m.get("epoch").is_some_and(Value::is_string)
-            }
-            _ => false,
-        };
-        if !ok {
-            return bad_json;
-        }
+    // The stream fields are typed whatever the message type: each at most
+    // once, `presence`/`join_leave` booleans, `limit` a count, `since` an
+    // object with a count `offset` and a string `epoch`.
+    let (Ok(presence), Ok(join_leave), Ok(limit), Ok(since)) = (
+        once(&f, "presence"),
+        once(&f, "join_leave"),
+        raw_once(&f, "limit"),
+        raw_once(&f, "since"),
+    ) else {
+        return bad_json;
+    };
+    if [&presence, &join_leave]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| !v.is_boolean()))
+        || limit.is_some_and(|l| count_of(l).is_none())
+        || since.is_some_and(|s| predict_since(s).is_none())
+    {
+        return bad_json;
     }
     let err = |code| Some(Verdict::Err(code, id));
     let Some(Value::String(kind)) = kind else {
@@ -1048,32 +1086,16 @@ fn predict_client(text: &[u8]) -> Option<Verdict<Option<u64>, Option<u64>>> {
 }
 
 /// Checks that a payload is the client's value, byte for byte inside its
-/// message, and that the `message` frame built from it is valid JSON.
-fn check_payload(text: &[u8], whole: Option<&Value>, channel: &str, payload: &str) {
+/// message. (The `message` frame built from it is checked over real
+/// sockets: every message in tests/channels.rs and tests/streams.rs is
+/// compared as text, field order included.)
+fn check_payload(text: &[u8], whole: Option<&Value>, payload: &str) {
     assert!(inside(text, payload.as_bytes()), "payload not borrowed");
     assert!(is_json(payload.as_bytes()), "payload not JSON: {payload:?}");
-    let (frame, at) = ringcast::internals::message_frame(channel, 1, payload.as_bytes());
-    assert_eq!(
-        ringcast::internals::payload_of(&frame, at),
-        payload.as_bytes()
-    );
-    let head = frame.bytes().len() - message_len(channel, payload);
-    let joined = frame.bytes()[head..].to_vec();
-    assert!(is_json(&joined), "message frame not JSON");
+    let _: &RawValue = serde_json::from_str(payload).expect("a RawValue parses again");
     if let (Some(want), Some(got)) = (whole, value_of(payload.as_bytes())) {
         assert_eq!(&got, want, "payload value changed");
-        let framed = value_of(&joined).expect("the frame parses as its payload does");
-        assert_eq!(framed["type"], "message");
-        assert_eq!(framed["channel"], channel);
-        assert_eq!(framed["offset"], 1);
-        assert_eq!(&framed["payload"], want);
     }
-}
-
-/// The length of `{"type":"message","channel":C,"offset":1,"payload":P}`.
-fn message_len(channel: &str, payload: &str) -> usize {
-    format!(r#"{{"type":"message","channel":"{channel}","offset":1,"payload":}}"#).len()
-        + payload.len()
 }
 
 /// Checks one `/ws` message and one publish API body (see module docs).
@@ -1088,10 +1110,40 @@ fn check_client(text: &[u8]) {
         Ok(msg) => {
             assert!(json_grammar(text), "accepted text that is not JSON");
             let v = value.as_ref();
+            // The stream fields as sent, when the text parses as a `Value`.
+            let raw = |key: &str| {
+                fields(text).and_then(|f| raw_once(&f, key).ok().flatten().map(str::to_owned))
+            };
             match &msg {
-                protocol::ClientMsg::Subscribe { channel, .. }
-                | protocol::ClientMsg::History { channel, .. }
-                | protocol::ClientMsg::Presence { channel, .. }
+                protocol::ClientMsg::Subscribe {
+                    channel,
+                    since,
+                    presence,
+                    join_leave,
+                    ..
+                } => {
+                    assert!(protocol::validate_channel(channel).is_ok());
+                    if let Some(v) = v {
+                        assert_eq!(v["channel"], **channel);
+                        assert_eq!(*presence, v["presence"].as_bool().unwrap_or(false));
+                        assert_eq!(*join_leave, v["join_leave"].as_bool().unwrap_or(false));
+                        assert_eq!(*since, raw("since").and_then(|s| predict_since(&s)));
+                    }
+                }
+                protocol::ClientMsg::History {
+                    channel,
+                    limit,
+                    since,
+                    ..
+                } => {
+                    assert!(protocol::validate_channel(channel).is_ok());
+                    if let Some(v) = v {
+                        assert_eq!(v["channel"], **channel);
+                        assert_eq!(*limit, v["limit"].as_u64());
+                        assert_eq!(*since, raw("since").and_then(|s| predict_since(&s)));
+                    }
+                }
+                protocol::ClientMsg::Presence { channel, .. }
                 | protocol::ClientMsg::Unsubscribe { channel, .. } => {
                     assert!(protocol::validate_channel(channel).is_ok());
                     if let Some(v) = v {
@@ -1102,7 +1154,7 @@ fn check_client(text: &[u8]) {
                     channel, payload, ..
                 } => {
                     assert!(protocol::validate_channel(channel).is_ok());
-                    check_payload(text, v.map(|v| &v["payload"]), channel, payload.get());
+                    check_payload(text, v.map(|v| &v["payload"]), payload.get());
                 }
                 protocol::ClientMsg::Ping { .. } => {}
             }
@@ -1198,7 +1250,7 @@ fn check_publish(body: &[u8]) {
                     Some(b) => &b[i]["payload"],
                     None => &v["payload"],
                 });
-                check_payload(body, want, &p.channel, p.payload.get());
+                check_payload(body, want, p.payload.get());
             }
             Verdict::Ok(pubs.len())
         }
