@@ -147,7 +147,7 @@ fn channel_claims_limit_subscribe_and_publish() {
         &mut ws,
         json!({"type":"publish","channel":"chat.room","payload":{"n":1},"id":5}),
     );
-    let mut got = vec![recv_text(&mut ws), recv_text(&mut ws)];
+    let mut got = [recv_text(&mut ws), recv_text(&mut ws)];
     // `{"type":"ack"...` sorts before `{"type":"message"...`.
     got.sort();
     assert_eq!(

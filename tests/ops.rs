@@ -151,7 +151,7 @@ fn send(ws: &mut Ws, v: Value) -> usize {
 /// The next JSON message (heartbeat pings are answered by tungstenite).
 fn recv(ws: &mut Ws) -> Value {
     loop {
-        match ws.read().expect("read") {
+        match common::read_message(ws) {
             Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("unexpected {other:?}"),

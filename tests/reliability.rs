@@ -536,7 +536,7 @@ fn a_congested_core_keeps_reading_connections_that_do_not_publish() {
 /// The next text message (heartbeat pings skipped).
 fn next_text(ws: &mut Ws) -> String {
     loop {
-        match ws.read().expect("read") {
+        match common::read_message(ws) {
             Message::Text(t) => return t.as_str().to_owned(),
             Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("got {other:?}"),

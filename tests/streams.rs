@@ -297,7 +297,7 @@ const SECRET: &str = "streams-test-secret-0123456789abcdef";
 
 /// Every `/ws` connection starts with a welcome: a client id unique in the
 /// process (also after connections close), the core it landed on (as the
-/// 101's `X-Ringcast-Core` says), the ping interval in ms. `/echo` and
+/// 101's `X-Ringcast-Core` says), the first ping interval in ms. `/echo` and
 /// `/broadcast` get none.
 #[test]
 fn welcome_ids_are_unique_and_name_the_core_and_ping_interval() {
@@ -317,7 +317,9 @@ fn welcome_ids_are_unique_and_name_the_core_and_ping_interval() {
             .expect("X-Ringcast-Core");
         let w = expect_welcome(&mut ws);
         assert_eq!(w["core"], core, "{w}");
-        assert_eq!(w["ping_ms"], 45_000, "{w}");
+        // The interval before a round trip is measured:
+        // clamp(--ping-interval / 2, --ping-min, --ping-max).
+        assert_eq!(w["ping_ms"], 22_500, "{w}");
         let id = w["client"].as_str().unwrap().to_owned();
         // `<12 hex nonce>-<core>-<seq>`.
         let parts: Vec<&str> = id.split('-').collect();
@@ -374,10 +376,14 @@ fn welcome_ids_are_unique_and_name_the_core_and_ping_interval() {
         }
     }
 
-    // A fractional interval, in whole milliseconds.
-    let other = Server::start(&["--cores", "1", "--ping-interval", "12.5"]);
+    // Half a fractional interval, in whole milliseconds; below --ping-min
+    // it is clamped to it.
+    let other = Server::start(&["--cores", "1", "--ping-interval", "25.5"]);
     let (_, w) = ws_client_on_core(&other, 0);
-    assert_eq!(w["ping_ms"], 12_500, "{w}");
+    assert_eq!(w["ping_ms"], 12_750, "{w}");
+    let clamped = Server::start(&["--cores", "1", "--ping-interval", "12.5"]);
+    let (_, w) = ws_client_on_core(&clamped, 0);
+    assert_eq!(w["ping_ms"], 10_000, "{w}");
     assert_eq!(w["core"], 0, "{w}");
 }
 
@@ -688,7 +694,7 @@ fn recovery_under_live_traffic_has_no_gap_or_duplicate() {
         if last == N {
             break;
         }
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             close_client(ws);
         } else {
             match ws.into_inner() {

@@ -567,10 +567,22 @@ pub fn send_json(ws: &mut Ws, v: serde_json::Value) {
 /// The next `/ws` JSON message (pings are answered by tungstenite itself).
 pub fn recv_json(ws: &mut Ws) -> serde_json::Value {
     loop {
-        match ws.read().expect("read") {
+        match read_message(ws) {
             tungstenite::Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
             tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
             other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The next message, read again when a signal interrupted the read (a
+/// test process that spawns servers can see one; tungstenite keeps its
+/// partial frame and does not retry by itself).
+pub fn read_message(ws: &mut Ws) -> tungstenite::Message {
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other.expect("read"),
         }
     }
 }
@@ -733,7 +745,7 @@ pub fn parse_message(text: &str) -> (String, u64, serde_json::Value) {
 /// tungstenite).
 pub fn recv_text(ws: &mut Ws) -> String {
     loop {
-        match ws.read().expect("read") {
+        match read_message(ws) {
             tungstenite::Message::Text(t) => return t.as_str().to_owned(),
             tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
             other => panic!("unexpected {other:?}"),
