@@ -95,6 +95,7 @@ fn frame_parse_unmask(c: &mut Criterion) {
             publish_burst: 1.0,
             burst: 1.0,
             max_subscriptions: 0,
+            history_max_limit: 1000,
             heartbeat: heartbeat::Policy {
                 base_us: 30_000_000,
                 min_us: 10_000_000,

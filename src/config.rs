@@ -1319,8 +1319,8 @@ mod tests {
                 r#": channels[0]: missing key "pattern""#,
             ),
             (
-                format!("{}[[channels]]\npattern = \"a*b\"", ok(1)),
-                ": channels[1]: pattern \"a*b\": `*` may only end a pattern (a prefix match)",
+                format!("{}[[channels]]\npattern = \"a b*\"", ok(1)),
+                ": channels[1]: pattern \"a b*\": ' ' is not allowed in a channel name",
             ),
             (
                 format!("{}[[channels]]\npattern = \"\"", ok(1)),

@@ -73,5 +73,6 @@ pub mod internals {
     pub use crate::conn::outq::{BufPool, OutQueue, Pushed, MAX_IOV};
     pub use crate::hub::broadcast::Hub;
     pub use crate::hub::deliver::Recipients;
+    pub use crate::hub::wire::{message_frame, payload_of};
     pub use crate::runtime::limits::raise_nofile;
 }

@@ -14,7 +14,7 @@ use super::stats::MsgStats;
 use crate::conn::{BufPool, ConnKey, Frame, OutQueue, SharedFrame};
 use crate::hub::channels::Channels;
 use crate::hub::options::ChannelRules;
-use crate::hub::stream::Streams;
+use crate::hub::stream::{process_nonce, StreamLimits, Streams};
 use crate::hub::{HistoryReq, Hub, Member, MeshMsg, Position, ReplyTo, SubscribeReq, Unsequenced};
 use crate::ws::frame::{encode_frame_into, encode_header, unmask_into, MAX_SERVER_HEADER_LEN};
 use crate::ws::session::{Handler, MessageKind};
@@ -49,19 +49,30 @@ pub struct Env {
 }
 
 impl Env {
-    /// The state of core `me` of `cores`.
-    pub fn new(
+    /// The state of core `me` of `cores`, with the default channel options
+    /// and engine limits (benchmarks, tests).
+    pub fn new(me: usize, cores: usize, policy: Policy) -> Env {
+        let limits = StreamLimits {
+            history_max_bytes: 64 << 20,
+            presence_max_clients: 1000,
+        };
+        Env::with_channels(me, cores, policy, Rc::default(), limits, process_nonce())
+    }
+
+    /// The state of core `me` of `cores`: channel options by pattern, the
+    /// engine's limits, the process's nonce (epochs, client ids).
+    pub fn with_channels(
         me: usize,
         cores: usize,
         policy: Policy,
-        streams: Streams,
         rules: Rc<ChannelRules>,
+        limits: StreamLimits,
         nonce: u64,
     ) -> Env {
         Env {
             hub: Hub::default(),
             channels: Channels::new(me, cores),
-            streams,
+            streams: Streams::new(me, rules.clone(), limits, nonce),
             rules,
             nonce,
             stats: MsgStats::default(),
@@ -267,7 +278,7 @@ impl<'a> ConnIo<'a> {
 
     /// Sends `msg` to `channel`'s owner (this core's loop, if it is the
     /// owner).
-    fn to_owner(&mut self, channel: &str, msg: MeshMsg) {
+    fn send_to_owner(&mut self, channel: &str, msg: MeshMsg) {
         let owner = self.env.channels.owner_of(channel);
         self.env.channels.outgoing.push((owner, msg));
     }
@@ -289,14 +300,24 @@ impl<'a> ConnIo<'a> {
         if !self.admit_publish() {
             return;
         }
+        self.env.stats.publishes += 1;
+        let me = self.env.channels.me();
+        if self.env.channels.owner_of(channel) == me {
+            // This core numbers it: no copy but the frame's, no ring push.
+            let now = self.env.now_us;
+            let position = self
+                .env
+                .streams
+                .sequence(me, ReplyTo::Nobody, channel, payload, now);
+            return self.reply(|v| protocol::write_position_ack(id, position, v));
+        }
         let msg = MeshMsg::Sequence(Box::new(Unsequenced {
-            from: self.me(),
+            from: me as u16,
             reply: ReplyTo::Ws { key: self.key, id },
             channel: channel.into(),
             payload: payload.into(),
         }));
-        self.to_owner(channel, msg);
-        self.env.stats.publishes += 1;
+        self.send_to_owner(channel, msg);
     }
 
     fn subscribe(
@@ -394,7 +415,7 @@ impl<'a> ConnIo<'a> {
         };
         let idx = ws.subs.swap_remove(pos);
         let client = ws.client;
-        let owed = leave_channel(&mut self.env, self.key, client, idx, Some(id));
+        let owed = leave_channel(self.env, self.key, client, idx, Some(id));
         if !owed {
             self.reply(|v| protocol::write_ack(id, v));
         }
@@ -420,7 +441,7 @@ impl<'a> ConnIo<'a> {
             reply: ReplyTo::Ws { key: self.key, id },
             ..req
         }));
-        self.to_owner(channel, msg);
+        self.send_to_owner(channel, msg);
     }
 
     fn presence(&mut self, channel: &str, id: Option<u64>) {
@@ -436,7 +457,7 @@ impl<'a> ConnIo<'a> {
             reply: ReplyTo::Ws { key: self.key, id },
             channel: channel.into(),
         };
-        self.to_owner(channel, msg);
+        self.send_to_owner(channel, msg);
     }
 }
 

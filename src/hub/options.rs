@@ -51,8 +51,8 @@ impl Default for ChannelOptions {
 /// A pattern and the options of the channels it matches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelRule {
-    /// An exact name, `*`, or a prefix ending in `*` (the token claims'
-    /// pattern syntax).
+    /// A channel name in which each `*` matches any run of characters
+    /// (`chat:*`, `team:*:chat`, `*`).
     pub pattern: String,
     /// Options for matching channels.
     pub options: ChannelOptions,
@@ -61,27 +61,48 @@ pub struct ChannelRule {
 impl ChannelRule {
     /// Whether the rule applies to `channel`.
     pub fn matches(&self, channel: &str) -> bool {
-        match self.pattern.strip_suffix('*') {
-            Some(prefix) => channel.starts_with(prefix),
-            None => self.pattern == channel,
-        }
+        glob(&self.pattern, channel)
     }
 }
 
-/// Checks a rule's pattern: non-empty, channel-name characters, and `*`
-/// only as the last character.
+/// Whether `name` matches `pattern`, where `*` matches any run of
+/// characters (none included) and everything else itself. Greedy from the
+/// left, which is exact for `*`-only globs: each literal piece is taken at
+/// its first occurrence after the previous one, the last piece at the end.
+fn glob(pattern: &str, name: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Checks a rule's pattern: non-empty, and channel-name characters around
+/// its `*`s.
 pub fn validate_pattern(pattern: &str) -> Result<(), String> {
-    let body = pattern.strip_suffix('*').unwrap_or(pattern);
     if pattern.is_empty() {
         return Err("empty pattern".into());
     }
-    if body.contains('*') {
+    if pattern.len() > super::name::MAX_CHANNEL_LEN {
         return Err(format!(
-            "pattern {pattern:?}: `*` may only end a pattern (a prefix match)"
+            "pattern {pattern:?} is longer than a channel name may be"
         ));
     }
-    if !body.is_empty() {
-        super::name::check(body).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+    let literal: String = pattern.split('*').collect::<Vec<_>>().join("a");
+    if !literal.is_empty() {
+        super::name::check(&literal)
+            .map_err(|e| format!("pattern {pattern:?}: {}", e.split(':').next().unwrap_or(&e)))?;
     }
     Ok(())
 }
@@ -147,8 +168,42 @@ mod tests {
         assert!(validate_pattern("*").is_ok());
         assert!(validate_pattern("chat:*").is_ok());
         assert!(validate_pattern("exact").is_ok());
+        assert!(validate_pattern("team:*:chat").is_ok());
+        assert!(validate_pattern("**").is_ok());
         assert!(validate_pattern("").is_err());
-        assert!(validate_pattern("a*b").is_err());
         assert!(validate_pattern("a b*").is_err());
+        assert!(validate_pattern("a\"*").is_err());
+    }
+
+    #[test]
+    fn stars_match_any_run() {
+        for (p, yes, no) in [
+            (
+                "chat:*",
+                &["chat:", "chat:1", "chat:a:b"][..],
+                &["chat", "xchat:1"][..],
+            ),
+            (
+                "team:*:chat",
+                &[
+                    "team:7:chat",
+                    "team::chat",
+                    "team:a/b:chat",
+                    "team:x:chat:y:chat",
+                ],
+                &["team:7:chatty", "team:7", "xteam:7:chat", "team:chat"],
+            ),
+            ("*", &["a", "anything"], &[]),
+            ("*.log", &["a.log", ".log"], &["a.logs"]),
+            ("a*a", &["aa", "aba"], &["a"]),
+            ("exact", &["exact"], &["exact2", "exac"]),
+        ] {
+            for y in yes {
+                assert!(glob(p, y), "{p} should match {y}");
+            }
+            for n in no {
+                assert!(!glob(p, n), "{p} should not match {n}");
+            }
+        }
     }
 }

@@ -48,6 +48,9 @@ pub struct StreamLimits {
 struct Entry {
     offset: u64,
     expires_us: u64,
+    /// This core's count of entries kept before this one: ties of
+    /// `expires_us` (one pass reads the clock once) are broken by age.
+    seq: u64,
     frame: SharedFrame,
     payload_at: u32,
 }
@@ -74,8 +77,9 @@ impl Stream {
         self.cores.is_empty() && self.members.is_empty() && self.history.is_empty()
     }
 
-    fn front_expiry(&self) -> Option<u64> {
-        self.history.front().map(|e| e.expires_us)
+    /// The oldest entry's place in the eviction order.
+    fn front_key(&self) -> Option<(u64, u64)> {
+        self.history.front().map(|e| (e.expires_us, e.seq))
     }
 }
 
@@ -102,9 +106,11 @@ pub struct Streams {
     by_name: HashMap<Arc<str>, u32>,
     slots: Vec<Option<Stream>>,
     free: Vec<u32>,
-    /// Streams with history, by their oldest entry's expiry: the TTL sweep
-    /// and the budget's eviction order.
-    expiry: BTreeSet<(u64, u32)>,
+    /// Streams with history, by their oldest entry's expiry (then age):
+    /// the TTL sweep and the budget's eviction order.
+    expiry: BTreeSet<(u64, u64, u32)>,
+    /// Entries kept so far (their `seq`).
+    kept: u64,
     bytes: usize,
     entries: usize,
     members: usize,
@@ -146,6 +152,7 @@ impl Streams {
             slots: Vec::new(),
             free: Vec::new(),
             expiry: BTreeSet::new(),
+            kept: 0,
             bytes: 0,
             entries: 0,
             members: 0,
@@ -215,25 +222,25 @@ impl Streams {
 
     /// Re-keys stream `idx` in the expiry order after its oldest entry
     /// changed from `old`.
-    fn rekey(&mut self, idx: u32, old: Option<u64>) {
+    fn rekey(&mut self, idx: u32, old: Option<(u64, u64)>) {
         let new = self.slots[idx as usize]
             .as_ref()
-            .and_then(Stream::front_expiry);
+            .and_then(Stream::front_key);
         if old == new {
             return;
         }
-        if let Some(t) = old {
-            self.expiry.remove(&(t, idx));
+        if let Some((t, seq)) = old {
+            self.expiry.remove(&(t, seq, idx));
         }
-        if let Some(t) = new {
-            self.expiry.insert((t, idx));
+        if let Some((t, seq)) = new {
+            self.expiry.insert((t, seq, idx));
         }
     }
 
     /// Removes stream `idx`'s oldest entry.
     fn pop_oldest(&mut self, idx: u32) -> bool {
         let st = self.stream(idx);
-        let old = st.front_expiry();
+        let old = st.front_key();
         let Some(e) = st.history.pop_front() else {
             return false;
         };
@@ -248,7 +255,8 @@ impl Streams {
     }
 
     /// Numbers a publication, keeps it, and sends it to every core with
-    /// subscribers; answers `reply` on core `from`.
+    /// subscribers; answers `reply` on core `from` (a caller on this core
+    /// passes [`ReplyTo::Nobody`] and uses the returned position).
     pub fn sequence(
         &mut self,
         from: usize,
@@ -256,7 +264,7 @@ impl Streams {
         channel: &str,
         payload: &[u8],
         now_us: u64,
-    ) {
+    ) -> Position {
         let idx = self.get_or_create(channel);
         let st = self.stream(idx);
         st.position.offset += 1;
@@ -281,6 +289,7 @@ impl Streams {
         self.counters.sequenced += 1;
         self.keep(idx, position.offset, frame, payload_at, now_us);
         self.drop_if_unused(idx);
+        position
     }
 
     /// Adds a publication to stream `idx`'s history, within its size and
@@ -295,10 +304,13 @@ impl Streams {
         let entry = Entry {
             offset,
             expires_us,
+            seq: self.kept,
             frame,
             payload_at,
         };
         let cost = entry.cost();
+        self.kept += 1;
+        let st = self.stream(idx);
         let was_empty = st.history.is_empty();
         st.history.push_back(entry);
         self.bytes += cost;
@@ -310,7 +322,7 @@ impl Streams {
             self.pop_oldest(idx);
         }
         while self.bytes > self.limits.history_max_bytes {
-            let Some(&(_, victim)) = self.expiry.first() else {
+            let Some(&(_, _, victim)) = self.expiry.first() else {
                 break;
             };
             self.pop_oldest(victim);
@@ -324,7 +336,7 @@ impl Streams {
     /// Drops history past its age, everywhere. Returns whether history
     /// remains (the loop sweeps again later).
     pub fn sweep(&mut self, now_us: u64) -> bool {
-        while let Some(&(t, idx)) = self.expiry.first() {
+        while let Some(&(t, _, idx)) = self.expiry.first() {
             if t > now_us {
                 break;
             }
@@ -340,8 +352,8 @@ impl Streams {
     fn expire(&mut self, idx: u32, now_us: u64) {
         while self.slots[idx as usize]
             .as_ref()
-            .and_then(Stream::front_expiry)
-            .is_some_and(|t| t <= now_us)
+            .and_then(Stream::front_key)
+            .is_some_and(|(t, _)| t <= now_us)
         {
             self.pop_oldest(idx);
             self.counters.expired += 1;
@@ -498,7 +510,7 @@ impl Streams {
                     channel,
                     payload,
                 } = *u;
-                self.sequence(from as usize, reply, &channel, &payload, now_us);
+                let _ = self.sequence(from as usize, reply, &channel, &payload, now_us);
             }
             MeshMsg::Subscribe(req) => self.subscribe(*req, now_us),
             MeshMsg::Leave { channel, client } => self.leave(&channel, &client),
@@ -541,7 +553,7 @@ impl Streams {
 
     /// When the oldest history entry expires (the loop's next sweep).
     pub fn next_expiry_us(&self) -> Option<u64> {
-        self.expiry.first().map(|&(t, _)| t)
+        self.expiry.first().map(|&(t, ..)| t)
     }
 }
 
@@ -786,6 +798,22 @@ mod tests {
             s.sequence(0, ReplyTo::Nobody, "d", &[b'1'; 40], 0);
         }
         assert_eq!(s.lookup("a"), None);
+    }
+
+    #[test]
+    fn equal_expiry_times_evict_by_age_so_a_new_stream_keeps_its_entry() {
+        // Every publication in one pass has the same time.
+        let mut s = engine(4 * (ENTRY_OVERHEAD + 100));
+        for i in 0..20 {
+            let ch = format!("fill.{i}");
+            let p = s.sequence(0, ReplyTo::Nobody, &ch, &[b'1'; 40], 0);
+            assert_eq!(p.offset, 1);
+            let p = s.sequence(0, ReplyTo::Nobody, &ch, &[b'1'; 40], 0);
+            assert_eq!(p.offset, 2, "{ch}: the stream survived its own publication");
+        }
+        let last = s.lookup("fill.19").expect("the newest stream is kept");
+        assert_eq!(s.stream(last).history.len(), 2);
+        assert_eq!(s.lookup("fill.0"), None, "the oldest went first");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::ws::OpCode;
 
 /// `{"type":"message","channel":"C","offset":O,"payload":P}` as one frame,
 /// and where `P` starts in it (history answers copy the payload back out).
-pub(crate) fn message_frame(channel: &str, offset: u64, payload: &[u8]) -> (SharedFrame, u32) {
+pub fn message_frame(channel: &str, offset: u64, payload: &[u8]) -> (SharedFrame, u32) {
     debug_assert!(super::name::check(channel).is_ok(), "{channel:?}");
     let mut digits = [0u8; 20];
     let digits = u64_digits(offset, &mut digits);
@@ -31,7 +31,7 @@ pub(crate) fn message_frame(channel: &str, offset: u64, payload: &[u8]) -> (Shar
 }
 
 /// The payload inside a frame made by [`message_frame`].
-pub(crate) fn payload_of(frame: &SharedFrame, at: u32) -> &[u8] {
+pub fn payload_of(frame: &SharedFrame, at: u32) -> &[u8] {
     let b = frame.bytes();
     &b[at as usize..b.len() - 1]
 }

@@ -167,14 +167,16 @@ impl Shard {
             }
             return;
         }
-        channels.add(idx, r.key, joining.join_leave);
+        // A repeated subscribe of a connection that already receives the
+        // channel is answered, but nothing is replayed: it has it all.
+        let fresh = channels.add(idx, r.key, joining.join_leave);
         self.env.stats.count_recovery(r.recovered);
         let id = r.id;
         let presence = r.presence.as_ref();
         self.ws_reply(r.key, |v| {
             protocol::write_subscribe_ack(id, r.position, r.recovered, presence, v)
         });
-        if r.frames.is_empty() {
+        if r.frames.is_empty() || !fresh {
             return;
         }
         let max = self.cfg.max_send_queue_bytes;
@@ -294,10 +296,7 @@ impl Shard {
 
 /// The error message for a history `since` from another epoch.
 pub(super) fn epoch_mismatch(current: u64) -> String {
-    let mut e = Vec::new();
-    crate::hub::wire::write_epoch(current, &mut e);
     format!(
-        "`since.epoch` is not the channel's epoch ({}): the history it refers to is gone",
-        String::from_utf8_lossy(&e)
+        "`since.epoch` is not the channel's epoch ({current:016x}): the history it refers to is gone"
     )
 }

@@ -21,6 +21,14 @@ impl Shard {
         s.send_pool_bytes = self.env.pool.bytes() as u64;
         s.channels = self.env.channels.len() as u64;
         s.subscriptions = self.env.channels.subscriptions() as u64;
+        let streams = &self.env.streams;
+        s.streams = streams.len() as u64;
+        s.history_publications = streams.history_entries() as u64;
+        s.history_bytes = streams.history_bytes() as u64;
+        s.history_evicted = streams.counters.evicted;
+        s.history_expired = streams.counters.expired;
+        s.presence_clients = streams.members() as u64;
+        s.sequenced = streams.counters.sequenced;
         self.control.metrics[self.id].publish(&s, self.conns.len());
     }
 

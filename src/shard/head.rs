@@ -199,6 +199,7 @@ impl Shard {
                 conn.out.write_with(&mut self.env.pool, |v| {
                     encode_frame_into(OpCode::Text, scratch, v)
                 });
+                self.env.stats.replies += 1;
             }
             Endpoint::None | Endpoint::Echo => {}
         }

@@ -328,7 +328,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ringcast_channels",
         kind: "gauge",
-        help: "Channels this core holds (local subscribers or remote interest).",
+        help: "Channels this core's connections subscribe to (or wait to).",
         series: |s| one(s.stats.channels),
     },
     Family {
@@ -336,6 +336,59 @@ const FAMILIES: &[Family] = &[
         kind: "gauge",
         help: "Channel subscriptions of this core's connections.",
         series: |s| one(s.stats.subscriptions),
+    },
+    Family {
+        name: "ringcast_streams",
+        kind: "gauge",
+        help: "Channel streams this core owns (sequences, keeps history and presence of).",
+        series: |s| one(s.stats.streams),
+    },
+    Family {
+        name: "ringcast_sequenced_total",
+        kind: "counter",
+        help: "Publications numbered by this core's streams.",
+        series: |s| one(s.stats.sequenced),
+    },
+    Family {
+        name: "ringcast_history_publications",
+        kind: "gauge",
+        help: "Publications held in the history of this core's streams.",
+        series: |s| one(s.stats.history_publications),
+    },
+    Family {
+        name: "ringcast_history_bytes",
+        kind: "gauge",
+        help: "Memory held by history on this core (frames plus per-entry overhead); at most --history-max-bytes.",
+        series: |s| one(s.stats.history_bytes),
+    },
+    Family {
+        name: "ringcast_history_evicted_total",
+        kind: "counter",
+        help: "History entries evicted to stay within --history-max-bytes (oldest first).",
+        series: |s| one(s.stats.history_evicted),
+    },
+    Family {
+        name: "ringcast_history_expired_total",
+        kind: "counter",
+        help: "History entries dropped for being older than their channel's history_ttl.",
+        series: |s| one(s.stats.history_expired),
+    },
+    Family {
+        name: "ringcast_presence_clients",
+        kind: "gauge",
+        help: "Clients in the presence of this core's streams.",
+        series: |s| one(s.stats.presence_clients),
+    },
+    Family {
+        name: "ringcast_recoveries_total",
+        kind: "counter",
+        help: "Subscribes with `since`, by outcome (recovered: the missed publications followed the ack).",
+        series: |s| {
+            vec![
+                ("", "outcome=\"recovered\"".into(), s.stats.msg.recovered as f64),
+                ("", "outcome=\"not_recovered\"".into(), s.stats.msg.not_recovered as f64),
+            ]
+        },
     },
 ];
 

@@ -55,7 +55,7 @@ use crate::conn::outq::{FreeList, MAX_IOV};
 use crate::conn::ConnKey;
 use crate::hub::mesh::{self, Mesh};
 use crate::hub::options::ChannelRules;
-use crate::hub::stream::{StreamLimits, Streams};
+use crate::hub::stream::StreamLimits;
 use crate::hub::MeshMsg;
 use crate::io::ring::Ring;
 use crate::ws::Limits;
@@ -211,11 +211,14 @@ impl Shard {
             ring,
             accept: accept::Acceptor::new(listener),
             conns: Slab::default(),
-            env: {
-                let rules = Rc::new(cfg.channels.clone());
-                let streams = Streams::new(id, rules.clone(), cfg.stream_limits.clone(), cfg.nonce);
-                Env::new(id, cfg.cores, cfg.policy.clone(), streams, rules, cfg.nonce)
-            },
+            env: Env::with_channels(
+                id,
+                cfg.cores,
+                cfg.policy.clone(),
+                Rc::new(cfg.channels.clone()),
+                cfg.stream_limits.clone(),
+                cfg.nonce,
+            ),
             clients: 0,
             mesh,
             mesh_in: Vec::new(),
@@ -351,10 +354,14 @@ impl Shard {
         }
         self.rearm_recvs();
         self.publish_metrics();
-        self.flush()?;
+        // Wake the peers this pass pushed to before our own sends: they
+        // fan out in parallel with this core's flush instead of after it
+        // (with an owner core between publisher and subscribers, that is
+        // the hop's latency).
         if let Some(m) = &mut self.mesh {
             m.ring_doorbells();
         }
+        self.flush()?;
         self.stall_if_asked()?;
         Ok(worked)
     }

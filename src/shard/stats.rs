@@ -78,6 +78,21 @@ pub struct Stats {
     pub channels: u64,
     /// Gauge: local channel subscriptions.
     pub subscriptions: u64,
+    /// Gauge: channel streams this core owns.
+    pub streams: u64,
+    /// Gauge: publications held in the history of this core's streams.
+    pub history_publications: u64,
+    /// Gauge: bytes they take (frames plus per-entry overhead), bounded by
+    /// `--history-max-bytes`.
+    pub history_bytes: u64,
+    /// Publications evicted from history for the byte budget.
+    pub history_evicted: u64,
+    /// Publications dropped from history for their age.
+    pub history_expired: u64,
+    /// Gauge: clients in the presence of this core's streams.
+    pub presence_clients: u64,
+    /// Publications this core's streams numbered.
+    pub sequenced: u64,
     /// Counters of the connections' messages.
     pub msg: MsgStats,
 }
