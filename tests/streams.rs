@@ -297,8 +297,10 @@ const SECRET: &str = "streams-test-secret-0123456789abcdef";
 
 /// Every `/ws` connection starts with a welcome: a client id unique in the
 /// process (also after connections close), the core it landed on (as the
-/// 101's `X-Ringcast-Core` says), the first ping interval in ms. `/echo` and
-/// `/broadcast` get none.
+/// 101's `X-Ringcast-Core` says), and the interval the server pings at
+/// before it has measured a round trip, in ms:
+/// `clamp(ping_interval / 2, ping_min, ping_max)`. `/echo` and `/broadcast`
+/// get none.
 #[test]
 fn welcome_ids_are_unique_and_name_the_core_and_ping_interval() {
     let server = Server::start(&["--cores", "2", "--ping-interval", "45"]);
@@ -317,8 +319,7 @@ fn welcome_ids_are_unique_and_name_the_core_and_ping_interval() {
             .expect("X-Ringcast-Core");
         let w = expect_welcome(&mut ws);
         assert_eq!(w["core"], core, "{w}");
-        // The interval before a round trip is measured:
-        // clamp(--ping-interval / 2, --ping-min, --ping-max).
+        // 45 s / 2, within the default [10, 120] s.
         assert_eq!(w["ping_ms"], 22_500, "{w}");
         let id = w["client"].as_str().unwrap().to_owned();
         // `<12 hex nonce>-<core>-<seq>`.
@@ -376,15 +377,19 @@ fn welcome_ids_are_unique_and_name_the_core_and_ping_interval() {
         }
     }
 
-    // Half a fractional interval, in whole milliseconds; below --ping-min
-    // it is clamped to it.
-    let other = Server::start(&["--cores", "1", "--ping-interval", "25.5"]);
-    let (_, w) = ws_client_on_core(&other, 0);
-    assert_eq!(w["ping_ms"], 12_750, "{w}");
-    let clamped = Server::start(&["--cores", "1", "--ping-interval", "12.5"]);
-    let (_, w) = ws_client_on_core(&clamped, 0);
-    assert_eq!(w["ping_ms"], 10_000, "{w}");
-    assert_eq!(w["core"], 0, "{w}");
+    // Fractional, and clamped at either end.
+    for (flags, ping_ms) in [
+        (&["--ping-interval", "12.5", "--ping-min", "2"][..], 6_250),
+        (&["--ping-interval", "12.5"][..], 10_000),
+        (&["--ping-interval", "300", "--ping-max", "60"][..], 60_000),
+    ] {
+        let mut args = vec!["--cores", "1"];
+        args.extend_from_slice(flags);
+        let other = Server::start(&args);
+        let (_, w) = ws_client_on_core(&other, 0);
+        assert_eq!(w["ping_ms"], ping_ms, "{flags:?}: {w}");
+        assert_eq!(w["core"], 0, "{w}");
+    }
 }
 
 // ----- one order for everyone ------------------------------------------------
