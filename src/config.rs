@@ -190,7 +190,8 @@ pub struct Config {
     #[arg(long, default_value_t = 300.0, value_parser = parse_seconds)]
     pub history_ttl: f64,
 
-    /// History memory budget per core, in bytes: over it the core's oldest
+    /// History memory budget per core, in bytes (frames, 64 B per entry,
+    /// 256 B per channel holding history): over it the core's oldest
     /// publications (of any channel) are evicted first.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub history_max_bytes: usize,

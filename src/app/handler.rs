@@ -55,6 +55,7 @@ impl Env {
         let limits = StreamLimits {
             history_max_bytes: 64 << 20,
             presence_max_clients: 1000,
+            answer_max_bytes: policy.max_queue,
         };
         Env::with_channels(me, cores, policy, Rc::default(), limits, process_nonce())
     }

@@ -9,6 +9,7 @@
 pub(crate) mod broadcast;
 pub(crate) mod channels;
 pub(crate) mod deliver;
+pub(crate) mod engine;
 pub(crate) mod mesh;
 pub(crate) mod name;
 pub(crate) mod options;
@@ -19,133 +20,16 @@ use std::sync::Arc;
 
 pub(crate) use broadcast::Hub;
 pub(crate) use deliver::Recipients;
+pub(crate) use engine::{
+    HistoryAnswer, HistoryReq, Member, Position, PresenceList, ReplyTo, SubscribeReply,
+    SubscribeReq, Unsequenced,
+};
 
-use crate::conn::{ConnKey, SharedFrame};
+use crate::conn::SharedFrame;
 
 /// Most cores one server can run: a channel's interest set is a bit set of
 /// this many cores.
 pub(crate) const MAX_CORES: usize = 256;
-
-/// Who an owner's answer is for, carried through the request and back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplyTo {
-    /// Nobody (an embedding program's `Publisher`).
-    Nobody,
-    /// A `/ws` connection's request `id`.
-    Ws { key: ConnKey, id: Option<u64> },
-    /// Entry `index` of an HTTP API request waiting on core `ticket`.
-    Api { ticket: u32, index: u32 },
-}
-
-/// A point in a channel's stream: which history (`epoch`) and how far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Position {
-    /// Identifies one continuous history of the channel.
-    pub epoch: u64,
-    /// The latest offset (0: nothing published yet).
-    pub offset: u64,
-}
-
-/// A client as presence and join/leave show it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// The connection's id from its `welcome`.
-    pub client: Box<str>,
-    /// The token's `sub`, when auth is on.
-    pub user: Option<Box<str>>,
-}
-
-/// A publication on its way to the channel's owner, which numbers it.
-pub struct Unsequenced {
-    /// The core to answer.
-    pub from: u16,
-    /// Who waits for the offset.
-    pub reply: ReplyTo,
-    /// The channel name (validated).
-    pub channel: Box<str>,
-    /// The payload, valid JSON, exactly as the publisher sent it.
-    pub payload: Box<[u8]>,
-}
-
-/// A subscribe the owner must see: the first one of a channel on a core
-/// (interest), one asking for recovery or presence, and every one on a
-/// channel that tracks presence.
-pub struct SubscribeReq {
-    /// The subscriber's core.
-    pub from: u16,
-    /// The channel (this core's name handle).
-    pub channel: Arc<str>,
-    /// The connection and its request id.
-    pub key: ConnKey,
-    /// Request id to echo.
-    pub id: Option<u64>,
-    /// Where the client's copy of the stream ends, for recovery.
-    pub since: Option<Position>,
-    /// The member to add to presence (channels that track it).
-    pub member: Option<Member>,
-    /// Whether the ack carries the presence list.
-    pub want_presence: bool,
-}
-
-/// The owner's answer to a [`SubscribeReq`]: sent after every publication
-/// up to `position` on the same ring, so the subscriber's core has seen
-/// exactly those when it arrives.
-pub struct SubscribeReply {
-    /// The channel.
-    pub channel: Arc<str>,
-    /// The connection and its request id.
-    pub key: ConnKey,
-    /// Request id to echo.
-    pub id: Option<u64>,
-    /// The stream's position now.
-    pub position: Position,
-    /// With `since`: whether the publications after it were recovered.
-    pub recovered: Option<bool>,
-    /// The recovered publications' frames, oldest first.
-    pub frames: Vec<SharedFrame>,
-    /// The presence list, when asked for.
-    pub presence: Option<PresenceList>,
-}
-
-/// Presence of one channel: the exact count and the first clients.
-#[derive(Debug, Default)]
-pub struct PresenceList {
-    /// How many clients are subscribed.
-    pub count: u64,
-    /// Up to `--presence-max-clients` of them.
-    pub clients: Vec<Member>,
-}
-
-/// A history read: the last `limit` publications, or the first `limit`
-/// after `since`.
-pub struct HistoryReq {
-    /// The core to answer.
-    pub from: u16,
-    /// Who waits.
-    pub reply: ReplyTo,
-    /// The channel.
-    pub channel: Box<str>,
-    /// Most publications to return.
-    pub limit: u32,
-    /// Start after this point of the stream.
-    pub since: Option<Position>,
-}
-
-/// What a history read found.
-pub enum HistoryAnswer {
-    /// The stream's position and the publications (frame, payload start).
-    Found {
-        /// The stream's position now.
-        position: Position,
-        /// Oldest first.
-        publications: Vec<(u64, SharedFrame, u32)>,
-    },
-    /// `since` named another epoch: the history it refers to is gone.
-    EpochMismatch {
-        /// The current epoch.
-        current: u64,
-    },
-}
 
 /// What one core sends another through its SPSC ring. Channel names travel
 /// as `Arc<str>` so a name is allocated once per core that holds it, and

@@ -36,6 +36,11 @@ use crate::conn::SharedFrame;
 /// and the deque slot.
 pub(crate) const ENTRY_OVERHEAD: usize = 64;
 
+/// What a stream with history costs besides its entries and name (the
+/// entry, its map slot, the deque): counted in the budget too, so many
+/// channels of one tiny publication each cannot hold more than it.
+pub(crate) const STREAM_OVERHEAD: usize = 256;
+
 /// The engine's limits.
 #[derive(Clone, Debug)]
 pub struct StreamLimits {
@@ -43,6 +48,10 @@ pub struct StreamLimits {
     pub history_max_bytes: usize,
     /// Most clients a presence list shows.
     pub presence_max_clients: u32,
+    /// Most payload bytes one history answer carries (at least one
+    /// publication): the reader's send queue bound, so one request cannot
+    /// make the server build an answer of the whole budget.
+    pub answer_max_bytes: usize,
 }
 
 struct Entry {
@@ -73,6 +82,11 @@ struct Stream {
 }
 
 impl Stream {
+    /// What holding history costs beyond the entries.
+    fn overhead(&self) -> usize {
+        STREAM_OVERHEAD + self.name.len()
+    }
+
     fn unused(&self) -> bool {
         self.cores.is_empty() && self.members.is_empty() && self.history.is_empty()
     }
@@ -244,11 +258,12 @@ impl Streams {
         let Some(e) = st.history.pop_front() else {
             return false;
         };
-        let shrink = st.history.is_empty() && st.history.capacity() > 16;
-        if shrink {
+        let mut freed = e.cost();
+        if st.history.is_empty() {
+            freed += st.overhead();
             st.history = VecDeque::new();
         }
-        self.bytes -= e.cost();
+        self.bytes -= freed;
         self.entries -= 1;
         self.rekey(idx, old);
         true
@@ -312,6 +327,11 @@ impl Streams {
         self.kept += 1;
         let st = self.stream(idx);
         let was_empty = st.history.is_empty();
+        let cost = if was_empty {
+            cost + st.overhead()
+        } else {
+            cost
+        };
         st.history.push_back(entry);
         self.bytes += cost;
         self.entries += 1;
@@ -468,8 +488,9 @@ impl Streams {
             },
             Some(idx) => {
                 self.expire(idx, now_us);
+                let max_bytes = self.limits.answer_max_bytes;
                 let st = self.stream(idx);
-                read_history(st, req.limit as usize, req.since)
+                read_history(st, req.limit as usize, req.since, max_bytes)
             }
         };
         if let Some(idx) = self.lookup(&req.channel) {
@@ -580,8 +601,27 @@ fn recover(st: &Stream, since: Position) -> Option<Vec<SharedFrame>> {
     )
 }
 
-fn read_history(st: &Stream, limit: usize, since: Option<Position>) -> HistoryAnswer {
+/// Up to `limit` publications: the newest (without `since`) or the first
+/// after `since`, oldest first either way, and no more payload bytes than
+/// `max_bytes` (at least one publication, so paging with `since` always
+/// moves on).
+fn read_history(
+    st: &Stream,
+    limit: usize,
+    since: Option<Position>,
+    max_bytes: usize,
+) -> HistoryAnswer {
     let position = st.position;
+    let mut budget = max_bytes;
+    let mut fits = |e: &&Entry| {
+        let len = e.frame.bytes().len() - e.payload_at as usize - 1;
+        if len > budget && budget < max_bytes {
+            return false;
+        }
+        budget = budget.saturating_sub(len);
+        true
+    };
+    let take = |e: &Entry| (e.offset, e.frame.share(), e.payload_at);
     let publications = match since {
         Some(s) if s.epoch != position.epoch => {
             return HistoryAnswer::EpochMismatch {
@@ -593,15 +633,20 @@ fn read_history(st: &Stream, limit: usize, since: Option<Position>) -> HistoryAn
             .iter()
             .filter(|e| e.offset > s.offset)
             .take(limit)
-            .map(|e| (e.offset, e.frame.share(), e.payload_at))
+            .take_while(&mut fits)
+            .map(take)
             .collect(),
         None => {
-            let skip = st.history.len().saturating_sub(limit);
-            st.history
+            let mut newest: Vec<_> = st
+                .history
                 .iter()
-                .skip(skip)
-                .map(|e| (e.offset, e.frame.share(), e.payload_at))
-                .collect()
+                .rev()
+                .take(limit)
+                .take_while(&mut fits)
+                .map(take)
+                .collect();
+            newest.reverse();
+            newest
         }
     };
     HistoryAnswer::Found {
@@ -650,6 +695,7 @@ mod tests {
         let limits = StreamLimits {
             history_max_bytes: budget,
             presence_max_clients: 2,
+            answer_max_bytes: 1000,
         };
         Streams::new(0, Rc::new(rules), limits, 42)
     }
@@ -780,13 +826,13 @@ mod tests {
 
     #[test]
     fn the_budget_evicts_oldest_first_and_holds() {
-        let mut s = engine(10 * (ENTRY_OVERHEAD + 100));
+        let mut s = engine(10 * (ENTRY_OVERHEAD + 100) + 3 * (STREAM_OVERHEAD + 1));
         for ch in ["a", "b", "c"] {
             for _ in 0..5 {
                 s.sequence(0, ReplyTo::Nobody, ch, &[b'1'; 40], 0);
             }
         }
-        assert!(s.history_bytes() <= 10 * (ENTRY_OVERHEAD + 100));
+        assert!(s.history_bytes() <= 10 * (ENTRY_OVERHEAD + 100) + 3 * (STREAM_OVERHEAD + 1));
         assert!(s.counters.evicted > 0);
         // The first channel lost its oldest entries first.
         let a = s.lookup("a");
@@ -803,7 +849,7 @@ mod tests {
     #[test]
     fn equal_expiry_times_evict_by_age_so_a_new_stream_keeps_its_entry() {
         // Every publication in one pass has the same time.
-        let mut s = engine(4 * (ENTRY_OVERHEAD + 100));
+        let mut s = engine(4 * (ENTRY_OVERHEAD + 100) + 2 * (STREAM_OVERHEAD + 7));
         for i in 0..20 {
             let ch = format!("fill.{i}");
             let p = s.sequence(0, ReplyTo::Nobody, &ch, &[b'1'; 40], 0);
@@ -814,6 +860,45 @@ mod tests {
         let last = s.lookup("fill.19").expect("the newest stream is kept");
         assert_eq!(s.stream(last).history.len(), 2);
         assert_eq!(s.lookup("fill.0"), None, "the oldest went first");
+    }
+
+    #[test]
+    fn a_history_answer_is_bounded_in_bytes_and_always_moves_on() {
+        let mut s = engine(1 << 20);
+        s.subscribe(sub(0, "room:h", None, None), 0);
+        let epoch = reply(take(&mut s)).position.epoch;
+        for _ in 0..5 {
+            s.sequence(0, ReplyTo::Nobody, "room:h", &[b'7'; 400], 0);
+        }
+        let read = |s: &mut Streams, since: Option<Position>| {
+            let req = HistoryReq {
+                from: 0,
+                reply: ReplyTo::Nobody,
+                channel: "room:h".into(),
+                limit: 100,
+                since,
+            };
+            s.history(&req, 0);
+            match take(s).pop() {
+                Some((_, MeshMsg::HistoryAnswer { answer, .. })) => match *answer {
+                    HistoryAnswer::Found { publications, .. } => {
+                        publications.iter().map(|p| p.0).collect::<Vec<_>>()
+                    }
+                    HistoryAnswer::EpochMismatch { .. } => panic!("epoch"),
+                },
+                _ => panic!("no answer"),
+            }
+        };
+        // 1000 bytes hold two 400-byte payloads: the newest two, in order.
+        assert_eq!(read(&mut s, None), vec![4, 5]);
+        assert_eq!(
+            read(&mut s, Some(Position { epoch, offset: 0 })),
+            vec![1, 2]
+        );
+        let big = engine(1 << 20);
+        let mut big = big;
+        big.sequence(0, ReplyTo::Nobody, "room:h", &[b'7'; 5000], 0);
+        assert_eq!(read(&mut big, None), vec![1], "one over the cap still goes");
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl Config {
             stream_limits: crate::hub::stream::StreamLimits {
                 history_max_bytes: self.history_max_bytes,
                 presence_max_clients: self.presence_max_clients,
+                answer_max_bytes: self.max_send_queue_bytes,
             },
             nonce: crate::hub::stream::process_nonce(),
         }

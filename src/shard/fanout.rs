@@ -17,6 +17,9 @@ use crate::hub::{
 use crate::ws::frame::encode_frame_into;
 use crate::ws::{CloseCode, OpCode, State};
 
+/// Capacity of the reply scratch buffer kept after a large reply.
+const SCRATCH_KEEP: usize = 256 * 1024;
+
 /// The core's connections as fan-out sees them: a queue per key. One that
 /// got frames is listed for the flush, one over its bound for a 1008 close.
 struct Sink<'a> {
@@ -245,6 +248,11 @@ impl Shard {
         conn.out.write_with(&mut env.pool, |v| {
             encode_frame_into(OpCode::Text, scratch, v)
         });
+        // A history answer can be megabytes: the scratch buffer does not
+        // keep that much for good.
+        if env.scratch.capacity() > SCRATCH_KEEP {
+            env.scratch = Vec::new();
+        }
         // Counted like a reply queued during the connection's own read.
         env.stats.replies += 1;
         self.mark_dirty(key);

@@ -358,7 +358,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ringcast_history_bytes",
         kind: "gauge",
-        help: "Memory held by history on this core (frames plus per-entry overhead); at most --history-max-bytes.",
+        help: "Memory held by history on this core (frames plus per-entry and per-channel overhead); at most --history-max-bytes.",
         series: |s| one(s.stats.history_bytes),
     },
     Family {

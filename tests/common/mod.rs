@@ -581,7 +581,9 @@ pub fn recv_json(ws: &mut Ws) -> serde_json::Value {
 pub fn read_message(ws: &mut Ws) -> tungstenite::Message {
     loop {
         match ws.read() {
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                continue
+            }
             other => return other.expect("read"),
         }
     }
