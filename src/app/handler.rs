@@ -372,7 +372,11 @@ impl<'a> ConnIo<'a> {
         // This core already receives the channel: everything after the
         // offset it delivered last is still to come, so the answer is here
         // — unless the owner has something to add (presence, recovery).
-        let live = channels.live_position(idx);
+        // A subscribe of this connection still waiting for the owner goes
+        // the same way, so the answers keep their order.
+        let live = channels
+            .live_position(idx)
+            .filter(|_| !channels.is_joining(idx, key));
         let local = match live {
             Some(pos) if !tracked && !presence => match since {
                 None => Some((pos, None)),
