@@ -5,13 +5,13 @@
 mod common;
 
 use common::{
-    check_offset_ack, client, handshakes, http_body, http_exchange, metric_sum, recv_json,
-    recv_text, scrape, send_json, try_client_with, try_ws_client_with, upgrade_request,
-    upgrade_request_with, ws_client, Server,
+    check_offset_ack, client, handshakes, http_body, http_exchange, masked, metric_sum, read_frame,
+    read_head, recv_json, recv_text, scrape, send_json, tcp, try_client_with, try_ws_client_with,
+    upgrade_request, upgrade_request_with, ws_client, Server,
 };
 use ringcast::internals::auth::{sign, Claims};
 use serde_json::json;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tungstenite::Message;
 
@@ -69,7 +69,7 @@ fn bad_or_missing_tokens_get_401_before_the_upgrade() {
     let forged = token("some-other-secret-0123456789abcdef", now() + 3600, None);
     let cases = [
         (upgrade_request("/echo"), "missing token"),
-        (upgrade_request("/ws"), "missing token"),
+        (upgrade_request("/broadcast"), "missing token"),
         (upgrade_request("/echo?token=garbage"), "invalid token"),
         (
             upgrade_request_with("/echo", "Authorization: Bearer not.a.jwt\r\n"),
@@ -80,15 +80,7 @@ fn bad_or_missing_tokens_get_401_before_the_upgrade() {
             "token expired",
         ),
         (
-            upgrade_request_with("/ws", &format!("Authorization: Bearer {expired}\r\n")),
-            "token expired",
-        ),
-        (
             upgrade_request(&format!("/echo?token={forged}")),
-            "invalid token",
-        ),
-        (
-            upgrade_request_with("/ws", &format!("Authorization: Bearer {forged}\r\n")),
             "invalid token",
         ),
     ];
@@ -109,6 +101,121 @@ fn bad_or_missing_tokens_get_401_before_the_upgrade() {
     assert_eq!(handshakes(&m, "unauthorized"), (cases.len() + 1) as f64);
     assert_eq!(handshakes(&m, "upgraded"), 0.0);
     assert_eq!(handshakes(&m, "forbidden"), 0.0);
+}
+
+/// A browser cannot read the status of a refused upgrade, so on `/ws` a
+/// missing or bad token is told with a close code instead: the upgrade
+/// completes, no welcome, and the server closes at once with 4001
+/// `unauthorized: <reason>`. Frames the client pipelined behind the
+/// request are never acted on; the attempt counts as unauthorized.
+#[test]
+fn ws_without_a_valid_token_is_closed_with_4001() {
+    let server = Server::start(&["--cores", "2", "--auth-secret", SECRET]);
+    let expired = token(SECRET, now() - 3600, None);
+    let forged = token("some-other-secret-0123456789abcdef", now() + 3600, None);
+    let not_yet = sign(
+        SECRET.as_bytes(),
+        &Claims {
+            nbf: Some(now() + 3600),
+            ..claims(now() + 7200, None)
+        },
+    );
+    let cases = [
+        (upgrade_request("/ws"), "missing token"),
+        (upgrade_request("/ws?token=garbage"), "invalid token"),
+        (
+            upgrade_request_with("/ws", &format!("Authorization: Bearer {expired}\r\n")),
+            "token expired",
+        ),
+        (
+            upgrade_request_with("/ws", &format!("Authorization: Bearer {forged}\r\n")),
+            "invalid token",
+        ),
+        (
+            upgrade_request(&format!("/ws?token={not_yet}")),
+            "token not valid yet (nbf)",
+        ),
+    ];
+    for (req, reason) in &cases {
+        let mut s = tcp(server.addr);
+        let mut bytes = req.clone().into_bytes();
+        // A publish pipelined behind the request is not acted on.
+        bytes.extend(masked(
+            true,
+            1,
+            br#"{"type":"publish","channel":"x","payload":1,"id":1}"#,
+        ));
+        s.write_all(&bytes).unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{req}\n{head}");
+        let (fin, opcode, payload) = read_frame(&mut s).expect("a close frame");
+        assert!(fin);
+        assert_eq!(opcode, 8, "the first frame is the close, no welcome");
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4001, "{req}");
+        assert_eq!(
+            std::str::from_utf8(&payload[2..]).unwrap(),
+            format!("unauthorized: {reason}"),
+            "{req}"
+        );
+        // The client answers the close; the server then ends the connection.
+        s.write_all(&masked(true, 8, &payload[..2])).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "nothing after the close: {rest:?}");
+    }
+    // tungstenite sees the close code.
+    let (mut ws, _) = tungstenite::connect(server.url("/ws?token=garbage")).expect("upgrade");
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), 4001);
+            assert_eq!(f.reason.as_str(), "unauthorized: invalid token");
+        }
+        other => panic!("expected a 4001 close, got {other:?}"),
+    }
+    let m = scrape(&server);
+    assert_eq!(handshakes(&m, "unauthorized"), (cases.len() + 1) as f64);
+    assert_eq!(handshakes(&m, "upgraded"), 0.0);
+    assert_eq!(metric_sum(&m, "ringcast_publishes_total", None), 0.0);
+}
+
+/// A `/ws` connection whose token expires while it is open is closed with
+/// 4002 `token expired` (checked when its timer fires, at least once per
+/// ping interval): the client reconnects with a fresh token.
+#[test]
+fn ws_is_closed_with_4002_when_its_token_expires() {
+    let server = Server::start(&[
+        "--cores",
+        "1",
+        "--auth-secret",
+        SECRET,
+        "--ping-interval",
+        "1",
+        "--ping-min",
+        "0.5",
+    ]);
+    // Valid for one more second, plus the verifier's 5 s leeway.
+    let t = token(SECRET, now() + 1, None);
+    let (mut ws, _) = ws_client(&server.url(&format!("/ws?token={t}")));
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+    }
+    loop {
+        match common::read_message(&mut ws) {
+            tungstenite::Message::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 4002);
+                assert_eq!(f.reason.as_str(), "token expired");
+                break;
+            }
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+            other => panic!("expected a 4002 close, got {other:?}"),
+        }
+    }
+    let m = scrape(&server);
+    assert_eq!(
+        metric_sum(&m, "ringcast_token_expired_closes_total", None),
+        1.0
+    );
 }
 
 #[test]
@@ -223,7 +330,10 @@ fn token_before_its_nbf_gets_401() {
     );
     for req in [
         upgrade_request(&format!("/echo?token={not_yet}")),
-        upgrade_request_with("/ws", &format!("Authorization: Bearer {not_yet}\r\n")),
+        upgrade_request_with(
+            "/broadcast",
+            &format!("Authorization: Bearer {not_yet}\r\n"),
+        ),
     ] {
         let (status, resp) = http_exchange(server.addr, req.as_bytes());
         assert_eq!(status, 401, "{req}\n{resp}");

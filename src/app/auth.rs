@@ -13,7 +13,7 @@ use crate::http::Origin;
 /// for clock skew between the issuer and this host; small, so a revoked
 /// session's token dies promptly and a token minted for later is not usable
 /// now.
-const LEEWAY_SECS: u64 = 5;
+pub(crate) const LEEWAY_SECS: u64 = 5;
 
 /// What a valid token says about its holder.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]

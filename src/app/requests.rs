@@ -47,6 +47,9 @@ pub(crate) enum HeadOutcome {
     /// Upgrade, with the token's claims; frames start at this offset of
     /// the chunk.
     Upgrade(Upgrade<Route>, Option<auth::Claims>, usize),
+    /// `/ws` without a valid token: upgrade, then close at once with 4001
+    /// and this reason (a browser sees the close code, never a 401).
+    UpgradeUnauthorized(Upgrade<Route>, &'static str),
     Refuse(Refusal, RefusedBy),
     /// A complete response is in the core's scratch buffer.
     Respond,
@@ -87,6 +90,9 @@ pub(crate) fn admit(
         None => None,
         Some(v) => match v.verify(creds.token()) {
             Ok(c) => Some(c),
+            Err(e) if up.route == Route::Channels => {
+                return HeadOutcome::UpgradeUnauthorized(up, e.reason());
+            }
             Err(e) => {
                 let refusal = Refusal {
                     status: 401,

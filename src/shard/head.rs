@@ -14,7 +14,7 @@ use crate::io::bufring::RecvBuf;
 use crate::ws::frame::encode_frame_into;
 use crate::ws::handshake::{self, Parsed, Progress};
 use crate::ws::OpCode;
-use crate::ws::Session;
+use crate::ws::{CloseCode, Session};
 
 /// Parses what a handshaking connection has sent so far (`data`: this
 /// read). A head that came in pieces is collected in the connection; it
@@ -94,6 +94,14 @@ impl Shard {
                 }
             }
             HeadOutcome::Upgrade(up, claims, from) => self.upgrade(key, up, claims, buf, from),
+            HeadOutcome::UpgradeUnauthorized(up, reason) => {
+                self.stats.unauthorized += 1;
+                debug!(
+                    core = self.id,
+                    reason, "/ws upgrade without a valid token: 4001"
+                );
+                self.upgrade_unauthorized(key, up, reason);
+            }
             HeadOutcome::Refuse(r, by) => {
                 match by {
                     RefusedBy::Protocol => self.stats.refused += 1,
@@ -146,6 +154,31 @@ impl Shard {
             }
         });
         self.linger(key);
+    }
+
+    /// Completes a `/ws` upgrade that carried no valid token, only to close
+    /// it with 4001 and the reason: the connection has no endpoint, so
+    /// nothing it sends is acted on (frames pipelined behind the request
+    /// are never read), and it counts as refused, not upgraded.
+    fn upgrade_unauthorized(
+        &mut self,
+        key: ConnKey,
+        up: handshake::Upgrade<Route>,
+        reason: &'static str,
+    ) {
+        let core_header = self.core_header.as_bytes();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.write_with(&mut self.env.pool, |v| {
+            up.write_response_with(core_header, v)
+        });
+        conn.phase = Phase::Open(Session::new(self.cfg.limits));
+        conn.deadline = None;
+        conn.ctl = ConnCtl::default();
+        self.mark_dirty(key);
+        let reason = format!("unauthorized: {reason}");
+        self.close_open(key, CloseCode::UNAUTHORIZED, &reason, false);
     }
 
     fn upgrade(

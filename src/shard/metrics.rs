@@ -338,6 +338,12 @@ const FAMILIES: &[Family] = &[
         series: |s| one(s.stats.subscriptions),
     },
     Family {
+        name: "ringcast_token_expired_closes_total",
+        kind: "counter",
+        help: "/ws connections closed with 4002 because their token expired (checked once per ping interval).",
+        series: |s| one(s.stats.token_expired_closes),
+    },
+    Family {
         name: "ringcast_streams",
         kind: "gauge",
         help: "Channel streams this core owns (sequences, keeps history and presence of).",

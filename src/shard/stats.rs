@@ -78,6 +78,8 @@ pub struct Stats {
     pub channels: u64,
     /// Gauge: local channel subscriptions.
     pub subscriptions: u64,
+    /// `/ws` connections closed with 4002 because their token expired.
+    pub token_expired_closes: u64,
     /// Gauge: channel streams this core owns.
     pub streams: u64,
     /// Gauge: publications held in the history of this core's streams.

@@ -8,6 +8,7 @@ use tracing::debug;
 use super::slab::{Phase, NO_TICK};
 use super::{Shard, POOL_TRIM_PERIOD};
 use crate::app::heartbeat::Due;
+use crate::app::Endpoint;
 use crate::conn::ConnKey;
 use crate::ws::frame::encode_frame_into;
 use crate::ws::{CloseCode, OpCode};
@@ -75,6 +76,16 @@ impl Shard {
                 }
                 return;
             }
+            if token_expired(&conn.ctl.endpoint) {
+                if self.close_open(key, CloseCode::TOKEN_EXPIRED, "token expired", false) {
+                    self.stats.token_expired_closes += 1;
+                    debug!(
+                        core = self.id,
+                        "closed a connection whose token expired (4002)"
+                    );
+                }
+                return;
+            }
             if now_us >= conn.ctl.beat.next_us {
                 self.heartbeat(key, now_us);
             }
@@ -115,4 +126,20 @@ impl Shard {
             }
         }
     }
+}
+
+/// Whether a `/ws` connection's token has expired (past its `exp` and the
+/// verifier's leeway). Checked when the connection's timer fires (at least
+/// once per ping interval), so it closes within one interval of expiry.
+fn token_expired(endpoint: &Endpoint) -> bool {
+    let Endpoint::Channels(ws) = endpoint else {
+        return false;
+    };
+    let Some(claims) = &ws.claims else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now > claims.exp.saturating_add(crate::app::auth::LEEWAY_SECS)
 }

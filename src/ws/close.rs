@@ -24,6 +24,13 @@ impl CloseCode {
     pub const INTERNAL: CloseCode = CloseCode(1011);
     /// 1012 (IANA registry): the service is restarting; reconnect later.
     pub const SERVICE_RESTART: CloseCode = CloseCode(1012);
+    /// 4001 (private range): the token is missing, invalid or not valid
+    /// yet; do not reconnect with it. A browser cannot read a refused
+    /// upgrade's HTTP status, so `/ws` tells it this way.
+    pub const UNAUTHORIZED: CloseCode = CloseCode(4001);
+    /// 4002 (private range): the token expired during the connection;
+    /// reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: CloseCode = CloseCode(4002);
 
     /// Whether a peer may send this code in a close frame.
     ///
