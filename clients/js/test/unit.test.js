@@ -201,3 +201,20 @@ test('4001 and 4003 stop the client; other codes reconnect', async () => {
     assert.deepEqual(states.at(-1), { state: 'closed', code, reason: 'unauthorized: token expired' });
   }
 });
+
+test('heartbeat: an app-level ping when idle half the window, a reconnect after the whole window', async () => {
+  const { FakeWebSocket, sockets } = fakeSocketClass();
+  const rc = new Ringcast('ws://fake/ws', { WebSocket: FakeWebSocket, pingMargin: 1000, minReconnectDelay: 10000 });
+  const connected = rc.connect();
+  sockets[0].open({ type: 'welcome', client: 'c', core: 0, ping_ms: 1000 });
+  await connected;
+  const disconnected = new Promise((r) => rc.once('state', r));
+  await waitFor(() => sockets[0].last('ping'), 'an app-level ping');
+  assert.deepEqual(sockets[0].last('ping'), { type: 'ping' });
+  const down = await disconnected;
+  assert.equal(down.state, 'disconnected');
+  assert.equal(down.code, 4000);
+  assert.match(down.reason, /no traffic/);
+  assert.equal(sockets[0].closed.code, 4000); // no terminate(): close(4000)
+  rc.close();
+});
