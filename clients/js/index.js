@@ -221,15 +221,6 @@ export class Ringcast extends Emitter {
   /** Closes with 1000 and stops reconnecting; requests waiting are rejected with 'closed'. */
   close() {
     if (!this._want && this.state === 'closed') return;
-    const ws = this._ws;
-    if (ws) {
-      this._detach(ws);
-      try {
-        ws.close(1000, 'client closed');
-      } catch {
-        /* already closing */
-      }
-    }
     this._stop(1000, 'client closed');
   }
 
@@ -346,7 +337,8 @@ export class Ringcast extends Emitter {
       reject: (err) => {
         if (err.code === 'timeout') {
           // The server always answers a subscribe: the link is not working.
-          if (sub._live()) sub._emit('error', err);
+          if (!sub._live()) return;
+          sub._emit('error', err);
           this._abandon(4000, 'subscribe timeout');
         } else if (err.code !== 'disconnected' && err.code !== 'closed') {
           sub._onFail(err);

@@ -218,3 +218,30 @@ test('heartbeat: an app-level ping when idle half the window, a reconnect after 
   assert.equal(sockets[0].closed.code, 4000); // no terminate(): close(4000)
   rc.close();
 });
+
+test('a subscribe without an ack, or a socket without a welcome, is given up and retried', async () => {
+  const { FakeWebSocket, sockets } = fakeSocketClass();
+  const rc = new Ringcast('ws://fake/ws', {
+    WebSocket: FakeWebSocket,
+    requestTimeout: 50,
+    connectTimeout: 300,
+    minReconnectDelay: 1,
+    maxReconnectDelay: 1,
+  });
+  const states = [];
+  rc.on('state', (s) => states.push(s));
+  rc.connect();
+  await waitFor(() => sockets.length === 2, 'a second attempt after no welcome');
+  assert.match(states.find((s) => s.state === 'disconnected').reason, /no welcome/);
+  sockets[1].open();
+  const sub = rc.subscribe('room');
+  const err = await new Promise((r) => sub.once('error', r));
+  assert.equal(err.code, 'timeout');
+  await waitFor(() => sockets.length === 3, 'a reconnect after the subscribe timeout');
+  assert.match(states.filter((s) => s.state === 'disconnected')[1].reason, /subscribe timeout/);
+  sockets[2].open();
+  const req = sockets[2].last('subscribe');
+  sockets[2].receive({ type: 'ack', id: req.id, epoch: 'e', offset: 0 });
+  assert.equal((await sub.ready).epoch, 'e');
+  rc.close();
+});
