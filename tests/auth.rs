@@ -178,6 +178,30 @@ fn ws_without_a_valid_token_is_closed_with_4001() {
     assert_eq!(metric_sum(&m, "ringcast_publishes_total", None), 0.0);
 }
 
+/// On `/ws`, a refused origin is told with 4003 after the upgrade (a
+/// browser cannot read a 403).
+#[test]
+fn ws_from_a_refused_origin_is_closed_with_4003() {
+    let server = Server::start(&["--cores", "1", "--allowed-origins", "https://good.example"]);
+    let req = upgrade_request_with("/ws", "Origin: https://evil.example\r\n");
+    let mut s = tcp(server.addr);
+    s.write_all(req.as_bytes()).unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 101 "));
+    let (_, opcode, payload) = read_frame(&mut s).expect("a close frame");
+    assert_eq!(opcode, 8, "no welcome");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4003);
+    assert_eq!(&payload[2..], b"forbidden: origin not allowed");
+    let m = scrape(&server);
+    assert_eq!(handshakes(&m, "forbidden"), 1.0);
+    assert_eq!(handshakes(&m, "upgraded"), 0.0);
+    // Elsewhere the refusal stays a 403.
+    let (status, _) = http_exchange(
+        server.addr,
+        upgrade_request_with("/echo", "Origin: https://evil.example\r\n").as_bytes(),
+    );
+    assert_eq!(status, 403);
+}
+
 /// A `/ws` connection whose token expires while it is open is closed with
 /// 4002 `token expired` (checked when its timer fires, at least once per
 /// ping interval): the client reconnects with a fresh token.

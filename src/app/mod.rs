@@ -9,6 +9,7 @@
 //! for fan-out) and below `shard` (the loop that calls it).
 
 pub mod api;
+pub(crate) mod assets;
 pub mod auth;
 pub(crate) mod conn_state;
 pub(crate) mod handler;

@@ -50,6 +50,9 @@ pub(crate) enum HeadOutcome {
     /// `/ws` without a valid token: upgrade, then close at once with 4001
     /// and this reason (a browser sees the close code, never a 401).
     UpgradeUnauthorized(Upgrade<Route>, &'static str),
+    /// `/ws` from an origin outside `--allowed-origins`: upgrade, then
+    /// close at once with 4003 and this reason.
+    UpgradeForbidden(Upgrade<Route>, &'static str),
     Refuse(Refusal, RefusedBy),
     /// A complete response is in the core's scratch buffer.
     Respond,
@@ -80,6 +83,9 @@ pub(crate) fn admit(
     frames_from: usize,
 ) -> HeadOutcome {
     if !auth::origin_allowed(&access.allowed_origins, creds.origin) {
+        if up.route == Route::Channels {
+            return HeadOutcome::UpgradeForbidden(up, "origin not allowed");
+        }
         let refusal = Refusal {
             status: 403,
             reason: "origin not allowed",
@@ -165,9 +171,11 @@ pub(crate) fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> H
         return refused;
     }
     match req.resource {
-        Resource::Health | Resource::Ready | Resource::Metrics => {
-            HeadOutcome::Resource(req.resource)
-        }
+        Resource::Health
+        | Resource::Ready
+        | Resource::Metrics
+        | Resource::Sdk
+        | Resource::SdkVersioned => HeadOutcome::Resource(req.resource),
         Resource::ChannelList => HeadOutcome::Query,
         Resource::Publish => match api::parse_publish(req.body) {
             Ok(batch) => {

@@ -31,6 +31,11 @@ pub enum Resource {
     History,
     /// `POST /api/presence`: a channel's presence.
     Presence,
+    /// `GET /ringcast.js`: the browser SDK (revalidated with its `ETag`).
+    Sdk,
+    /// `GET /ringcast-VERSION.js`: the same, cached for good (the name
+    /// changes with the version).
+    SdkVersioned,
 }
 
 impl Resource {
@@ -73,6 +78,8 @@ impl Route {
             "/api/channels" => Some(Target::Http(Resource::ChannelList)),
             "/api/history" => Some(Target::Http(Resource::History)),
             "/api/presence" => Some(Target::Http(Resource::Presence)),
+            "/ringcast.js" => Some(Target::Http(Resource::Sdk)),
+            super::assets::SDK_VERSIONED_PATH => Some(Target::Http(Resource::SdkVersioned)),
             _ => Route::from_path(path).map(Target::WebSocket),
         }
     }

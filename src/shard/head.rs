@@ -7,7 +7,7 @@ use tracing::debug;
 use super::slab::{Conn, Phase};
 use super::{metrics, Shard, ShardConfig};
 use crate::app::requests::{self, HeadOutcome, HttpRequest, RefusedBy};
-use crate::app::{auth, protocol, ConnCtl, Endpoint, Env, Resource, Route};
+use crate::app::{assets, auth, protocol, ConnCtl, Endpoint, Env, Resource, Route};
 use crate::conn::ConnKey;
 use crate::http::{self, Refusal};
 use crate::io::bufring::RecvBuf;
@@ -100,7 +100,17 @@ impl Shard {
                     core = self.id,
                     reason, "/ws upgrade without a valid token: 4001"
                 );
-                self.upgrade_unauthorized(key, up, reason);
+                let reason = format!("unauthorized: {reason}");
+                self.upgrade_then_close(key, up, CloseCode::UNAUTHORIZED, &reason);
+            }
+            HeadOutcome::UpgradeForbidden(up, reason) => {
+                self.stats.forbidden_origin += 1;
+                debug!(
+                    core = self.id,
+                    reason, "/ws upgrade from a refused origin: 4003"
+                );
+                let reason = format!("forbidden: {reason}");
+                self.upgrade_then_close(key, up, CloseCode::FORBIDDEN, &reason);
             }
             HeadOutcome::Refuse(r, by) => {
                 match by {
@@ -143,6 +153,13 @@ impl Shard {
                 reason: "not ready: starting or draining",
             }
             .write_response(v),
+            Resource::Sdk | Resource::SdkVersioned => http::write_response(
+                200,
+                "text/javascript; charset=utf-8",
+                &assets::sdk_headers(resource == Resource::SdkVersioned),
+                assets::SDK.as_bytes(),
+                v,
+            ),
             Resource::Metrics => http::write_ok(
                 "text/plain; version=0.0.4; charset=utf-8",
                 metrics::render(&control.metrics).as_bytes(),
@@ -156,15 +173,18 @@ impl Shard {
         self.linger(key);
     }
 
-    /// Completes a `/ws` upgrade that carried no valid token, only to close
-    /// it with 4001 and the reason: the connection has no endpoint, so
-    /// nothing it sends is acted on (frames pipelined behind the request
-    /// are never read), and it counts as refused, not upgraded.
-    fn upgrade_unauthorized(
+    /// Completes a `/ws` upgrade that may not go on (no valid token, a
+    /// refused origin), only to close it with `code` and `reason`: a
+    /// browser sees close codes, never a refused upgrade's status. The
+    /// connection has no endpoint, so nothing it sends is acted on (frames
+    /// pipelined behind the request are never read), and it counts as
+    /// refused, not upgraded.
+    fn upgrade_then_close(
         &mut self,
         key: ConnKey,
         up: handshake::Upgrade<Route>,
-        reason: &'static str,
+        code: CloseCode,
+        reason: &str,
     ) {
         let core_header = self.core_header.as_bytes();
         let Some(conn) = self.conns.get_mut(key) else {
@@ -177,8 +197,7 @@ impl Shard {
         conn.deadline = None;
         conn.ctl = ConnCtl::default();
         self.mark_dirty(key);
-        let reason = format!("unauthorized: {reason}");
-        self.close_open(key, CloseCode::UNAUTHORIZED, &reason, false);
+        self.close_open(key, code, reason, false);
     }
 
     fn upgrade(

@@ -28,6 +28,8 @@ impl CloseCode {
     /// yet; do not reconnect with it. A browser cannot read a refused
     /// upgrade's HTTP status, so `/ws` tells it this way.
     pub const UNAUTHORIZED: CloseCode = CloseCode(4001);
+    /// 4003 (private range): the origin is not allowed; do not reconnect.
+    pub const FORBIDDEN: CloseCode = CloseCode(4003);
     /// 4002 (private range): the token expired during the connection;
     /// reconnect with a fresh one.
     pub const TOKEN_EXPIRED: CloseCode = CloseCode(4002);

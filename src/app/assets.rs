@@ -1,0 +1,53 @@
+//! Files the server serves from its own binary: the browser SDK
+//! (`clients/js/index.js`, plain JavaScript, so building the server needs
+//! no Node).
+
+use std::sync::OnceLock;
+
+/// The SDK module, as `clients/js/index.js` has it.
+pub(crate) const SDK: &str = include_str!("../../clients/js/index.js");
+
+/// The SDK under a name that changes with the version, so it can be cached
+/// for good.
+pub(crate) const SDK_VERSIONED_PATH: &str = concat!("/ringcast-", env!("CARGO_PKG_VERSION"), ".js");
+
+/// The SDK's `ETag` (FNV-1a of its bytes, quoted), computed once.
+pub(crate) fn sdk_etag() -> &'static str {
+    static ETAG: OnceLock<String> = OnceLock::new();
+    ETAG.get_or_init(|| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in SDK.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("\"{h:016x}\"")
+    })
+}
+
+/// The headers of an SDK response: its `ETag`, and a cache lifetime —
+/// for good under the versioned name, revalidated under the plain one.
+pub(crate) fn sdk_headers(versioned: bool) -> String {
+    let cache = if versioned {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    format!("ETag: {}\r\nCache-Control: {cache}\r\n", sdk_etag())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sdk_is_embedded_with_a_stable_etag() {
+        assert!(SDK.contains("export class Ringcast"));
+        assert_eq!(sdk_etag(), sdk_etag());
+        assert_eq!(sdk_etag().len(), 18);
+        assert!(sdk_headers(true).contains("immutable"));
+        assert!(sdk_headers(false).contains("no-cache"));
+        assert!(
+            SDK_VERSIONED_PATH.starts_with("/ringcast-") && SDK_VERSIONED_PATH.ends_with(".js")
+        );
+    }
+}
