@@ -313,12 +313,27 @@ impl Config {
     /// The per-channel rules ([`Config::channels`], in order) over the
     /// flags' options as the default.
     pub fn channel_rules(&self) -> ChannelRules {
+        let mut rules = self.channels.clone();
+        // The `/demo` chat's rooms: presence and join/leave on, after the
+        // file's rules (a `[[channels]]` rule matching `demo:*` wins).
+        rules.push(ChannelRule {
+            pattern: DEMO_PATTERN.to_owned(),
+            options: ChannelOptions {
+                presence: true,
+                join_leave: true,
+                allow_publish: true,
+                ..self.channel_defaults()
+            },
+        });
         ChannelRules {
-            rules: self.channels.clone(),
+            rules,
             default: self.channel_defaults(),
         }
     }
 }
+
+/// The built-in rule's pattern: the channels of the `/demo` chat.
+pub const DEMO_PATTERN: &str = "demo:*";
 
 /// What `--print-config` shows instead of a secret. A config file holding
 /// it is rejected, so a saved printout never runs with a guessable secret.
@@ -1124,7 +1139,14 @@ mod tests {
     #[test]
     fn channel_flag_defaults_are_the_options_defaults() {
         let want = ChannelRules {
-            rules: Vec::new(),
+            rules: vec![ChannelRule {
+                pattern: DEMO_PATTERN.into(),
+                options: ChannelOptions {
+                    presence: true,
+                    join_leave: true,
+                    ..ChannelOptions::default()
+                },
+            }],
             default: ChannelOptions::default(),
         };
         assert_eq!(Config::default().channel_rules(), want);
@@ -1252,7 +1274,12 @@ mod tests {
             .map(|r| (r.pattern.as_str(), r.options.clone()))
             .collect();
         assert_eq!(got, want);
-        assert_eq!(rules.rules, cfg.channels);
+        // The file's rules, then the built-in one for /demo.
+        assert_eq!(rules.rules[..cfg.channels.len()], cfg.channels[..]);
+        assert_eq!(
+            rules.rules.last().map(|r| r.pattern.as_str()),
+            Some(DEMO_PATTERN)
+        );
         assert_eq!(rules.resolve("chat:lobby"), &want[0].1);
         assert_eq!(rules.resolve("ticks"), &want[1].1);
         assert_eq!(rules.resolve("other"), &flags);

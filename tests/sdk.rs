@@ -75,3 +75,30 @@ fn the_server_serves_the_sdk_it_embeds() {
     assert_eq!(etags[0], etags[1]);
     assert!(etags[0].starts_with('"') && etags[0].ends_with('"'));
 }
+
+/// `/demo` is the chat page the binary embeds; its rooms (`demo:*`) have
+/// presence and join/leave through the built-in rule.
+#[test]
+fn the_server_serves_the_demo_and_its_rooms_have_presence() {
+    let server = common::Server::start(&["--cores", "1"]);
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/demo/index.html"),
+    )
+    .expect("clients/demo/index.html");
+    let (status, resp) =
+        common::http_exchange(server.addr, b"GET /demo HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(
+        resp.contains("Content-Type: text/html; charset=utf-8\r\n"),
+        "{resp:.300}"
+    );
+    assert_eq!(common::http_body(&resp), page);
+    let (mut ws, _) = common::ws_client(&server.url("/ws"));
+    common::send_json(
+        &mut ws,
+        serde_json::json!({"type":"subscribe","channel":"demo:lobby","id":1,"presence":true,"join_leave":true}),
+    );
+    let ack = common::recv_json(&mut ws);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["presence"]["count"], 1, "{ack}");
+}

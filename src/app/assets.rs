@@ -1,11 +1,14 @@
 //! Files the server serves from its own binary: the browser SDK
 //! (`clients/js/index.js`, plain JavaScript, so building the server needs
-//! no Node).
+//! no Node) and the `/demo` chat built on it (`clients/demo/index.html`).
 
 use std::sync::OnceLock;
 
 /// The SDK module, as `clients/js/index.js` has it.
 pub(crate) const SDK: &str = include_str!("../../clients/js/index.js");
+
+/// The `/demo` chat page: one self-contained file importing `/ringcast.js`.
+pub(crate) const DEMO: &str = include_str!("../../clients/demo/index.html");
 
 /// The SDK under a name that changes with the version, so it can be cached
 /// for good.
@@ -42,6 +45,7 @@ mod tests {
     #[test]
     fn the_sdk_is_embedded_with_a_stable_etag() {
         assert!(SDK.contains("export class Ringcast"));
+        assert!(DEMO.contains("/ringcast.js"));
         assert_eq!(sdk_etag(), sdk_etag());
         assert_eq!(sdk_etag().len(), 18);
         assert!(sdk_headers(true).contains("immutable"));

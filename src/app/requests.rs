@@ -175,7 +175,8 @@ pub(crate) fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> H
         | Resource::Ready
         | Resource::Metrics
         | Resource::Sdk
-        | Resource::SdkVersioned => HeadOutcome::Resource(req.resource),
+        | Resource::SdkVersioned
+        | Resource::Demo => HeadOutcome::Resource(req.resource),
         Resource::ChannelList => HeadOutcome::Query,
         Resource::Publish => match api::parse_publish(req.body) {
             Ok(batch) => {

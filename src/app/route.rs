@@ -33,6 +33,8 @@ pub enum Resource {
     Presence,
     /// `GET /ringcast.js`: the browser SDK (revalidated with its `ETag`).
     Sdk,
+    /// `GET /demo`: the chat demo page, built on the SDK.
+    Demo,
     /// `GET /ringcast-VERSION.js`: the same, cached for good (the name
     /// changes with the version).
     SdkVersioned,
@@ -79,6 +81,7 @@ impl Route {
             "/api/history" => Some(Target::Http(Resource::History)),
             "/api/presence" => Some(Target::Http(Resource::Presence)),
             "/ringcast.js" => Some(Target::Http(Resource::Sdk)),
+            "/demo" => Some(Target::Http(Resource::Demo)),
             super::assets::SDK_VERSIONED_PATH => Some(Target::Http(Resource::SdkVersioned)),
             _ => Route::from_path(path).map(Target::WebSocket),
         }

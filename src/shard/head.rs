@@ -153,6 +153,13 @@ impl Shard {
                 reason: "not ready: starting or draining",
             }
             .write_response(v),
+            Resource::Demo => http::write_response(
+                200,
+                "text/html; charset=utf-8",
+                "Cache-Control: no-cache\r\n",
+                assets::DEMO.as_bytes(),
+                v,
+            ),
             Resource::Sdk | Resource::SdkVersioned => http::write_response(
                 200,
                 "text/javascript; charset=utf-8",
