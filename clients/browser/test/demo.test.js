@@ -1,0 +1,118 @@
+// /demo in a real browser: Debian's Chromium (/usr/bin/chromium) driven by
+// playwright-core, against the real server binary ($RINGCAST_BIN), which
+// serves the page and /ringcast.js itself. Two browser profiles chat; the
+// server is killed and restarted on the same port and both pages come back.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.RINGCAST_BIN;
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run',
+];
+const WAIT = 20000;
+
+function startServer(listen) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-browser-'));
+  const addrFile = path.join(dir, 'addr');
+  const child = spawn(BIN, ['--cores', '2', '--listen', listen, '--addr-file', addrFile], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    const deadline = Date.now() + WAIT;
+    const poll = () => {
+      if (fs.existsSync(addrFile)) {
+        return resolve({ child, addr: fs.readFileSync(addrFile, 'utf8').trim() });
+      }
+      if (child.exitCode !== null || Date.now() > deadline) {
+        return reject(new Error(`ringcast did not start (exit ${child.exitCode})`));
+      }
+      setTimeout(poll, 50);
+    };
+    poll();
+  });
+}
+
+function stop(child, signal = 'SIGTERM') {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.once('exit', resolve);
+    child.kill(signal);
+  });
+}
+
+async function browser() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-chromium-'));
+  return chromium.launchPersistentContext(dir, {
+    executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1100, height: 650 },
+  });
+}
+
+const texts = () => [...document.querySelectorAll('.log:not([hidden]) .text')].map((e) => e.textContent);
+
+test('two browsers chat through /demo, with presence, and survive a server restart', async () => {
+  assert.ok(BIN, 'set RINGCAST_BIN (tests/browser.rs does)');
+  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found: apt-get install chromium`);
+  let server = await startServer('127.0.0.1:0');
+  const ctxs = [await browser(), await browser()];
+  const errors = [];
+  try {
+    const pages = [];
+    for (const [i, nick] of ['alice', 'bob'].entries()) {
+      const p = await ctxs[i].newPage();
+      p.on('pageerror', (e) => errors.push(`${nick}: ${e.message}`));
+      await p.goto(`http://${server.addr}/demo`);
+      await p.waitForSelector('#conn.connected', { timeout: WAIT });
+      await p.fill('#nick', nick);
+      await p.press('#nick', 'Enter');
+      await p.click('#rooms button:has-text("demo:lobby")');
+      pages.push(p);
+    }
+    const [a, b] = pages;
+    // Markup in a message is shown as text, never interpreted.
+    const hello = `hello <b>bob</b> ${Date.now()}`;
+    await a.fill('#text', hello);
+    await a.press('#text', 'Enter');
+    await b.waitForFunction((s) => [...document.querySelectorAll('.log:not([hidden]) .text')]
+      .some((e) => e.textContent === s), hello, { timeout: WAIT });
+    assert.equal(await b.evaluate(() => document.querySelectorAll('.log b').length), 0);
+    await b.fill('#text', 'hi alice');
+    await b.press('#text', 'Enter');
+    await a.waitForFunction(() => [...document.querySelectorAll('.log:not([hidden]) .text')]
+      .some((e) => e.textContent === 'hi alice'), null, { timeout: WAIT });
+    for (const p of pages) {
+      await p.waitForFunction(() => document.querySelectorAll('.people:not([hidden]) li').length === 2,
+        null, { timeout: WAIT });
+    }
+    const seen = await a.evaluate(texts);
+    assert.equal(seen.filter((t) => t === hello).length, 1, 'once');
+
+    // Killed and restarted on the same port: both pages reconnect by
+    // themselves (a new epoch: the page says messages may be missing) and
+    // chat again.
+    const port = server.addr.split(':').pop();
+    await stop(server.child, 'SIGKILL');
+    await a.waitForSelector('#conn.disconnected', { timeout: WAIT });
+    server = await startServer(`127.0.0.1:${port}`);
+    for (const p of pages) await p.waitForSelector('#conn.connected', { timeout: 60000 });
+    await a.waitForFunction(() => document.querySelectorAll('.people:not([hidden]) li').length === 2,
+      null, { timeout: WAIT });
+    await b.fill('#text', 'after restart');
+    await b.press('#text', 'Enter');
+    await a.waitForFunction(() => [...document.querySelectorAll('.log:not([hidden]) .text')]
+      .some((e) => e.textContent === 'after restart'), null, { timeout: WAIT });
+    const shot = path.join(os.tmpdir(), 'ringcast-demo.png');
+    await a.screenshot({ path: shot });
+    assert.ok(fs.statSync(shot).size > 1000, 'a screenshot');
+    assert.deepEqual(errors, [], 'no page errors');
+  } finally {
+    for (const c of ctxs) await c.close();
+    await stop(server.child);
+  }
+});

@@ -1,0 +1,36 @@
+//! ringcast's pages in a real browser (`clients/browser`, `node --test`):
+//! Debian's Chromium, driven by playwright-core, against this build's
+//! server binary. Needs Node.js, npm and `/usr/bin/chromium` (`.ci/run`
+//! installs them; set `CHROMIUM` for another path). playwright-core comes
+//! from the committed lock file through `npm ci`; it never downloads a
+//! browser.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_demo_works_in_chromium() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "{chromium} not found: install Debian's chromium (apt-get install chromium), \
+         or set CHROMIUM"
+    );
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        let ci = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm (install Node.js and npm)");
+        assert!(ci.success(), "npm ci in clients/browser failed");
+    }
+    let status = Command::new("node")
+        .args(["--test", "--test-concurrency=1"])
+        .current_dir(&dir)
+        .env("RINGCAST_BIN", env!("CARGO_BIN_EXE_ringcast"))
+        .env("CHROMIUM", &chromium)
+        .status()
+        .expect("node --test");
+    assert!(status.success(), "the browser tests failed (output above)");
+}
