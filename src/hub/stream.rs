@@ -188,7 +188,9 @@ impl Streams {
         }
         let name: Arc<str> = Arc::from(name);
         self.incarnations += 1;
-        let epoch = mix(self.nonce ^ ((self.me as u64) << 48) ^ self.incarnations);
+        // 0 is the epoch of a `since` the server never issued: no stream
+        // has it.
+        let epoch = mix(self.nonce ^ ((self.me as u64) << 48) ^ self.incarnations).max(1);
         let st = Stream {
             opts: self.rules.resolve(&name).clone(),
             name: name.clone(),
