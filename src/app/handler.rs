@@ -15,7 +15,7 @@ use crate::conn::{BufPool, ConnKey, Frame, OutQueue, SharedFrame};
 use crate::hub::channels::Channels;
 use crate::hub::options::ChannelRules;
 use crate::hub::stream::{process_nonce, StreamLimits, Streams};
-use crate::hub::{HistoryReq, Hub, Member, MeshMsg, Position, ReplyTo, SubscribeReq, Unsequenced};
+use crate::hub::{HistoryReq, Hub, Member, MeshMsg, ReplyTo, SubscribeReq, Unsequenced};
 use crate::ws::frame::{encode_frame_into, encode_header, unmask_into, MAX_SERVER_HEADER_LEN};
 use crate::ws::session::{Handler, MessageKind};
 use crate::ws::OpCode;
@@ -365,10 +365,6 @@ impl<'a> ConnIo<'a> {
         if !listed {
             ws.subs.push(idx);
         }
-        let since = since.map(|s| Position {
-            epoch: s.epoch,
-            offset: s.offset,
-        });
         // This core already receives the channel: everything after the
         // offset it delivered last is still to come, so the answer is here
         // — unless the owner has something to add (presence, recovery).
@@ -489,10 +485,7 @@ pub(crate) fn history_request(
         reply: ReplyTo::Nobody,
         channel: channel.into(),
         limit: limit as u32,
-        since: since.map(|s| Position {
-            epoch: s.epoch,
-            offset: s.offset,
-        }),
+        since,
     })
 }
 

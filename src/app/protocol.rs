@@ -278,16 +278,11 @@ struct Wire<'a> {
     limit: Option<u64>,
 }
 
-/// A point in a channel's stream the client sent back: the `offset` of the
-/// last publication it has and the `epoch` it came from. An epoch this
-/// server never issued is kept as 0, which no stream has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Since {
-    /// The last offset the client has.
-    pub offset: u64,
-    /// The epoch it belongs to (0: not one of ours).
-    pub epoch: u64,
-}
+/// A point in a channel's stream the client sent back (`since`): the
+/// offset of the last publication it has and the epoch it came from, the
+/// engine's own [`Position`]. An epoch this server never issued is kept as
+/// 0, which no stream has.
+pub type Since = Position;
 
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "lowercase")]
