@@ -11,6 +11,7 @@ use crate::app::protocol::{self, ErrorCode};
 use crate::app::Endpoint;
 use crate::conn::outq::Pushed;
 use crate::conn::{ConnKey, Frame, OutQueue};
+use crate::hub::deliver::deliver;
 use crate::hub::{
     HistoryAnswer, MeshMsg, Position, PresenceList, Recipients, ReplyTo, SubscribeReply,
 };
@@ -182,17 +183,23 @@ impl Shard {
         if r.frames.is_empty() || !fresh {
             return;
         }
-        let max = self.cfg.max_send_queue_bytes;
-        let Some(conn) = self.conns.get_mut(r.key) else {
-            return;
-        };
+        // The replay goes through the one delivery loop, like any fan-out.
         let frames: Vec<Frame> = r.frames.into_iter().map(Frame::new).collect();
-        let pushed = conn.out.push_frames(frames.iter(), max, &mut self.env.pool);
-        self.stats.deliveries += pushed.frames;
-        if pushed.over {
-            self.overflow.push(r.key);
-        }
-        self.mark_dirty(r.key);
+        let max = self.cfg.max_send_queue_bytes;
+        let Shard {
+            env,
+            conns,
+            dirty,
+            overflow,
+            stats,
+            ..
+        } = self;
+        let mut sink = Sink {
+            conns,
+            dirty,
+            overflow,
+        };
+        stats.deliveries += deliver([r.key], frames.iter(), &mut env.pool, max, &mut sink);
     }
 
     fn history_answer(&mut self, reply: ReplyTo, answer: HistoryAnswer) {
