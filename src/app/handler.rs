@@ -335,8 +335,7 @@ impl<'a> ConnIo<'a> {
         let opts = self.env.rules.resolve(channel);
         let tracked = opts.tracked();
         if presence && !opts.presence {
-            let msg = format!("channel \"{channel}\" keeps no presence");
-            return self.error(id, ErrorCode::PresenceDisabled, &msg);
+            return self.error(id, ErrorCode::PresenceDisabled, &no_presence(channel));
         }
         if join_leave && !opts.join_leave {
             let msg = format!("channel \"{channel}\" has no join/leave events");
@@ -450,8 +449,7 @@ impl<'a> ConnIo<'a> {
             return;
         }
         if !self.env.rules.resolve(channel).presence {
-            let msg = format!("channel \"{channel}\" keeps no presence");
-            return self.error(id, ErrorCode::PresenceDisabled, &msg);
+            return self.error(id, ErrorCode::PresenceDisabled, &no_presence(channel));
         }
         let msg = MeshMsg::Presence {
             from: self.me(),
@@ -460,6 +458,11 @@ impl<'a> ConnIo<'a> {
         };
         self.send_to_owner(channel, msg);
     }
+}
+
+/// The `presence_disabled` message (`/ws` and the API say the same).
+pub(crate) fn no_presence(channel: &str) -> String {
+    format!("channel \"{channel}\" keeps no presence")
 }
 
 /// Checks a history read against the channel's options and the cap; the

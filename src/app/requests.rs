@@ -8,8 +8,8 @@
 
 use tracing::debug;
 
-use super::handler::history_request;
 use super::handler::Env;
+use super::handler::{history_request, no_presence};
 use super::{api, auth, Resource, Route};
 use crate::http::{self, Credentials, Method, Refusal};
 use crate::hub::HistoryReq;
@@ -178,55 +178,49 @@ pub(crate) fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> H
         | Resource::SdkVersioned
         | Resource::Demo => HeadOutcome::Resource(req.resource),
         Resource::ChannelList => HeadOutcome::Query,
-        Resource::Publish => match api::parse_publish(req.body) {
-            Ok(batch) => {
-                env.stats.publishes += batch.len() as u64;
-                let batch = batch
-                    .iter()
-                    .map(|p| {
-                        (
-                            Box::from(&*p.channel),
-                            Box::from(p.payload.get().as_bytes()),
-                        )
-                    })
-                    .collect();
-                HeadOutcome::Api(ApiCall::Publish(batch))
-            }
-            Err(e) => {
-                json_error(e.status, "", e.code, &e.message, scratch);
-                HeadOutcome::Respond
-            }
-        },
-        Resource::History => {
-            let cap = env.policy.history_max_limit;
-            let parsed = api::parse_history(req.body).and_then(|h| {
-                history_request(&env.rules, &h.channel, h.limit, h.since, cap)
-                    .map_err(|(code, message)| api::ApiError::bad_request(code.as_str(), message))
-            });
-            match parsed {
-                Ok(h) => HeadOutcome::Api(ApiCall::History(h)),
+        Resource::Publish | Resource::History | Resource::Presence => {
+            match api_call(env, req.resource, req.body) {
+                Ok(call) => HeadOutcome::Api(call),
                 Err(e) => {
-                    json_error(e.status, "", e.code, &e.message, scratch);
+                    json_error(e.status, "", e.code, &e.message, &mut env.scratch);
                     HeadOutcome::Respond
                 }
             }
         }
+    }
+}
+
+/// Parses and checks the body of an API request channel owners answer.
+fn api_call(env: &mut Env, resource: Resource, body: &[u8]) -> Result<ApiCall, api::ApiError> {
+    match resource {
+        Resource::History => {
+            let h = api::parse_history(body)?;
+            let cap = env.policy.history_max_limit;
+            history_request(&env.rules, &h.channel, h.limit, h.since, cap)
+                .map(ApiCall::History)
+                .map_err(|(code, message)| api::ApiError::bad_request(code.as_str(), message))
+        }
         Resource::Presence => {
-            let parsed = api::parse_presence(req.body).and_then(|channel| {
-                if env.rules.resolve(&channel).presence {
-                    Ok(channel)
-                } else {
-                    let message = format!("channel \"{channel}\" keeps no presence");
-                    Err(api::ApiError::bad_request("presence_disabled", message))
-                }
-            });
-            match parsed {
-                Ok(channel) => HeadOutcome::Api(ApiCall::Presence(channel)),
-                Err(e) => {
-                    json_error(e.status, "", e.code, &e.message, scratch);
-                    HeadOutcome::Respond
-                }
+            let channel = api::parse_presence(body)?;
+            if !env.rules.resolve(&channel).presence {
+                let message = no_presence(&channel);
+                return Err(api::ApiError::bad_request("presence_disabled", message));
             }
+            Ok(ApiCall::Presence(channel))
+        }
+        _ => {
+            let batch = api::parse_publish(body)?;
+            env.stats.publishes += batch.len() as u64;
+            let batch = batch
+                .iter()
+                .map(|p| {
+                    (
+                        Box::from(&*p.channel),
+                        Box::from(p.payload.get().as_bytes()),
+                    )
+                })
+                .collect();
+            Ok(ApiCall::Publish(batch))
         }
     }
 }
