@@ -17,14 +17,7 @@ pub(crate) const SDK_VERSIONED_PATH: &str = concat!("/ringcast-", env!("CARGO_PK
 /// The SDK's `ETag` (FNV-1a of its bytes, quoted), computed once.
 pub(crate) fn sdk_etag() -> &'static str {
     static ETAG: OnceLock<String> = OnceLock::new();
-    ETAG.get_or_init(|| {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in SDK.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("\"{h:016x}\"")
-    })
+    ETAG.get_or_init(|| format!("\"{:016x}\"", crate::hub::name::fnv1a(SDK.as_bytes())))
 }
 
 /// The headers of an SDK response: its `ETag`, and a cache lifetime —

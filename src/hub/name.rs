@@ -36,10 +36,16 @@ fn is_channel_char(c: char) -> bool {
 /// without talking to the others.
 #[inline]
 pub(crate) fn owner(channel: &str, cores: usize) -> usize {
+    (fnv1a(channel.as_bytes()) % cores.max(1) as u64) as usize
+}
+
+/// 64-bit FNV-1a: cheap, stable across runs and builds (owners, `ETag`s).
+#[inline]
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in channel.bytes() {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % cores.max(1) as u64) as usize
+    h
 }
