@@ -2,9 +2,12 @@
 //! first `[[channels]]` pattern that matches a channel's name, else the
 //! flags' defaults.
 //!
-//! Resolved once when a channel's entry is created on a core, never per
-//! message: a pattern list is a few string comparisons, and its result is
-//! kept with the entry.
+//! The owner resolves them once, when it creates a channel's stream, and
+//! keeps them with it (history size and age). The core a request arrives
+//! on resolves them for the checks that answer the client at once
+//! (`allow_publish` on a publish, `presence`/`join_leave` on a subscribe,
+//! history and presence requests): a few string comparisons per request,
+//! beside the request's own JSON parse; fan-out never resolves them.
 
 use std::time::Duration;
 
