@@ -193,18 +193,26 @@ impl Shard {
         code: CloseCode,
         reason: &str,
     ) {
+        if self.open_session(key, &up, ConnCtl::default()) {
+            self.mark_dirty(key);
+            self.close_open(key, code, reason, false);
+        }
+    }
+
+    /// Queues the 101 and opens the WebSocket session with `ctl`. Returns
+    /// whether the connection was there.
+    fn open_session(&mut self, key: ConnKey, up: &handshake::Upgrade<Route>, ctl: ConnCtl) -> bool {
         let core_header = self.core_header.as_bytes();
         let Some(conn) = self.conns.get_mut(key) else {
-            return;
+            return false;
         };
         conn.out.write_with(&mut self.env.pool, |v| {
             up.write_response_with(core_header, v)
         });
         conn.phase = Phase::Open(Session::new(self.cfg.limits));
         conn.deadline = None;
-        conn.ctl = ConnCtl::default();
-        self.mark_dirty(key);
-        self.close_open(key, code, reason, false);
+        conn.ctl = ctl;
+        true
     }
 
     fn upgrade(
@@ -215,7 +223,6 @@ impl Shard {
         buf: &RecvBuf,
         rest_from: usize,
     ) {
-        let limits = self.cfg.limits;
         let max = self.max_open;
         if max > 0 && self.open_ws >= max {
             self.stats.over_capacity += 1;
@@ -232,16 +239,13 @@ impl Shard {
                 },
             );
         }
-        let core_header = self.core_header.as_bytes();
+        let ctl = ConnCtl::open(up.route, claims, &self.env.policy, self.env.now_us);
+        if !self.open_session(key, &up, ctl) {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.out.write_with(&mut self.env.pool, |v| {
-            up.write_response_with(core_header, v)
-        });
-        conn.phase = Phase::Open(Session::new(limits));
-        conn.deadline = None;
-        conn.ctl = ConnCtl::open(up.route, claims, &self.env.policy, self.env.now_us);
         match &mut conn.ctl.endpoint {
             Endpoint::Broadcast { slot } => *slot = Some(self.env.hub.subscribe(key)),
             Endpoint::Channels(ws) => {
