@@ -172,8 +172,35 @@ async fn broadcast_client<S>(
     if let Some((code, reason)) = closing {
         let _ = sink.send(close(code, reason)).await;
     }
-    // Wait (bounded) for the reader to see the peer's close, then drop TCP.
-    let _ = tokio::time::timeout(Duration::from_secs_f64(args.close_timeout), reader).await;
+    // Wait (bounded) for the reader to see the peer's close, then linger.
+    let timeout = Duration::from_secs_f64(args.close_timeout);
+    if let Ok(Ok(stream)) = tokio::time::timeout(timeout, reader).await {
+        if let Ok(ws) = stream.reunite(sink) {
+            linger(ws.into_inner(), timeout).await;
+        }
+    }
+}
+
+/// Ends a connection whose close frame is already written: FIN our side,
+/// then read and discard (bounded) until the peer's FIN. Dropping a socket
+/// with unread input makes the kernel send an RST, which can destroy the
+/// close frame before the peer reads it (a client still streaming when the
+/// server fails the connection); the glommio server lingers the same way.
+async fn linger<S>(mut s: S, timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s.shutdown().await;
+    let mut buf = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(timeout, async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// `/echo` needs no queue shared with other tasks, so it is one task: feed
@@ -188,6 +215,7 @@ async fn echo<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use futures_util::FutureExt;
+    let close_timeout = Duration::from_secs_f64(args.close_timeout);
     loop {
         let first = tokio::select! {
             biased;
@@ -209,6 +237,7 @@ async fn echo<S>(
                 Some(Err(e)) => {
                     if let Some((code, reason)) = close_for(&e) {
                         let _ = ws.send(close(code, reason)).await;
+                        linger(ws.into_inner(), close_timeout).await;
                     }
                     return;
                 }
@@ -225,8 +254,9 @@ async fn echo<S>(
         }
     }
     // Shutting down: wait for the peer's close reply (bounded).
-    let _ = tokio::time::timeout(Duration::from_secs_f64(args.close_timeout), async {
+    let _ = tokio::time::timeout(close_timeout, async {
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
+    linger(ws.into_inner(), close_timeout).await;
 }

@@ -58,8 +58,8 @@ struct Args {
     /// Seconds a client has to complete its opening handshake.
     #[arg(long, default_value_t = 10.0)]
     handshake_timeout: f64,
-    /// Accepted for command-line compatibility with ringcast; tungstenite
-    /// closes on its own schedule.
+    /// Seconds to wait, after our close frame, for the peer's close reply
+    /// and then its FIN (input meanwhile is read and discarded).
     #[arg(long, default_value_t = 5.0)]
     close_timeout: f64,
     /// Log level (error, warn, info, debug).
