@@ -10,7 +10,8 @@ use tracing::debug;
 
 use super::handler::Env;
 use super::handler::{history_request, no_presence};
-use super::{api, auth, Resource, Route};
+use super::route::KeyRule;
+use super::{api, assets, auth, Resource, Route};
 use crate::http::{self, Credentials, Method, Refusal};
 use crate::hub::HistoryReq;
 use crate::ws::handshake::Upgrade;
@@ -144,7 +145,12 @@ pub(crate) fn precheck(
         json_error(405, allow, "method_not_allowed", "wrong method", scratch);
         return Some(HeadOutcome::Respond);
     }
-    (resource.is_api() && !api_authorised(access, creds, scratch)).then_some(HeadOutcome::Respond)
+    let needs_key = match resource.key_rule() {
+        KeyRule::Open => false,
+        KeyRule::IfSet => access.api_key.is_some(),
+        KeyRule::Required => true,
+    };
+    (needs_key && !api_authorised(access, creds, scratch)).then_some(HeadOutcome::Respond)
 }
 
 /// A body announced for a resource that takes none is refused at once
@@ -171,12 +177,19 @@ pub(crate) fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> H
         return refused;
     }
     match req.resource {
-        Resource::Health
-        | Resource::Ready
-        | Resource::Metrics
-        | Resource::Sdk
-        | Resource::SdkVersioned
-        | Resource::Demo => HeadOutcome::Resource(req.resource),
+        Resource::Sdk | Resource::SdkVersioned | Resource::Demo | Resource::Dashboard => {
+            match (assets::of(req.resource), req.creds.if_none_match) {
+                // The browser has this version: 304, no body.
+                (Some(asset), Some(tags)) if asset.matches(tags) => {
+                    http::write_response(304, "", &asset.headers(), b"", scratch);
+                    HeadOutcome::Respond
+                }
+                _ => HeadOutcome::Resource(req.resource),
+            }
+        }
+        Resource::Health | Resource::Ready | Resource::Metrics | Resource::Stats => {
+            HeadOutcome::Resource(req.resource)
+        }
         Resource::ChannelList => HeadOutcome::Query,
         Resource::Publish | Resource::History | Resource::Presence => {
             match api_call(env, req.resource, req.body) {

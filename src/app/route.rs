@@ -38,16 +38,36 @@ pub enum Resource {
     /// `GET /ringcast-VERSION.js`: the same, cached for good (the name
     /// changes with the version).
     SdkVersioned,
+    /// `GET /dashboard`: the operator's live view of every core (the page
+    /// holds no data; it polls `/api/stats`).
+    Dashboard,
+    /// `GET /api/stats`: `/metrics` as JSON, for the dashboard and scripts.
+    /// Needs the API key when one is set, and, unlike the rest of the API,
+    /// works without one when none is.
+    Stats,
+}
+
+/// What a resource asks of the API key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRule {
+    /// Open to anyone (health checks, scrapes, the static pages).
+    Open,
+    /// Needs the key when one is set; open when none is.
+    IfSet,
+    /// Needs the key; refused (403) when the API is off.
+    Required,
 }
 
 impl Resource {
-    /// Whether the resource is part of the API (key required, `POST` with
-    /// a JSON body unless it is `/api/channels`).
-    pub fn is_api(self) -> bool {
-        matches!(
-            self,
-            Resource::Publish | Resource::ChannelList | Resource::History | Resource::Presence
-        )
+    /// What the resource asks of the API key.
+    pub fn key_rule(self) -> KeyRule {
+        match self {
+            Resource::Publish | Resource::ChannelList | Resource::History | Resource::Presence => {
+                KeyRule::Required
+            }
+            Resource::Stats => KeyRule::IfSet,
+            _ => KeyRule::Open,
+        }
     }
 
     /// Whether the resource takes a `POST` body.
@@ -82,6 +102,8 @@ impl Route {
             "/api/presence" => Some(Target::Http(Resource::Presence)),
             "/ringcast.js" => Some(Target::Http(Resource::Sdk)),
             "/demo" => Some(Target::Http(Resource::Demo)),
+            "/dashboard" => Some(Target::Http(Resource::Dashboard)),
+            "/api/stats" => Some(Target::Http(Resource::Stats)),
             super::assets::SDK_VERSIONED_PATH => Some(Target::Http(Resource::SdkVersioned)),
             _ => Route::from_path(path).map(Target::WebSocket),
         }

@@ -37,6 +37,9 @@ pub struct Credentials<'a> {
     pub query_token: Option<&'a str>,
     /// `X-Api-Key` header.
     pub api_key: Option<&'a str>,
+    /// `If-None-Match` header: not a credential, but collected in the same
+    /// pass over the headers, for revalidating the embedded files.
+    pub if_none_match: Option<&'a str>,
 }
 
 impl<'a> Credentials<'a> {
@@ -70,6 +73,8 @@ impl<'a> Credentials<'a> {
                 c.bearer = c.bearer.or_else(|| value().and_then(bearer_token));
             } else if name.eq_ignore_ascii_case("x-api-key") {
                 c.api_key = c.api_key.or_else(value);
+            } else if name.eq_ignore_ascii_case("if-none-match") {
+                c.if_none_match = c.if_none_match.or_else(value);
             }
         }
         c

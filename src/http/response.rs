@@ -28,6 +28,7 @@ fn status_text(status: u16) -> &'static str {
         201 => "Created",
         202 => "Accepted",
         204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -87,7 +88,8 @@ fn write_head(
 /// `Connection: close` (one request per connection), plus `extra_headers`
 /// (each line already ending in `\r\n`, may be empty). Used for JSON API
 /// responses (e.g. 401 with `WWW-Authenticate: Bearer\r\n`). For 204
-/// the content type and body are left out, as HTTP requires.
+/// and 304 the content type, length and body are left out, as HTTP
+/// requires (a 304's length would have to be the unsent file's).
 pub fn write_response(
     status: u16,
     content_type: &str,
@@ -95,12 +97,13 @@ pub fn write_response(
     body: &[u8],
     out: &mut Vec<u8>,
 ) {
-    if status == 204 {
-        // 204 carries neither a body nor its length (RFC 9110 §8.6, §15.3.5).
+    if status == 204 || status == 304 {
+        // Neither carries a body (RFC 9110 §8.6, §15.3.5, §15.4.5).
         use std::io::Write;
         let _ = write!(
             out,
-            "HTTP/1.1 204 No Content\r\nConnection: close\r\n{extra_headers}\r\n"
+            "HTTP/1.1 {status} {}\r\nConnection: close\r\n{extra_headers}\r\n",
+            status_text(status)
         );
         return;
     }

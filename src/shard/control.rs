@@ -23,6 +23,9 @@ pub(crate) struct Control {
     pub bells: Doorbells,
     /// Each core's published counters (written only by that core).
     pub metrics: Box<[metrics::CoreMetrics]>,
+    /// When the server started: `/api/stats` reports uptime on this
+    /// monotonic clock, so a reader's rates survive wall-clock steps.
+    pub started: std::time::Instant,
 }
 
 impl Control {
@@ -37,6 +40,7 @@ impl Control {
             metrics: (0..cores)
                 .map(|_| metrics::CoreMetrics::default())
                 .collect(),
+            started: std::time::Instant::now(),
         }))
     }
 

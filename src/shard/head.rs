@@ -153,18 +153,26 @@ impl Shard {
                 reason: "not ready: starting or draining",
             }
             .write_response(v),
-            Resource::Demo => http::write_response(
+            Resource::Sdk | Resource::SdkVersioned | Resource::Demo | Resource::Dashboard => {
+                match assets::of(resource) {
+                    Some(a) => http::write_response(
+                        200,
+                        a.content_type,
+                        &a.headers(),
+                        a.body.as_bytes(),
+                        v,
+                    ),
+                    None => http::write_response(500, "text/plain", "", b"misrouted\n", v),
+                }
+            }
+            Resource::Stats => http::write_response(
                 200,
-                "text/html; charset=utf-8",
-                "Cache-Control: no-cache\r\n",
-                assets::DEMO.as_bytes(),
-                v,
-            ),
-            Resource::Sdk | Resource::SdkVersioned => http::write_response(
-                200,
-                "text/javascript; charset=utf-8",
-                &assets::sdk_headers(resource == Resource::SdkVersioned),
-                assets::SDK.as_bytes(),
+                "application/json",
+                "Cache-Control: no-store\r\n",
+                &metrics::render_json(
+                    &control.metrics,
+                    control.started.elapsed().as_millis() as u64,
+                ),
                 v,
             ),
             Resource::Metrics => http::write_ok(

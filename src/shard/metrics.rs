@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::Stats;
 use crate::app::RTT_BUCKETS_US;
+use crate::hub::wire::write_json_string;
 
 /// `Stats` is `Pod` (plain words by construction, checked by the derive),
 /// so it is published and read back as `u64` words.
@@ -74,9 +75,9 @@ impl CoreMetrics {
     }
 }
 
-/// One sample of a family: name suffix (`_bucket`, `_sum`...), extra
-/// labels, value.
-type Sample = (&'static str, String, f64);
+/// One sample of a family: name suffix (`_bucket`, `_sum`...), its label
+/// beyond `core` (name and value) if any, value.
+type Sample = (&'static str, Option<(&'static str, String)>, f64);
 
 /// One metric family: name, type, help, and how to read it from a snapshot.
 struct Family {
@@ -87,7 +88,15 @@ struct Family {
 }
 
 fn one(v: u64) -> Vec<Sample> {
-    vec![("", String::new(), v as f64)]
+    vec![("", None, v as f64)]
+}
+
+/// One sample per value of the label `name`.
+fn labelled(name: &'static str, values: &[(&str, u64)]) -> Vec<Sample> {
+    values
+        .iter()
+        .map(|&(l, v)| ("", Some((name, l.to_string())), v as f64))
+        .collect()
 }
 
 fn rtt_histogram(s: &Snapshot) -> Vec<Sample> {
@@ -97,12 +106,12 @@ fn rtt_histogram(s: &Snapshot) -> Vec<Sample> {
     for (i, &le) in RTT_BUCKETS_US.iter().enumerate() {
         cumulative += m.rtt_buckets[i];
         let le = le as f64 / 1e6;
-        out.push(("_bucket", format!("le=\"{le}\""), cumulative as f64));
+        out.push(("_bucket", Some(("le", le.to_string())), cumulative as f64));
     }
     cumulative += m.rtt_buckets[RTT_BUCKETS_US.len()];
-    out.push(("_bucket", "le=\"+Inf\"".into(), cumulative as f64));
-    out.push(("_sum", String::new(), m.rtt_sum_us as f64 / 1e6));
-    out.push(("_count", String::new(), m.rtt_count as f64));
+    out.push(("_bucket", Some(("le", "+Inf".into())), cumulative as f64));
+    out.push(("_sum", None, m.rtt_sum_us as f64 / 1e6));
+    out.push(("_count", None, m.rtt_count as f64));
     out
 }
 
@@ -126,17 +135,17 @@ const FAMILIES: &[Family] = &[
                forbidden (403 origin), over_capacity (503 connection limit), http (plain HTTP).",
         series: |s| {
             let t = &s.stats;
-            [
-                ("upgraded", t.upgraded),
-                ("refused", t.refused),
-                ("unauthorized", t.unauthorized),
-                ("forbidden", t.forbidden_origin),
-                ("over_capacity", t.over_capacity),
-                ("http", t.http_requests),
-            ]
-            .into_iter()
-            .map(|(o, v)| ("", format!("outcome=\"{o}\""), v as f64))
-            .collect()
+            labelled(
+                "outcome",
+                &[
+                    ("upgraded", t.upgraded),
+                    ("refused", t.refused),
+                    ("unauthorized", t.unauthorized),
+                    ("forbidden", t.forbidden_origin),
+                    ("over_capacity", t.over_capacity),
+                    ("http", t.http_requests),
+                ],
+            )
         },
     },
     Family {
@@ -390,10 +399,11 @@ const FAMILIES: &[Family] = &[
         kind: "counter",
         help: "Subscribes with `since`, by outcome (recovered: the missed publications followed the ack).",
         series: |s| {
-            vec![
-                ("", "outcome=\"recovered\"".into(), s.stats.msg.recovered as f64),
-                ("", "outcome=\"not_recovered\"".into(), s.stats.msg.not_recovered as f64),
-            ]
+            let m = &s.stats.msg;
+            labelled(
+                "outcome",
+                &[("recovered", m.recovered), ("not_recovered", m.not_recovered)],
+            )
         },
     },
 ];
@@ -409,11 +419,67 @@ pub(crate) fn render(cores: &[CoreMetrics]) -> String {
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for (core, s) in snaps.iter().enumerate() {
             for (suffix, label, v) in (f.series)(s) {
-                let sep = if label.is_empty() { "" } else { "," };
-                let _ = writeln!(out, "{}{suffix}{{core=\"{core}\"{sep}{label}}} {v}", f.name);
+                let _ = write!(out, "{}{suffix}{{core=\"{core}\"", f.name);
+                if let Some((name, value)) = label {
+                    let _ = write!(out, ",{name}=\"{value}\"");
+                }
+                let _ = writeln!(out, "}} {v}");
             }
         }
     }
+    out
+}
+
+/// The same families as JSON, for the dashboard and scripts:
+/// `{"version","uptime_ms","cores","metrics":{NAME:{"type","help",
+/// "samples":[{"suffix"?,"labels"?,"values":[one per core]}]}}}`. Counters
+/// stay cumulative, as in Prometheus: a reader takes rates from two
+/// snapshots and their `uptime_ms` (the server's monotonic clock, so a
+/// wall-clock step cannot fake a rate).
+pub(crate) fn render_json(cores: &[CoreMetrics], uptime_ms: u64) -> Vec<u8> {
+    use std::io::Write as _;
+    let snaps: Vec<Snapshot> = cores.iter().map(CoreMetrics::snapshot).collect();
+    let mut out = Vec::with_capacity(128 * FAMILIES.len() * (snaps.len() + 1));
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{{\"version\":\"{}\",\"uptime_ms\":{uptime_ms},\"cores\":{},\"metrics\":{{",
+        env!("CARGO_PKG_VERSION"),
+        snaps.len()
+    );
+    for (i, f) in FAMILIES.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(
+            out,
+            "{sep}\"{}\":{{\"type\":\"{}\",\"help\":",
+            f.name, f.kind
+        );
+        write_json_string(f.help, &mut out);
+        out.extend_from_slice(b",\"samples\":[");
+        // Every core yields the same samples in the same order.
+        let per_core: Vec<Vec<Sample>> = snaps.iter().map(f.series).collect();
+        let Some(first) = per_core.first() else {
+            out.extend_from_slice(b"]}");
+            continue;
+        };
+        for (j, (suffix, label, _)) in first.iter().enumerate() {
+            out.extend_from_slice(if j == 0 { b"{" } else { b",{" });
+            if !suffix.is_empty() {
+                let _ = write!(out, "\"suffix\":\"{suffix}\",");
+            }
+            if let Some((name, value)) = label {
+                let _ = write!(out, "\"labels\":{{\"{name}\":\"{value}\"}},");
+            }
+            out.extend_from_slice(b"\"values\":[");
+            for (c, samples) in per_core.iter().enumerate() {
+                let sep = if c == 0 { "" } else { "," };
+                let _ = write!(out, "{sep}{}", samples[j].2);
+            }
+            out.extend_from_slice(b"]}");
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"}}");
     out
 }
 
@@ -452,5 +518,39 @@ mod tests {
         assert!(text.contains("ringcast_ping_rtt_seconds_sum{core=\"1\"} 1.5\n"));
         assert!(text.contains("ringcast_ping_rtt_seconds_count{core=\"1\"} 3\n"));
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn json_has_every_family_with_one_value_per_core() {
+        let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
+        let mut stats = Stats {
+            upgraded: 3,
+            ..Stats::default()
+        };
+        stats.msg.rtt_buckets[1] = 4;
+        cores[1].publish(&stats, 5);
+        let json = render_json(&cores, 1234);
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+        assert_eq!(v["uptime_ms"], 1234);
+        assert_eq!(v["cores"], 2);
+        let m = &v["metrics"];
+        assert_eq!(m.as_object().map(|o| o.len()), Some(FAMILIES.len()));
+        assert_eq!(m["ringcast_connections"]["type"], "gauge");
+        assert_eq!(
+            m["ringcast_connections"]["samples"][0]["values"],
+            serde_json::json!([0, 5])
+        );
+        let hs = m["ringcast_handshakes_total"]["samples"]
+            .as_array()
+            .unwrap();
+        assert_eq!(hs[0]["labels"]["outcome"], "upgraded");
+        assert_eq!(hs[0]["values"], serde_json::json!([0, 3]));
+        let rtt = m["ringcast_ping_rtt_seconds"]["samples"]
+            .as_array()
+            .unwrap();
+        assert_eq!(rtt[1]["suffix"], "_bucket");
+        assert_eq!(rtt[1]["labels"]["le"], "0.0005");
+        assert_eq!(rtt[1]["values"], serde_json::json!([0, 4]));
+        assert_eq!(rtt[RTT_BUCKETS_US.len()]["labels"]["le"], "+Inf");
     }
 }

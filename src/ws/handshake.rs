@@ -655,7 +655,7 @@ mod tests {
     fn credentials_are_extracted() {
         let c = creds_of(
             "POST /api/publish?a=1&token=abc&b=2 HTTP/1.1\r\nOrigin: https://app.example\r\n\
-             authorization: bEaReR  t.k-n_1 \r\nX-Api-Key: k3y\r\n\r\n",
+             authorization: bEaReR  t.k-n_1 \r\nX-Api-Key: k3y\r\nIf-None-Match: \"e\"\r\n\r\n",
         );
         assert_eq!(
             c,
@@ -664,6 +664,7 @@ mod tests {
                 bearer: Some("t.k-n_1"),
                 query_token: Some("abc"),
                 api_key: Some("k3y"),
+                if_none_match: Some("\"e\""),
             }
         );
         assert_eq!(c.token(), Some("t.k-n_1"));
