@@ -142,8 +142,9 @@ pub struct Config {
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Key for the publish API (`Authorization: Bearer KEY` or
-    /// `X-Api-Key: KEY`). Without it the API answers 403.
+    /// Key for the HTTP API (`Authorization: Bearer KEY` or
+    /// `X-Api-Key: KEY`). Without it the API answers 403, except
+    /// `/api/stats` (the dashboard's data), which the key guards when set.
     #[arg(long, env = "RINGCAST_API_KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redact")]
     pub api_key: Option<String>,
