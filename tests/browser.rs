@@ -1,6 +1,8 @@
 //! ringcast's pages in a real browser (`clients/browser`, `node --test`):
 //! Debian's Chromium, driven by playwright-core, against this build's
-//! server binary. Needs Node.js, npm and `/usr/bin/chromium` (`.ci/run`
+//! server binary: the `/demo` chat across a server restart, a subscription
+//! through network drops (recovered, exactly once, in order), and refused
+//! tokens (4001 once, no reconnect loop). Needs Node.js, npm and `/usr/bin/chromium` (`.ci/run`
 //! installs them; set `CHROMIUM` for another path). playwright-core comes
 //! from the committed lock file through `npm ci`; it never downloads a
 //! browser.

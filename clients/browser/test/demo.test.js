@@ -4,69 +4,22 @@
 // server is killed and restarted on the same port and both pages come back.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
-
-const BIN = process.env.RINGCAST_BIN;
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const ARGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run',
-];
-const WAIT = 20000;
-
-function startServer(listen) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-browser-'));
-  const addrFile = path.join(dir, 'addr');
-  const child = spawn(BIN, ['--cores', '2', '--listen', listen, '--addr-file', addrFile], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + WAIT;
-    const poll = () => {
-      if (fs.existsSync(addrFile)) {
-        return resolve({ child, addr: fs.readFileSync(addrFile, 'utf8').trim() });
-      }
-      if (child.exitCode !== null || Date.now() > deadline) {
-        return reject(new Error(`ringcast did not start (exit ${child.exitCode})`));
-      }
-      setTimeout(poll, 50);
-    };
-    poll();
-  });
-}
-
-function stop(child, signal = 'SIGTERM') {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.once('exit', resolve);
-    child.kill(signal);
-  });
-}
-
-async function browser() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-chromium-'));
-  return chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1100, height: 650 },
-  });
-}
+import { WAIT, browser, checkEnv, newPage, startServer, stop } from '../testlib/lib.js';
 
 const texts = () => [...document.querySelectorAll('.log:not([hidden]) .text')].map((e) => e.textContent);
 
 test('two browsers chat through /demo, with presence, and survive a server restart', async () => {
-  assert.ok(BIN, 'set RINGCAST_BIN (tests/browser.rs does)');
-  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found: apt-get install chromium`);
+  checkEnv();
   let server = await startServer('127.0.0.1:0');
   const ctxs = [await browser(), await browser()];
   const errors = [];
   try {
     const pages = [];
     for (const [i, nick] of ['alice', 'bob'].entries()) {
-      const p = await ctxs[i].newPage();
-      p.on('pageerror', (e) => errors.push(`${nick}: ${e.message}`));
+      const p = await newPage(ctxs[i], nick, errors);
       await p.goto(`http://${server.addr}/demo`);
       await p.waitForSelector('#conn.connected', { timeout: WAIT });
       await p.fill('#nick', nick);
