@@ -66,10 +66,10 @@ export function stop(child, signal = 'SIGTERM') {
 }
 
 /** A headless Chromium with a fresh profile (removed again on close). */
-export async function browser() {
+export async function browser(viewport = { width: 1100, height: 650 }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-chromium-'));
   const ctx = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1100, height: 650 },
+    executablePath: CHROMIUM, headless: true, args: ARGS, viewport,
   });
   // The profile goes once Chromium has exited (close() resolves then; its
   // 'close' event comes earlier, while Chromium may still write there).
