@@ -54,6 +54,13 @@ test('two browsers chat through /demo, with presence, and survive a server resta
     await a.waitForSelector('#conn.disconnected', { timeout: WAIT });
     server = await startServer(`127.0.0.1:${port}`);
     for (const p of pages) await p.waitForSelector('#conn.connected', { timeout: 60000 });
+    // The resubscribe's ack came with recovered:false and a new epoch (the
+    // in-memory history died with the process), and each page says so.
+    for (const p of pages) {
+      await p.waitForFunction(() => [...document.querySelectorAll('.log:not([hidden]) .note')]
+        .some((e) => e.textContent === 'The server restarted: some messages may be missing'),
+      null, { timeout: WAIT });
+    }
     await a.waitForFunction(() => document.querySelectorAll('.people:not([hidden]) li').length === 2,
       null, { timeout: WAIT });
     await b.fill('#text', 'after restart');
