@@ -222,6 +222,32 @@ pub struct Config {
     #[arg(long, action = ArgAction::Set, default_value_t = true, value_name = "BOOL")]
     pub allow_publish: bool,
 
+    /// The channel engine: `redis://HOST:PORT[/DB]` (or
+    /// `redis-cluster://HOST:PORT[,HOST:PORT...]`) shares channels,
+    /// history and presence with every node using the same Redis. Unset:
+    /// the in-memory engine (one node). A password comes from the URL
+    /// (`redis://:PASSWORD@HOST`) or `RINGCAST_BROKER_PASSWORD`.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+
+    /// Password for `--broker` when the URL has none.
+    #[arg(long, env = "RINGCAST_BROKER_PASSWORD", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    pub broker_password: Option<String>,
+
+    /// Seconds a channel's epoch and offset stay in Redis after its last
+    /// publication (at least its history TTL): a channel idle for longer
+    /// starts a new epoch, and a client recovering across that is told
+    /// `recovered:false`.
+    #[arg(long, default_value_t = 30.0 * 86400.0, value_parser = parse_retention)]
+    pub broker_meta_ttl: f64,
+
+    /// Seconds a node stays subscribed to a channel in Redis after its
+    /// last local subscriber left (absorbs churn).
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
+    pub broker_unsubscribe_delay: f64,
+
     /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,6 +298,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The `--broker` engine, if one is set (the URL checked).
+    pub(crate) fn broker_url(&self) -> Result<Option<crate::broker::BrokerUrl>, String> {
+        self.broker
+            .as_deref()
+            .map(|u| crate::broker::url::parse(u, self.broker_password.clone()))
+            .transpose()
+    }
+
     /// The CPUs to start executors on.
     pub fn cpu_set(&self) -> Result<Vec<usize>, String> {
         let online = online_cpus();
@@ -763,6 +797,17 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 }
 
 /// A time in seconds a flag or config entry may hold: 0 to one day.
+/// Seconds up to a year (retention times).
+fn parse_retention(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(1.0..=31_536_000.0).contains(&v) {
+        return Err(format!("{v} is out of range (1 to 31536000 seconds)"));
+    }
+    Ok(v)
+}
+
 fn check_seconds(v: f64) -> Result<f64, String> {
     if !(0.0..=86_400.0).contains(&v) {
         return Err(format!("{v} is out of range (0 to 86400 seconds)"));
@@ -822,7 +867,7 @@ mod tests {
     fn default_is_the_flags_defaults() {
         let mut parsed = load(&[]).unwrap();
         // The environment may set these for the parsed one only.
-        (parsed.auth_secret, parsed.api_key) = (None, None);
+        (parsed.auth_secret, parsed.api_key, parsed.broker_password) = (None, None, None);
         assert_eq!(Config::default(), parsed);
         assert!(!Config::default().failpoints);
     }
@@ -1078,17 +1123,21 @@ mod tests {
             "--join-leave",
             "--allow-publish=false",
             "--log=ringcast=debug,warn",
+            "--broker=redis://127.0.0.1:6390/2",
+            "--broker-password=hunter2-redis",
+            "--broker-meta-ttl=600",
+            "--broker-unsubscribe-delay=0.5",
         ];
         let original = load(&args).unwrap();
         let printed = original.to_toml().unwrap();
         assert!(!printed.contains("hunter2"), "{printed}");
         let mut table: toml::Table = printed.parse().unwrap();
-        for key in ["auth-secret", "api-key"] {
+        for key in ["auth-secret", "api-key", "broker-password"] {
             assert_eq!(table.remove(key).unwrap().as_str(), Some(REDACTED));
         }
         let read = with_file(&table.to_string(), &[]).unwrap();
         let mut want = original.clone();
-        (want.auth_secret, want.api_key) = (None, None);
+        (want.auth_secret, want.api_key, want.broker_password) = (None, None, None);
         assert_eq!(read, want);
         // And the defaults, `cores` and `--print-config` itself.
         let original = load(&["--cores=1", "--print-config"]).unwrap();

@@ -42,6 +42,7 @@
 //! Everything else is `pub(crate)`; [`internals`] names the few building
 //! blocks benches, fuzz targets and the load generator need.
 pub(crate) mod app;
+pub(crate) mod broker;
 pub mod config;
 pub(crate) mod conn;
 pub mod http;

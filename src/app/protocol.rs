@@ -132,6 +132,9 @@ pub enum ErrorCode {
     EpochMismatch,
     /// `publish` on a channel only the API may publish to.
     PublishDisabled,
+    /// The broker (Redis) is unreachable or refused the request: nothing
+    /// was stored or acked; retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -152,6 +155,7 @@ impl ErrorCode {
             ErrorCode::BadLimit => "bad_limit",
             ErrorCode::EpochMismatch => "epoch_mismatch",
             ErrorCode::PublishDisabled => "publish_disabled",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -114,6 +114,8 @@ pub struct Channels {
     pub outgoing: Vec<(usize, MeshMsg)>,
     subscriptions: usize,
     live: usize,
+    /// The broker engine's mesh index, when it owns every channel.
+    broker: Option<usize>,
 }
 
 impl Channels {
@@ -131,6 +133,7 @@ impl Channels {
             outgoing: Vec::new(),
             subscriptions: 0,
             live: 0,
+            broker: None,
         }
     }
 
@@ -139,9 +142,33 @@ impl Channels {
         self.me
     }
 
-    /// The owner core of `channel`.
+    /// The owner core of `channel`, or the broker's mesh index when a
+    /// broker engine owns every channel.
     pub fn owner_of(&self, channel: &str) -> usize {
-        name::owner(channel, self.cores)
+        match self.broker {
+            Some(b) => b,
+            None => name::owner(channel, self.cores),
+        }
+    }
+
+    /// Hands every channel to the broker engine at mesh index `index`.
+    pub fn use_broker(&mut self, index: usize) {
+        self.broker = Some(index);
+    }
+
+    /// The broker engine lost publications of `channel` its subscribers
+    /// cannot recover: each gets the `reset` frame, and delivery goes on
+    /// from `position`.
+    pub fn reset(&mut self, channel: &str, position: Position, frame: Frame) {
+        let Some(idx) = self.lookup(channel) else {
+            return;
+        };
+        if let Some(ch) = self.slot(idx) {
+            if !ch.subs.is_empty() {
+                ch.position = position;
+                self.pending.push((idx, frame, false));
+            }
+        }
     }
 
     fn slot(&mut self, idx: u32) -> Option<&mut Channel> {

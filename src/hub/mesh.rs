@@ -81,7 +81,7 @@ impl Doorbell {
 
     /// Wakes the core if it announced it is going to sleep. Returns whether
     /// it rang.
-    fn ring_if_sleeping(&self) -> bool {
+    pub(crate) fn ring_if_sleeping(&self) -> bool {
         let rang =
             self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst);
         if rang {
@@ -145,6 +145,9 @@ pub(crate) struct Mesh {
     bells: Doorbells,
     backlog_high_water: usize,
     counters: MeshCounters,
+    /// Peers below this index are cores and get `/broadcast` frames; the
+    /// broker engine (the last peer, when there is one) does not.
+    broadcast_cores: usize,
 }
 
 /// What this core's end of the mesh did: the cross-core cost of broadcast,
@@ -181,7 +184,14 @@ impl Mesh {
             bells,
             backlog_high_water: 0,
             counters: MeshCounters::default(),
+            broadcast_cores: usize::MAX,
         }
+    }
+
+    /// Sends `/broadcast` frames only to cores `0..cores` (the peers past
+    /// them are not cores).
+    pub(crate) fn broadcast_to(&mut self, cores: usize) {
+        self.broadcast_cores = cores;
     }
 
     /// Sends `/broadcast` frames published on this core to every other
@@ -191,6 +201,9 @@ impl Mesh {
             return;
         }
         for i in 0..self.peers.len() {
+            if self.peers[i].core >= self.broadcast_cores {
+                continue;
+            }
             for f in frames {
                 self.push_to_peer(i, MeshMsg::Broadcast(f.share()));
             }

@@ -102,6 +102,26 @@ pub enum MeshMsg {
         /// The list.
         list: Box<PresenceList>,
     },
+    /// From a broker engine: the request was not carried out (Redis is
+    /// unreachable or refused it); `reason` says why, for the client.
+    Refused {
+        /// Who waits.
+        reply: ReplyTo,
+        /// Why, in words.
+        reason: Box<str>,
+    },
+    /// From a broker engine, in offset order: the channel's stream was
+    /// lost or restarted while this node was cut off, so its subscribers
+    /// missed publications they cannot recover; they get the `reset`
+    /// frame and delivery goes on from `position`.
+    Reset {
+        /// The channel.
+        channel: Arc<str>,
+        /// Where delivery goes on from.
+        position: Position,
+        /// The `reset` frame for every subscriber.
+        frame: SharedFrame,
+    },
     /// `GET /api/channels`: core `from` asks for this core's channels.
     ChannelsQuery { from: u16, query: u32 },
     /// The answer: every channel with local subscribers, and how many.

@@ -56,6 +56,22 @@ pub(crate) fn event_frame(
     SharedFrame::encode(OpCode::Text, &v)
 }
 
+/// `{"type":"reset","channel":"C","epoch":E,"offset":O}`: the channel's
+/// stream restarted or lost publications a subscriber cannot recover
+/// (`recovered:false` semantics, without a resubscribe); delivery goes on
+/// after `O`.
+pub(crate) fn reset_frame(channel: &str, position: super::Position) -> SharedFrame {
+    let mut v = Vec::with_capacity(80 + channel.len());
+    v.extend_from_slice(b"{\"type\":\"reset\",\"channel\":\"");
+    v.extend_from_slice(channel.as_bytes());
+    v.extend_from_slice(b"\",\"epoch\":");
+    write_epoch(position.epoch, &mut v);
+    v.extend_from_slice(b",\"offset\":");
+    write_u64(position.offset, &mut v);
+    v.push(b'}');
+    SharedFrame::encode(OpCode::Text, &v)
+}
+
 /// `"ID","user":U}`: the tail shared by events and presence entries.
 fn write_client(client: &str, user: Option<&str>, out: &mut Vec<u8>) {
     write_json_string(client, out);

@@ -84,6 +84,7 @@ impl Config {
                 answer_max_bytes: self.max_send_queue_bytes,
             },
             nonce: crate::hub::stream::process_nonce(),
+            broker: self.broker.is_some(),
         }
     }
 }

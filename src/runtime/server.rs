@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::{error, info};
@@ -96,12 +97,23 @@ impl Server {
             None
         };
         let listen = shard_cfg.listen;
-        let control = Control::new(n).map_err(|e| format!("creating the cores' doorbells: {e}"))?;
-        let mut links: Vec<Option<mesh::Links>> = if n > 1 {
-            mesh::build(n).into_iter().map(Some).collect()
+        let broker_url = cfg.broker_url()?;
+        let broker_metrics = broker_url
+            .as_ref()
+            .map(|_| Arc::new(crate::broker::BrokerMetrics::default()));
+        let control = Control::with_broker(n, broker_metrics.clone())
+            .map_err(|e| format!("creating the cores' doorbells: {e}"))?;
+        // The broker engine is the mesh's last peer.
+        let peers = n + usize::from(broker_url.is_some());
+        let mut links: Vec<Option<mesh::Links>> = if peers > 1 {
+            mesh::build(peers).into_iter().map(Some).collect()
         } else {
             vec![None]
         };
+        if let (Some(url), Some(metrics)) = (broker_url, broker_metrics) {
+            let broker_links = links.pop().flatten().expect("the broker's links");
+            spawn_broker(cfg, &shard_cfg, url, metrics, broker_links, &control)?;
+        }
         let (inlets, inboxes): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| inject::inlet(Publisher::QUEUE_CAPACITY))
             .unzip();
@@ -323,4 +335,50 @@ fn supervise(
         Some(e) => Err(e),
         None => Ok(stats.into_iter().flatten().collect()),
     }
+}
+
+/// Starts the broker thread: the node's Redis connections and the engine
+/// that answers the cores' channel requests through the mesh.
+fn spawn_broker(
+    cfg: &Config,
+    shard_cfg: &crate::shard::ShardConfig,
+    url: crate::broker::BrokerUrl,
+    metrics: Arc<crate::broker::BrokerMetrics>,
+    links: mesh::Links,
+    control: &Arc<Control>,
+) -> Result<(), String> {
+    use crate::broker::engine::{Engine, EngineConfig};
+    if url.kind == crate::broker::Kind::Cluster {
+        return Err(format!(
+            "--broker {url}: Redis Cluster is not supported yet; use redis:// with one Redis"
+        ));
+    }
+    let engine = Engine::new(
+        EngineConfig {
+            unsubscribe_delay: Duration::from_secs_f64(cfg.broker_unsubscribe_delay),
+            meta_ttl: Duration::from_secs_f64(cfg.broker_meta_ttl),
+            limits: shard_cfg.stream_limits.clone(),
+        },
+        shard_cfg.channels.clone(),
+        metrics.clone(),
+        shard_cfg.nonce,
+    );
+    let me = shard_cfg.cores;
+    let mut m = mesh::Mesh::new(links, control.bells.clone());
+    m.broadcast_to(0);
+    let watched = control.clone();
+    let thread = crate::broker::thread::BrokerThread {
+        url,
+        engine,
+        mesh: m,
+        bells: control.bells.clone(),
+        me,
+        metrics,
+        stop: Box::new(move || watched.shutdown.load(Ordering::Relaxed)),
+    };
+    std::thread::Builder::new()
+        .name("ringcast-broker".into())
+        .spawn(move || thread.run())
+        .map(drop)
+        .map_err(|e| format!("starting the broker thread: {e}"))
 }

@@ -26,17 +26,32 @@ pub(crate) struct Control {
     /// When the server started: `/api/stats` reports uptime on this
     /// monotonic clock, so a reader's rates survive wall-clock steps.
     pub started: std::time::Instant,
+    /// The broker engine's counters, when `--broker` is set: its
+    /// connection state is part of readiness.
+    pub broker: Option<Arc<crate::broker::BrokerMetrics>>,
 }
 
 impl Control {
     /// Control block for `cores` cores (one eventfd each for the
     /// doorbells).
+    #[cfg(test)]
     pub(crate) fn new(cores: usize) -> io::Result<Arc<Control>> {
+        Control::with_broker(cores, None)
+    }
+
+    /// Control block for `cores` cores and, with `broker`, one more
+    /// doorbell (the broker thread's, last).
+    pub(crate) fn with_broker(
+        cores: usize,
+        broker: Option<Arc<crate::broker::BrokerMetrics>>,
+    ) -> io::Result<Arc<Control>> {
+        let bells = cores + usize::from(broker.is_some());
         Ok(Arc::new(Control {
             shutdown: AtomicBool::new(false),
             restart: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            bells: mesh::doorbells(cores)?,
+            bells: mesh::doorbells(bells)?,
+            broker,
             metrics: (0..cores)
                 .map(|_| metrics::CoreMetrics::default())
                 .collect(),
@@ -48,6 +63,10 @@ impl Control {
     pub(crate) fn ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed)
             && !self.shutdown.load(Ordering::Relaxed)
+            && self
+                .broker
+                .as_ref()
+                .is_none_or(|b| b.connected.load(Ordering::Relaxed))
             && self
                 .metrics
                 .iter()

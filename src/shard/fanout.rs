@@ -118,6 +118,15 @@ impl Shard {
                     }
                 }
                 MeshMsg::ChannelsReply { query, channels } => self.channels_reply(query, &channels),
+                MeshMsg::Refused { reply, reason } => self.refused(reply, &reason),
+                MeshMsg::Reset {
+                    channel,
+                    position,
+                    frame,
+                } => self
+                    .env
+                    .channels
+                    .reset(&channel, position, Frame::new(frame)),
                 // Engine requests were taken by `streams.receive`.
                 MeshMsg::Sequence(_)
                 | MeshMsg::Subscribe(_)
@@ -141,6 +150,18 @@ impl Shard {
                 self.ws_reply(key, |v| protocol::write_position_ack(id, position, v))
             }
             ReplyTo::Api { ticket, index } => self.api_sequenced(ticket, index, position),
+        }
+    }
+
+    /// The broker engine could not carry out a request: the client is
+    /// told (`unavailable`, HTTP 503), nothing is acked.
+    fn refused(&mut self, reply: ReplyTo, reason: &str) {
+        match reply {
+            ReplyTo::Nobody => {}
+            ReplyTo::Ws { key, id } => self.ws_reply(key, |v| {
+                protocol::write_error(id, ErrorCode::Unavailable, reason, v)
+            }),
+            ReplyTo::Api { ticket, .. } => self.api_refused(ticket, reason),
         }
     }
 

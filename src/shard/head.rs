@@ -175,11 +175,17 @@ impl Shard {
                 ),
                 v,
             ),
-            Resource::Metrics => http::write_ok(
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&control.metrics).as_bytes(),
-                v,
-            ),
+            Resource::Metrics => {
+                let mut text = metrics::render(&control.metrics);
+                if let Some(b) = &control.broker {
+                    b.render(&mut text);
+                }
+                http::write_ok(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.as_bytes(),
+                    v,
+                )
+            }
             // Answered in `requests` before they get here.
             Resource::Publish | Resource::ChannelList | Resource::History | Resource::Presence => {
                 http::write_response(500, "text/plain", "", b"misrouted\n", v)

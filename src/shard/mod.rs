@@ -105,6 +105,9 @@ pub struct ShardConfig {
     pub stream_limits: StreamLimits,
     /// This process's random base for epochs and client ids.
     pub nonce: u64,
+    /// A broker engine (Redis) owns every channel: it is the mesh's last
+    /// peer, index `cores`.
+    pub broker: bool,
 }
 
 /// One core's state. Owned by its loop task.
@@ -204,7 +207,11 @@ impl Shard {
         let mut ring = Ring::new(4096)?;
         ring.provide_buffers(0, cfg.recv_buffers, cfg.recv_buffer_size)?;
         let listener = crate::io::listener::bind_reuseport(cfg.listen, cfg.backlog)?;
-        let mesh = links.map(|l| Mesh::new(l, control.bells.clone()));
+        let mesh = links.map(|l| {
+            let mut m = Mesh::new(l, control.bells.clone());
+            m.broadcast_to(cfg.cores);
+            m
+        });
         let now = Instant::now();
         let mut shard = Shard {
             id,
@@ -253,6 +260,9 @@ impl Shard {
             drain_cutoff: None,
             inbox,
         };
+        if shard.cfg.broker {
+            shard.env.channels.use_broker(shard.cfg.cores);
+        }
         shard
             .ring
             .arm_wake_poll(shard.control.bells[id].fd(), token(Op::Wake, CORE))?;

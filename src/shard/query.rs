@@ -214,6 +214,24 @@ impl Shard {
         self.respond(key);
     }
 
+    /// The broker refused a request of API request `ticket`: 503, and
+    /// the whole request fails (a batch's other publications may have
+    /// been stored; none of this one was acked).
+    pub(super) fn api_refused(&mut self, ticket: u32, reason: &str) {
+        let Some(call) = self.take_call(ticket) else {
+            return;
+        };
+        self.env.scratch.clear();
+        json_error(
+            503,
+            "Retry-After: 1\r\n",
+            "unavailable",
+            reason,
+            &mut self.env.scratch,
+        );
+        self.respond(call.key);
+    }
+
     /// The history read of API request `ticket`.
     pub(super) fn api_history(&mut self, ticket: u32, answer: HistoryAnswer) {
         let Some(call) = self.take_call(ticket) else {
