@@ -7,6 +7,10 @@
 // is how the test files reach it, not an API.
 #![allow(dead_code, unreachable_pub)]
 
+/// Real Redis (single node, cluster) and nginx processes for the tests
+/// that need them (tests/balancer.rs).
+pub mod services;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
