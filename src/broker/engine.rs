@@ -580,14 +580,7 @@ impl Engine {
                 c.recovering += 1;
                 let size = u64::from(c.opts.history_size);
                 let ttl = c.opts.history_ttl;
-                self.send_read(
-                    &req.channel.clone(),
-                    b"since",
-                    since.offset,
-                    size,
-                    size,
-                    ttl,
-                );
+                self.send_read(&req.channel.clone(), b"since", since, size, size, ttl);
                 self.pending.push_back(Op::Recover(req));
             }
             Some(since) => {
@@ -635,7 +628,7 @@ impl Engine {
         &mut self,
         channel: &Arc<str>,
         mode: &[u8],
-        since: u64,
+        since: Position,
         limit: u64,
         size: u64,
         ttl: Duration,
@@ -653,12 +646,13 @@ impl Engine {
             &meta,
             &stream,
             mode,
-            resp::itoa(since).as_bytes(),
+            resp::itoa(since.offset).as_bytes(),
             resp::itoa(limit.max(1)).as_bytes(),
             resp::itoa(size).as_bytes(),
             &ms(ttl),
             &meta_ttl,
             &epoch,
+            resp::itoa(since.epoch).as_bytes(),
         ]);
     }
 
@@ -673,9 +667,9 @@ impl Engine {
         c.phase = Phase::Syncing { read_sent: true };
         let size = u64::from(c.opts.history_size);
         let ttl = c.opts.history_ttl;
-        let (mode, since): (&[u8], u64) = match c.position {
-            Some(p) if size > 0 => (b"since", p.offset),
-            _ => (b"pos", 0),
+        let (mode, since): (&[u8], Position) = match c.position {
+            Some(p) if size > 0 => (b"since", p),
+            _ => (b"pos", Position::default()),
         };
         self.send_read(name, mode, since, size, size, ttl);
         self.pending.push_back(Op::Sync(name.clone()));
@@ -693,12 +687,19 @@ impl Engine {
             Some(s) => self.send_read(
                 &channel,
                 b"since",
-                s.offset,
+                Position { epoch: 0, ..s },
                 u64::from(req.limit),
                 size,
                 ttl,
             ),
-            None => self.send_read(&channel, b"last", 0, u64::from(req.limit), size, ttl),
+            None => self.send_read(
+                &channel,
+                b"last",
+                Position::default(),
+                u64::from(req.limit),
+                size,
+                ttl,
+            ),
         }
         self.pending.push_back(Op::History(req));
     }
@@ -737,9 +738,33 @@ impl Engine {
                 }
                 other => return Err(format!("unexpected publish reply {other:?}")),
             },
-            Op::Sync(name) => self.synced(&name, &r)?,
-            Op::Recover(req) => self.recovered(req, &r)?,
-            Op::History(req) => self.history_read(*req, &r)?,
+            // A reply that makes no sense drops the connection; what it
+            // answered is redone (reads) or refused (history) first.
+            Op::Sync(name) => {
+                if let Err(e) = self.synced(&name, &r) {
+                    if let Some(c) = self.chans.get_mut(&name) {
+                        c.phase = Phase::Syncing { read_sent: false };
+                    }
+                    return Err(e);
+                }
+            }
+            Op::Recover(req) => {
+                if parse_read(&r).is_none() {
+                    if let Some(c) = self.chans.get_mut(&req.channel) {
+                        c.recovering -= 1;
+                    }
+                    self.retry.push(req);
+                    return Err(format!("bad read reply {r:?}"));
+                }
+                self.recovered(req, &r)?;
+            }
+            Op::History(req) => {
+                if !matches!(r, Reply::Error(_)) && parse_read(&r).is_none() {
+                    self.refuse(req.from, req.reply, "Redis sent a bad history reply");
+                    return Err(format!("bad history reply {r:?}"));
+                }
+                self.history_read(*req, &r)?;
+            }
         }
         Ok(())
     }
@@ -822,25 +847,38 @@ impl Engine {
         let mut reset = false;
         match c.position {
             None => c.position = Some(Position { epoch, offset: top }),
-            Some(p) if p.epoch == epoch && contiguous(&entries, p.offset, top) => {
+            Some(p)
+                if p.epoch == epoch && top >= p.offset && contiguous(&entries, p.offset, top) =>
+            {
                 replay = entries.iter().map(|(o, pl)| (*o, pl.to_vec())).collect();
             }
-            Some(p) if p.epoch == epoch && top == p.offset => {}
             Some(_) => {
+                // A new epoch (or a stream that went backwards): the
+                // subscribers are told, then get what the new stream still
+                // has, in order.
                 reset = true;
-                c.position = Some(Position { epoch, offset: top });
+                let first = match entries.first() {
+                    Some(&(o, _)) if contiguous(&entries, o - 1, top) => o - 1,
+                    _ => top,
+                };
+                c.position = Some(Position {
+                    epoch,
+                    offset: first,
+                });
+                if first < top {
+                    replay = entries.iter().map(|(o, pl)| (*o, pl.to_vec())).collect();
+                }
             }
         }
         c.phase = Phase::Live;
-        if !replay.is_empty() {
+        if reset {
+            BrokerMetrics::inc(&self.metrics.unrecoverable, 1);
+            self.reset(&name);
+        } else if !replay.is_empty() {
             BrokerMetrics::inc(&self.metrics.recovered_after_blip, replay.len() as u64);
         }
         for (o, pl) in replay {
             self.deliver(&name, o, &pl);
-        }
-        if reset {
-            BrokerMetrics::inc(&self.metrics.unrecoverable, 1);
-            self.reset(&name);
         }
         // What arrived live meanwhile, in order.
         let held = self
@@ -869,6 +907,10 @@ impl Engine {
     /// A recovery read for a subscribe with `since` came back.
     fn recovered(&mut self, req: Box<SubscribeReq>, r: &Reply) -> Result<(), String> {
         if let Reply::Error(e) = r {
+            if let Some(c) = self.chans.get_mut(&req.channel) {
+                c.recovering -= 1;
+            }
+            self.retry.push(req);
             return Err(format!("the read script failed: {e}"));
         }
         let (epoch, top, entries) = parse_read(r).ok_or_else(|| format!("bad read reply {r:?}"))?;
@@ -1018,7 +1060,13 @@ impl Engine {
         let items = match &r {
             Reply::Array(a) => a,
             Reply::Error(e) => return Err(format!("subscriber connection: {e}")),
-            Reply::Status(_) => return Ok(()), // AUTH's +OK
+            // PING outside subscribed mode; AUTH's +OK.
+            Reply::Status(s) => {
+                if s.eq_ignore_ascii_case("pong") {
+                    self.sub_probe = None;
+                }
+                return Ok(());
+            }
             other => return Err(format!("unexpected pub/sub reply {other:?}")),
         };
         let kind = items.first().and_then(Reply::bytes).unwrap_or_default();

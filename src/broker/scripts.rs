@@ -36,7 +36,9 @@ return {epoch, top}
 /// none, so a subscribe always learns one).
 /// KEYS: meta, stream. ARGV: mode (`pos`, `since` or `last`), since
 /// offset, limit, history size, history TTL ms, meta TTL ms, an epoch to
-/// use if the channel has none. Returns `{epoch, top, {{id, t, payload}...}}`,
+/// use if the channel has none, the epoch `since` belongs to (`0`: any; if
+/// it is not the channel's, the read starts at the oldest entry kept, so a
+/// reader that lost an epoch gets all of the new one that is left). Returns `{epoch, top, {{id, t, payload}...}}`,
 /// oldest first; only entries within the last `size` offsets and younger
 /// than the TTL.
 pub(crate) const READ: &str = r#"
@@ -62,6 +64,7 @@ local cutoff = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[5])
 local entries
 if ARGV[1] == 'since' then
   local from = tonumber(ARGV[2]) + 1
+  if ARGV[8] ~= '0' and ARGV[8] ~= epoch then from = low end
   if from < low then from = low end
   entries = redis.call('XRANGE', KEYS[2], string.format('%d-0', from), '+', 'COUNT', limit)
 else

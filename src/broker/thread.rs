@@ -30,7 +30,9 @@ const PROBE_PERIOD: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// (A node has two connections, not thousands: a short cap costs Redis
+/// little and gets publishing back within a second of Redis returning.)
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Connect timeout (the loop waits for it).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes read per socket per pass, so one flood cannot starve the rest.
@@ -144,7 +146,9 @@ impl BrokerThread {
 
             // The cores' requests.
             let mut worked = self.mesh.retry_backlog();
-            if self.mesh.receive(&mut inbox) > 0 {
+            // (`announce_sleep` may have left messages in `inbox` too.)
+            self.mesh.receive(&mut inbox);
+            if !inbox.is_empty() {
                 worked = true;
                 let now = Instant::now();
                 for msg in inbox.drain(..) {
