@@ -210,6 +210,12 @@ export interface SubscribedEvent {
   epoch: string;
   /** With `presence: true`. */
   presence?: PresenceInfo;
+  /**
+   * Sent without a resubscribe: the server lost publications this
+   * subscription cannot recover (a clustered broker restarted without
+   * them). `recovered` is false; the stream goes on after `offset`.
+   */
+  reset?: boolean;
 }
 
 export interface SubscriptionEvents<T = unknown> {

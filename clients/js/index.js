@@ -148,6 +148,25 @@ export class Subscription extends Emitter {
     this._emit('subscribed', info);
   }
 
+  // The server lost publications this subscription cannot get back (the
+  // cluster's broker restarted without them): like a resubscribe answered
+  // `recovered: false`, the app reloads; the stream goes on after
+  // `msg.offset` in `msg.epoch`.
+  _onReset(msg) {
+    if (!this._acked) return;
+    this.offset = typeof msg.offset === 'number' ? msg.offset : 0;
+    this.epoch = msg.epoch == null ? null : msg.epoch;
+    const info = {
+      channel: this.channel,
+      recovered: false,
+      wasRecovering: true,
+      reset: true,
+      offset: msg.offset,
+      epoch: msg.epoch,
+    };
+    this._emit('subscribed', info);
+  }
+
   _onMessage(msg) {
     // Before the ack on this connection nothing belongs to the subscription:
     // what it covers is replayed after the ack, if recovered.
@@ -479,10 +498,11 @@ export class Ringcast extends Emitter {
       } else {
         entry.resolve(msg);
       }
-    } else if (type === 'message' || type === 'join' || type === 'leave') {
+    } else if (type === 'message' || type === 'join' || type === 'leave' || type === 'reset') {
       const sub = this._subs.get(msg.channel);
       if (!sub) return;
       if (type === 'message') sub._onMessage(msg);
+      else if (type === 'reset') sub._onReset(msg);
       else sub._emit(type, msg);
     }
   }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
+use tracing::warn;
 
 use super::link::Link;
 use super::metrics::BrokerMetrics;
@@ -40,6 +41,13 @@ use crate::hub::{
 const HELD_MAX: usize = 100_000;
 /// Channels per `SUBSCRIBE`/`UNSUBSCRIBE` command.
 const BATCH_MAX: usize = 1000;
+/// How long a presence entry lives in Redis unless its node refreshes it:
+/// a node that dies takes its clients out of presence within this.
+pub(crate) const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// How often a node refreshes its clients' presence entries.
+pub(crate) const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// Clients per presence refresh command.
+const REFRESH_BATCH: usize = 500;
 
 /// Settings of the engine.
 #[derive(Clone, Debug)]
@@ -71,6 +79,13 @@ enum Op {
     Recover(Box<SubscribeReq>),
     /// A history request.
     History(Box<HistoryReq>),
+    /// A presence write (join, leave, refresh): only errors matter.
+    PresenceWrite,
+    /// A presence request.
+    Presence { from: u16, reply: ReplyTo },
+    /// The presence list a subscribe's ack carries, read before the
+    /// subscribe goes on.
+    PresenceForAck(Box<SubscribeReq>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +118,7 @@ struct Chan {
     /// Live messages received while not live: epoch, offset, payload.
     held: Vec<(u64, u64, Box<[u8]>)>,
     /// Subscribes waiting for the channel to be live.
+    #[allow(clippy::vec_box)] // moved on as the boxes the mesh carries
     waiting: Vec<Box<SubscribeReq>>,
     /// Recovery reads under way; while any is, delivered frames are kept.
     recovering: u32,
@@ -142,9 +158,14 @@ pub(crate) struct Engine {
     to_unsubscribe: Vec<Arc<str>>,
     /// Subscribes with `since` whose read was lost with the command
     /// connection: sent again when it is back.
+    #[allow(clippy::vec_box)]
     retry: Vec<Box<SubscribeReq>>,
     publish_sha: String,
     read_sha: String,
+    /// Presence scripts: add, remove, refresh, read.
+    presence: [(String, String); 4],
+    /// Presence lists read for subscribe acks, by connection and channel.
+    ack_presence: HashMap<(crate::conn::ConnKey, Arc<str>), PresenceList>,
     /// Answers and publications for the cores.
     pub(crate) out: Vec<(usize, MeshMsg)>,
     /// A probe sent on the subscriber connection not answered yet.
@@ -155,8 +176,11 @@ fn ms(d: Duration) -> Vec<u8> {
     resp::itoa(d.as_millis().max(1) as u64).as_bytes().to_vec()
 }
 
+/// A read script's reply: epoch, top offset, entries (offset, payload).
+type Read<'a> = (u64, u64, Vec<(u64, &'a [u8])>);
+
 /// `{epoch, top, entries}` of a read script's reply.
-fn parse_read(r: &Reply) -> Option<(u64, u64, Vec<(u64, &[u8])>)> {
+fn parse_read(r: &Reply) -> Option<Read<'_>> {
     let a = r.array()?;
     let epoch = a.first()?.u64()?;
     let top = a.get(1)?.u64()?;
@@ -169,6 +193,24 @@ fn parse_read(r: &Reply) -> Option<(u64, u64, Vec<(u64, &[u8])>)> {
         ));
     }
     Some((epoch, top, entries))
+}
+
+/// `{count, {client, user, ...}}` of the presence read script.
+fn parse_presence(r: &Reply) -> Option<PresenceList> {
+    let a = r.array()?;
+    let count = a.first()?.u64()?;
+    let flat = a.get(1)?.array()?;
+    let clients = flat
+        .chunks(2)
+        .filter_map(|pair| {
+            let client = std::str::from_utf8(pair.first()?.bytes()?).ok()?;
+            Some(Member {
+                client: client.into(),
+                user: scripts::decode_user(pair.get(1)?.bytes()?),
+            })
+        })
+        .collect();
+    Some(PresenceList { count, clients })
 }
 
 /// Whether `entries` are exactly the offsets `after+1..=top`.
@@ -203,6 +245,8 @@ impl Engine {
             retry: Vec::new(),
             publish_sha: scripts::sha(scripts::PUBLISH),
             read_sha: scripts::sha(scripts::READ),
+            presence: scripts::presence_scripts().map(|src| (scripts::sha(&src), src)),
+            ack_presence: HashMap::new(),
             out: Vec::new(),
             sub_probe: None,
         }
@@ -235,11 +279,17 @@ impl Engine {
             link.send(&[b"SELECT", resp::itoa(u64::from(db)).as_bytes()]);
             self.pending.push_back(Op::Setup("SELECT"));
         }
-        for s in [scripts::PUBLISH, scripts::READ] {
+        let presence = self.presence.iter().map(|(_, src)| src.as_str());
+        for s in [scripts::PUBLISH, scripts::READ]
+            .into_iter()
+            .chain(presence)
+        {
             link.send(&[b"SCRIPT", b"LOAD", s.as_bytes()]);
             self.pending.push_back(Op::Setup("SCRIPT LOAD"));
         }
         self.cmd = Some(link);
+        // This node's clients are back in presence at once.
+        self.refresh_presence();
         BrokerMetrics::inc(&self.metrics.reconnects, 1);
         // Channels whose positioning read was lost, and recoveries.
         let names: Vec<Arc<str>> = self
@@ -281,6 +331,9 @@ impl Engine {
                     self.retry.push(req);
                 }
                 Op::History(req) => self.refuse(req.from, req.reply, "the connection to Redis failed"),
+                Op::Presence { from, reply } => self.refuse(from, reply, "the connection to Redis failed"),
+                Op::PresenceForAck(req) => self.retry.push(req),
+                Op::PresenceWrite => {}
                 Op::Setup(_) | Op::Ping => {}
             }
         }
@@ -412,19 +465,11 @@ impl Engine {
                 reply,
                 channel,
             } => {
-                let max = self.cfg.limits.presence_max_clients as usize;
-                let list = self
-                    .chans
-                    .get(&*channel)
-                    .map(|c| presence_list(c, max))
-                    .unwrap_or_default();
-                self.out.push((
-                    from as usize,
-                    MeshMsg::PresenceAnswer {
-                        reply,
-                        list: Box::new(list),
-                    },
-                ));
+                if self.cmd.is_none() {
+                    return self.refuse(from, reply, "the broker (Redis) is unreachable");
+                }
+                self.send_presence_read(&channel);
+                self.pending.push_back(Op::Presence { from, reply });
             }
             _ => {}
         }
@@ -507,7 +552,8 @@ impl Engine {
         self.chans.get_mut(name).expect("inserted above")
     }
 
-    /// Presence on this node and the join event.
+    /// Presence: kept on this node (to refresh and remove) and written to
+    /// Redis, which announces the join to every node.
     fn join(&mut self, req: &SubscribeReq) {
         let Some(m) = &req.member else {
             return;
@@ -517,27 +563,83 @@ impl Engine {
             return;
         }
         c.members.insert(m.client.clone(), m.user.clone());
-        if c.opts.join_leave {
-            let frame = wire::event_frame(true, &c.name, &m.client, m.user.as_deref());
-            self.event(&req.channel, frame);
-        }
+        let jl = c.opts.join_leave;
+        let user = scripts::encode_user(m.user.as_deref());
+        let ttl = ms(PRESENCE_TTL);
+        self.presence_call(0, &req.channel, jl, &[&ttl, m.client.as_bytes(), &user]);
     }
 
     fn leave(&mut self, channel: &str, client: &str, now: Instant) {
         let Some(c) = self.chans.get_mut(channel) else {
             return;
         };
-        let Some(user) = c.members.swap_remove(client) else {
+        if c.members.swap_remove(client).is_none() {
+            return;
+        }
+        let (name, jl) = (c.name.clone(), c.opts.join_leave);
+        if c.unused() {
+            c.idle_since = Some(now);
+        }
+        self.presence_call(1, &name, jl, &[client.as_bytes()]);
+    }
+
+    /// Runs presence script `which` (add, remove, refresh) on `channel`.
+    fn presence_call(&mut self, which: usize, channel: &str, join_leave: bool, args: &[&[u8]]) {
+        let Some(cmd) = &mut self.cmd else {
+            // Written again by the refresh once Redis is back.
             return;
         };
-        let name = c.name.clone();
-        if c.opts.join_leave {
-            let frame = wire::event_frame(false, &name, client, user.as_deref());
-            self.event(&name, frame);
-        }
-        if let Some(c) = self.chans.get_mut(channel) {
-            if c.unused() {
-                c.idle_since = Some(now);
+        let [zset, users] = scripts::presence_keys(channel);
+        let [_, _, pubsub] = scripts::keys(channel);
+        let jl: &[u8] = if join_leave { b"1" } else { b"0" };
+        let mut all: Vec<&[u8]> = vec![
+            b"EVALSHA",
+            self.presence[which].0.as_bytes(),
+            b"2",
+            &zset,
+            &users,
+            &pubsub,
+            jl,
+        ];
+        all.extend_from_slice(args);
+        cmd.send(&all);
+        self.pending.push_back(Op::PresenceWrite);
+    }
+
+    fn send_presence_read(&mut self, channel: &str) {
+        let max = resp::itoa(u64::from(self.cfg.limits.presence_max_clients));
+        let jl = self.rules.resolve(channel).join_leave;
+        self.presence_call(3, channel, jl, &[max.as_bytes()]);
+        // `presence_call` queued a write; this one is a read.
+        self.pending.pop_back();
+    }
+
+    /// Refreshes the expiry of every presence entry this node holds (and
+    /// writes back any Redis lost).
+    pub(crate) fn refresh_presence(&mut self) {
+        let ttl = ms(PRESENCE_TTL);
+        type Members = Vec<(Box<str>, Vec<u8>)>;
+        let work: Vec<(Arc<str>, bool, Members)> = self
+            .chans
+            .values()
+            .filter(|c| !c.members.is_empty())
+            .map(|c| {
+                let members = c
+                    .members
+                    .iter()
+                    .map(|(client, user)| (client.clone(), scripts::encode_user(user.as_deref())))
+                    .collect();
+                (c.name.clone(), c.opts.join_leave, members)
+            })
+            .collect();
+        for (name, jl, members) in work {
+            for chunk in members.chunks(REFRESH_BATCH) {
+                let mut args: Vec<&[u8]> = vec![&ttl];
+                for (client, user) in chunk {
+                    args.push(client.as_bytes());
+                    args.push(user);
+                }
+                self.presence_call(2, &name, jl, &args);
             }
         }
     }
@@ -559,6 +661,17 @@ impl Engine {
 
     fn subscribe(&mut self, req: Box<SubscribeReq>) {
         let cmd_up = self.cmd.is_some();
+        let key = (req.key, req.channel.clone());
+        if req.want_presence && !self.ack_presence.contains_key(&key) {
+            // The ack's presence list is the cluster's: read it first.
+            if !cmd_up {
+                self.retry.push(req);
+                return;
+            }
+            self.send_presence_read(&req.channel);
+            self.pending.push_back(Op::PresenceForAck(req));
+            return;
+        }
         let c = self.chan(&req.channel);
         c.idle_since = None;
         if c.phase != Phase::Live {
@@ -593,6 +706,7 @@ impl Engine {
 
     /// Answers a subscribe: the core joins the channel's delivery from
     /// `position` on.
+    #[allow(clippy::boxed_local)] // requests travel boxed; unboxed here
     fn answer(
         &mut self,
         req: Box<SubscribeReq>,
@@ -602,11 +716,13 @@ impl Engine {
     ) {
         let max = self.cfg.limits.presence_max_clients as usize;
         let from = req.from as usize;
+        let read = self.ack_presence.remove(&(req.key, req.channel.clone()));
         let presence = match self.chans.get_mut(&req.channel) {
             Some(c) => {
                 c.cores.insert(from);
                 c.idle_since = None;
-                req.want_presence.then(|| presence_list(c, max))
+                req.want_presence
+                    .then(|| read.unwrap_or_else(|| presence_list(c, max)))
             }
             None => req.want_presence.then(PresenceList::default),
         };
@@ -713,6 +829,31 @@ impl Engine {
             return Err(format!("Redis sent a reply nobody asked for: {r:?}"));
         };
         match op {
+            Op::PresenceWrite => {
+                if let Reply::Error(e) = &r {
+                    warn!("broker: a presence write failed: {e}");
+                }
+            }
+            Op::Presence { from, reply } => match parse_presence(&r) {
+                Some(list) => self.out.push((
+                    from as usize,
+                    MeshMsg::PresenceAnswer {
+                        reply,
+                        list: Box::new(list),
+                    },
+                )),
+                None => self.refuse(
+                    from,
+                    reply,
+                    &format!("Redis refused the presence read: {r:?}"),
+                ),
+            },
+            Op::PresenceForAck(req) => {
+                let list = parse_presence(&r).unwrap_or_default();
+                self.ack_presence
+                    .insert((req.key, req.channel.clone()), list);
+                self.subscribe(req);
+            }
             Op::Setup(what) => {
                 if let Reply::Error(e) = &r {
                     return Err(format!("{what}: {e}"));
@@ -1085,6 +1226,14 @@ impl Engine {
                 else {
                     return Ok(());
                 };
+                if let Some((join, client, user)) = scripts::split_event(data) {
+                    let opts = &self.chans[&name].opts;
+                    if opts.join_leave {
+                        let frame = wire::event_frame(join, &name, client, user.as_deref());
+                        self.event(&name, frame);
+                    }
+                    return Ok(());
+                }
                 let Some((epoch, offset, payload)) = scripts::split_message(data) else {
                     return Ok(());
                 };

@@ -86,6 +86,112 @@ end
 return {epoch, top, out}
 "#;
 
+/// Drops presence entries past their expiry (`now` in ms is set), each
+/// removal announced once: `ZREM` answers 1 to one caller only, so of all
+/// the nodes sweeping, one publishes the `leave`. KEYS: zset, users;
+/// ARGV[1] pub/sub channel, ARGV[2] `1` if the channel has join/leave.
+const SWEEP: &str = r#"
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 1, #dead do
+  if redis.call('ZREM', KEYS[1], dead[i]) == 1 then
+    local u = redis.call('HGET', KEYS[2], dead[i]) or '-'
+    redis.call('HDEL', KEYS[2], dead[i])
+    if ARGV[2] == '1' then redis.call('PUBLISH', ARGV[1], 'L ' .. dead[i] .. ' ' .. u) end
+  end
+end
+"#;
+
+const NOW: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+"#;
+
+/// Presence of a channel across nodes: KEYS zset (client → expiry ms),
+/// users hash (client → `-` or `u:SUB`). Joins and leaves are published
+/// on the channel's pub/sub as `J CLIENT USER` / `L CLIENT USER`.
+pub(crate) fn presence_scripts() -> [String; 4] {
+    let add = format!(
+        "{NOW}{SWEEP}
+local ttl = tonumber(ARGV[3])
+local added = redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+redis.call('PEXPIRE', KEYS[2], ttl * 2)
+if added == 1 and ARGV[2] == '1' then redis.call('PUBLISH', ARGV[1], 'J ' .. ARGV[4] .. ' ' .. ARGV[5]) end
+return added"
+    );
+    let remove = format!(
+        "{NOW}{SWEEP}
+local u = redis.call('HGET', KEYS[2], ARGV[3]) or '-'
+local removed = redis.call('ZREM', KEYS[1], ARGV[3])
+redis.call('HDEL', KEYS[2], ARGV[3])
+if removed == 1 and ARGV[2] == '1' then redis.call('PUBLISH', ARGV[1], 'L ' .. ARGV[3] .. ' ' .. u) end
+return removed"
+    );
+    // ARGV[3] ttl, ARGV[4..] pairs of client, user.
+    let refresh = format!(
+        "{NOW}{SWEEP}
+local ttl = tonumber(ARGV[3])
+for i = 4, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+redis.call('PEXPIRE', KEYS[2], ttl * 2)
+return 1"
+    );
+    // ARGV[3] most clients listed. Returns {count, {client, user, ...}}.
+    let read = format!(
+        "{NOW}{SWEEP}
+local count = redis.call('ZCARD', KEYS[1])
+local out = {{}}
+if tonumber(ARGV[3]) > 0 then
+  local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+  for i = 1, #ids do
+    out[#out + 1] = ids[i]
+    out[#out + 1] = redis.call('HGET', KEYS[2], ids[i]) or '-'
+  end
+end
+return {{count, out}}"
+    );
+    [add, remove, refresh, read]
+}
+
+/// A presence user as stored: `-` (none) or `u:SUB`.
+pub(crate) fn encode_user(user: Option<&str>) -> Vec<u8> {
+    match user {
+        None => b"-".to_vec(),
+        Some(u) => format!("u:{u}").into_bytes(),
+    }
+}
+
+/// The user of a stored presence entry.
+pub(crate) fn decode_user(stored: &[u8]) -> Option<Box<str>> {
+    let u = stored.strip_prefix(b"u:")?;
+    Some(String::from_utf8_lossy(u).into())
+}
+
+/// A join/leave announcement: `(join, client, user)`.
+pub(crate) fn split_event(msg: &[u8]) -> Option<(bool, &str, Option<Box<str>>)> {
+    let join = match msg.get(..2)? {
+        b"J " => true,
+        b"L " => false,
+        _ => return None,
+    };
+    let rest = &msg[2..];
+    let sp = rest.iter().position(|&b| b == b' ')?;
+    let client = std::str::from_utf8(&rest[..sp]).ok()?;
+    Some((join, client, decode_user(&rest[sp + 1..])))
+}
+
+/// Presence keys of `channel`: the expiry zset and the users hash.
+pub(crate) fn presence_keys(channel: &str) -> [Vec<u8>; 2] {
+    [
+        format!("rc:{{{channel}}}:pz").into_bytes(),
+        format!("rc:{{{channel}}}:pu").into_bytes(),
+    ]
+}
+
 /// The SHA-1 Redis names a script by (`EVALSHA`).
 pub(crate) fn sha(script: &str) -> String {
     sha1_smol::Sha1::from(script).digest().to_string()
@@ -146,5 +252,12 @@ mod tests {
         assert_eq!(split_message(b"7 12"), None);
         assert_eq!(entry_offset(b"42-0"), Some(42));
         assert_eq!(sha("return 1").len(), 40);
+        assert_eq!(
+            split_event(b"J c-1 u:ann b"),
+            Some((true, "c-1", Some("ann b".into())))
+        );
+        assert_eq!(split_event(b"L c-2 -"), Some((false, "c-2", None)));
+        assert_eq!(split_event(b"7 1 x"), None);
+        assert_eq!(decode_user(&encode_user(Some("x"))).as_deref(), Some("x"));
     }
 }

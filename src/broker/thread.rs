@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::engine::Engine;
+use super::engine::{Engine, PRESENCE_REFRESH};
 use super::link::Link;
 use super::resp::Reply;
 use super::url::BrokerUrl;
@@ -102,6 +102,7 @@ impl BrokerThread {
         let mut inbox: Vec<MeshMsg> = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
         let mut next_probe = Instant::now() + PROBE_PERIOD;
+        let mut next_refresh = Instant::now() + PRESENCE_REFRESH;
         let mut was_connected = false;
         let mut logged_down = false;
         loop {
@@ -228,6 +229,10 @@ impl BrokerThread {
                 self.engine.command_down();
                 cmd_backoff.failed(now);
             }
+            if now >= next_refresh {
+                self.engine.refresh_presence();
+                next_refresh = now + PRESENCE_REFRESH;
+            }
             let idle_at = self.engine.expire_idle(now);
             self.engine.flush_subscriptions();
 
@@ -255,7 +260,7 @@ impl BrokerThread {
             if !self.mesh.announce_sleep(&mut inbox) {
                 continue;
             }
-            let mut deadline = next_probe;
+            let mut deadline = next_probe.min(next_refresh);
             if self.engine.cmd.is_none() {
                 deadline = deadline.min(cmd_backoff.next);
             }
