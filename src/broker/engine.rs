@@ -26,6 +26,7 @@ use super::link::Link;
 use super::metrics::BrokerMetrics;
 use super::resp::{self, Reply};
 use super::scripts;
+use super::topology::Topology;
 use crate::conn::SharedFrame;
 use crate::hub::channels::CoreSet;
 use crate::hub::options::{ChannelOptions, ChannelRules};
@@ -128,6 +129,8 @@ struct Chan {
     members: IndexMap<Box<str>, Option<Box<str>>>,
     /// When an unused channel is unsubscribed.
     idle_since: Option<Instant>,
+    /// The Redis node that holds it.
+    node: usize,
 }
 
 impl Chan {
@@ -148,14 +151,14 @@ pub(crate) struct Engine {
     nonce: u64,
     epochs: u64,
     chans: HashMap<Arc<str>, Chan>,
-    /// The command connection and the replies it owes, in order.
-    pub(crate) cmd: Option<Link>,
-    pending: VecDeque<Op>,
-    /// The subscriber connection.
-    pub(crate) sub: Option<Link>,
-    /// Channels to `SUBSCRIBE` / `UNSUBSCRIBE` at the end of this pass.
-    to_subscribe: Vec<Arc<str>>,
-    to_unsubscribe: Vec<Arc<str>>,
+    /// The Redis nodes (one, or a cluster's masters) and their
+    /// connections.
+    pub(crate) nodes: Vec<Node>,
+    topology: Topology,
+    /// Redis Cluster: sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`).
+    sharded: bool,
+    /// A reply said a slot moved: the thread rereads the topology.
+    pub(crate) stale: bool,
     /// Subscribes with `since` whose read was lost with the command
     /// connection: sent again when it is back.
     #[allow(clippy::vec_box)]
@@ -168,8 +171,35 @@ pub(crate) struct Engine {
     ack_presence: HashMap<(crate::conn::ConnKey, Arc<str>), PresenceList>,
     /// Answers and publications for the cores.
     pub(crate) out: Vec<(usize, MeshMsg)>,
+}
+
+/// One Redis node's connections: a command connection with the replies
+/// it owes, in order, and a subscriber connection.
+pub(crate) struct Node {
+    /// `HOST:PORT`.
+    pub(crate) addr: String,
+    pub(crate) cmd: Option<Link>,
+    pending: VecDeque<Op>,
+    pub(crate) sub: Option<Link>,
     /// A probe sent on the subscriber connection not answered yet.
     pub(crate) sub_probe: Option<Instant>,
+    /// Channels to subscribe / unsubscribe at the end of this pass.
+    to_subscribe: Vec<Arc<str>>,
+    to_unsubscribe: Vec<Arc<str>>,
+}
+
+impl Node {
+    fn new(addr: String) -> Node {
+        Node {
+            addr,
+            cmd: None,
+            pending: VecDeque::new(),
+            sub: None,
+            sub_probe: None,
+            to_subscribe: Vec::new(),
+            to_unsubscribe: Vec::new(),
+        }
+    }
 }
 
 fn ms(d: Duration) -> Vec<u8> {
@@ -229,27 +259,47 @@ impl Engine {
         rules: ChannelRules,
         metrics: Arc<BrokerMetrics>,
         nonce: u64,
+        topology: Topology,
+        sharded: bool,
     ) -> Engine {
         Engine {
+            nodes: topology.nodes.iter().cloned().map(Node::new).collect(),
+            topology,
+            sharded,
+            stale: false,
             cfg,
             rules,
             metrics,
             nonce,
             epochs: 0,
             chans: HashMap::new(),
-            cmd: None,
-            pending: VecDeque::new(),
-            sub: None,
-            to_subscribe: Vec::new(),
-            to_unsubscribe: Vec::new(),
             retry: Vec::new(),
             publish_sha: scripts::sha(scripts::PUBLISH),
             read_sha: scripts::sha(scripts::READ),
             presence: scripts::presence_scripts().map(|src| (scripts::sha(&src), src)),
             ack_presence: HashMap::new(),
             out: Vec::new(),
-            sub_probe: None,
         }
+    }
+
+    /// Takes a new cluster topology: every connection is dropped (what
+    /// waited is refused or redone) and channels move to their new nodes,
+    /// where they are subscribed and read again, losing nothing.
+    pub(crate) fn set_topology(&mut self, topology: Topology) {
+        for i in 0..self.nodes.len() {
+            self.command_down(i);
+            self.subscriber_down(i);
+        }
+        self.nodes = topology.nodes.iter().cloned().map(Node::new).collect();
+        for c in self.chans.values_mut() {
+            c.node = topology.node_of(&c.name);
+        }
+        self.topology = topology;
+        self.stale = false;
+    }
+
+    fn node_of(&self, channel: &str) -> usize {
+        self.topology.node_of(channel)
     }
 
     /// A fresh epoch for a channel Redis has none for (never 0).
@@ -259,25 +309,28 @@ impl Engine {
         resp::itoa(e).as_bytes().to_vec()
     }
 
-    /// Whether both connections are up.
+    /// Whether every node's connections are up.
     pub(crate) fn connected(&self) -> bool {
-        self.cmd.is_some() && self.sub.is_some()
+        self.nodes
+            .iter()
+            .all(|n| n.cmd.is_some() && n.sub.is_some())
     }
 
     // ---- connections ------------------------------------------------
 
     /// The command connection is up: log in, load the scripts, then send
     /// what waited for it.
-    pub(crate) fn command_up(&mut self, mut link: Link, auth: &[Vec<u8>], db: u32) {
+    pub(crate) fn command_up(&mut self, i: usize, mut link: Link, auth: &[Vec<u8>], db: u32) {
+        let pending = &mut self.nodes[i].pending;
         if !auth.is_empty() {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
             args.extend(auth.iter().map(Vec::as_slice));
             link.send(&args);
-            self.pending.push_back(Op::Setup("AUTH"));
+            pending.push_back(Op::Setup("AUTH"));
         }
         if db != 0 {
             link.send(&[b"SELECT", resp::itoa(u64::from(db)).as_bytes()]);
-            self.pending.push_back(Op::Setup("SELECT"));
+            pending.push_back(Op::Setup("SELECT"));
         }
         let presence = self.presence.iter().map(|(_, src)| src.as_str());
         for s in [scripts::PUBLISH, scripts::READ]
@@ -285,9 +338,9 @@ impl Engine {
             .chain(presence)
         {
             link.send(&[b"SCRIPT", b"LOAD", s.as_bytes()]);
-            self.pending.push_back(Op::Setup("SCRIPT LOAD"));
+            pending.push_back(Op::Setup("SCRIPT LOAD"));
         }
-        self.cmd = Some(link);
+        self.nodes[i].cmd = Some(link);
         // This node's clients are back in presence at once.
         self.refresh_presence();
         BrokerMetrics::inc(&self.metrics.reconnects, 1);
@@ -295,7 +348,7 @@ impl Engine {
         let names: Vec<Arc<str>> = self
             .chans
             .values()
-            .filter(|c| c.phase == Phase::Syncing { read_sent: false })
+            .filter(|c| c.node == i && c.phase == Phase::Syncing { read_sent: false })
             .map(|c| c.name.clone())
             .collect();
         for n in names {
@@ -309,9 +362,9 @@ impl Engine {
     /// The command connection failed: refuse what waited on it (a
     /// publication may or may not have been stored: it is never acked),
     /// and redo the reads when it is back.
-    pub(crate) fn command_down(&mut self) {
-        self.cmd = None;
-        for op in std::mem::take(&mut self.pending) {
+    pub(crate) fn command_down(&mut self, i: usize) {
+        self.nodes[i].cmd = None;
+        for op in std::mem::take(&mut self.nodes[i].pending) {
             match op {
                 Op::Publish { from, reply, .. } => self.refuse(from, reply, "the connection to Redis failed before it confirmed the publication; it may or may not have been stored"),
                 Op::Sync(name) => {
@@ -341,73 +394,88 @@ impl Engine {
 
     /// The subscriber connection is up: subscribe to every channel with
     /// interest, in batches.
-    pub(crate) fn subscriber_up(&mut self, mut link: Link, auth: &[Vec<u8>]) {
+    pub(crate) fn subscriber_up(&mut self, i: usize, mut link: Link, auth: &[Vec<u8>]) {
         if !auth.is_empty() {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
             args.extend(auth.iter().map(Vec::as_slice));
             link.send(&args);
         }
-        self.sub = Some(link);
-        self.sub_probe = None;
+        let node = &mut self.nodes[i];
+        node.sub = Some(link);
+        node.sub_probe = None;
         BrokerMetrics::inc(&self.metrics.reconnects, 1);
-        self.to_subscribe = self.chans.keys().cloned().collect();
+        node.to_subscribe = self
+            .chans
+            .values()
+            .filter(|c| c.node == i)
+            .map(|c| c.name.clone())
+            .collect();
     }
 
     /// The subscriber connection failed: every channel stops until it is
     /// subscribed and read again.
-    pub(crate) fn subscriber_down(&mut self) {
-        self.sub = None;
-        self.sub_probe = None;
-        self.to_subscribe.clear();
-        self.to_unsubscribe.clear();
-        for c in self.chans.values_mut() {
+    pub(crate) fn subscriber_down(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.sub = None;
+        node.sub_probe = None;
+        node.to_subscribe.clear();
+        node.to_unsubscribe.clear();
+        for c in self.chans.values_mut().filter(|c| c.node == i) {
             c.phase = Phase::Subscribing;
             c.held = Vec::new();
         }
-        self.metrics
-            .channels
-            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends the pass's batched subscribes and unsubscribes.
     pub(crate) fn flush_subscriptions(&mut self) {
-        let Some(sub) = &mut self.sub else {
-            return;
+        let (unsub, sub_verb): (&[u8], &[u8]) = if self.sharded {
+            (b"SUNSUBSCRIBE", b"SSUBSCRIBE")
+        } else {
+            (b"UNSUBSCRIBE", b"SUBSCRIBE")
         };
-        for (verb, list) in [
-            (&b"UNSUBSCRIBE"[..], &mut self.to_unsubscribe),
-            (b"SUBSCRIBE", &mut self.to_subscribe),
-        ] {
-            for batch in list.chunks(BATCH_MAX) {
-                let names: Vec<[Vec<u8>; 3]> = batch.iter().map(|c| scripts::keys(c)).collect();
-                let mut args: Vec<&[u8]> = vec![verb];
-                args.extend(names.iter().map(|k| k[2].as_slice()));
-                sub.send(&args);
-                if verb == b"SUBSCRIBE" {
-                    self.metrics.observe_batch(batch.len() as u64);
+        for node in &mut self.nodes {
+            let Some(sub) = &mut node.sub else {
+                continue;
+            };
+            for (verb, list) in [
+                (unsub, &mut node.to_unsubscribe),
+                (sub_verb, &mut node.to_subscribe),
+            ] {
+                // Sharded pub/sub takes channels of one slot per command.
+                let per = if self.sharded { 1 } else { BATCH_MAX };
+                for batch in list.chunks(per) {
+                    let names: Vec<[Vec<u8>; 3]> = batch.iter().map(|c| scripts::keys(c)).collect();
+                    let mut args: Vec<&[u8]> = vec![verb];
+                    args.extend(names.iter().map(|k| k[2].as_slice()));
+                    sub.send(&args);
                 }
+                if verb == sub_verb && !list.is_empty() {
+                    self.metrics.observe_batch(list.len() as u64);
+                }
+                list.clear();
             }
-            list.clear();
         }
     }
 
     /// Probes both connections (a wedged socket answers nothing).
     pub(crate) fn probe(&mut self, now: Instant) {
-        if let Some(cmd) = &mut self.cmd {
-            cmd.send(&[b"PING"]);
-            self.pending.push_back(Op::Ping);
-        }
-        if let Some(sub) = &mut self.sub {
-            if self.sub_probe.is_none() {
-                sub.send(&[b"PING"]);
-                self.sub_probe = Some(now);
+        for node in &mut self.nodes {
+            if let Some(cmd) = &mut node.cmd {
+                cmd.send(&[b"PING"]);
+                node.pending.push_back(Op::Ping);
+            }
+            if let Some(sub) = &mut node.sub {
+                if node.sub_probe.is_none() {
+                    sub.send(&[b"PING"]);
+                    node.sub_probe = Some(now);
+                }
             }
         }
     }
 
-    /// When the oldest unanswered command was sent, if a probe is owed.
-    pub(crate) fn oldest_publish(&self) -> Option<Instant> {
-        self.pending.iter().find_map(|op| match op {
+    /// When node `i`'s oldest unanswered publication was sent.
+    pub(crate) fn oldest_publish(&self, i: usize) -> Option<Instant> {
+        self.nodes[i].pending.iter().find_map(|op| match op {
             Op::Publish { sent, .. } => Some(*sent),
             _ => None,
         })
@@ -428,9 +496,11 @@ impl Engine {
             }
         }
         for n in gone {
-            self.chans.remove(&n);
-            if self.sub.is_some() {
-                self.to_unsubscribe.push(n);
+            if let Some(c) = self.chans.remove(&n) {
+                let node = &mut self.nodes[c.node];
+                if node.sub.is_some() {
+                    node.to_unsubscribe.push(n);
+                }
             }
         }
         self.metrics.channels.store(
@@ -465,11 +535,14 @@ impl Engine {
                 reply,
                 channel,
             } => {
-                if self.cmd.is_none() {
+                let n = self.node_of(&channel);
+                if self.nodes[n].cmd.is_none() {
                     return self.refuse(from, reply, "the broker (Redis) is unreachable");
                 }
                 self.send_presence_read(&channel);
-                self.pending.push_back(Op::Presence { from, reply });
+                self.nodes[n]
+                    .pending
+                    .push_back(Op::Presence { from, reply });
             }
             _ => {}
         }
@@ -489,20 +562,29 @@ impl Engine {
     }
 
     fn publish(&mut self, u: Unsequenced, now: Instant) {
-        let Some(cmd) = &mut self.cmd else {
+        let n = self.node_of(&u.channel);
+        if self.nodes[n].cmd.is_none() {
             return self.refuse(
                 u.from,
                 u.reply,
                 "the broker (Redis) is unreachable: the publication was not stored",
             );
+        }
+        let verb: &[u8] = if self.sharded {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
         };
+        let epoch = self.new_epoch();
         let opts = self.rules.resolve(&u.channel);
         let [meta, stream, pubsub] = scripts::keys(&u.channel);
-        self.epochs += 1;
-        let epoch = resp::itoa(crate::hub::stream::mix(self.nonce ^ (self.epochs << 20)).max(1));
         let size = resp::itoa(u64::from(opts.history_size));
         let ttl = ms(opts.history_ttl);
         let meta_ttl = ms(self.cfg.meta_ttl.max(opts.history_ttl));
+        let node = &mut self.nodes[n];
+        let Some(cmd) = &mut node.cmd else {
+            return;
+        };
         cmd.send(&[
             b"EVALSHA",
             self.publish_sha.as_bytes(),
@@ -513,11 +595,11 @@ impl Engine {
             size.as_bytes(),
             &ttl,
             &meta_ttl,
-            epoch.as_bytes(),
+            &epoch,
             &pubsub,
-            b"PUBLISH",
+            verb,
         ]);
-        self.pending.push_back(Op::Publish {
+        node.pending.push_back(Op::Publish {
             from: u.from,
             reply: u.reply,
             sent: now,
@@ -539,11 +621,13 @@ impl Engine {
                 deferred: Vec::new(),
                 members: IndexMap::new(),
                 idle_since: None,
+                node: self.topology.node_of(name),
             };
-            self.chans.insert(name.clone(), c);
-            if self.sub.is_some() {
-                self.to_subscribe.push(name.clone());
+            let node = &mut self.nodes[c.node];
+            if node.sub.is_some() {
+                node.to_subscribe.push(name.clone());
             }
+            self.chans.insert(name.clone(), c);
             self.metrics.channels.store(
                 self.chans.len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
@@ -585,13 +669,20 @@ impl Engine {
 
     /// Runs presence script `which` (add, remove, refresh) on `channel`.
     fn presence_call(&mut self, which: usize, channel: &str, join_leave: bool, args: &[&[u8]]) {
-        let Some(cmd) = &mut self.cmd else {
+        let n = self.node_of(channel);
+        let node = &mut self.nodes[n];
+        let Some(cmd) = &mut node.cmd else {
             // Written again by the refresh once Redis is back.
             return;
         };
         let [zset, users] = scripts::presence_keys(channel);
         let [_, _, pubsub] = scripts::keys(channel);
-        let jl: &[u8] = if join_leave { b"1" } else { b"0" };
+        // How joins and leaves are announced, if the channel has them.
+        let jl: &[u8] = match (join_leave, self.sharded) {
+            (false, _) => b"0",
+            (true, false) => b"PUBLISH",
+            (true, true) => b"SPUBLISH",
+        };
         let mut all: Vec<&[u8]> = vec![
             b"EVALSHA",
             self.presence[which].0.as_bytes(),
@@ -603,15 +694,17 @@ impl Engine {
         ];
         all.extend_from_slice(args);
         cmd.send(&all);
-        self.pending.push_back(Op::PresenceWrite);
+        node.pending.push_back(Op::PresenceWrite);
     }
 
     fn send_presence_read(&mut self, channel: &str) {
         let max = resp::itoa(u64::from(self.cfg.limits.presence_max_clients));
         let jl = self.rules.resolve(channel).join_leave;
         self.presence_call(3, channel, jl, &[max.as_bytes()]);
-        // `presence_call` queued a write; this one is a read.
-        self.pending.pop_back();
+        // `presence_call` queued a write; this one is a read (the caller
+        // queues what answers it).
+        let n = self.node_of(channel);
+        self.nodes[n].pending.pop_back();
     }
 
     /// Refreshes the expiry of every presence entry this node holds (and
@@ -660,7 +753,8 @@ impl Engine {
     }
 
     fn subscribe(&mut self, req: Box<SubscribeReq>) {
-        let cmd_up = self.cmd.is_some();
+        let n = self.node_of(&req.channel);
+        let cmd_up = self.nodes[n].cmd.is_some();
         let key = (req.key, req.channel.clone());
         if req.want_presence && !self.ack_presence.contains_key(&key) {
             // The ack's presence list is the cluster's: read it first.
@@ -669,7 +763,7 @@ impl Engine {
                 return;
             }
             self.send_presence_read(&req.channel);
-            self.pending.push_back(Op::PresenceForAck(req));
+            self.nodes[n].pending.push_back(Op::PresenceForAck(req));
             return;
         }
         let c = self.chan(&req.channel);
@@ -694,7 +788,7 @@ impl Engine {
                 let size = u64::from(c.opts.history_size);
                 let ttl = c.opts.history_ttl;
                 self.send_read(&req.channel.clone(), b"since", since, size, size, ttl);
-                self.pending.push_back(Op::Recover(req));
+                self.nodes[n].pending.push_back(Op::Recover(req));
             }
             Some(since) => {
                 let recovered = since == position;
@@ -751,7 +845,8 @@ impl Engine {
     ) {
         let epoch = self.new_epoch();
         let meta_ttl = ms(self.cfg.meta_ttl.max(ttl));
-        let Some(cmd) = &mut self.cmd else {
+        let n = self.node_of(channel);
+        let Some(cmd) = &mut self.nodes[n].cmd else {
             return;
         };
         let [meta, stream, _] = scripts::keys(channel);
@@ -776,7 +871,8 @@ impl Engine {
         let Some(c) = self.chans.get_mut(name) else {
             return;
         };
-        if self.cmd.is_none() {
+        let n = c.node;
+        if self.nodes[n].cmd.is_none() {
             c.phase = Phase::Syncing { read_sent: false };
             return;
         }
@@ -788,11 +884,12 @@ impl Engine {
             _ => (b"pos", Position::default()),
         };
         self.send_read(name, mode, since, size, size, ttl);
-        self.pending.push_back(Op::Sync(name.clone()));
+        self.nodes[n].pending.push_back(Op::Sync(name.clone()));
     }
 
     fn history(&mut self, req: Box<HistoryReq>) {
-        if self.cmd.is_none() {
+        let n = self.node_of(&req.channel);
+        if self.nodes[n].cmd.is_none() {
             return self.refuse(req.from, req.reply, "the broker (Redis) is unreachable");
         }
         let opts = self.rules.resolve(&req.channel);
@@ -817,15 +914,20 @@ impl Engine {
                 ttl,
             ),
         }
-        self.pending.push_back(Op::History(req));
+        self.nodes[n].pending.push_back(Op::History(req));
     }
 
     // ---- replies from Redis ------------------------------------------
 
     /// Handles one reply on the command connection. An error here means
     /// the connection is unusable.
-    pub(crate) fn command_reply(&mut self, r: Reply, now: Instant) -> Result<(), String> {
-        let Some(op) = self.pending.pop_front() else {
+    pub(crate) fn command_reply(&mut self, i: usize, r: Reply, now: Instant) -> Result<(), String> {
+        if let Reply::Error(e) = &r {
+            if e.starts_with("MOVED ") || e.starts_with("ASK ") || e.starts_with("CLUSTERDOWN") {
+                self.stale = true;
+            }
+        }
+        let Some(op) = self.nodes[i].pending.pop_front() else {
             return Err(format!("Redis sent a reply nobody asked for: {r:?}"));
         };
         match op {
@@ -1197,14 +1299,19 @@ impl Engine {
     }
 
     /// Handles one reply on the subscriber connection.
-    pub(crate) fn subscriber_reply(&mut self, r: Reply) -> Result<(), String> {
+    pub(crate) fn subscriber_reply(&mut self, i: usize, r: Reply) -> Result<(), String> {
         let items = match &r {
             Reply::Array(a) => a,
-            Reply::Error(e) => return Err(format!("subscriber connection: {e}")),
+            Reply::Error(e) => {
+                if e.starts_with("MOVED ") || e.starts_with("CLUSTERDOWN") {
+                    self.stale = true;
+                }
+                return Err(format!("subscriber connection: {e}"));
+            }
             // PING outside subscribed mode; AUTH's +OK.
             Reply::Status(s) => {
                 if s.eq_ignore_ascii_case("pong") {
-                    self.sub_probe = None;
+                    self.nodes[i].sub_probe = None;
                 }
                 return Ok(());
             }
@@ -1212,7 +1319,7 @@ impl Engine {
         };
         let kind = items.first().and_then(Reply::bytes).unwrap_or_default();
         match kind {
-            b"message" => {
+            b"message" | b"smessage" => {
                 BrokerMetrics::inc(&self.metrics.messages_received, 1);
                 let (Some(ch), Some(data)) = (
                     items.get(1).and_then(Reply::bytes),
@@ -1239,7 +1346,7 @@ impl Engine {
                 };
                 self.live_message(&name, epoch, offset, payload);
             }
-            b"subscribe" => {
+            b"subscribe" | b"ssubscribe" => {
                 let name = items
                     .get(1)
                     .and_then(Reply::bytes)
@@ -1256,7 +1363,19 @@ impl Engine {
                     }
                 }
             }
-            b"pong" => self.sub_probe = None,
+            b"pong" => self.nodes[i].sub_probe = None,
+            // Redis Cluster unsubscribes a shard channel whose slot moved:
+            // ours if we still want it, so the topology is read again.
+            b"sunsubscribe" => {
+                let ours = items
+                    .get(1)
+                    .and_then(Reply::bytes)
+                    .and_then(scripts::channel_of)
+                    .is_some_and(|n| self.chans.contains_key(n));
+                if ours {
+                    self.stale = true;
+                }
+            }
             _ => {}
         }
         Ok(())

@@ -16,6 +16,7 @@ pub(crate) mod metrics;
 pub(crate) mod resp;
 pub(crate) mod scripts;
 pub(crate) mod thread;
+pub(crate) mod topology;
 pub(crate) mod url;
 
 pub(crate) use metrics::BrokerMetrics;

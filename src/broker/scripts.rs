@@ -89,14 +89,15 @@ return {epoch, top, out}
 /// Drops presence entries past their expiry (`now` in ms is set), each
 /// removal announced once: `ZREM` answers 1 to one caller only, so of all
 /// the nodes sweeping, one publishes the `leave`. KEYS: zset, users;
-/// ARGV[1] pub/sub channel, ARGV[2] `1` if the channel has join/leave.
+/// ARGV[1] pub/sub channel, ARGV[2] `PUBLISH` or `SPUBLISH` if the
+/// channel has join/leave events, else `0`.
 const SWEEP: &str = r#"
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for i = 1, #dead do
   if redis.call('ZREM', KEYS[1], dead[i]) == 1 then
     local u = redis.call('HGET', KEYS[2], dead[i]) or '-'
     redis.call('HDEL', KEYS[2], dead[i])
-    if ARGV[2] == '1' then redis.call('PUBLISH', ARGV[1], 'L ' .. dead[i] .. ' ' .. u) end
+    if ARGV[2] ~= '0' then redis.call(ARGV[2], ARGV[1], 'L ' .. dead[i] .. ' ' .. u) end
   end
 end
 "#;
@@ -117,7 +118,7 @@ local added = redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
 redis.call('PEXPIRE', KEYS[2], ttl * 2)
-if added == 1 and ARGV[2] == '1' then redis.call('PUBLISH', ARGV[1], 'J ' .. ARGV[4] .. ' ' .. ARGV[5]) end
+if added == 1 and ARGV[2] ~= '0' then redis.call(ARGV[2], ARGV[1], 'J ' .. ARGV[4] .. ' ' .. ARGV[5]) end
 return added"
     );
     let remove = format!(
@@ -125,7 +126,7 @@ return added"
 local u = redis.call('HGET', KEYS[2], ARGV[3]) or '-'
 local removed = redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[3])
-if removed == 1 and ARGV[2] == '1' then redis.call('PUBLISH', ARGV[1], 'L ' .. ARGV[3] .. ' ' .. u) end
+if removed == 1 and ARGV[2] ~= '0' then redis.call(ARGV[2], ARGV[1], 'L ' .. ARGV[3] .. ' ' .. u) end
 return removed"
     );
     // ARGV[3] ttl, ARGV[4..] pairs of client, user.

@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use super::engine::{Engine, PRESENCE_REFRESH};
 use super::link::Link;
 use super::resp::Reply;
-use super::url::BrokerUrl;
+use super::topology;
+use super::url::{BrokerUrl, Kind};
 use super::BrokerMetrics;
 use crate::hub::mesh::{Doorbells, Mesh};
 use crate::hub::MeshMsg;
@@ -90,19 +91,22 @@ pub(crate) struct BrokerThread {
 impl BrokerThread {
     /// Runs until shutdown.
     pub(crate) fn run(mut self) {
-        let node = self.url.nodes[0].clone();
         let auth: Vec<Vec<u8>> = match (&self.url.user, &self.url.password) {
             (Some(u), Some(p)) => vec![u.clone().into_bytes(), p.clone().into_bytes()],
             (None, Some(p)) => vec![p.clone().into_bytes()],
             _ => Vec::new(),
         };
+        let cluster = self.url.kind == Kind::Cluster;
         let seed = crate::hub::stream::process_nonce();
-        let mut cmd_backoff = Backoff::new(seed);
-        let mut sub_backoff = Backoff::new(seed ^ 1);
+        let mut backoffs: Vec<(Backoff, Backoff)> = Vec::new();
         let mut inbox: Vec<MeshMsg> = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
         let mut next_probe = Instant::now() + PROBE_PERIOD;
         let mut next_refresh = Instant::now() + PRESENCE_REFRESH;
+        // A cluster's topology is read before anything else, and again
+        // when a reply says a slot moved or a master cannot be reached.
+        let mut topology_due = cluster.then(Instant::now);
+        let mut topology_backoff = Backoff::new(seed ^ 2);
         let mut was_connected = false;
         let mut logged_down = false;
         loop {
@@ -110,44 +114,85 @@ impl BrokerThread {
                 break;
             }
             let now = Instant::now();
-            // Connect what is down and due.
-            if self.engine.cmd.is_none() && now >= cmd_backoff.next {
-                match Link::connect(&node, CONNECT_TIMEOUT) {
-                    Ok(link) => {
-                        cmd_backoff.succeeded();
-                        self.engine.command_up(link, &auth, self.url.db);
+            if cluster && self.engine.stale && topology_due.is_none() {
+                topology_due = Some(now.max(topology_backoff.next));
+            }
+            if topology_due.is_some_and(|t| now >= t) {
+                match topology::discover(&self.url.nodes, &auth, CONNECT_TIMEOUT) {
+                    Ok(t) => {
+                        info!(
+                            "broker: Redis Cluster with {} masters: {}",
+                            t.nodes.len(),
+                            t.nodes.join(", ")
+                        );
+                        self.engine.set_topology(t);
+                        topology_backoff.succeeded();
+                        topology_due = None;
                     }
                     Err(e) => {
-                        if !logged_down {
-                            warn!("broker: cannot reach Redis at {node}: {e}; publishes are refused until it is back");
-                            logged_down = true;
+                        warn!("broker: reading the Redis Cluster topology: {e}");
+                        self.engine.stale = false;
+                        topology_backoff.failed(now);
+                        topology_due = Some(topology_backoff.next);
+                    }
+                }
+            }
+            while backoffs.len() < self.engine.nodes.len() {
+                let k = backoffs.len() as u64;
+                backoffs.push((
+                    Backoff::new(seed ^ (k << 8)),
+                    Backoff::new(seed ^ (k << 8) ^ 1),
+                ));
+            }
+            backoffs.truncate(self.engine.nodes.len());
+            let ready = topology_due.is_none();
+            // Connect what is down and due.
+            for i in 0..self.engine.nodes.len() {
+                if !ready {
+                    break;
+                }
+                let addr = self.engine.nodes[i].addr.clone();
+                if self.engine.nodes[i].cmd.is_none() && now >= backoffs[i].0.next {
+                    match Link::connect(&addr, CONNECT_TIMEOUT) {
+                        Ok(link) => {
+                            backoffs[i].0.succeeded();
+                            self.engine.command_up(i, link, &auth, self.url.db);
                         }
-                        cmd_backoff.failed(now);
+                        Err(e) => {
+                            if !logged_down {
+                                warn!("broker: cannot reach Redis at {addr}: {e}; publishes are refused until it is back");
+                                logged_down = true;
+                            }
+                            backoffs[i].0.failed(now);
+                            // A cluster master that is gone may have been
+                            // replaced: read the topology again.
+                            self.engine.stale |= cluster;
+                        }
+                    }
+                }
+                if self.engine.nodes[i].sub.is_none() && now >= backoffs[i].1.next {
+                    match Link::connect(&addr, CONNECT_TIMEOUT) {
+                        Ok(link) => {
+                            backoffs[i].1.succeeded();
+                            self.engine.subscriber_up(i, link, &auth);
+                        }
+                        Err(_) => backoffs[i].1.failed(now),
                     }
                 }
             }
-            if self.engine.sub.is_none() && now >= sub_backoff.next {
-                match Link::connect(&node, CONNECT_TIMEOUT) {
-                    Ok(link) => {
-                        sub_backoff.succeeded();
-                        self.engine.subscriber_up(link, &auth);
-                    }
-                    Err(_) => sub_backoff.failed(now),
-                }
-            }
-            let connected = self.engine.connected();
+            let connected = ready && self.engine.connected();
             if connected != was_connected {
                 self.metrics.connected.store(connected, Ordering::Relaxed);
                 if connected {
-                    info!("broker: connected to Redis at {node}");
+                    info!("broker: connected to Redis ({})", self.url);
                     logged_down = false;
                 }
                 was_connected = connected;
             }
 
-            // The cores' requests.
+            // The cores' requests (`announce_sleep` may have left some in
+            // `inbox` too).
             let mut worked = self.mesh.retry_backlog();
-            // (`announce_sleep` may have left messages in `inbox` too.)
             self.mesh.receive(&mut inbox);
             if !inbox.is_empty() {
                 worked = true;
@@ -157,77 +202,81 @@ impl BrokerThread {
                 }
             }
 
-            // Redis's replies. Reading stops while a core is far behind
-            // (back-pressure: Redis buffers, and past its output limit it
-            // drops the connection, which the stream read repairs).
-            if !self.mesh.congested() {
-                if let Some(sub) = &mut self.engine.sub {
-                    match sub.read_replies(&mut replies, READ_MAX) {
-                        Ok(n) => worked |= n > 0,
-                        Err(e) => {
-                            warn!("broker: subscriber connection lost: {e}");
+            // Redis's replies. Reading pub/sub stops while a core is far
+            // behind (back-pressure: Redis buffers, and past its output
+            // limit it drops the connection, which the stream read repairs).
+            for i in 0..self.engine.nodes.len() {
+                if !self.mesh.congested() {
+                    if let Some(sub) = &mut self.engine.nodes[i].sub {
+                        if let Err(e) = sub.read_replies(&mut replies, READ_MAX) {
+                            warn!(
+                                "broker: subscriber connection to {} lost: {e}",
+                                self.engine.nodes[i].addr
+                            );
                             replies.clear();
-                            self.engine.subscriber_down();
-                            sub_backoff.failed(Instant::now());
+                            self.engine.subscriber_down(i);
+                            backoffs[i].1.failed(Instant::now());
                         }
+                        worked |= !replies.is_empty();
+                        for r in replies.drain(..) {
+                            if let Err(e) = self.engine.subscriber_reply(i, r) {
+                                warn!("broker: {e}; reconnecting");
+                                self.engine.subscriber_down(i);
+                                backoffs[i].1.failed(Instant::now());
+                                break;
+                            }
+                        }
+                        replies.clear();
                     }
+                }
+                if let Some(cmd) = &mut self.engine.nodes[i].cmd {
+                    let result = cmd.read_replies(&mut replies, READ_MAX);
+                    worked |= !replies.is_empty();
+                    let now = Instant::now();
+                    let mut failed = result
+                        .err()
+                        .map(|e| format!("command connection lost: {e}"));
                     for r in replies.drain(..) {
-                        if let Err(e) = self.engine.subscriber_reply(r) {
-                            warn!("broker: {e}; reconnecting");
-                            self.engine.subscriber_down();
-                            sub_backoff.failed(Instant::now());
+                        if failed.is_some() {
                             break;
+                        }
+                        if let Err(e) = self.engine.command_reply(i, r, now) {
+                            failed = Some(e);
                         }
                     }
                     replies.clear();
-                }
-            }
-            if let Some(cmd) = &mut self.engine.cmd {
-                let result = cmd.read_replies(&mut replies, READ_MAX);
-                worked |= !replies.is_empty();
-                let now = Instant::now();
-                let mut failed = result
-                    .err()
-                    .map(|e| format!("command connection lost: {e}"));
-                for r in replies.drain(..) {
-                    if failed.is_some() {
-                        break;
+                    if let Some(e) = failed {
+                        warn!("broker: {} {e}; reconnecting", self.engine.nodes[i].addr);
+                        self.engine.command_down(i);
+                        backoffs[i].0.failed(Instant::now());
                     }
-                    if let Err(e) = self.engine.command_reply(r, now) {
-                        failed = Some(e);
-                    }
-                }
-                replies.clear();
-                if let Some(e) = failed {
-                    warn!("broker: {e}; reconnecting");
-                    self.engine.command_down();
-                    cmd_backoff.failed(Instant::now());
                 }
             }
 
-            // Probes and idle channels.
+            // Probes, presence and idle channels.
             let now = Instant::now();
             if now >= next_probe {
                 self.engine.probe(now);
                 next_probe = now + PROBE_PERIOD;
             }
-            if self
-                .engine
-                .sub_probe
-                .is_some_and(|t| now >= t + PROBE_TIMEOUT)
-            {
-                warn!("broker: the subscriber connection did not answer a probe in {PROBE_TIMEOUT:?}; reconnecting");
-                self.engine.subscriber_down();
-                sub_backoff.failed(now);
-            }
-            if self
-                .engine
-                .oldest_publish()
-                .is_some_and(|t| now >= t + PROBE_TIMEOUT)
-            {
-                warn!("broker: Redis did not answer in {PROBE_TIMEOUT:?}; reconnecting");
-                self.engine.command_down();
-                cmd_backoff.failed(now);
+            for i in 0..self.engine.nodes.len() {
+                if self.engine.nodes[i]
+                    .sub_probe
+                    .is_some_and(|t| now >= t + PROBE_TIMEOUT)
+                {
+                    warn!("broker: the subscriber connection did not answer a probe in {PROBE_TIMEOUT:?}; reconnecting");
+                    self.engine.subscriber_down(i);
+                    backoffs[i].1.failed(now);
+                }
+                if self
+                    .engine
+                    .oldest_publish(i)
+                    .is_some_and(|t| now >= t + PROBE_TIMEOUT)
+                {
+                    warn!("broker: Redis did not answer in {PROBE_TIMEOUT:?}; reconnecting");
+                    self.engine.command_down(i);
+                    backoffs[i].0.failed(now);
+                }
             }
             if now >= next_refresh {
                 self.engine.refresh_presence();
@@ -237,15 +286,17 @@ impl BrokerThread {
             self.engine.flush_subscriptions();
 
             // Writes, then answers to the cores.
-            if let Some(Err(e)) = self.engine.cmd.as_mut().map(Link::flush) {
-                warn!("broker: write to Redis failed: {e}; reconnecting");
-                self.engine.command_down();
-                cmd_backoff.failed(now);
-            }
-            if let Some(Err(e)) = self.engine.sub.as_mut().map(Link::flush) {
-                warn!("broker: write to Redis failed: {e}; reconnecting");
-                self.engine.subscriber_down();
-                sub_backoff.failed(now);
+            for i in 0..self.engine.nodes.len() {
+                if let Some(Err(e)) = self.engine.nodes[i].cmd.as_mut().map(Link::flush) {
+                    warn!("broker: write to Redis failed: {e}; reconnecting");
+                    self.engine.command_down(i);
+                    backoffs[i].0.failed(now);
+                }
+                if let Some(Err(e)) = self.engine.nodes[i].sub.as_mut().map(Link::flush) {
+                    warn!("broker: write to Redis failed: {e}; reconnecting");
+                    self.engine.subscriber_down(i);
+                    backoffs[i].1.failed(now);
+                }
             }
             for (core, msg) in self.engine.out.drain(..) {
                 worked = true;
@@ -261,14 +312,19 @@ impl BrokerThread {
                 continue;
             }
             let mut deadline = next_probe.min(next_refresh);
-            if self.engine.cmd.is_none() {
-                deadline = deadline.min(cmd_backoff.next);
+            for (i, node) in self.engine.nodes.iter().enumerate() {
+                if node.cmd.is_none() {
+                    deadline = deadline.min(backoffs[i].0.next);
+                }
+                if node.sub.is_none() {
+                    deadline = deadline.min(backoffs[i].1.next);
+                }
             }
-            if self.engine.sub.is_none() {
-                deadline = deadline.min(sub_backoff.next);
-            }
-            if let Some(t) = idle_at {
+            if let Some(t) = idle_at.into_iter().chain(topology_due).min() {
                 deadline = deadline.min(t);
+            }
+            if self.engine.stale {
+                deadline = now;
             }
             if self.mesh.backlogged() {
                 deadline = deadline.min(now + Duration::from_millis(1));
@@ -280,16 +336,18 @@ impl BrokerThread {
                 events: libc::POLLIN,
                 revents: 0,
             }];
-            for l in [&self.engine.cmd, &self.engine.sub].into_iter().flatten() {
-                let mut events = libc::POLLIN;
-                if l.wants_write() {
-                    events |= libc::POLLOUT;
+            for node in &self.engine.nodes {
+                for l in [&node.cmd, &node.sub].into_iter().flatten() {
+                    let mut events = libc::POLLIN;
+                    if l.wants_write() {
+                        events |= libc::POLLOUT;
+                    }
+                    fds.push(libc::pollfd {
+                        fd: l.fd(),
+                        events,
+                        revents: 0,
+                    });
                 }
-                fds.push(libc::pollfd {
-                    fd: l.fd(),
-                    events,
-                    revents: 0,
-                });
             }
             let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
             // SAFETY: `fds` is a valid array of pollfd for the call's duration.

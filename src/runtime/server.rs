@@ -348,11 +348,6 @@ fn spawn_broker(
     control: &Arc<Control>,
 ) -> Result<(), String> {
     use crate::broker::engine::{Engine, EngineConfig};
-    if url.kind == crate::broker::Kind::Cluster {
-        return Err(format!(
-            "--broker {url}: Redis Cluster is not supported yet; use redis:// with one Redis"
-        ));
-    }
     let engine = Engine::new(
         EngineConfig {
             unsubscribe_delay: Duration::from_secs_f64(cfg.broker_unsubscribe_delay),
@@ -362,6 +357,9 @@ fn spawn_broker(
         shard_cfg.channels.clone(),
         metrics.clone(),
         shard_cfg.nonce,
+        // A cluster's masters are learnt by the thread before it connects.
+        crate::broker::topology::Topology::single(&url.nodes[0]),
+        url.kind == crate::broker::Kind::Cluster,
     );
     let me = shard_cfg.cores;
     let mut m = mesh::Mesh::new(links, control.bells.clone());
