@@ -88,279 +88,332 @@ pub(crate) struct BrokerThread {
     pub(crate) stop: Box<dyn Fn() -> bool + Send>,
 }
 
+/// The loop's own state: timers and each Redis node's reconnect backoff
+/// (command, subscriber), by node index.
+struct LoopState {
+    auth: Vec<Vec<u8>>,
+    cluster: bool,
+    seed: u64,
+    backoffs: Vec<[Backoff; 2]>,
+    inbox: Vec<MeshMsg>,
+    replies: Vec<Reply>,
+    next_probe: Instant,
+    next_refresh: Instant,
+    /// When the cluster topology is (re)read; `None` while it is current.
+    topology_due: Option<Instant>,
+    topology_backoff: Backoff,
+    was_connected: bool,
+    logged_down: bool,
+}
+
+const CMD: usize = 0;
+const SUB: usize = 1;
+
 impl BrokerThread {
     /// Runs until shutdown.
     pub(crate) fn run(mut self) {
-        let auth: Vec<Vec<u8>> = match (&self.url.user, &self.url.password) {
-            (Some(u), Some(p)) => vec![u.clone().into_bytes(), p.clone().into_bytes()],
-            (None, Some(p)) => vec![p.clone().into_bytes()],
-            _ => Vec::new(),
-        };
-        let cluster = self.url.kind == Kind::Cluster;
+        let now = Instant::now();
         let seed = crate::hub::stream::process_nonce();
-        let mut backoffs: Vec<(Backoff, Backoff)> = Vec::new();
-        let mut inbox: Vec<MeshMsg> = Vec::new();
-        let mut replies: Vec<Reply> = Vec::new();
-        let mut next_probe = Instant::now() + PROBE_PERIOD;
-        let mut next_refresh = Instant::now() + PRESENCE_REFRESH;
-        // A cluster's topology is read before anything else, and again
-        // when a reply says a slot moved or a master cannot be reached.
-        let mut topology_due = cluster.then(Instant::now);
-        let mut topology_backoff = Backoff::new(seed ^ 2);
-        let mut was_connected = false;
-        let mut logged_down = false;
-        loop {
-            if (self.stop)() {
-                break;
+        let cluster = self.url.kind == Kind::Cluster;
+        let mut st = LoopState {
+            auth: match (&self.url.user, &self.url.password) {
+                (Some(u), Some(p)) => vec![u.clone().into_bytes(), p.clone().into_bytes()],
+                (None, Some(p)) => vec![p.clone().into_bytes()],
+                _ => Vec::new(),
+            },
+            cluster,
+            seed,
+            backoffs: Vec::new(),
+            inbox: Vec::new(),
+            replies: Vec::new(),
+            next_probe: now + PROBE_PERIOD,
+            next_refresh: now + PRESENCE_REFRESH,
+            // A cluster's topology is read before anything else, and again
+            // when a reply says a slot moved or a master cannot be reached.
+            topology_due: cluster.then_some(now),
+            topology_backoff: Backoff::new(seed ^ 2),
+            was_connected: false,
+            logged_down: false,
+        };
+        while !(self.stop)() {
+            self.topology(&mut st);
+            self.connect(&mut st);
+            let mut worked = self.requests(&mut st);
+            worked |= self.replies(&mut st);
+            let idle_at = self.timers(&mut st);
+            worked |= self.flush(&mut st);
+            if !worked {
+                self.sleep(&mut st, idle_at);
             }
-            let now = Instant::now();
-            if cluster && self.engine.stale && topology_due.is_none() {
-                topology_due = Some(now.max(topology_backoff.next));
-            }
-            if topology_due.is_some_and(|t| now >= t) {
-                match topology::discover(&self.url.nodes, &auth, CONNECT_TIMEOUT) {
-                    Ok(t) => {
-                        info!(
-                            "broker: Redis Cluster with {} masters: {}",
-                            t.nodes.len(),
-                            t.nodes.join(", ")
-                        );
-                        self.engine.set_topology(t);
-                        topology_backoff.succeeded();
-                        topology_due = None;
-                    }
-                    Err(e) => {
-                        warn!("broker: reading the Redis Cluster topology: {e}");
-                        self.engine.stale = false;
-                        topology_backoff.failed(now);
-                        topology_due = Some(topology_backoff.next);
-                    }
+        }
+        self.metrics.connected.store(false, Ordering::Relaxed);
+        info!("broker thread stopped");
+    }
+
+    /// Reads the cluster topology when it is due.
+    fn topology(&mut self, st: &mut LoopState) {
+        let now = Instant::now();
+        if st.cluster && self.engine.stale && st.topology_due.is_none() {
+            st.topology_due = Some(now.max(st.topology_backoff.next));
+        }
+        if st.topology_due.is_some_and(|t| now >= t) {
+            match topology::discover(&self.url.nodes, &st.auth, CONNECT_TIMEOUT) {
+                Ok(t) => {
+                    info!(
+                        "broker: Redis Cluster with {} masters: {}",
+                        t.nodes.len(),
+                        t.nodes.join(", ")
+                    );
+                    self.engine.set_topology(t);
+                    st.topology_backoff.succeeded();
+                    st.topology_due = None;
+                }
+                Err(e) => {
+                    warn!("broker: reading the Redis Cluster topology: {e}");
+                    self.engine.stale = false;
+                    st.topology_backoff.failed(now);
+                    st.topology_due = Some(st.topology_backoff.next);
                 }
             }
-            while backoffs.len() < self.engine.nodes.len() {
-                let k = backoffs.len() as u64;
-                backoffs.push((
-                    Backoff::new(seed ^ (k << 8)),
-                    Backoff::new(seed ^ (k << 8) ^ 1),
-                ));
-            }
-            backoffs.truncate(self.engine.nodes.len());
-            let ready = topology_due.is_none();
-            // Connect what is down and due.
-            for i in 0..self.engine.nodes.len() {
-                if !ready {
-                    break;
-                }
+        }
+        let n = self.engine.nodes.len();
+        while st.backoffs.len() < n {
+            let k = (st.backoffs.len() as u64) << 8;
+            st.backoffs
+                .push([Backoff::new(st.seed ^ k), Backoff::new(st.seed ^ k ^ 1)]);
+        }
+        st.backoffs.truncate(n);
+    }
+
+    /// Connects what is down and due.
+    fn connect(&mut self, st: &mut LoopState) {
+        let now = Instant::now();
+        if st.topology_due.is_none() {
+            for (i, backoff) in st.backoffs.iter_mut().enumerate() {
                 let addr = self.engine.nodes[i].addr.clone();
-                if self.engine.nodes[i].cmd.is_none() && now >= backoffs[i].0.next {
+                if self.engine.nodes[i].cmd.is_none() && now >= backoff[CMD].next {
                     match Link::connect(&addr, CONNECT_TIMEOUT) {
                         Ok(link) => {
-                            backoffs[i].0.succeeded();
-                            self.engine.command_up(i, link, &auth, self.url.db);
+                            backoff[CMD].succeeded();
+                            self.engine.command_up(i, link, &st.auth, self.url.db);
                         }
                         Err(e) => {
-                            if !logged_down {
+                            if !st.logged_down {
                                 warn!("broker: cannot reach Redis at {addr}: {e}; publishes are refused until it is back");
-                                logged_down = true;
+                                st.logged_down = true;
                             }
-                            backoffs[i].0.failed(now);
+                            backoff[CMD].failed(now);
                             // A cluster master that is gone may have been
                             // replaced: read the topology again.
-                            self.engine.stale |= cluster;
+                            self.engine.stale |= st.cluster;
                         }
                     }
                 }
-                if self.engine.nodes[i].sub.is_none() && now >= backoffs[i].1.next {
+                if self.engine.nodes[i].sub.is_none() && now >= backoff[SUB].next {
                     match Link::connect(&addr, CONNECT_TIMEOUT) {
                         Ok(link) => {
-                            backoffs[i].1.succeeded();
-                            self.engine.subscriber_up(i, link, &auth);
+                            backoff[SUB].succeeded();
+                            self.engine.subscriber_up(i, link, &st.auth);
                         }
-                        Err(_) => backoffs[i].1.failed(now),
+                        Err(_) => backoff[SUB].failed(now),
                     }
                 }
             }
-            let connected = ready && self.engine.connected();
-            if connected != was_connected {
-                self.metrics.connected.store(connected, Ordering::Relaxed);
-                if connected {
-                    info!("broker: connected to Redis ({})", self.url);
-                    logged_down = false;
-                }
-                was_connected = connected;
+        }
+        let connected = st.topology_due.is_none() && self.engine.connected();
+        if connected != st.was_connected {
+            self.metrics.connected.store(connected, Ordering::Relaxed);
+            if connected {
+                info!("broker: connected to Redis ({})", self.url);
+                st.logged_down = false;
             }
+            st.was_connected = connected;
+        }
+    }
 
-            // The cores' requests (`announce_sleep` may have left some in
-            // `inbox` too).
-            let mut worked = self.mesh.retry_backlog();
-            self.mesh.receive(&mut inbox);
-            if !inbox.is_empty() {
-                worked = true;
-                let now = Instant::now();
-                for msg in inbox.drain(..) {
-                    self.engine.receive(msg, now);
-                }
+    /// The cores' requests (`announce_sleep` may have left some in the
+    /// inbox too).
+    fn requests(&mut self, st: &mut LoopState) -> bool {
+        let mut worked = self.mesh.retry_backlog();
+        self.mesh.receive(&mut st.inbox);
+        if !st.inbox.is_empty() {
+            worked = true;
+            let now = Instant::now();
+            for msg in st.inbox.drain(..) {
+                self.engine.receive(msg, now);
             }
+        }
+        worked
+    }
 
-            // Redis's replies. Reading pub/sub stops while a core is far
-            // behind (back-pressure: Redis buffers, and past its output
-            // limit it drops the connection, which the stream read repairs).
-            for i in 0..self.engine.nodes.len() {
-                if !self.mesh.congested() {
-                    if let Some(sub) = &mut self.engine.nodes[i].sub {
-                        if let Err(e) = sub.read_replies(&mut replies, READ_MAX) {
-                            warn!(
-                                "broker: subscriber connection to {} lost: {e}",
-                                self.engine.nodes[i].addr
-                            );
-                            replies.clear();
-                            self.engine.subscriber_down(i);
-                            backoffs[i].1.failed(Instant::now());
-                        }
-                        worked |= !replies.is_empty();
-                        for r in replies.drain(..) {
-                            if let Err(e) = self.engine.subscriber_reply(i, r) {
-                                warn!("broker: {e}; reconnecting");
-                                self.engine.subscriber_down(i);
-                                backoffs[i].1.failed(Instant::now());
-                                break;
-                            }
-                        }
-                        replies.clear();
-                    }
-                }
-                if let Some(cmd) = &mut self.engine.nodes[i].cmd {
-                    let result = cmd.read_replies(&mut replies, READ_MAX);
+    /// Redis's replies. Pub/sub is not read while a core is far behind
+    /// (back-pressure: Redis buffers, and past its output limit it drops
+    /// the connection, which the stream read repairs).
+    fn replies(&mut self, st: &mut LoopState) -> bool {
+        let mut worked = false;
+        let replies = &mut st.replies;
+        for (i, backoff) in st.backoffs.iter_mut().enumerate() {
+            if !self.mesh.congested() {
+                if let Some(sub) = &mut self.engine.nodes[i].sub {
+                    let read = sub.read_replies(replies, READ_MAX);
                     worked |= !replies.is_empty();
-                    let now = Instant::now();
-                    let mut failed = result
+                    let mut failed = read
                         .err()
-                        .map(|e| format!("command connection lost: {e}"));
+                        .map(|e| format!("subscriber connection lost: {e}"));
                     for r in replies.drain(..) {
                         if failed.is_some() {
                             break;
                         }
-                        if let Err(e) = self.engine.command_reply(i, r, now) {
+                        if let Err(e) = self.engine.subscriber_reply(i, r) {
                             failed = Some(e);
                         }
                     }
                     replies.clear();
                     if let Some(e) = failed {
-                        warn!("broker: {} {e}; reconnecting", self.engine.nodes[i].addr);
-                        self.engine.command_down(i);
-                        backoffs[i].0.failed(Instant::now());
+                        warn!("broker: {}: {e}; reconnecting", self.engine.nodes[i].addr);
+                        self.engine.subscriber_down(i);
+                        backoff[SUB].failed(Instant::now());
                     }
                 }
             }
-
-            // Probes, presence and idle channels.
-            let now = Instant::now();
-            if now >= next_probe {
-                self.engine.probe(now);
-                next_probe = now + PROBE_PERIOD;
-            }
-            for i in 0..self.engine.nodes.len() {
-                if self.engine.nodes[i]
-                    .sub_probe
-                    .is_some_and(|t| now >= t + PROBE_TIMEOUT)
-                {
-                    warn!("broker: the subscriber connection did not answer a probe in {PROBE_TIMEOUT:?}; reconnecting");
-                    self.engine.subscriber_down(i);
-                    backoffs[i].1.failed(now);
-                }
-                if self
-                    .engine
-                    .oldest_publish(i)
-                    .is_some_and(|t| now >= t + PROBE_TIMEOUT)
-                {
-                    warn!("broker: Redis did not answer in {PROBE_TIMEOUT:?}; reconnecting");
-                    self.engine.command_down(i);
-                    backoffs[i].0.failed(now);
-                }
-            }
-            if now >= next_refresh {
-                self.engine.refresh_presence();
-                next_refresh = now + PRESENCE_REFRESH;
-            }
-            let idle_at = self.engine.expire_idle(now);
-            self.engine.flush_subscriptions();
-
-            // Writes, then answers to the cores.
-            for i in 0..self.engine.nodes.len() {
-                if let Some(Err(e)) = self.engine.nodes[i].cmd.as_mut().map(Link::flush) {
-                    warn!("broker: write to Redis failed: {e}; reconnecting");
-                    self.engine.command_down(i);
-                    backoffs[i].0.failed(now);
-                }
-                if let Some(Err(e)) = self.engine.nodes[i].sub.as_mut().map(Link::flush) {
-                    warn!("broker: write to Redis failed: {e}; reconnecting");
-                    self.engine.subscriber_down(i);
-                    backoffs[i].1.failed(now);
-                }
-            }
-            for (core, msg) in self.engine.out.drain(..) {
-                worked = true;
-                self.mesh.send_to(core, msg);
-            }
-            self.mesh.ring_doorbells();
-            if worked {
-                continue;
-            }
-
-            // Sleep until a socket, a core or a timer needs us.
-            if !self.mesh.announce_sleep(&mut inbox) {
-                continue;
-            }
-            let mut deadline = next_probe.min(next_refresh);
-            for (i, node) in self.engine.nodes.iter().enumerate() {
-                if node.cmd.is_none() {
-                    deadline = deadline.min(backoffs[i].0.next);
-                }
-                if node.sub.is_none() {
-                    deadline = deadline.min(backoffs[i].1.next);
-                }
-            }
-            if let Some(t) = idle_at.into_iter().chain(topology_due).min() {
-                deadline = deadline.min(t);
-            }
-            if self.engine.stale {
-                deadline = now;
-            }
-            if self.mesh.backlogged() {
-                deadline = deadline.min(now + Duration::from_millis(1));
-            }
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            let bell = self.bells[self.me].fd().as_raw_fd();
-            let mut fds = vec![libc::pollfd {
-                fd: bell,
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            for node in &self.engine.nodes {
-                for l in [&node.cmd, &node.sub].into_iter().flatten() {
-                    let mut events = libc::POLLIN;
-                    if l.wants_write() {
-                        events |= libc::POLLOUT;
+            if let Some(cmd) = &mut self.engine.nodes[i].cmd {
+                let read = cmd.read_replies(replies, READ_MAX);
+                worked |= !replies.is_empty();
+                let now = Instant::now();
+                let mut failed = read.err().map(|e| format!("command connection lost: {e}"));
+                for r in replies.drain(..) {
+                    if failed.is_some() {
+                        break;
                     }
-                    fds.push(libc::pollfd {
-                        fd: l.fd(),
-                        events,
-                        revents: 0,
-                    });
+                    if let Err(e) = self.engine.command_reply(i, r, now) {
+                        failed = Some(e);
+                    }
+                }
+                replies.clear();
+                if let Some(e) = failed {
+                    warn!("broker: {}: {e}; reconnecting", self.engine.nodes[i].addr);
+                    self.engine.command_down(i);
+                    backoff[CMD].failed(Instant::now());
                 }
             }
-            let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if fds[0].revents != 0 {
-                let mut n = 0u64;
-                // SAFETY: reading 8 bytes from the broker's nonblocking eventfd
-                // into a u64.
-                unsafe { libc::read(bell, (&mut n as *mut u64).cast(), 8) };
-            }
-            self.mesh.woke();
         }
-        self.metrics.connected.store(false, Ordering::Relaxed);
-        info!("broker thread stopped");
+        worked
+    }
+
+    /// Probes, wedged connections, presence refresh, idle channels.
+    /// Returns when the next idle channel is due.
+    fn timers(&mut self, st: &mut LoopState) -> Option<Instant> {
+        let now = Instant::now();
+        if now >= st.next_probe {
+            self.engine.probe(now);
+            st.next_probe = now + PROBE_PERIOD;
+        }
+        for (i, backoff) in st.backoffs.iter_mut().enumerate() {
+            let node = &self.engine.nodes[i];
+            if node.sub_probe.is_some_and(|t| now >= t + PROBE_TIMEOUT) {
+                warn!("broker: {}: the subscriber connection did not answer a probe in {PROBE_TIMEOUT:?}; reconnecting", node.addr);
+                self.engine.subscriber_down(i);
+                backoff[SUB].failed(now);
+            }
+            if self
+                .engine
+                .oldest_publish(i)
+                .is_some_and(|t| now >= t + PROBE_TIMEOUT)
+            {
+                warn!(
+                    "broker: {}: Redis did not answer in {PROBE_TIMEOUT:?}; reconnecting",
+                    self.engine.nodes[i].addr
+                );
+                self.engine.command_down(i);
+                backoff[CMD].failed(now);
+            }
+        }
+        if now >= st.next_refresh {
+            self.engine.refresh_presence();
+            st.next_refresh = now + PRESENCE_REFRESH;
+        }
+        let idle_at = self.engine.expire_idle(now);
+        self.engine.flush_subscriptions();
+        idle_at
+    }
+
+    /// Writes to Redis, then answers to the cores. Returns whether any
+    /// answer went out.
+    fn flush(&mut self, st: &mut LoopState) -> bool {
+        let now = Instant::now();
+        for (i, backoff) in st.backoffs.iter_mut().enumerate() {
+            if let Some(Err(e)) = self.engine.nodes[i].cmd.as_mut().map(Link::flush) {
+                warn!("broker: write to Redis failed: {e}; reconnecting");
+                self.engine.command_down(i);
+                backoff[CMD].failed(now);
+            }
+            if let Some(Err(e)) = self.engine.nodes[i].sub.as_mut().map(Link::flush) {
+                warn!("broker: write to Redis failed: {e}; reconnecting");
+                self.engine.subscriber_down(i);
+                backoff[SUB].failed(now);
+            }
+        }
+        let answered = !self.engine.out.is_empty();
+        for (core, msg) in self.engine.out.drain(..) {
+            self.mesh.send_to(core, msg);
+        }
+        self.mesh.ring_doorbells();
+        answered
+    }
+
+    /// Sleeps until a socket, a core or a timer needs the thread.
+    fn sleep(&mut self, st: &mut LoopState, idle_at: Option<Instant>) {
+        if !self.mesh.announce_sleep(&mut st.inbox) {
+            return;
+        }
+        let now = Instant::now();
+        let mut deadline = st.next_probe.min(st.next_refresh);
+        for (node, backoff) in self.engine.nodes.iter().zip(&st.backoffs) {
+            if node.cmd.is_none() {
+                deadline = deadline.min(backoff[CMD].next);
+            }
+            if node.sub.is_none() {
+                deadline = deadline.min(backoff[SUB].next);
+            }
+        }
+        if let Some(t) = idle_at.into_iter().chain(st.topology_due).min() {
+            deadline = deadline.min(t);
+        }
+        if self.engine.stale {
+            deadline = now;
+        }
+        if self.mesh.backlogged() {
+            deadline = deadline.min(now + Duration::from_millis(1));
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let bell = self.bells[self.me].fd().as_raw_fd();
+        let mut fds = vec![libc::pollfd {
+            fd: bell,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        for node in &self.engine.nodes {
+            for l in [&node.cmd, &node.sub].into_iter().flatten() {
+                let mut events = libc::POLLIN;
+                if l.wants_write() {
+                    events |= libc::POLLOUT;
+                }
+                fds.push(libc::pollfd {
+                    fd: l.fd(),
+                    events,
+                    revents: 0,
+                });
+            }
+        }
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if fds[0].revents != 0 {
+            let mut n = 0u64;
+            // SAFETY: reading 8 bytes from the broker's nonblocking eventfd
+            // into a u64.
+            unsafe { libc::read(bell, (&mut n as *mut u64).cast(), 8) };
+        }
+        self.mesh.woke();
     }
 }
