@@ -35,7 +35,7 @@ require_cargo
 build_release
 trap 'stop_server >/dev/null 2>&1 || true' EXIT
 # shellcheck disable=SC2086
-start_server "$RINGCAST_ROOT/target/release/$BIN" ${SERVER_ARGS:-}
+start_server "$RINGCAST_BIN/$BIN" ${SERVER_ARGS:-}
 echo "autobahn.sh: $BIN listening on $SERVER_ADDR (log: $SERVER_LOG)"
 
 rc=0

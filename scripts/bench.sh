@@ -24,6 +24,13 @@
 #                   and history on (--history-size 100): every subscriber
 #                   checks the channel's offsets are consecutive (gaps and
 #                   reorders are reported as failures)
+#   cluster         channels-ordered over two ringcast nodes sharing the
+#                   channel through Redis (--broker, history 100): 1,000
+#                   subscribers and the 2 publishers split over the nodes;
+#                   CPU summed over the nodes, Redis's apart (ringcast only)
+#   cluster-publish closed-loop publishes (4 conns x 16 in flight x 64 B,
+#                   acks/s and ack latency) against one node, with the
+#                   in-memory engine and with the Redis engine in turn
 #   idle            15,000 connections held (RSS per connection)
 #   churn           64 parallel connect/handshake/echo/close loops
 #
@@ -36,6 +43,13 @@
 # CPU layout: SERVER_CPUS (default 0) for the server; GEN_CPUS (default:
 # every other CPU) for the generator, one thread per CPU. Both servers get the
 # same CPUs (ringcast --cpus, ringcast-tokio --threads <count>).
+# cluster: one node per CPU of CLUSTER_CPUS (default "0 1": node A on CPU 0,
+# node B on CPU 1, one core each), the generator on CLUSTER_GEN_CPUS
+# (default: every CPU). cluster-publish: its one node on SERVER_CPUS, the
+# generator on GEN_CPUS. The cluster scenarios start one redis-server
+# (no persistence) on a free loopback port, on REDIS_CPUS (default: every
+# CPU), emptied before each run and stopped at the end.
+# Binaries: target/release, or $CARGO_TARGET_DIR/release when that is set.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -54,14 +68,20 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?}; shift 2 ;;
     --warmup) WARMUP=${2:?}; shift 2 ;;
     --servers) SERVERS=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,52p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) SCENARIOS+=("$1"); shift ;;
   esac
 done
-ALL=(echo echo-big echo-lat broadcast broadcast-wide channels channels-ordered idle churn)
+ALL=(echo echo-big echo-lat broadcast broadcast-wide channels channels-ordered cluster cluster-publish idle churn)
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   if [ "$QUICK" = 1 ]; then SCENARIOS=(echo broadcast churn idle); else SCENARIOS=("${ALL[@]}"); fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "bench.sh: redis-server not found (Debian: apt-get install redis-server); skipping cluster, cluster-publish" >&2
+    kept=()
+    for s in "${SCENARIOS[@]}"; do case "$s" in cluster|cluster-publish) ;; *) kept+=("$s") ;; esac; done
+    SCENARIOS=("${kept[@]}")
+  fi
 fi
 if [ "$QUICK" = 1 ]; then
   DURATION=${DURATION:-1.5}; WARMUP=${WARMUP:-0.5}
@@ -78,7 +98,8 @@ scenario_args() { # the generator's arguments for a scenario
     broadcast)      echo "broadcast --conns 1000 --rate 2000 --size 64" ;;
     broadcast-wide) echo "broadcast --conns 5000 --rate 300 --size 64" ;;
     channels)       echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench" ;;
-    channels-ordered) echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench --publishers 2" ;;
+    channels-ordered|cluster) echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench --publishers 2" ;;
+    cluster-publish) echo "publish --conns 4 --in-flight 16 --size 64 --channel bench" ;;
     idle)           if [ "$QUICK" = 1 ]; then echo "idle --conns 2000"; else echo "idle --conns 15000"; fi ;;
     churn)          echo "churn --parallel 64" ;;
     *) die "unknown scenario '$1' (one of: ${ALL[*]})" ;;
@@ -86,8 +107,15 @@ scenario_args() { # the generator's arguments for a scenario
 }
 for s in "${SCENARIOS[@]}"; do scenario_args "$s" >/dev/null; done
 
-# Scenarios that only ringcast runs (the baseline has no /ws).
-ringcast_only() { case "$1" in channels|channels-ordered) return 0 ;; *) return 1 ;; esac; }
+# Scenarios that only ringcast runs (the baseline has no /ws, no broker).
+ringcast_only() { case "$1" in channels|channels-ordered|cluster|cluster-publish) return 0 ;; *) return 1 ;; esac; }
+# Scenarios that need Redis.
+uses_redis() { case "$1" in cluster|cluster-publish) return 0 ;; *) return 1 ;; esac; }
+NEED_REDIS=0
+for s in "${SCENARIOS[@]}"; do if uses_redis "$s"; then NEED_REDIS=1; fi; done
+if [ "$NEED_REDIS" = 1 ] && ! { command -v redis-server && command -v redis-cli; } >/dev/null 2>&1; then
+  die "the cluster scenarios need redis-server and redis-cli (Debian: apt-get install redis-server)"
+fi
 
 # Extra ringcast flags per scenario, as "--flag value" pairs. A flag the
 # binary's --help does not list (an older build, e.g. one side of an A/B) is
@@ -95,7 +123,9 @@ ringcast_only() { case "$1" in channels|channels-ordered) return 0 ;; *) return 
 scenario_server_args() {
   case "$1" in
     channels)         echo "--history-size 0" ;;
-    channels-ordered) echo "--history-size 100" ;;
+    channels-ordered|cluster) echo "--history-size 100" ;;
+    # A closed loop goes past the default 5,000 publishes/s per connection.
+    cluster-publish) echo "--history-size 100 --max-publishes-per-sec 0" ;;
     *) echo "" ;;
   esac
 }
@@ -117,11 +147,15 @@ supported_server_args() { # bin scenario: the scenario's flags this binary has
   echo "${out[*]}"
 }
 
-# A server is a binary name in target/release, or LABEL=PATH for any build
-# of either server (an A/B of two ringcast builds: "old=/tmp/old/ringcast
-# ringcast"); its flags follow from the binary's file name.
+# Whether binary $1's --help lists flag $2.
+has_flag() { "$1" --help 2>&1 | grep -qE -- "(^|[^[:alnum:]-])$2([^[:alnum:]-]|\$)"; }
+
+# A server is a binary name in $RINGCAST_BIN (target/release), or LABEL=PATH
+# for any build of either server (an A/B of two ringcast builds:
+# "old=/tmp/old/ringcast ringcast"); its flags follow from the binary's file
+# name.
 server_label() { case "$1" in *=*) echo "${1%%=*}" ;; *) echo "$1" ;; esac; }
-server_bin() { case "$1" in *=*) echo "${1#*=}" ;; *) echo "$RINGCAST_ROOT/target/release/$1" ;; esac; }
+server_bin() { case "$1" in *=*) echo "${1#*=}" ;; *) echo "$RINGCAST_BIN/$1" ;; esac; }
 
 # --- CPUs ------------------------------------------------------------------
 NCPU=$(nproc)
@@ -135,8 +169,11 @@ n=0
 for part in sys.argv[1].split(','):
     a,_,b=part.partition('-'); n+= (int(b)-int(a)+1) if b else 1
 print(n)" "$1"; }
-SERVER_N=$(count_cpus "$SERVER_CPUS")
 GEN_N=$(count_cpus "$GEN_CPUS")
+CLUSTER_CPUS=${CLUSTER_CPUS:-"0 $((NCPU > 1 ? 1 : 0))"}
+CLUSTER_GEN_CPUS=${CLUSTER_GEN_CPUS:-0-$((NCPU - 1))}
+CLUSTER_GEN_N=$(count_cpus "$CLUSTER_GEN_CPUS")
+REDIS_CPUS=${REDIS_CPUS:-0-$((NCPU - 1))}
 
 # --- perf --------------------------------------------------------------------
 WANT_EVENTS="task-clock context-switches cpu-migrations page-faults raw_syscalls:sys_enter \
@@ -163,95 +200,223 @@ OUT="$RINGCAST_ROOT/results/$STAMP"
 mkdir -p "$OUT/raw"
 echo "bench.sh: ${SCENARIOS[*]} x {$SERVERS} x $ROUNDS rounds, ${WARMUP}s warm-up + ${DURATION}s measured;" \
      "server on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS ($GEN_N threads); results in $OUT"
+if [ "$NEED_REDIS" = 1 ]; then
+  echo "bench.sh: cluster: nodes on CPUs {$CLUSTER_CPUS}, generator on CPU $CLUSTER_GEN_CPUS ($CLUSTER_GEN_N threads), redis-server on CPU $REDIS_CPUS"
+fi
 cat > "$OUT/host.json" <<EOF
 {"cpus": $NCPU, "server_cpus": "$SERVER_CPUS", "gen_cpus": "$GEN_CPUS", "kernel": "$(uname -r)",
+ "cluster_cpus": "$CLUSTER_CPUS", "cluster_gen_cpus": "$CLUSTER_GEN_CPUS", "redis_cpus": "$REDIS_CPUS",
+ "redis": "$(if [ "$NEED_REDIS" = 1 ]; then redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'; fi)",
  "servers": "$(for s in $SERVERS; do server_label "$s"; done | tr '\n' ' ')", "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "quick": $QUICK, "perf_events": "$EVENTS",
  "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)", "date": "$(date -Is)"}
 EOF
 
-PERF_PID=
+# Every process a run started, for the exit trap.
+RUN_PIDS=()   # servers
+PERF_PIDS=()  # their perf stat wrappers
+REDIS_PID=
+REDIS_PORT=
 cleanup() {
-  if [ -n "${SERVER_PID:-}" ]; then kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
-  if [ -n "$PERF_PID" ]; then kill -KILL "$PERF_PID" 2>/dev/null || true; fi
+  local p
+  for p in "${RUN_PIDS[@]}" "${PERF_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  if [ -n "$REDIS_PID" ]; then kill -KILL "$REDIS_PID" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
-run_one() { # scenario server round
-  local scen=$1 spec=$2 round=$3
+# --- Redis (cluster scenarios) -------------------------------------------------
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+redis_cli() { timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+# One redis-server for the whole run, on a free loopback port, without
+# persistence (a port taken between the probe and the bind: another port).
+start_redis() {
+  local attempt
+  mkdir -p "$OUT/redis"
+  for attempt in 1 2 3 4 5; do
+    REDIS_PORT=$(free_port)
+    taskset -c "$REDIS_CPUS" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$OUT/redis" --logfile "$OUT/redis/redis.log" &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do
+      if [ "$(redis_cli ping 2>/dev/null)" = PONG ]; then return 0; fi
+      kill -0 "$REDIS_PID" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -KILL "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=
+    echo "bench.sh: redis-server did not start on port $REDIS_PORT (attempt $attempt)" >&2
+  done
+  tail -n 20 "$OUT/redis/redis.log" >&2 || true
+  die "redis-server did not start"
+}
+
+stop_redis() {
+  [ -n "$REDIS_PID" ] || return 0
+  redis_cli shutdown nosave >/dev/null 2>&1 || true
+  for _ in $(seq 1 100); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$REDIS_PID" 2>/dev/null || true
+  wait "$REDIS_PID" 2>/dev/null || true
+  REDIS_PID=
+}
+
+# --- one run ---------------------------------------------------------------------
+# launch NAME CPUS CMD...: starts a server on CPUS (under perf stat when
+# EVENTS is set: its counts in $OUT/raw/NAME.perf, control FIFO NAME.ctl)
+# with --listen 127.0.0.1:0 and waits for its "listening on ws://ADDR (pid
+# N)" line; sets L_ADDR and L_PID.
+launch() {
+  local name=$1 cpus=$2; shift 2
+  local log="$OUT/raw/$name.server.log" fifo="$OUT/raw/$name.ctl"
+  : >"$log" # exists before the background job opens it
+  if [ -n "$EVENTS" ]; then
+    rm -f "$fifo"; mkfifo "$fifo"
+    perf stat -D -1 --control "fifo:$fifo" -x, -o "$OUT/raw/$name.perf" -e "$EVENTS" -- \
+      taskset -c "$cpus" "$@" --listen 127.0.0.1:0 >"$log" 2>&1 &
+    PERF_PIDS+=("$!")
+  else
+    taskset -c "$cpus" "$@" --listen 127.0.0.1:0 >"$log" 2>&1 &
+    RUN_PIDS+=("$!")
+  fi
+  L_ADDR=""; L_PID=""
+  for _ in $(seq 1 200); do
+    L_ADDR=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
+    L_PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
+    [ -n "$L_ADDR" ] && [ -n "$L_PID" ] && break
+    sleep 0.05
+  done
+  if [ -z "$L_ADDR" ] || [ -z "$L_PID" ]; then cat "$log" >&2; die "$name did not start"; fi
+  RUN_PIDS+=("$L_PID")
+}
+
+# stop_all: SIGTERM every server of the run, wait for them (bounded) and for
+# their perf wrappers (which write the counts on exit).
+stop_all() {
+  local p
+  for p in "${RUN_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${RUN_PIDS[@]}"; do
+    for _ in $(seq 1 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  # The perf wrappers, or the servers themselves when they are this
+  # shell's children (not a child: wait fails, which is fine).
+  for p in "${PERF_PIDS[@]}" "${RUN_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  RUN_PIDS=(); PERF_PIDS=()
+}
+
+# run_case NAME SCENARIO SPEC ROUND VARIANT BROKER GEN_CPUS GEN_THREADS CPUS...:
+# one server per CPUS argument (a CPU list each; a node of a cluster when
+# there are several, named A, B, ...), with --broker BROKER when that is not
+# empty, the generator on GEN_CPUS against all of them (connections
+# round-robin), then one record: the generator's JSON line, perf counts
+# summed over the servers, and the layout. VARIANT tells the runs of one
+# scenario apart (cluster-publish: memory, redis).
+run_case() {
+  local name=$1 scen=$2 spec=$3 round=$4 variant=$5 broker=$6 gcpus=$7 gthreads=$8
+  shift 8
   local server bin kind
   server=$(server_label "$spec")
   bin=$(server_bin "$spec")
   kind=$(basename "$bin")
-  local name="$scen.$server.$round"
-  local log="$OUT/raw/$name.server.log" fifo="$OUT/raw/$name.ctl"
-  local sargs
-  case "$kind" in
-    ringcast) sargs="--cpus $SERVER_CPUS $(supported_server_args "$bin" "$scen")" ;;
-    ringcast-tokio) sargs="--threads $SERVER_N" ;;
-    *) sargs="" ;;
-  esac
   [ -x "$bin" ] || die "$server: no executable at $bin"
-  local perf_args=()
-  : >"$log" # exists before the background job opens it
-  if [ -n "$EVENTS" ]; then
-    rm -f "$fifo"; mkfifo "$fifo"
-    # shellcheck disable=SC2086
-    perf stat -D -1 --control "fifo:$fifo" -x, -o "$OUT/raw/$name.perf" -e "$EVENTS" -- \
-      taskset -c "$SERVER_CPUS" "$bin" $sargs --listen 127.0.0.1:0 >"$log" 2>&1 &
-    PERF_PID=$!
-    perf_args=(--perf-ctl "$fifo")
-  else
-    # shellcheck disable=SC2086
-    taskset -c "$SERVER_CPUS" "$bin" $sargs --listen 127.0.0.1:0 >"$log" 2>&1 &
-    PERF_PID=
+  local sargs extra="" node nodes=$# i=0 cpus
+  sargs=$(supported_server_args "$bin" "$scen")
+  if [ -n "$broker" ]; then
+    if ! has_flag "$bin" --broker; then
+      echo "bench.sh: $bin has no --broker; skipping $name" >&2
+      return 0
+    fi
+    redis_cli flushall >/dev/null || die "redis-server on port $REDIS_PORT does not answer"
+    extra="--broker $broker"
   fi
-  local addr=""
-  for _ in $(seq 1 200); do
-    addr=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
-    SERVER_PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
-    [ -n "$addr" ] && [ -n "$SERVER_PID" ] && break
-    sleep 0.05
+  local gen=() perfs=() node_cpus=() letters=(A B C D E F G H I J K L M N O P)
+  for cpus in "$@"; do
+    node=$name
+    if [ "$nodes" -gt 1 ]; then node=$name.${letters[i]}; fi
+    i=$((i + 1))
+    local -a flags
+    case "$kind" in
+      ringcast) read -r -a flags <<<"--cpus $cpus $sargs $extra" ;;
+      ringcast-tokio) read -r -a flags <<<"--threads $(count_cpus "$cpus")" ;;
+      *) flags=() ;;
+    esac
+    launch "$node" "$cpus" "$bin" "${flags[@]}"
+    gen+=(--addr "$L_ADDR" --server-pid "$L_PID")
+    node_cpus+=("$cpus")
+    if [ -n "$EVENTS" ]; then
+      gen+=(--perf-ctl "$OUT/raw/$node.ctl")
+      perfs+=("$OUT/raw/$node.perf")
+    fi
   done
-  [ -n "$addr" ] || { cat "$log" >&2; die "$server did not start"; }
+  if [ -n "$broker" ]; then gen+=(--watch-pid "redis=$REDIS_PID"); fi
   local rc=0
   # shellcheck disable=SC2046
-  taskset -c "$GEN_CPUS" "$RINGCAST_ROOT/target/release/ringcast-load" $(scenario_args "$scen") \
-    --addr "$addr" --server-pid "$SERVER_PID" --threads "$GEN_N" --label "$server" \
-    --duration "$DURATION" --warmup "$WARMUP" "${perf_args[@]}" >"$OUT/raw/$name.out" 2>&1 || rc=$?
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  for _ in $(seq 1 300); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$SERVER_PID" 2>/dev/null || true
-  if [ -n "$PERF_PID" ]; then wait "$PERF_PID" 2>/dev/null || true; fi
-  PERF_PID=; SERVER_PID=
-  rm -f "$fifo"
+  taskset -c "$gcpus" "$RINGCAST_BIN/ringcast-load" $(scenario_args "$scen") \
+    "${gen[@]}" --threads "$gthreads" --label "$server" \
+    --duration "$DURATION" --warmup "$WARMUP" >"$OUT/raw/$name.out" 2>&1 || rc=$?
+  stop_all
+  rm -f "$OUT"/raw/"$name"*.ctl
   if [ "$rc" -ne 0 ]; then
     echo "bench.sh: $name: generator failed (exit $rc):" >&2
     tail -n 5 "$OUT/raw/$name.out" >&2
     return 0
   fi
-  # One record: the generator's JSON line plus perf counts.
-  python3 - "$OUT/raw/$name.out" "$OUT/raw/$name.perf" "$scen" "$server" "$round" "$sargs" >"$OUT/raw/$name.json" <<'PY'
+  # One record: the generator's JSON line plus perf counts (summed over the
+  # servers; a count one of them lacks is null) and the layout.
+  python3 - "$OUT/raw/$name.out" "$scen" "$server" "$round" "$sargs $extra" "$variant" \
+    "${node_cpus[*]}" "$gcpus" "${perfs[@]}" >"$OUT/raw/$name.json" <<'PY'
 import json, sys, os
-out, perf, scen, server, rnd, sargs = sys.argv[1:7]
+out, scen, server, rnd, sargs, variant, node_cpus, gcpus = sys.argv[1:9]
+perfs = sys.argv[9:]
 line = [l for l in open(out) if l.startswith("{")][-1]
 rec = json.loads(line)
 counts = {}
-if os.path.exists(perf):
-    for l in open(perf):
-        f = l.strip().split(",")
-        if len(f) >= 3 and not l.startswith("#"):
-            try:
-                counts[f[2]] = float(f[0])
-            except ValueError:
-                counts[f[2]] = None  # <not counted> / <not supported>
+for i, perf in enumerate(perfs):
+    one = {}
+    if os.path.exists(perf):
+        for l in open(perf):
+            f = l.strip().split(",")
+            if len(f) >= 3 and not l.startswith("#"):
+                try:
+                    one[f[2]] = float(f[0])
+                except ValueError:
+                    one[f[2]] = None  # <not counted> / <not supported>
+    for k in set(counts) | set(one):
+        a, b = counts.get(k, 0.0 if i == 0 else None), one.get(k)
+        counts[k] = None if a is None or b is None else a + b
 rec.update({"bench_scenario": scen, "server_name": server, "round": int(rnd), "perf": counts,
-            "server_args": sargs.split()})
+            "server_args": sargs.split(), "variant": variant or None,
+            "nodes": len(node_cpus.split()), "node_cpus": node_cpus.split(), "gen_cpus": gcpus,
+            "broker": "--broker" in sargs.split()})
 print(json.dumps(rec))
 PY
   grep -E "^  " "$OUT/raw/$name.out" | sed "s/^/  [$name] /" | sed -n 1,4p
-  # Channel runs: where the publishers landed and the ordering verdict.
-  grep -E "^  (publishers|order)" "$OUT/raw/$name.out" | sed "s/^/  [$name] /" || true
+  # Channel runs: where the publishers landed and the ordering verdict;
+  # cluster runs: the broker's CPU.
+  grep -E "^  (publishers|order|redis)" "$OUT/raw/$name.out" | sed "s/^/  [$name] /" || true
 }
+
+# The runs of one scenario on one server.
+run_one() { # scenario server round
+  local scen=$1 spec=$2 round=$3 server
+  server=$(server_label "$spec")
+  case "$scen" in
+    cluster)
+      # shellcheck disable=SC2086 # one node per CPU list
+      run_case "$scen.$server.$round" "$scen" "$spec" "$round" "" "redis://127.0.0.1:$REDIS_PORT" \
+        "$CLUSTER_GEN_CPUS" "$CLUSTER_GEN_N" $CLUSTER_CPUS ;;
+    cluster-publish)
+      # The two engines back to back, the same node layout.
+      run_case "$scen-memory.$server.$round" "$scen" "$spec" "$round" memory "" \
+        "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS"
+      run_case "$scen-redis.$server.$round" "$scen" "$spec" "$round" redis "redis://127.0.0.1:$REDIS_PORT" \
+        "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS" ;;
+    *)
+      run_case "$scen.$server.$round" "$scen" "$spec" "$round" "" "" "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS" ;;
+  esac
+}
+
+if [ "$NEED_REDIS" = 1 ]; then start_redis; fi
 
 for round in $(seq 1 "$ROUNDS"); do
   for scen in "${SCENARIOS[@]}"; do
@@ -261,6 +426,8 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
+
+stop_redis
 
 python3 "$RINGCAST_ROOT/scripts/bench_report.py" "$OUT"
 cp "$OUT/summary.md" "$RINGCAST_ROOT/results/latest.md"

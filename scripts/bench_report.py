@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """Summarise a scripts/bench.sh run: results/<stamp>/raw/*.json ->
 summary.md (medians, min-max, ringcast/tokio ratios, syscalls per message)
-and chart.svg (headline metric per scenario). Standard library only."""
+and chart.svg (headline metric per scenario). The cluster scenarios get
+tables of their own: `cluster` beside the single-node `channels-ordered`
+of the same run, `cluster-publish` the in-memory engine beside the Redis
+engine. Standard library only."""
 
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from rctools import svg_doc
+from rctools import svg_doc, svg_escape
 
 SERVERS = ["ringcast", "ringcast-tokio"]
 ORDER = ["echo", "echo-big", "echo-lat", "broadcast", "broadcast-wide", "channels", "channels-ordered", "idle", "churn"]
+# Scenarios compared across setups rather than across servers.
+CLUSTERED = ["cluster", "cluster-publish"]
 
 
 def get(rec, path, default=None):
@@ -65,6 +70,43 @@ CHANNELS = BROADCAST[:4] + [
     ("publishers", lambda r: r.get("publishers"), "{:,.0f}", None),
     ("publishers' distinct server cores", lambda r: get(r, "stream.publisher_distinct_cores") if get(r, "stream.welcomes") else None, "{:,.0f}", None),
 ] + BROADCAST[4:]
+# channels-ordered (one node) beside cluster (two nodes and Redis): the
+# server rows are summed over the nodes; Redis's own CPU apart.
+REDIS_CPU = ("redis CPU (cores)", lambda r: get(r, "watched.redis.utilization"), "{:.2f}", None)
+
+
+def total_cpu(r):
+    s, b = get(r, "server.utilization"), get(r, "watched.redis.utilization", 0.0)
+    return None if s is None else s + b
+
+
+def per_total_cpu(r):
+    s, b = get(r, "server.cpu_s"), get(r, "watched.redis.cpu_s", 0.0)
+    return r.get("count") / (s + b) if s is not None and r.get("count") is not None and s + b > 0 else None
+
+
+CLUSTER = CHANNELS[:9] + [
+    ("deliveries per server CPU-s (nodes summed)", lambda r: get(r, "server.per_cpu_s"), "{:,.0f}", True),
+    ("deliveries per CPU-s of nodes + Redis", per_total_cpu, "{:,.0f}", True),
+    ("syscalls per delivery (nodes summed)", syscalls_per, "{:.4f}", False),
+    ("server CPU (cores, nodes summed)", lambda r: get(r, "server.utilization"), "{:.2f}", None),
+    REDIS_CPU,
+    ("nodes + Redis CPU (cores)", total_cpu, "{:.2f}", None),
+    ("generator CPU (cores)", lambda r: get(r, "generator.utilization"), "{:.2f}", None),
+]
+PUBLISH = [
+    ("acks/s", lambda r: r.get("per_s"), "{:,.0f}", True),
+    ("ack p50 (ms)", ms("latency_us.p50"), "{:.2f}", False),
+    ("ack p99 (ms)", ms("latency_us.p99"), "{:.2f}", False),
+    ("errors", lambda r: r.get("errors"), "{:,.0f}", False, "total"),
+    ("acks per server CPU-s", lambda r: get(r, "server.per_cpu_s"), "{:,.0f}", True),
+    ("acks per CPU-s of node + Redis", per_total_cpu, "{:,.0f}", True),
+    ("syscalls per ack", syscalls_per, "{:.4f}", False),
+    ("server CPU (cores)", lambda r: get(r, "server.utilization"), "{:.2f}", None),
+    REDIS_CPU,
+    ("generator CPU (cores)", lambda r: get(r, "generator.utilization"), "{:.2f}", None),
+    ("publishes in flight", lambda r: (r.get("conns") or 0) * (r.get("in_flight") or 0), "{:,.0f}", None),
+]
 IDLE = [
     ("RSS per connection (B)", lambda r: get(r, "server.rss_per_conn"), "{:,.0f}", False),
     ("server RSS holding (MiB)", lambda r: (get(r, "server.rss") or 0) / 1048576, "{:.1f}", False),
@@ -83,11 +125,13 @@ METRICS = {
     "broadcast": BROADCAST, "broadcast-wide": BROADCAST,
     "channels": CHANNELS, "channels-ordered": CHANNELS,
     "idle": IDLE, "churn": CHURN,
+    "cluster": CLUSTER, "cluster-publish": PUBLISH,
 }
 # The one number per scenario for the chart.
 HEADLINE = {
     "echo": 1, "echo-big": 1, "echo-lat": 3, "broadcast": 2, "broadcast-wide": 2,
     "channels": 2, "channels-ordered": 2, "idle": 0, "churn": 1,
+    "cluster": 2, "cluster-publish": 0,
 }
 DESCR = {
     "echo": "100 conns x 16 in flight x 32 B text",
@@ -99,6 +143,8 @@ DESCR = {
     "channels-ordered": "as channels, 2 publishers on different server cores, history on; offsets checked",
     "idle": "connections held",
     "churn": "64 loops: connect, handshake, 1 echo, close",
+    "cluster": "channels-ordered over 2 nodes sharing the channel through Redis",
+    "cluster-publish": "closed-loop /ws publishes against one node: in-memory engine vs Redis engine",
 }
 
 
@@ -113,23 +159,56 @@ def summarize(values):
     return statistics.median(vals), min(vals), max(vals)
 
 
+def table(columns, metrics, chart=None, chart_key=None, headline=-1, ratio=(0, 1)):
+    """A markdown table, one column per (header, records) of `columns`
+    (medians, min–max), with a ratio column when there are two: column
+    ratio[0] over column ratio[1]. Appends the headline row to `chart`."""
+    heads = [h for h, _ in columns]
+    two = len(columns) == 2
+    lines = ["| metric | " + " | ".join(heads) + (" | ratio |" if two else " |"),
+             "|---|" + "---|" * len(columns) + ("---|" if two else "")]
+    for i, (label, ex, f, better, *agg) in enumerate(metrics):
+        cells, meds = [], []
+        for _, recs in columns:
+            vals = [ex(r) for r in recs]
+            med, lo, hi = summarize(vals)
+            if agg == ["total"] and med is not None:
+                med = sum(v for v in vals if v is not None)
+                cells.append(f"{fmt(f, med)} total [{fmt(f, lo)}–{fmt(f, hi)}]")
+            else:
+                cells.append("–" if med is None else f"{fmt(f, med)} [{fmt(f, lo)}–{fmt(f, hi)}]")
+            meds.append(med)
+        row = f"| {label} | " + " | ".join(cells) + " |"
+        if two:
+            num, den = meds[ratio[0]], meds[ratio[1]]
+            if num is not None and den not in (None, 0):
+                arrow = "" if better is None else (" ↑" if better else " ↓")
+                quotient = f"{num / den:.2f}×{arrow}"
+            else:
+                quotient = "–"
+            row += f" {quotient} |"
+        lines.append(row)
+        if chart is not None and i == headline:
+            chart.append((chart_key, label, f, meds, better, heads))
+    return lines
+
+
 def main(out_dir):
     out = Path(out_dir)
     recs = [json.loads(p.read_text()) for p in sorted((out / "raw").glob("*.json"))]
     host = json.loads((out / "host.json").read_text()) if (out / "host.json").exists() else {}
     global SERVERS
     # The run's servers in the order bench.sh was given them (the ratio is
-    # the first over the second): ringcast vs the baseline, or an A/B of
-    # two ringcast builds.
+    # the first over the second): ringcast vs the baseline, an A/B of two
+    # ringcast builds, or one server alone (no ratio).
     SERVERS = (host.get("servers") or " ".join(SERVERS)).split()[:2]
-    a, b = SERVERS
     by = {}
     for r in recs:
         by.setdefault(r["bench_scenario"], {}).setdefault(r["server_name"], []).append(r)
-    scenarios = [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER)
+    scenarios = [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER and s not in CLUSTERED)
 
     lines = []
-    lines.append(f"# {a} vs {b}")
+    lines.append("# " + " vs ".join(SERVERS))
     lines.append("")
     lines.append(
         f"{host.get('date', '')} · commit {host.get('commit', '?')} · kernel {host.get('kernel', '?')} · "
@@ -143,42 +222,82 @@ def main(out_dir):
         "Medians over rounds, min–max in brackets. *per server CPU-s* = work done per second of server CPU time "
         "(user + system, from the scheduler), the figure that stays meaningful on a shared host. Syscalls are every "
         "syscall the server made during the measured window (`perf stat -e raw_syscalls:sys_enter`), per message. "
-        f"Ratio = {a} / {b} (↑ higher is better, ↓ lower is better)."
+        + (f"Ratio = {SERVERS[0]} / {SERVERS[1]} (↑ higher is better, ↓ lower is better)." if len(SERVERS) == 2 else "")
     )
     lines.append("")
     chart = []
     for s in scenarios:
         lines.append(f"## {s}: {DESCR.get(s, '')}" + (f" ({by[s][SERVERS[0]][0].get('conns')} connections)" if s == "idle" and SERVERS[0] in by[s] else ""))
         lines.append("")
-        lines.append(f"| metric | {a} | {b} | ratio |")
-        lines.append("|---|---|---|---|")
-        for i, (label, ex, f, better, *agg) in enumerate(METRICS.get(s, THROUGHPUT)):
-            cells = []
-            meds = []
-            for srv in SERVERS:
-                vals = [ex(r) for r in by[s].get(srv, [])]
-                med, lo, hi = summarize(vals)
-                if agg == ["total"] and med is not None:
-                    med = sum(v for v in vals if v is not None)
-                    cells.append(f"{fmt(f, med)} total [{fmt(f, lo)}–{fmt(f, hi)}]")
-                else:
-                    cells.append("–" if med is None else f"{fmt(f, med)} [{fmt(f, lo)}–{fmt(f, hi)}]")
-                meds.append(med)
-            ratio = "–"
-            if meds[0] is not None and meds[1] not in (None, 0):
-                arrow = "" if better is None else (" ↑" if better else " ↓")
-                ratio = f"{meds[0] / meds[1]:.2f}×{arrow}"
-            lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
-            if i == HEADLINE.get(s, -1):
-                chart.append((s, label, f, meds, better))
+        lines.extend(table([(srv, by[s].get(srv, [])) for srv in SERVERS], METRICS.get(s, THROUGHPUT),
+                           chart, s, HEADLINE.get(s, -1)))
         lines.append("")
+    lines.extend(cluster_sections(by, host, chart))
     lines.extend(ordering_notes(recs))
-    errors = [(r["bench_scenario"], r["server_name"], r["round"], r.get("errors")) for r in recs if r.get("errors")]
+    errors = [(r["bench_scenario"] + (f"-{r['variant']}" if r.get("variant") else ""), r["server_name"], r["round"], r.get("errors"))
+              for r in recs if r.get("errors")]
     if errors:
         lines.append("Runs with generator-side errors: " + ", ".join(f"{a}/{b}#{c}: {d}" for a, b, c, d in errors))
         lines.append("")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "chart.svg").write_text(svg(chart))
+
+
+def layout(recs):
+    """Where a scenario's runs put the nodes and the generator."""
+    if not recs:
+        return "not run"
+    r = recs[0]
+    cpus = r.get("node_cpus") or []
+    nodes = " and ".join(f"CPU {c}" for c in cpus)
+    return (f"{len(cpus)} node{'s' if len(cpus) != 1 else ''} on {nodes}, generator on CPU {r.get('gen_cpus', '?')}")
+
+
+def cluster_sections(by, host, chart):
+    """`cluster` beside the run's single-node `channels-ordered` (per
+    server label), and `cluster-publish`'s two engines side by side."""
+    out = []
+    labels = [s for s in SERVERS if s in by.get("cluster", {}) or s in by.get("cluster-publish", {})]
+    labels += sorted({s for sc in CLUSTERED for s in by.get(sc, {})} - set(labels))
+    many = len(labels) > 1
+    for srv in labels:
+        tag = f" ({srv})" if many else ""
+        cl = by.get("cluster", {}).get(srv, [])
+        if cl:
+            single = by.get("channels-ordered", {}).get(srv, [])
+            r = cl[0]
+            out.append(f"## cluster{tag}: {DESCR['cluster']}, beside single-node channels-ordered")
+            out.append("")
+            out.append(
+                f"1,000 subscribers split over the nodes ({'/'.join(str(n) for n in r.get('conns_per_addr') or [])}), "
+                f"2 publishers (one per node) sharing 2,000 msg/s × 64 B, history 100, offsets checked. "
+                f"cluster: {layout(cl)}, each node one core with `--broker redis://` "
+                f"(Redis {host.get('redis') or '?'} on CPU {host.get('redis_cpus', '?')}, no persistence, emptied before each run). "
+                f"channels-ordered: {layout(single)}"
+                + (", one server core, so its 2 publishers share it" if single and all(len(str(c).replace(',', '-').split('-')) == 1 for c in single[0].get('node_cpus') or []) else "")
+                + ". Ratio = cluster / channels-ordered."
+            )
+            out.append("")
+            out.extend(table([("channels-ordered (1 node)", single), ("cluster (2 nodes + Redis)", cl)],
+                             CLUSTER, chart, "cluster" + tag, HEADLINE["cluster"], ratio=(1, 0)))
+            out.append("")
+        cp = by.get("cluster-publish", {}).get(srv, [])
+        if cp:
+            mem = [r for r in cp if r.get("variant") == "memory"]
+            red = [r for r in cp if r.get("variant") == "redis"]
+            r = cp[0]
+            out.append(f"## cluster-publish{tag}: {DESCR['cluster-publish']}")
+            out.append("")
+            out.append(
+                f"{r.get('conns')} connections × {r.get('in_flight')} publishes in flight × {r.get('size')} B to one channel, "
+                f"each publish answered by its ack (offset numbered by the engine; with Redis, by the publish script), no subscribers. "
+                f"{layout(cp)}; Redis on CPU {host.get('redis_cpus', '?')}. Ratio = Redis / in-memory."
+            )
+            out.append("")
+            out.extend(table([("in-memory engine", mem), ("Redis engine", red)], PUBLISH, chart,
+                             "cluster-publish" + tag, HEADLINE["cluster-publish"], ratio=(1, 0)))
+            out.append("")
+    return out
 
 
 def ordering_notes(recs):
@@ -211,25 +330,26 @@ def ordering_notes(recs):
 
 
 def svg(rows):
-    """Horizontal bars: each scenario's headline metric for both servers."""
+    """Horizontal bars: each scenario's headline metric for each column of
+    its table (the servers; the setups of the cluster tables)."""
     w, left, bar_h, gap = 760, 250, 16, 14
-    h = 40 + len(rows) * (2 * bar_h + gap) + 20
-    colors = dict(zip(SERVERS, ["#d9480f", "#1c7ed6"]))
+    h = 40 + sum(max(2, len(r[5])) * bar_h + gap for r in rows) + 20
+    palette = ["#d9480f", "#1c7ed6"]
     out = []
     y = 40
-    for scen, label, f, meds, better in rows:
+    for scen, label, f, meds, better, heads in rows:
         top = max((m for m in meds if m is not None), default=0) or 1
         note = "higher is better" if better else "lower is better"
         out.append(f'<text x="10" y="{y + bar_h}" font-weight="bold">{scen}</text>')
         out.append(f'<text x="10" y="{y + 2 * bar_h}" fill="#555">{label} ({note})</text>')
-        for i, srv in enumerate(SERVERS):
+        for i, head in enumerate(heads):
             m = meds[i]
-            length = 0 if m is None else (w - left - 140) * m / top
+            length = 0 if m is None else (w - left - 220) * m / top
             yy = y + i * bar_h
-            out.append(f'<rect x="{left}" y="{yy}" width="{length:.1f}" height="{bar_h - 2}" fill="{colors[srv]}"/>')
-            out.append(f'<text x="{left + length + 4:.1f}" y="{yy + bar_h - 4}">{srv}: {fmt(f, m)}</text>')
-        y += 2 * bar_h + gap
-    title = f"{SERVERS[0]} vs {SERVERS[1]} (medians; bar length relative to the larger)"
+            out.append(f'<rect x="{left}" y="{yy}" width="{length:.1f}" height="{bar_h - 2}" fill="{palette[i % 2]}"/>')
+            out.append(f'<text x="{left + length + 4:.1f}" y="{yy + bar_h - 4}">{svg_escape(head)}: {fmt(f, m)}</text>')
+        y += max(2, len(heads)) * bar_h + gap
+    title = " vs ".join(SERVERS) + " (medians; bar length relative to the larger)"
     return svg_doc(w, h, title, out)
 
 

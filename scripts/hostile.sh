@@ -35,7 +35,7 @@ require_cargo
 command -v python3 >/dev/null 2>&1 || die "python3 not found"
 command -v prlimit >/dev/null 2>&1 || die "prlimit not found (util-linux)"
 build_release >/dev/null
-BIN=$RINGCAST_ROOT/target/release/ringcast
+BIN=$RINGCAST_BIN/ringcast
 CLIENT=$RINGCAST_ROOT/scripts/hostile.py
 
 ROWS=()

@@ -20,10 +20,19 @@ require_cargo() {
   fi
 }
 
+# Where build_release's binaries land: target/release, or
+# $CARGO_TARGET_DIR/release when that is set (cargo builds there, so the
+# scripts must run from there; a relative one is taken from the root, where
+# build_release runs cargo).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+RINGCAST_BIN=${CARGO_TARGET_DIR:-target}
+case "$RINGCAST_BIN" in /*) ;; *) RINGCAST_BIN=$RINGCAST_ROOT/$RINGCAST_BIN ;; esac
+RINGCAST_BIN=$RINGCAST_BIN/release
+
 # build_release: the README's `cargo build --release`, run at the repo root
 # whatever the caller's directory: all three binaries of the workspace,
 # ringcast (the server, the root package), ringcast-load and ringcast-tokio
-# (crates/), in target/release/. Always the whole workspace, never `-p` one
+# (crates/), in $RINGCAST_BIN. Always the whole workspace, never `-p` one
 # package: cargo unifies dependency features over the packages it builds, so
 # a server built alone is a different build (a second release compile) from
 # the one built with the others, and the scripts would not all run the same

@@ -76,13 +76,13 @@ OUT="$RINGCAST_ROOT/results/profile-$SCEN-$SERVER-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 trap 'stop_server >/dev/null 2>&1 || true' EXIT
 # shellcheck disable=SC2086
-start_server taskset -c "$SERVER_CPUS" "$RINGCAST_ROOT/target/release/$SERVER" $SARGS
+start_server taskset -c "$SERVER_CPUS" "$RINGCAST_BIN/$SERVER" $SARGS
 PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$SERVER_LOG" | sed -n 1p)
 [ -n "$PID" ] || PID=$SERVER_PID
 echo "profile.sh: $SERVER (pid $PID) on CPU $SERVER_CPUS at $SERVER_ADDR; $SCEN from CPU $GEN_CPUS"
 
 # shellcheck disable=SC2086
-taskset -c "$GEN_CPUS" "$RINGCAST_ROOT/target/release/ringcast-load" $GEN --addr "$SERVER_ADDR" \
+taskset -c "$GEN_CPUS" "$RINGCAST_BIN/ringcast-load" $GEN --addr "$SERVER_ADDR" \
   --server-pid "$PID" --warmup "$WARMUP" --duration "$DURATION" >"$OUT/load.txt" 2>&1 &
 LOAD=$!
 # Start sampling once connections are up and warmed (the generator opens

@@ -68,7 +68,7 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found"
 
 require_cargo
 build_release >/dev/null
-BIN=$RINGCAST_ROOT/target/release
+BIN=$RINGCAST_BIN
 LOAD=$BIN/ringcast-load
 SOAKPY=$RINGCAST_ROOT/scripts/soak.py
 

@@ -1,12 +1,17 @@
 //! `ringcast-load`: the load generator for ringcast and its baseline.
 //!
 //! Scenarios: `echo` (closed loop), `broadcast` (open loop, paced
-//! publisher), `idle` (open and hold connections) and `churn` (connect,
-//! handshake, one echo, close, repeat). Each thread runs one io_uring loop over
+//! publisher), `publish` (closed loop of acknowledged `/ws` publishes),
+//! `idle` (open and hold connections) and `churn` (connect, handshake, one
+//! echo, close, repeat). Connections are spread round-robin over one or
+//! more server addresses (`--addr` repeated: several nodes sharing channels
+//! through a broker). Each thread runs one io_uring loop over
 //! its connections with frames encoded in advance. With `--server-pid` the
 //! server's CPU time and memory are read from /proc around the measured
-//! window, giving work per server CPU-second: the figure that stays
-//! meaningful when the generator, not the server, is the limit. The
+//! window (summed over the processes when `--server-pid` is repeated),
+//! giving work per server CPU-second: the figure that stays meaningful when
+//! the generator, not the server, is the limit. `--watch-pid NAME=PID`
+//! measures another process (a broker) the same way, reported apart. The
 //! generator reports its own CPU use too. A human summary is printed, then
 //! one JSON line.
 
@@ -32,6 +37,7 @@ use worker::{Outcome, Plan, Scenario, Shared, StreamStats, Worker, PLACEMENT_ATT
 enum Kind {
     Echo,
     Broadcast,
+    Publish,
     Idle,
     Churn,
 }
@@ -43,14 +49,18 @@ struct Args {
     /// Scenario to run.
     #[arg(value_enum)]
     scenario: Kind,
-    /// Server address (host:port or ws://host:port).
-    #[arg(long, default_value = "127.0.0.1:9001")]
-    addr: String,
-    /// Connections: echo clients, broadcast subscribers, idle connections.
+    /// Server address (host:port or ws://host:port). Repeat it for several
+    /// servers (nodes of one cluster): connection N goes to address N mod
+    /// the count (round-robin), and so do broadcast publishers.
+    #[arg(long, visible_alias = "url", default_value = "127.0.0.1:9001")]
+    addr: Vec<String>,
+    /// Connections: echo clients, broadcast subscribers, publish clients,
+    /// idle connections.
     #[arg(long)]
     conns: Option<usize>,
-    /// Echo: messages each connection keeps in flight.
-    #[arg(long, default_value_t = 16)]
+    /// Echo: messages each connection keeps in flight. Publish: publishes
+    /// each connection keeps awaiting their ack.
+    #[arg(long, visible_alias = "inflight", default_value_t = 16)]
     in_flight: usize,
     /// Message payload size in bytes.
     #[arg(long)]
@@ -62,7 +72,8 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     rate: u64,
     /// Broadcast through a `/ws` channel of this name instead of
-    /// `/broadcast` (subscribe, then JSON publish messages).
+    /// `/broadcast` (subscribe, then JSON publish messages). Publish: the
+    /// channel published to (default `bench`).
     #[arg(long, value_parser = parse_channel)]
     channel: Option<String>,
     /// Broadcast: publisher connections sharing `--rate` (round-robin). On a
@@ -92,16 +103,22 @@ struct Args {
     #[arg(long)]
     sources: Option<usize>,
     /// Server process to measure (CPU seconds, RSS) around the window.
+    /// Repeat it for several servers: the figures are their sums.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
+    /// Another process to measure around the window, reported apart from
+    /// the server under NAME (e.g. `redis=1234` for a broker). Repeatable.
+    #[arg(long, value_name = "NAME=PID", value_parser = parse_named_pid)]
+    watch_pid: Vec<(String, u32)>,
     /// A label copied into the JSON line (e.g. the server's name).
     #[arg(long)]
     label: Option<String>,
     /// A `perf stat --control fifo:PATH` control FIFO: the generator writes
     /// `enable` at the start of the measured window and `disable` at its
-    /// end, so perf counts exactly the window.
+    /// end, so perf counts exactly the window. Repeatable (one perf per
+    /// server).
     #[arg(long)]
-    perf_ctl: Option<std::path::PathBuf>,
+    perf_ctl: Vec<std::path::PathBuf>,
     /// Give up if connections are not all open within this many seconds.
     #[arg(long, default_value_t = 60.0)]
     open_timeout: f64,
@@ -109,6 +126,28 @@ struct Args {
     /// messages published in it (on a busy host a subscriber can lag).
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
+}
+
+/// `NAME=PID` of `--watch-pid`.
+fn parse_named_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=PID"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?}: empty NAME"));
+    }
+    let pid = pid
+        .parse::<u32>()
+        .map_err(|e| format!("{s:?}: bad PID: {e}"))?;
+    Ok((name.to_string(), pid))
+}
+
+/// Samples every process of `pids`; `None` if any is missing (or none).
+fn sample_all(pids: &[u32]) -> Option<Vec<procfs::Sample>> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| procfs::sample(p)).collect()
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -143,7 +182,19 @@ fn main() {
 
 fn run(args: &Args) -> Result<(), String> {
     ringcast::internals::raise_nofile();
-    let addr = resolve(&args.addr)?;
+    let addrs: Vec<SocketAddr> = args
+        .addr
+        .iter()
+        .map(|a| resolve(a))
+        .collect::<Result<_, _>>()?;
+    if addrs.iter().any(|a| a.is_ipv6() != addrs[0].is_ipv6()) {
+        return Err("every --addr must be of one address family".into());
+    }
+    let addr_list = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let threads = args
         .threads
         .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
@@ -168,6 +219,15 @@ fn run(args: &Args) -> Result<(), String> {
             args.conns.unwrap_or(1000),
             args.size.unwrap_or(64).max(16),
         ),
+        Kind::Publish => (
+            Scenario::Publish {
+                in_flight: args.in_flight.max(1),
+                size: args.size.unwrap_or(64),
+                channel: args.channel.clone().unwrap_or_else(|| "bench".into()),
+            },
+            args.conns.unwrap_or(1),
+            args.size.unwrap_or(64),
+        ),
         Kind::Idle => (
             Scenario::Idle {
                 concurrency: args.concurrency,
@@ -182,7 +242,7 @@ fn run(args: &Args) -> Result<(), String> {
         .sources
         .unwrap_or_else(|| conns.div_ceil(per_source))
         .clamp(1, 254);
-    let sources: Vec<IpAddr> = if addr.is_ipv4() && addr.ip().is_loopback() {
+    let sources: Vec<IpAddr> = if addrs.iter().all(|a| a.is_ipv4() && a.ip().is_loopback()) {
         (1..=sources_n as u8)
             .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
             .collect()
@@ -202,7 +262,7 @@ fn run(args: &Args) -> Result<(), String> {
         })
         .collect();
     let plan = Arc::new(Plan {
-        addr,
+        addrs: addrs.clone(),
         sources: sources.clone(),
         scenario: scenario.clone(),
         conns_per_worker,
@@ -211,7 +271,7 @@ fn run(args: &Args) -> Result<(), String> {
     });
     let shared = Arc::new(Shared::default());
 
-    let server_before_start = args.server_pid.and_then(procfs::sample);
+    let server_before_start = sample_all(&args.server_pid);
     let open_started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|i| {
@@ -285,22 +345,33 @@ fn run(args: &Args) -> Result<(), String> {
     let end = start + (args.duration * 1e9) as u64;
     shared.window_end.store(end, Ordering::SeqCst);
     shared.window_start.store(start, Ordering::SeqCst);
-    let mut perf = match &args.perf_ctl {
-        Some(p) => Some(
+    let mut perf = args
+        .perf_ctl
+        .iter()
+        .map(|p| {
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(p)
-                .map_err(|e| format!("opening perf control fifo {}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
+                .map_err(|e| format!("opening perf control fifo {}: {e}", p.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     sleep_until(start);
     perf_command(&mut perf, "enable");
-    let server_a = args.server_pid.and_then(procfs::sample);
+    let server_a = sample_all(&args.server_pid);
+    let watched_a: Vec<Option<procfs::Sample>> = args
+        .watch_pid
+        .iter()
+        .map(|(_, p)| procfs::sample(*p))
+        .collect();
     let self_a = procfs::self_cpu_seconds();
     sleep_until(end);
     perf_command(&mut perf, "disable");
-    let server_b = args.server_pid.and_then(procfs::sample);
+    let server_b = sample_all(&args.server_pid);
+    let watched_b: Vec<Option<procfs::Sample>> = args
+        .watch_pid
+        .iter()
+        .map(|(_, p)| procfs::sample(*p))
+        .collect();
     let self_b = procfs::self_cpu_seconds();
     let window_s = (end - start) as f64 / 1e9;
 
@@ -339,6 +410,7 @@ fn run(args: &Args) -> Result<(), String> {
             *st.subscriber_cores.entry(core).or_default() += n;
         }
         st.publisher_cores.extend_from_slice(&s.publisher_cores);
+        st.publisher_targets.extend_from_slice(&s.publisher_targets);
         st.publisher_attempts += s.publisher_attempts;
         st.placement_gave_up |= s.placement_gave_up;
         st.publish_acks += s.publish_acks;
@@ -358,22 +430,30 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let _ = last_open;
     let rate = count as f64 / window_s;
-    let server = match (server_a, server_b) {
-        (Some(a), Some(b)) => Some(procfs::Delta::between(a, b)),
-        _ => None,
+    // Per server process, then their sum.
+    let server_each: Vec<procfs::Delta> = match (&server_a, &server_b) {
+        (Some(a), Some(b)) => a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| procfs::Delta::between(*a, *b))
+            .collect(),
+        _ => Vec::new(),
     };
+    let server = (!server_each.is_empty()).then(|| procfs::Delta::sum(&server_each));
+    let server_before_start = server_before_start.map(|v| v.iter().map(|s| s.rss).sum::<u64>());
     let gen_cpu = self_b - self_a;
     let pct = |q: f64| lat.value_at_quantile(q);
     let unit = match args.scenario {
         Kind::Echo => "messages",
         Kind::Broadcast => "deliveries",
+        Kind::Publish => "acks",
         Kind::Idle => "connections",
         Kind::Churn => "cycles",
     };
 
     let label = args.label.clone().unwrap_or_default();
     println!(
-        "ringcast-load {:?} against {addr}{}",
+        "ringcast-load {:?} against {addr_list}{}",
         args.scenario,
         if label.is_empty() {
             String::new()
@@ -398,6 +478,12 @@ fn run(args: &Args) -> Result<(), String> {
             args.channel
                 .as_ref()
                 .map_or(String::new(), |c| format!(" on /ws channel {c}"))
+        ),
+        Kind::Publish => println!(
+            "  {conns} connection{} x {} publishes in flight x {size} B on /ws channel {}, {threads} threads, {window_s:.1} s measured",
+            if conns == 1 { "" } else { "s" },
+            args.in_flight,
+            args.channel.as_deref().unwrap_or("bench")
         ),
         Kind::Idle => println!("  {conns} connections held, {threads} threads"),
         Kind::Churn => println!("  {conns} parallel loops, {threads} threads, {window_s:.1} s measured"),
@@ -430,6 +516,9 @@ fn run(args: &Args) -> Result<(), String> {
             }
         }
     }
+    if args.scenario == Kind::Publish {
+        println!("  published {published} in window, {count} acked in window");
+    }
     if args.scenario == Kind::Broadcast {
         let exp = published * conns as u64;
         expected = Some(exp);
@@ -441,7 +530,10 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let channel_mode = args.scenario == Kind::Broadcast && args.channel.is_some();
     if channel_mode {
-        println!("  {}", placement_line(&st, args.publishers as usize));
+        println!(
+            "  {}",
+            placement_line(&st, args.publishers as usize, &addrs)
+        );
         if st.welcomes > 0 {
             let per: Vec<String> = st
                 .subscriber_cores
@@ -491,7 +583,7 @@ fn run(args: &Args) -> Result<(), String> {
             0.0
         };
         let rss_hold = d.rss_after;
-        let base = server_before_start.map_or(d.rss_before, |s| s.rss);
+        let base = server_before_start.unwrap_or(d.rss_before);
         let per_conn = (rss_hold as f64 - base as f64) / conns.max(1) as f64;
         println!(
             "  server: {:.2} CPU-s ({:.2} user + {:.2} sys) = {:.0}% of a core; {}",
@@ -512,14 +604,52 @@ fn run(args: &Args) -> Result<(), String> {
                 )
             }
         );
+        if server_each.len() > 1 {
+            let per: Vec<String> = args
+                .server_pid
+                .iter()
+                .zip(&server_each)
+                .map(|(p, d)| format!("pid {p} {:.0}%", d.cpu_s / window_s * 100.0))
+                .collect();
+            println!(
+                "  server: summed over {} processes ({})",
+                server_each.len(),
+                per.join(", ")
+            );
+        }
         server_json = json!({
-            "pid": args.server_pid,
+            "pid": args.server_pid.first(),
+            "pids": args.server_pid,
+            "each": args.server_pid.iter().zip(&server_each).map(|(p, d)| json!({
+                "pid": p, "cpu_s": d.cpu_s, "utilization": d.cpu_s / window_s, "rss": d.rss_after,
+            })).collect::<Vec<_>>(),
             "cpu_s": d.cpu_s, "user_s": d.user_s, "sys_s": d.sys_s,
             "utilization": d.cpu_s / window_s,
             "per_cpu_s": per_cpu,
             "rss_before": base, "rss": rss_hold,
             "rss_per_conn": if args.scenario == Kind::Idle { json!(per_conn) } else { serde_json::Value::Null },
         });
+    }
+    let mut watched_json = serde_json::Map::new();
+    for (((name, pid), a), b) in args.watch_pid.iter().zip(&watched_a).zip(&watched_b) {
+        let v = match (a, b) {
+            (Some(a), Some(b)) => {
+                let d = procfs::Delta::between(*a, *b);
+                println!(
+                    "  {name} (pid {pid}): {:.2} CPU-s = {:.0}% of a core; RSS {:.1} MiB",
+                    d.cpu_s,
+                    d.cpu_s / window_s * 100.0,
+                    d.rss_after as f64 / 1048576.0
+                );
+                json!({"pid": pid, "cpu_s": d.cpu_s, "user_s": d.user_s, "sys_s": d.sys_s,
+                       "utilization": d.cpu_s / window_s, "rss": d.rss_after})
+            }
+            _ => {
+                println!("  {name} (pid {pid}): not measured (no such process)");
+                serde_json::Value::Null
+            }
+        };
+        watched_json.insert(name.clone(), v);
     }
     println!(
         "  generator: {gen_cpu:.2} CPU-s = {:.0}% of {threads} thread(s){}",
@@ -539,7 +669,9 @@ fn run(args: &Args) -> Result<(), String> {
     let j = json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "label": label,
-        "addr": addr.to_string(),
+        "addr": addrs[0].to_string(),
+        "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "conns_per_addr": (0..addrs.len()).map(|i| worker::share(conns, addrs.len(), i)).collect::<Vec<_>>(),
         "conns": conns,
         "in_flight": args.in_flight,
         "size": size,
@@ -568,19 +700,28 @@ fn run(args: &Args) -> Result<(), String> {
         "handshake_us": {"p50": hs.value_at_quantile(0.5), "p99": hs.value_at_quantile(0.99)},
         "errors": errors,
         "server": server_json,
+        "watched": watched_json,
         "generator": {"cpu_s": gen_cpu, "utilization": gen_cpu / window_s},
     });
     println!("{j}");
     Ok(())
 }
 
-/// How the publishers landed on server cores, for the summary.
-fn placement_line(st: &StreamStats, wanted: usize) -> String {
+/// How the publishers landed on server cores (and servers, with several
+/// addresses), for the summary.
+fn placement_line(st: &StreamStats, wanted: usize, addrs: &[SocketAddr]) -> String {
     let n = st.publisher_cores.len();
     let cores: Vec<String> = st
         .publisher_cores
         .iter()
-        .map(|c| c.map_or("?".to_string(), |c| c.to_string()))
+        .enumerate()
+        .map(|(k, c)| {
+            let core = c.map_or("?".to_string(), |c| c.to_string());
+            match st.publisher_targets.get(k) {
+                Some(&t) if addrs.len() > 1 => format!("{core} of {}", addrs[t]),
+                _ => core,
+            }
+        })
         .collect();
     let tried = format!(
         "{} connection{} tried",
@@ -590,9 +731,6 @@ fn placement_line(st: &StreamStats, wanted: usize) -> String {
     if st.publisher_cores.iter().all(Option::is_none) {
         return format!("publishers: {n} of {wanted}, server cores unknown (no welcome); {tried}");
     }
-    let mut distinct = st.publisher_cores.clone();
-    distinct.sort();
-    distinct.dedup();
     let mut line = format!(
         "publishers: {n} on server cores {}; {tried}",
         cores.join(", ")
@@ -603,16 +741,26 @@ fn placement_line(st: &StreamStats, wanted: usize) -> String {
     if st.placement_gave_up {
         line.push_str(&format!(
             " (wanted {wanted} distinct cores: only {} found in {PLACEMENT_ATTEMPTS} attempts, so publishers share cores)",
-            distinct.len()
+            distinct_publisher_cores(st)
         ));
     }
     line
 }
 
-fn stream_json(st: &StreamStats) -> serde_json::Value {
-    let mut distinct: Vec<u64> = st.publisher_cores.iter().flatten().copied().collect();
+/// Distinct (server, core) pairs the publishers are on.
+fn distinct_publisher_cores(st: &StreamStats) -> usize {
+    let mut distinct: Vec<(usize, u64)> = st
+        .publisher_cores
+        .iter()
+        .enumerate()
+        .filter_map(|(k, c)| Some((st.publisher_targets.get(k).copied().unwrap_or(0), (*c)?)))
+        .collect();
     distinct.sort_unstable();
     distinct.dedup();
+    distinct.len()
+}
+
+fn stream_json(st: &StreamStats) -> serde_json::Value {
     json!({
         "with_offset": st.with_offset,
         "without_offset": st.without_offset,
@@ -622,7 +770,8 @@ fn stream_json(st: &StreamStats) -> serde_json::Value {
         "welcomes": st.welcomes,
         "subscriber_cores": st.subscriber_cores.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "publisher_cores": st.publisher_cores,
-        "publisher_distinct_cores": distinct.len(),
+        "publisher_addrs": st.publisher_targets,
+        "publisher_distinct_cores": distinct_publisher_cores(st),
         "publisher_attempts": st.publisher_attempts,
         "placement_gave_up": st.placement_gave_up,
         "publish_acks": st.publish_acks,
@@ -630,9 +779,9 @@ fn stream_json(st: &StreamStats) -> serde_json::Value {
     })
 }
 
-fn perf_command(ctl: &mut Option<std::fs::File>, cmd: &str) {
+fn perf_command(ctl: &mut [std::fs::File], cmd: &str) {
     use std::io::Write;
-    if let Some(f) = ctl {
+    for f in ctl {
         if let Err(e) = f.write_all(format!("{cmd}\n").as_bytes()) {
             eprintln!("ringcast-load: perf control: {e}");
         }

@@ -98,6 +98,17 @@ impl Delta {
             rss_after: b.rss,
         }
     }
+
+    /// Several processes' deltas added up (CPU and RSS alike).
+    pub(crate) fn sum(ds: &[Delta]) -> Delta {
+        ds.iter().fold(Delta::default(), |acc, d| Delta {
+            user_s: acc.user_s + d.user_s,
+            sys_s: acc.sys_s + d.sys_s,
+            cpu_s: acc.cpu_s + d.cpu_s,
+            rss_before: acc.rss_before + d.rss_before,
+            rss_after: acc.rss_after + d.rss_after,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +120,20 @@ mod tests {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss > 0);
         assert!(s.cpu_s >= 0.0 && s.user_s >= 0.0);
+    }
+
+    #[test]
+    fn deltas_add_up() {
+        let d = |cpu: f64, rss: u64| Delta {
+            user_s: cpu / 2.0,
+            sys_s: cpu / 2.0,
+            cpu_s: cpu,
+            rss_before: rss,
+            rss_after: rss * 2,
+        };
+        let s = Delta::sum(&[d(1.0, 10), d(0.5, 5)]);
+        assert_eq!((s.cpu_s, s.user_s, s.sys_s), (1.5, 0.75, 0.75));
+        assert_eq!((s.rss_before, s.rss_after), (15, 30));
+        assert_eq!(Delta::sum(&[]).cpu_s, 0.0);
     }
 }

@@ -49,6 +49,15 @@ pub(crate) enum Scenario {
         channel: Option<String>,
         publishers: usize,
     },
+    /// Closed loop on `/ws`: every connection keeps `in_flight` `publish`
+    /// messages to `channel` (a payload string of `size` characters, an
+    /// `id` each) awaiting their ack, and sends the next as each ack (or
+    /// error reply) comes back. Counts acks; latency is publish to ack.
+    Publish {
+        in_flight: usize,
+        size: usize,
+        channel: String,
+    },
     /// Connections opened (at most `concurrency` handshakes at a time per
     /// thread) and held.
     Idle { concurrency: usize },
@@ -58,7 +67,8 @@ pub(crate) enum Scenario {
 
 /// Everything a worker needs to know; shared read-only.
 pub(crate) struct Plan {
-    pub addr: SocketAddr,
+    /// The servers: connection N goes to `addrs[N % len]` ([`target_of`]).
+    pub addrs: Vec<SocketAddr>,
     pub sources: Vec<IpAddr>,
     pub scenario: Scenario,
     /// Connections (or churn loops) per worker, indexed by worker id.
@@ -67,6 +77,38 @@ pub(crate) struct Plan {
     pub first_conn: Vec<usize>,
     /// Broadcast: the worker that hosts the publisher.
     pub publisher_worker: usize,
+}
+
+/// The server (index into [`Plan::addrs`]) of connection `number`:
+/// round-robin, so `n` servers each get every n-th connection.
+#[inline]
+pub(crate) fn target_of(number: usize, n: usize) -> usize {
+    number % n.max(1)
+}
+
+/// Part `i` of `total` split over `parts` as evenly as possible (the first
+/// `total % parts` get one more): the connections per worker, and per
+/// server under [`target_of`].
+pub(crate) fn share(total: usize, parts: usize, i: usize) -> usize {
+    let parts = parts.max(1);
+    total / parts + usize::from(i < total % parts)
+}
+
+/// The first id the `publish` scenario sends: ids are written into a
+/// prebuilt frame in place, so they keep a fixed width of 16 digits (a JSON
+/// number has no leading zeros).
+pub(crate) const FIRST_PUBLISH_ID: u64 = 1_000_000_000_000_000;
+
+/// The `publish` scenario's frame template: the masked frame and where in
+/// its payload the 16 id digits go.
+pub(crate) fn publish_template(channel: &str, size: usize) -> (Vec<u8>, usize, usize) {
+    let head = format!(r#"{{"type":"publish","channel":"{channel}","id":"#);
+    let json = format!(
+        r#"{head}{FIRST_PUBLISH_ID},"payload":"{}"}}"#,
+        "x".repeat(size)
+    );
+    let f = wire::masked_frame(wire::TEXT, json.as_bytes());
+    (f, wire::payload_offset(json.len()), head.len())
 }
 
 /// Coordination between the workers and the main thread.
@@ -115,6 +157,8 @@ pub(crate) struct StreamStats {
     /// The publishers in use: the server core of each (`None`: the server
     /// sent no welcome, or not in channel mode).
     pub publisher_cores: Vec<Option<u64>>,
+    /// ... and the server (index into [`Plan::addrs`]) of each.
+    pub publisher_targets: Vec<usize>,
     /// Publisher connections opened to place them.
     pub publisher_attempts: u32,
     /// Placement ran out of attempts before finding distinct cores.
@@ -126,13 +170,14 @@ pub(crate) struct StreamStats {
 
 /// What a worker measured inside the window.
 pub(crate) struct Outcome {
-    /// Messages (echo: echoes received; broadcast: deliveries; churn: cycles).
+    /// Messages (echo: echoes received; broadcast: deliveries; publish:
+    /// acks; churn: cycles).
     pub count: u64,
     /// Payload bytes of those messages.
     pub bytes: u64,
     /// Latency in microseconds.
     pub latency_us: Histogram<u64>,
-    /// Broadcast: messages the publisher sent inside the window.
+    /// Broadcast, publish: messages the publishers sent inside the window.
     pub published: u64,
     /// Broadcast: largest lateness of the publisher against its schedule.
     pub publisher_lag_us: u64,
@@ -168,6 +213,8 @@ enum Role {
     Echo,
     Subscriber,
     Publisher,
+    /// The `publish` scenario's closed-loop publisher.
+    Publish,
     Idle,
     Churn,
 }
@@ -183,6 +230,8 @@ enum Outgoing {
 
 struct Conn {
     fd: OwnedFd,
+    /// The server it is connected to (index into [`Plan::addrs`]).
+    target: usize,
     phase: Phase,
     role: Role,
     /// Read buffer, zeroed once when it grows (never per read): bytes
@@ -210,6 +259,10 @@ struct Conn {
     started: u64,
     /// Channel subscriber: the offsets seen so far.
     offsets: OffsetCheck,
+    /// Publish: the publishes awaiting their ack (id, send time), oldest
+    /// first, and the next id to use.
+    unacked: VecDeque<(u64, u64)>,
+    next_id: u64,
 }
 
 impl Conn {
@@ -254,16 +307,17 @@ pub(crate) struct Worker {
     id: usize,
     plan: Arc<Plan>,
     shared: Arc<Shared>,
-    /// The server address, kept here because connect operations point at it.
-    server: socket2::SockAddr,
+    /// The server addresses (by target), kept here because connect
+    /// operations point at them; never changed after start-up.
+    servers: Vec<socket2::SockAddr>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     /// Connections still to open (idle/echo/broadcast) or loops (churn).
     to_open: usize,
     connecting: usize,
     next_number: usize,
-    request_echo: Vec<u8>,
-    request_broadcast: Vec<u8>,
+    /// The upgrade request for each server (its Host, the scenario's path).
+    requests: Vec<Vec<u8>>,
     /// Channels mode: the subscribe frame, the start of a delivery up to
     /// its offset (`{"type":"message","channel":"C",`), and the ping a
     /// publisher candidate sends to learn whether a welcome comes first.
@@ -290,8 +344,9 @@ pub(crate) struct Worker {
     /// welcome (or for the pong that says there is none).
     placing: bool,
     probe: Option<usize>,
-    /// The server core of each of `pubs`.
+    /// The server core of each of `pubs`, and its server.
     pub_cores: Vec<Option<u64>>,
+    pub_targets: Vec<usize>,
     /// Slots of the shared schedule so far (round-robin over `pubs`).
     pub_slot: u64,
     pub_seq: u64,
@@ -306,7 +361,6 @@ pub(crate) struct Worker {
 impl Worker {
     /// A worker for thread `id`.
     pub(crate) fn new(id: usize, plan: Arc<Plan>, shared: Arc<Shared>) -> io::Result<Worker> {
-        let host = plan.addr.to_string();
         let (echo_batch, echo_frame_len, payload_len) = match plan.scenario {
             Scenario::Echo {
                 in_flight,
@@ -327,7 +381,9 @@ impl Worker {
                 let n = f.len();
                 (f, n, 32)
             }
-            Scenario::Broadcast { size, .. } => (Vec::new(), 0, size),
+            Scenario::Broadcast { size, .. } | Scenario::Publish { size, .. } => {
+                (Vec::new(), 0, size)
+            }
             Scenario::Idle { .. } => (Vec::new(), 0, 0),
         };
         let channel = match &plan.scenario {
@@ -354,8 +410,20 @@ impl Worker {
                 let f = wire::masked_frame(wire::BINARY, &vec![0u8; size]);
                 (f, wire::payload_offset(size), 0)
             }
+            // The id's 16 digits are rewritten for every publish.
+            (Scenario::Publish { size, channel, .. }, _) => publish_template(channel, *size),
             _ => (Vec::new(), 0, 0),
         };
+        let path = match &plan.scenario {
+            Scenario::Broadcast { channel: None, .. } => "/broadcast",
+            Scenario::Broadcast { .. } | Scenario::Publish { .. } => "/ws",
+            Scenario::Echo { .. } | Scenario::Idle { .. } | Scenario::Churn => "/echo",
+        };
+        let requests = plan
+            .addrs
+            .iter()
+            .map(|a| wire::upgrade_request(&a.to_string(), path))
+            .collect();
         let (subscribe_frame, message_prefix) = match &channel {
             Some(c) => (
                 wire::masked_frame(
@@ -378,21 +446,13 @@ impl Worker {
             id,
             to_open: plan.conns_per_worker[id],
             next_number: plan.first_conn[id],
-            server: plan.addr.into(),
+            servers: plan.addrs.iter().map(|&a| a.into()).collect(),
             plan,
             shared,
             conns: Vec::new(),
             free: Vec::new(),
             connecting: 0,
-            request_echo: wire::upgrade_request(&host, "/echo"),
-            request_broadcast: wire::upgrade_request(
-                &host,
-                if channel.is_some() {
-                    "/ws"
-                } else {
-                    "/broadcast"
-                },
-            ),
+            requests,
             channel_mode: channel.is_some(),
             subscribe_frame,
             message_prefix,
@@ -408,6 +468,7 @@ impl Worker {
             placing: false,
             probe: None,
             pub_cores: Vec::new(),
+            pub_targets: Vec::new(),
             pub_slot: 0,
             pub_seq: 0,
             pub_active: false,
@@ -513,7 +574,8 @@ impl Worker {
             self.to_open -= 1;
             let number = self.next_number;
             self.next_number += 1;
-            if let Err(e) = self.connect(number) {
+            let target = target_of(number, self.servers.len());
+            if let Err(e) = self.connect(number, target) {
                 self.shared.failed.fetch_add(1, Ordering::Relaxed);
                 self.error(format!("connect: {e}"));
                 if matches!(self.plan.scenario, Scenario::Churn) {
@@ -525,10 +587,11 @@ impl Worker {
         }
     }
 
-    /// Opens connection `number`: connect and upgrade request go to the
-    /// kernel as one linked pair (the request is sent once connected).
-    fn connect(&mut self, number: usize) -> io::Result<usize> {
-        let domain = if self.plan.addr.is_ipv6() {
+    /// Opens connection `number` to server `target`: connect and upgrade
+    /// request go to the kernel as one linked pair (the request is sent
+    /// once connected).
+    fn connect(&mut self, number: usize, target: usize) -> io::Result<usize> {
+        let domain = if self.plan.addrs[target].is_ipv6() {
             socket2::Domain::IPV6
         } else {
             socket2::Domain::IPV4
@@ -561,17 +624,15 @@ impl Worker {
         let role = match self.plan.scenario {
             Scenario::Echo { .. } => Role::Echo,
             Scenario::Broadcast { .. } => Role::Subscriber,
+            Scenario::Publish { .. } => Role::Publish,
             Scenario::Idle { .. } => Role::Idle,
             Scenario::Churn => Role::Churn,
         };
-        let request = if matches!(self.plan.scenario, Scenario::Broadcast { .. }) {
-            self.request_broadcast.clone()
-        } else {
-            self.request_echo.clone()
-        };
+        let request = self.requests[target].clone();
         let raw = fd.as_raw_fd();
         self.conns[idx] = Some(Conn {
             fd,
+            target,
             phase: Phase::Handshake,
             role,
             rbuf: vec![0; self.read_buf],
@@ -588,16 +649,15 @@ impl Worker {
             sent: VecDeque::new(),
             started: now_ns(),
             offsets: OffsetCheck::default(),
+            unacked: VecDeque::new(),
+            next_id: FIRST_PUBLISH_ID,
         });
         self.connecting += 1;
-        let sqe = opcode::Connect::new(
-            types::Fd(raw),
-            self.server.as_ptr().cast(),
-            self.server.len(),
-        )
-        .build()
-        .flags(squeue::Flags::IO_LINK)
-        .user_data(tag(idx, CONNECT));
+        let server = &self.servers[target];
+        let sqe = opcode::Connect::new(types::Fd(raw), server.as_ptr().cast(), server.len())
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(tag(idx, CONNECT));
         if !self.push(&sqe) {
             return Err(io::Error::other("io_uring submission failed"));
         }
@@ -627,8 +687,10 @@ impl Worker {
         }
         self.out.stream.publisher_attempts += 1;
         // The publishers are more /broadcast (or /ws) connections on this
-        // worker; the number only picks a source address.
-        match self.connect(usize::MAX / 2 + attempts as usize) {
+        // worker, spread round-robin over the servers like the subscribers;
+        // the number only picks a source address.
+        let target = target_of(self.pubs.len(), self.servers.len());
+        match self.connect(usize::MAX / 2 + attempts as usize, target) {
             Ok(i) => {
                 if let Some(c) = live(&mut self.conns, i) {
                     c.role = Role::Publisher;
@@ -641,13 +703,22 @@ impl Worker {
 
     /// The candidate `t` learnt its server core (`None`: the server sends no
     /// welcome, or this is `/broadcast`): kept as a publisher if no other
-    /// is on that core, or if the search for distinct cores is over.
+    /// is on that core of that server, or if the search for distinct cores
+    /// is over.
     fn placement_reply(&mut self, t: usize, core: Option<u64>) {
         if self.probe != Some(t) {
             return;
         }
         self.probe = None;
-        let taken = core.is_some() && self.pub_cores.contains(&core);
+        let Some(target) = live(&mut self.conns, t).map(|c| c.target) else {
+            return;
+        };
+        let taken = core.is_some()
+            && self
+                .pub_cores
+                .iter()
+                .zip(&self.pub_targets)
+                .any(|(&c, &tg)| c == core && tg == target);
         if taken && self.out.stream.publisher_attempts < PLACEMENT_ATTEMPTS {
             // On a core that already has one: close it and try another.
             return self.drop_conn(t);
@@ -656,6 +727,7 @@ impl Worker {
             self.out.stream.placement_gave_up = true;
         }
         self.pub_cores.push(core);
+        self.pub_targets.push(target);
         self.pubs.push(t);
         let now = now_ns();
         self.out.opened += 1;
@@ -670,6 +742,7 @@ impl Worker {
     fn placed(&mut self) {
         self.placing = false;
         self.out.stream.publisher_cores = self.pub_cores.clone();
+        self.out.stream.publisher_targets = self.pub_targets.clone();
         if !self.pubs.is_empty() {
             self.pub_active = true;
             self.pub_next_ns = now_ns();
@@ -805,6 +878,28 @@ impl Worker {
         self.send_now(t);
     }
 
+    /// Publish: sends `n` more publishes on `t`, each with the connection's
+    /// next id, remembered with its send time until the ack.
+    fn send_publishes(&mut self, t: usize, n: usize, now: u64) {
+        let in_window = self.window(now);
+        let (off, at) = (self.pub_off, self.pub_at);
+        let Some(c) = live(&mut self.conns, t) else {
+            return;
+        };
+        for _ in 0..n {
+            let id = c.next_id;
+            c.next_id += 1;
+            let start = c.wbuf.len();
+            c.wbuf.extend_from_slice(&self.pub_frame);
+            wire::write_masked(&mut c.wbuf[start..], off, at, id.to_string().as_bytes());
+            c.unacked.push_back((id, now));
+        }
+        if in_window {
+            self.out.published += n as u64;
+        }
+        self.send_now(t);
+    }
+
     /// Owes the server `n` more echo frames (sent from the prebuilt batch).
     fn send_echoes(&mut self, t: usize, n: usize) {
         let Some(c) = live(&mut self.conns, t) else {
@@ -920,6 +1015,13 @@ impl Worker {
                 Role::Churn => {
                     c.sent.push_back(now);
                     self.send_echoes(t, 1);
+                }
+                Role::Publish => {
+                    // The welcome comes first; publishing need not wait.
+                    let Scenario::Publish { in_flight, .. } = self.plan.scenario else {
+                        unreachable!("a Publish connection outside the publish scenario")
+                    };
+                    self.send_publishes(t, in_flight, now);
                 }
                 Role::Publisher => {
                     // Upgraded; counted open once placement keeps it.
@@ -1085,6 +1187,39 @@ impl Worker {
                         Reply::Other => {}
                     }
                 }
+                (wire::TEXT, Role::Publish) => {
+                    let body = &c.rbuf[p..p + len];
+                    let reply = stream::classify(body);
+                    if matches!(reply, Reply::Ack { .. } | Reply::Error) {
+                        // The publish it answers: by id (acks normally come
+                        // in order, so it is the oldest), else the oldest.
+                        let k = stream::field_u64(body, b"id")
+                            .and_then(|id| c.unacked.iter().position(|&(i, _)| i == id))
+                            .unwrap_or(0);
+                        if let Some((_, sent)) = c.unacked.remove(k) {
+                            replies += 1;
+                            if in_window {
+                                if let Reply::Ack { offset } = reply {
+                                    self.out.count += 1;
+                                    self.out.bytes += self.payload_len as u64;
+                                    self.out
+                                        .latency_us
+                                        .saturating_record(now.saturating_sub(sent) / 1000);
+                                    let st = &mut self.out.stream;
+                                    st.publish_acks += 1;
+                                    if offset > st.last_offset {
+                                        st.last_offset = offset;
+                                    }
+                                }
+                            }
+                        }
+                        if reply == Reply::Error {
+                            refusals += 1;
+                            refusal
+                                .get_or_insert_with(|| String::from_utf8_lossy(body).into_owned());
+                        }
+                    }
+                }
                 (wire::TEXT | wire::BINARY, Role::Churn) => replies += 1,
                 (wire::PING, _) => {
                     pongs.extend(wire::masked_frame(wire::PONG, &c.rbuf[p..p + len]));
@@ -1111,6 +1246,7 @@ impl Worker {
                 c.sent.extend(std::iter::repeat_n(now, replies));
                 self.send_echoes(t, replies);
             }
+            Role::Publish if replies > 0 => self.send_publishes(t, replies, now),
             Role::Churn if replies > 0 => {
                 if let Some(sent) = c.sent.pop_front() {
                     if in_window {
@@ -1189,6 +1325,7 @@ impl Worker {
         if let Some(k) = self.pubs.iter().position(|&p| p == t) {
             self.pubs.remove(k);
             self.pub_cores.remove(k);
+            self.pub_targets.remove(k);
             self.pub_active = !self.pubs.is_empty();
         }
     }
@@ -1216,4 +1353,46 @@ impl Worker {
 
 fn os_error(res: i32) -> io::Error {
     io::Error::from_raw_os_error(-res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_round_robin_over_servers() {
+        let n = 3;
+        let targets: Vec<usize> = (0..7).map(|i| target_of(i, n)).collect();
+        assert_eq!(targets, [0, 1, 2, 0, 1, 2, 0]);
+        // What each server gets is share() of the total.
+        for total in [0, 1, 7, 1000] {
+            let counted: Vec<usize> = (0..n)
+                .map(|s| (0..total).filter(|&i| target_of(i, n) == s).count())
+                .collect();
+            let shares: Vec<usize> = (0..n).map(|s| share(total, n, s)).collect();
+            assert_eq!(counted, shares, "{total} connections");
+        }
+        assert_eq!(target_of(5, 1), 0);
+        assert_eq!(target_of(5, 0), 0);
+    }
+
+    #[test]
+    fn publish_frames_carry_each_id_as_valid_json() {
+        let (mut f, off, at) = publish_template("bench", 20);
+        for id in [
+            FIRST_PUBLISH_ID,
+            FIRST_PUBLISH_ID + 12_345,
+            9_999_999_999_999_999,
+        ] {
+            wire::write_masked(&mut f, off, at, id.to_string().as_bytes());
+            let (h, hl) = ringcast::ws::frame::parse_header(&f).unwrap().unwrap();
+            let mut payload = f[hl..].to_vec();
+            ringcast::ws::frame::apply_mask(&mut payload, h.mask, 0);
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(v["type"], "publish");
+            assert_eq!(v["channel"], "bench");
+            assert_eq!(v["id"].as_u64(), Some(id));
+            assert_eq!(v["payload"].as_str().map(str::len), Some(20));
+        }
+    }
 }
