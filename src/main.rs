@@ -35,6 +35,10 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr must not take down the thread that logs (the
+        // default reports write errors with `eprintln!`, which panics on a
+        // broken pipe): the log line is lost, the server goes on.
+        .log_internal_errors(false)
         .init();
     match ringcast::run(&cfg) {
         Ok(_) => {}

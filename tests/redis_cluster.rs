@@ -1,12 +1,15 @@
 //! The Redis engine on a Redis Cluster (`--broker redis-cluster://...`),
-//! and presence across nodes: real `redis-server`s (a 3-master cluster
-//! made by `redis-cli --cluster create`), real `ringcast` processes.
+//! on a Redis with persistence, and presence across nodes: real
+//! `redis-server`s (a 3-master cluster made by `redis-cli --cluster
+//! create`), real `ringcast` processes.
 //!
 //! Checked: one order per channel with channels spread over every master;
 //! a live reshard of every slot of the master holding a channel, while it
-//! is published to, loses and repeats nothing; presence and join/leave
-//! span nodes, and a node that dies drops out of presence by expiry, with
-//! one `leave` per client. Every wait is bounded; nothing asserts speed.
+//! is published to, loses and repeats nothing; a Redis with `appendfsync
+//! always` SIGKILLed and restarted loses nothing that was acked and resets
+//! nobody; presence and join/leave span nodes, and a node that dies drops
+//! out of presence by expiry, with one `leave` per client. Every wait is
+//! bounded; nothing asserts speed.
 
 mod common;
 
@@ -437,4 +440,75 @@ fn presence_spans_nodes_and_a_killed_node_drops_out() {
         assert_ne!(v["type"], "leave", "{v}");
     }
     drop(others);
+}
+
+#[test]
+fn a_persistent_redis_killed_and_restarted_loses_nothing_acked() {
+    let port = common::services::free_port();
+    let mut redis = Redis::start_on(port, &["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = redis.url();
+    let nodes = [node(&url, "1", &[]), node(&url, "2", &[])];
+    let ch = "durable:feed";
+    let mut subs: Vec<Ws> = nodes
+        .iter()
+        .map(|n| {
+            let (mut ws, _) = ws_client(&n.url("/ws"));
+            subscribe(&mut ws, ch, json!({}));
+            ws
+        })
+        .collect();
+    let (mut publisher, _) = ws_client(&nodes[0].url("/ws"));
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut publish = |i: u64, acked: &mut Vec<u64>, refused: &mut u64| {
+        send_json(
+            &mut publisher,
+            json!({"type":"publish","channel":ch,"payload":i,"id":i}),
+        );
+        let v = recv_json(&mut publisher);
+        match v["type"].as_str() {
+            Some("ack") => acked.push(v["offset"].as_u64().expect("offset")),
+            Some("error") => {
+                assert_eq!(v["code"], "unavailable", "{v}");
+                *refused += 1;
+            }
+            _ => panic!("{v}"),
+        }
+    };
+    for i in 1..=100 {
+        publish(i, &mut acked, &mut refused);
+    }
+    redis.kill9();
+    // While it is down: refused, never acked.
+    for i in 101..=110 {
+        publish(i, &mut acked, &mut refused);
+    }
+    assert!(
+        refused >= 10,
+        "publishes to a dead Redis are refused: {refused}"
+    );
+    redis.restart();
+    // Back: acks resume (after the nodes reconnect), the stream continues.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 111;
+    while acked.len() < 200 {
+        assert!(Instant::now() < deadline, "no acks after the restart");
+        publish(i, &mut acked, &mut refused);
+        i += 1;
+        if acked.len() < 101 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let last = *acked.last().expect("acks");
+    assert_eq!(
+        acked,
+        (1..=last).collect::<Vec<_>>(),
+        "one stream, kept across the restart"
+    );
+    for (k, ws) in subs.iter_mut().enumerate() {
+        let (got, resets) = collect(ws, ch, last as usize, Duration::from_secs(20));
+        assert!(resets.is_empty(), "subscriber {k}: {resets:?}");
+        let offsets: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(offsets, (1..=last).collect::<Vec<_>>(), "subscriber {k}");
+    }
 }
