@@ -118,6 +118,17 @@ fn collect(
     (got, resets)
 }
 
+/// Every subscriber received offsets `1..=last` of `channel`, once each,
+/// in order, and no `reset`.
+fn every_one_received(subs: &mut [Ws], channel: &str, last: u64) {
+    for (k, ws) in subs.iter_mut().enumerate() {
+        let (got, resets) = collect(ws, channel, last as usize, Duration::from_secs(20));
+        assert!(resets.is_empty(), "subscriber {k}: {resets:?}");
+        let offsets: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(offsets, (1..=last).collect::<Vec<_>>(), "subscriber {k}");
+    }
+}
+
 /// Slot → master port, from `CLUSTER SLOTS`.
 fn slot_owners(cluster: &RedisCluster) -> Vec<(i64, i64, i64)> {
     let r = cluster.cmd_on(0, &["CLUSTER", "SLOTS"]);
@@ -356,12 +367,7 @@ fn a_live_reshard_loses_and_repeats_nothing() {
         (1..=last).collect::<Vec<_>>(),
         "acked offsets are consecutive (refused publications took none)"
     );
-    for (k, ws) in subs.iter_mut().enumerate() {
-        let (got, resets) = collect(ws, ch, last as usize, Duration::from_secs(20));
-        assert!(resets.is_empty(), "subscriber {k}: {resets:?}");
-        let offsets: Vec<u64> = got.iter().map(|g| g.0).collect();
-        assert_eq!(offsets, (1..=last).collect::<Vec<_>>(), "subscriber {k}");
-    }
+    every_one_received(&mut subs, ch, last);
     let refused = *refused.lock().unwrap();
     println!("reshard: {last} acked, {refused} refused during the move");
 }
@@ -505,10 +511,5 @@ fn a_persistent_redis_killed_and_restarted_loses_nothing_acked() {
         (1..=last).collect::<Vec<_>>(),
         "one stream, kept across the restart"
     );
-    for (k, ws) in subs.iter_mut().enumerate() {
-        let (got, resets) = collect(ws, ch, last as usize, Duration::from_secs(20));
-        assert!(resets.is_empty(), "subscriber {k}: {resets:?}");
-        let offsets: Vec<u64> = got.iter().map(|g| g.0).collect();
-        assert_eq!(offsets, (1..=last).collect::<Vec<_>>(), "subscriber {k}");
-    }
+    every_one_received(&mut subs, ch, last);
 }

@@ -33,8 +33,8 @@ use crate::hub::options::{ChannelOptions, ChannelRules};
 use crate::hub::stream::StreamLimits;
 use crate::hub::wire;
 use crate::hub::{
-    HistoryAnswer, HistoryReq, Member, MeshMsg, Position, PresenceList, ReplyTo, SubscribeReply,
-    SubscribeReq, Unsequenced,
+    HistoryAnswer, HistoryReq, Member, MeshMsg, Position, PresenceList, ReplyTo, SubscribeReq,
+    Unsequenced,
 };
 
 /// Live messages one channel holds while its stream is read; past it they
@@ -820,18 +820,8 @@ impl Engine {
             }
             None => req.want_presence.then(PresenceList::default),
         };
-        self.out.push((
-            from,
-            MeshMsg::Subscribed(Box::new(SubscribeReply {
-                channel: req.channel,
-                key: req.key,
-                id: req.id,
-                position,
-                recovered,
-                frames,
-                presence,
-            })),
-        ));
+        self.out
+            .push((*req).reply(position, recovered, frames, presence));
     }
 
     fn send_read(

@@ -77,6 +77,31 @@ pub struct SubscribeReq {
     pub want_presence: bool,
 }
 
+impl SubscribeReq {
+    /// The answer to this subscribe, addressed to its core: both engines
+    /// answer through this, after every publication up to `position`.
+    pub fn reply(
+        self,
+        position: Position,
+        recovered: Option<bool>,
+        frames: Vec<SharedFrame>,
+        presence: Option<PresenceList>,
+    ) -> (usize, super::MeshMsg) {
+        (
+            self.from as usize,
+            super::MeshMsg::Subscribed(Box::new(SubscribeReply {
+                channel: self.channel,
+                key: self.key,
+                id: self.id,
+                position,
+                recovered,
+                frames,
+                presence,
+            })),
+        )
+    }
+}
+
 /// The owner's answer to a [`SubscribeReq`]: sent after every publication
 /// up to `position` on the same ring, so the subscriber's core has seen
 /// exactly those when it arrives.

@@ -27,8 +27,8 @@ use super::channels::CoreSet;
 use super::options::{ChannelOptions, ChannelRules};
 use super::wire;
 use super::{
-    HistoryAnswer, HistoryReq, Member, MeshMsg, Position, PresenceList, ReplyTo, SubscribeReply,
-    SubscribeReq, Unsequenced,
+    HistoryAnswer, HistoryReq, Member, MeshMsg, Position, PresenceList, ReplyTo, SubscribeReq,
+    Unsequenced,
 };
 use crate::conn::SharedFrame;
 
@@ -385,7 +385,7 @@ impl Streams {
     /// A subscribe that needs the owner: records the core's interest and
     /// the member, recovers what `since` asks for, and answers after every
     /// publication the subscriber's core has been sent.
-    pub fn subscribe(&mut self, req: SubscribeReq, now_us: u64) {
+    pub fn subscribe(&mut self, mut req: SubscribeReq, now_us: u64) {
         let from = req.from as usize;
         let idx = self.get_or_create(&req.channel);
         self.expire(idx, now_us);
@@ -395,7 +395,7 @@ impl Streams {
         let name = st.name.clone();
         let mut joined = None;
         let mut added = false;
-        if let Some(m) = req.member {
+        if let Some(m) = req.member.take() {
             if st.opts.tracked() && !st.members.contains_key(&m.client) {
                 added = true;
                 if st.opts.join_leave {
@@ -424,18 +424,8 @@ impl Streams {
         if let Some(frame) = joined {
             self.send_event(idx, frame);
         }
-        self.out.push((
-            from,
-            MeshMsg::Subscribed(Box::new(SubscribeReply {
-                channel: req.channel,
-                key: req.key,
-                id: req.id,
-                position,
-                recovered,
-                frames,
-                presence,
-            })),
-        ));
+        self.out
+            .push(req.reply(position, recovered, frames, presence));
     }
 
     fn send_event(&mut self, idx: u32, frame: SharedFrame) {
@@ -726,7 +716,7 @@ mod tests {
         }
     }
 
-    fn reply(msgs: Vec<(usize, MeshMsg)>) -> Box<SubscribeReply> {
+    fn reply(msgs: Vec<(usize, MeshMsg)>) -> Box<crate::hub::SubscribeReply> {
         msgs.into_iter()
             .find_map(|(_, m)| match m {
                 MeshMsg::Subscribed(r) => Some(r),
