@@ -180,7 +180,13 @@ pub(crate) struct Node {
     pub(crate) addr: String,
     pub(crate) cmd: Option<Link>,
     pending: VecDeque<Op>,
+    /// Setup replies (AUTH, SELECT, SCRIPT LOAD) still owed: the command
+    /// connection counts as up once Redis has answered them all.
+    setup_left: u32,
     pub(crate) sub: Option<Link>,
+    /// The subscriber connection has answered something (its first probe
+    /// at least): a socket that connects but never answers is not up.
+    sub_answered: bool,
     /// A probe sent on the subscriber connection not answered yet.
     pub(crate) sub_probe: Option<Instant>,
     /// Channels to subscribe / unsubscribe at the end of this pass.
@@ -194,7 +200,9 @@ impl Node {
             addr,
             cmd: None,
             pending: VecDeque::new(),
+            setup_left: 0,
             sub: None,
+            sub_answered: false,
             sub_probe: None,
             to_subscribe: Vec::new(),
             to_unsubscribe: Vec::new(),
@@ -313,7 +321,7 @@ impl Engine {
     pub(crate) fn connected(&self) -> bool {
         self.nodes
             .iter()
-            .all(|n| n.cmd.is_some() && n.sub.is_some())
+            .all(|n| n.cmd.is_some() && n.setup_left == 0 && n.sub.is_some() && n.sub_answered)
     }
 
     // ---- connections ------------------------------------------------
@@ -340,6 +348,11 @@ impl Engine {
             link.send(&[b"SCRIPT", b"LOAD", s.as_bytes()]);
             pending.push_back(Op::Setup("SCRIPT LOAD"));
         }
+        self.nodes[i].setup_left = self.nodes[i]
+            .pending
+            .iter()
+            .filter(|op| matches!(op, Op::Setup(_)))
+            .count() as u32;
         self.nodes[i].cmd = Some(link);
         // This node's clients are back in presence at once.
         self.refresh_presence();
@@ -400,9 +413,12 @@ impl Engine {
             args.extend(auth.iter().map(Vec::as_slice));
             link.send(&args);
         }
+        // The first probe, at once: the connection is up when it answers.
+        link.send(&[b"PING"]);
         let node = &mut self.nodes[i];
         node.sub = Some(link);
-        node.sub_probe = None;
+        node.sub_probe = Some(Instant::now());
+        node.sub_answered = false;
         BrokerMetrics::inc(&self.metrics.reconnects, 1);
         node.to_subscribe = self
             .chans
@@ -950,6 +966,8 @@ impl Engine {
                 if let Reply::Error(e) = &r {
                     return Err(format!("{what}: {e}"));
                 }
+                let node = &mut self.nodes[i];
+                node.setup_left = node.setup_left.saturating_sub(1);
             }
             Op::Ping => {}
             Op::Publish { from, reply, sent } => match &r {
@@ -1290,6 +1308,9 @@ impl Engine {
 
     /// Handles one reply on the subscriber connection.
     pub(crate) fn subscriber_reply(&mut self, i: usize, r: Reply) -> Result<(), String> {
+        if !matches!(r, Reply::Error(_)) {
+            self.nodes[i].sub_answered = true;
+        }
         let items = match &r {
             Reply::Array(a) => a,
             Reply::Error(e) => {

@@ -388,6 +388,14 @@ impl Redis {
         self.launch();
     }
 
+    /// Sends `sig` to the process (SIGSTOP/SIGCONT: a wedged broker).
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
