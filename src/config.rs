@@ -796,8 +796,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     check_seconds(v)
 }
 
-/// A time in seconds a flag or config entry may hold: 0 to one day.
-/// Seconds up to a year (retention times).
+/// Seconds up to a year (retention times), at least one.
 fn parse_retention(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
@@ -808,6 +807,7 @@ fn parse_retention(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A time in seconds a flag or config entry may hold: 0 to one day.
 fn check_seconds(v: f64) -> Result<f64, String> {
     if !(0.0..=86_400.0).contains(&v) {
         return Err(format!("{v} is out of range (0 to 86400 seconds)"));

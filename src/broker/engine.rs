@@ -159,6 +159,9 @@ pub(crate) struct Engine {
     sharded: bool,
     /// A reply said a slot moved: the thread rereads the topology.
     pub(crate) stale: bool,
+    /// Channels that went idle, with when (oldest first): the unsubscribe
+    /// queue.
+    idle: VecDeque<(Instant, Arc<str>)>,
     /// Subscribes with `since` whose read was lost with the command
     /// connection: sent again when it is back.
     #[allow(clippy::vec_box)]
@@ -282,6 +285,7 @@ impl Engine {
             epochs: 0,
             chans: HashMap::new(),
             retry: Vec::new(),
+            idle: VecDeque::new(),
             publish_sha: scripts::sha(scripts::PUBLISH),
             read_sha: scripts::sha(scripts::READ),
             presence: scripts::presence_scripts().map(|src| (scripts::sha(&src), src)),
@@ -499,31 +503,40 @@ impl Engine {
 
     /// Unsubscribes channels idle for the delay.
     pub(crate) fn expire_idle(&mut self, now: Instant) -> Option<Instant> {
+        // Channels went idle in time order and the delay is one, so the
+        // queue is due front first: a pass looks at what is due, not at
+        // every channel.
         let delay = self.cfg.unsubscribe_delay;
-        let mut next = None::<Instant>;
-        let mut gone = Vec::new();
-        for c in self.chans.values() {
-            if let Some(t) = c.idle_since {
-                if now >= t + delay {
-                    gone.push(c.name.clone());
-                } else {
-                    next = Some(next.map_or(t + delay, |n| n.min(t + delay)));
+        let mut removed = false;
+        while let Some((t, _)) = self.idle.front() {
+            if now < *t + delay {
+                break;
+            }
+            let Some((t, name)) = self.idle.pop_front() else {
+                break;
+            };
+            // Still idle since then (not resubscribed, or idle again later).
+            if self
+                .chans
+                .get(&name)
+                .is_some_and(|c| c.idle_since == Some(t))
+            {
+                if let Some(c) = self.chans.remove(&name) {
+                    let node = &mut self.nodes[c.node];
+                    if node.sub.is_some() {
+                        node.to_unsubscribe.push(name);
+                    }
+                    removed = true;
                 }
             }
         }
-        for n in gone {
-            if let Some(c) = self.chans.remove(&n) {
-                let node = &mut self.nodes[c.node];
-                if node.sub.is_some() {
-                    node.to_unsubscribe.push(n);
-                }
-            }
+        if removed {
+            self.metrics.channels.store(
+                self.chans.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
-        self.metrics.channels.store(
-            self.chans.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        next
+        self.idle.front().map(|(t, _)| *t + delay)
     }
 
     // ---- requests from the cores -------------------------------------
@@ -542,6 +555,7 @@ impl Engine {
                     c.cores.remove(from as usize);
                     if c.unused() {
                         c.idle_since = Some(now);
+                        self.idle.push_back((now, c.name.clone()));
                     }
                 }
             }
@@ -679,6 +693,7 @@ impl Engine {
         let (name, jl) = (c.name.clone(), c.opts.join_leave);
         if c.unused() {
             c.idle_since = Some(now);
+            self.idle.push_back((now, name.clone()));
         }
         self.presence_call(1, &name, jl, &[client.as_bytes()]);
     }

@@ -190,8 +190,14 @@ impl BrokerThread {
         let now = Instant::now();
         if st.topology_due.is_none() {
             for (i, backoff) in st.backoffs.iter_mut().enumerate() {
-                let addr = self.engine.nodes[i].addr.clone();
-                if self.engine.nodes[i].cmd.is_none() && now >= backoff[CMD].next {
+                let node = &self.engine.nodes[i];
+                let cmd_due = node.cmd.is_none() && now >= backoff[CMD].next;
+                let sub_due = node.sub.is_none() && now >= backoff[SUB].next;
+                if !cmd_due && !sub_due {
+                    continue;
+                }
+                let addr = node.addr.clone();
+                if cmd_due {
                     match Link::connect(&addr, CONNECT_TIMEOUT) {
                         Ok(link) => {
                             backoff[CMD].succeeded();
@@ -209,7 +215,7 @@ impl BrokerThread {
                         }
                     }
                 }
-                if self.engine.nodes[i].sub.is_none() && now >= backoff[SUB].next {
+                if sub_due {
                     match Link::connect(&addr, CONNECT_TIMEOUT) {
                         Ok(link) => {
                             backoff[SUB].succeeded();

@@ -362,13 +362,12 @@ fn spawn_broker(
         url.kind == crate::broker::Kind::Cluster,
     );
     let me = shard_cfg.cores;
-    let mut m = mesh::Mesh::new(links, control.bells.clone());
-    m.broadcast_to(0);
     let watched = control.clone();
     let thread = crate::broker::thread::BrokerThread {
         url,
         engine,
-        mesh: m,
+        // It never sends `/broadcast` frames (node-local by design).
+        mesh: mesh::Mesh::new(links, control.bells.clone()),
         bells: control.bells.clone(),
         me,
         metrics,
