@@ -25,6 +25,7 @@ use ringcast::internals::{heartbeat, ConnCtl, ConnIo, Env, Policy, Route};
 use ringcast::internals::{
     BufPool, ConnKey, Frame, Hub, OutQueue, Pushed, Recipients, SharedFrame, MAX_IOV,
 };
+use ringcast::ws::deflate::{Deflater, WindowBits};
 use ringcast::ws::frame::{
     apply_mask, encode_client_frame, encode_frame_into, parse_header, OpCode,
 };
@@ -107,7 +108,7 @@ fn frame_parse_unmask(c: &mut Criterion) {
         let mut env = Env::new(0, 1, policy);
         let key = ConnKey { idx: 0, gen: 0 };
         {
-            let mut io = ConnIo::new(key, &mut out, &mut ctl, &mut env);
+            let mut io = ConnIo::new(key, &mut out, &mut ctl, &mut env, None);
             assert_eq!(session.feed(&mut buf, &mut io), State::Open);
         }
         assert_eq!(env.stats.messages_in, 16);
@@ -120,7 +121,7 @@ fn frame_parse_unmask(c: &mut Criterion) {
             // copy, like the kernel's copy into a receive buffer; measured on
             // its own as `refill_copy_608B` below).
             buf.copy_from_slice(&read);
-            let mut io = ConnIo::new(key, &mut out, &mut ctl, &mut env);
+            let mut io = ConnIo::new(key, &mut out, &mut ctl, &mut env, None);
             session.feed(&mut buf, &mut io);
             // Drain the queue as a completed send would (the buffer goes back
             // to the pool, as in the server).
@@ -196,7 +197,7 @@ fn handshake(c: &mut Criterion) {
     g.bench_function("write_101", |b| {
         b.iter(|| {
             out.clear();
-            up.write_response(&mut out);
+            up.write_response(None, b"", &mut out);
             black_box(&out);
         })
     });
@@ -271,9 +272,9 @@ impl Recipients for Queues {
     fn with_queue(
         &mut self,
         key: ConnKey,
-        push: impl FnOnce(&mut OutQueue) -> Pushed,
+        push: impl FnOnce(&mut OutQueue, Option<WindowBits>) -> Pushed,
     ) -> Option<Pushed> {
-        self.get_mut(key).map(push)
+        self.get_mut(key).map(|q| push(q, None))
     }
 }
 
@@ -288,6 +289,7 @@ fn fanout(c: &mut Criterion) {
         let mut slab = Queues::default();
         let mut hub = Hub::default();
         let mut pool = BufPool::default();
+        let mut deflater = Deflater::new(3, 256);
         let keys: Vec<_> = (0..SUBS)
             .map(|_| {
                 let k = slab.insert();
@@ -320,7 +322,7 @@ fn fanout(c: &mut Criterion) {
 
         // Untimed check: every subscriber gets the whole batch.
         publish(&mut hub);
-        let done = hub.fan_out(&mut pool, usize::MAX, &mut slab);
+        let done = hub.fan_out(&mut pool, &mut deflater, usize::MAX, &mut slab);
         assert_eq!(done, (SUBS * batch) as u64);
         hub.outbox.clear();
         drain_all(&mut slab, &mut pool);
@@ -335,7 +337,7 @@ fn fanout(c: &mut Criterion) {
                     // it to all 10,000 subscribers.
                     let t = Instant::now();
                     publish(&mut hub);
-                    black_box(hub.fan_out(&mut pool, usize::MAX, &mut slab));
+                    black_box(hub.fan_out(&mut pool, &mut deflater, usize::MAX, &mut slab));
                     total += t.elapsed();
                     // Untimed: release the frames and empty every queue.
                     hub.outbox.clear();

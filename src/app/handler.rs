@@ -16,9 +16,15 @@ use crate::hub::channels::Channels;
 use crate::hub::options::ChannelRules;
 use crate::hub::stream::{process_nonce, StreamLimits, Streams};
 use crate::hub::{HistoryReq, Hub, Member, MeshMsg, ReplyTo, SubscribeReq, Unsequenced};
+use crate::ws::deflate::{Deflater, WindowBits};
 use crate::ws::frame::{encode_frame_into, encode_header, unmask_into, MAX_SERVER_HEADER_LEN};
 use crate::ws::session::{Handler, MessageKind};
 use crate::ws::OpCode;
+
+/// `--compression-level` and `--compression-min-bytes` defaults (the
+/// server sets its own; these serve tests and benchmarks).
+const DEFAULT_LEVEL: u32 = 3;
+const DEFAULT_MIN_BYTES: usize = 256;
 
 /// What a connection's handler may touch besides its own connection: the
 /// core's broadcast hub and channels, its counters, a scratch buffer, the
@@ -42,6 +48,9 @@ pub struct Env {
     pub scratch: Vec<u8>,
     /// Send buffers for every connection's out-queue.
     pub pool: BufPool,
+    /// The core's permessage-deflate compressors, shared by every
+    /// connection that negotiated it.
+    pub deflater: Deflater,
     /// The limits and heartbeat settings applied per connection.
     pub policy: Policy,
     /// This pass's time on the core's clock (read once per pass).
@@ -79,6 +88,7 @@ impl Env {
             stats: MsgStats::default(),
             scratch: Vec::new(),
             pool: BufPool::default(),
+            deflater: Deflater::new(DEFAULT_LEVEL, DEFAULT_MIN_BYTES),
             policy,
             now_us: 0,
         }
@@ -111,6 +121,8 @@ pub struct ConnIo<'a> {
     out: &'a mut OutQueue,
     ctl: &'a mut ConnCtl,
     env: &'a mut Env,
+    /// The window its permessage-deflate agreement allows, if it has one.
+    deflate: Option<WindowBits>,
     /// Set when a reply was refused because the backlog was over the bound:
     /// the peer is not reading, and the owner closes it with 1008.
     pub overflowed: bool,
@@ -132,18 +144,21 @@ pub struct ConnIo<'a> {
 }
 
 impl<'a> ConnIo<'a> {
-    /// A handler for one connection's read.
+    /// A handler for one connection's read; `deflate`: the window it
+    /// negotiated permessage-deflate with, if it did.
     pub fn new(
         key: ConnKey,
         out: &'a mut OutQueue,
         ctl: &'a mut ConnCtl,
         env: &'a mut Env,
+        deflate: Option<WindowBits>,
     ) -> ConnIo<'a> {
         ConnIo {
             key,
             out,
             ctl,
             env,
+            deflate,
             overflowed: false,
             rate_limited: false,
             publish_limited: false,
@@ -219,13 +234,13 @@ impl<'a> ConnIo<'a> {
         if self.backlogged() {
             return;
         }
-        let scratch = &mut self.env.scratch;
-        scratch.clear();
-        write(scratch);
-        self.out.write_with(&mut self.env.pool, |v| {
-            encode_frame_into(OpCode::Text, scratch, v)
-        });
-        self.env.stats.replies += 1;
+        let env = &mut *self.env;
+        env.scratch.clear();
+        write(&mut env.scratch);
+        let (pool, deflater) = (&mut env.pool, &mut env.deflater);
+        self.out
+            .write_message(pool, deflater, self.deflate, OpCode::Text, &env.scratch);
+        env.stats.replies += 1;
     }
 
     fn error(&mut self, id: Option<u64>, code: ErrorCode, message: &str) {
@@ -559,10 +574,11 @@ impl Handler for ConnIo<'_> {
         }
         match self.route() {
             Some(Route::Echo) if !self.backlogged() => {
-                self.out.write_with(&mut self.env.pool, |v| {
-                    encode_frame_into(kind.opcode(), payload, v)
-                });
-                self.env.stats.replies += 1;
+                let env = &mut *self.env;
+                let (pool, deflater) = (&mut env.pool, &mut env.deflater);
+                self.out
+                    .write_message(pool, deflater, self.deflate, kind.opcode(), payload);
+                env.stats.replies += 1;
             }
             // Framed once here; every recipient gets a reference.
             Some(Route::Broadcast) if self.admit_publish() => {
@@ -585,7 +601,13 @@ impl Handler for ConnIo<'_> {
     /// pass over the bytes instead of two.
     #[inline]
     fn copy_masked(&mut self, kind: MessageKind, masked: &[u8], mask: [u8; 4]) -> Option<&[u8]> {
-        if self.route() != Some(Route::Echo) || self.backlogged() || self.env.policy.failpoints {
+        // A peer with permessage-deflate gets its echo compressed (from the
+        // unmasked payload, in `on_message`).
+        if self.route() != Some(Route::Echo)
+            || self.deflate.is_some()
+            || self.backlogged()
+            || self.env.policy.failpoints
+        {
             return None;
         }
         if !self.admit(masked.len()) {

@@ -1,9 +1,11 @@
 //! Frames encoded once and shared by reference.
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::ws::frame::{encode_header, OpCode, MAX_SERVER_HEADER_LEN};
+use crate::ws::deflate::{Deflater, WindowBits};
+use crate::ws::frame::{encode_header, OpCode, MAX_SERVER_HEADER_LEN, RSV1};
 
 /// A complete server frame (header + payload), encoded exactly once.
 ///
@@ -23,9 +25,21 @@ impl SharedFrame {
     /// channel message wraps the client's payload in its envelope this way:
     /// the payload is copied once, straight into the shared frame).
     pub fn encode_parts(opcode: OpCode, parts: &[&[u8]]) -> SharedFrame {
+        SharedFrame::encode_with(opcode, false, parts)
+    }
+
+    /// Encodes a permessage-deflate payload: RSV1 set.
+    pub fn encode_compressed(opcode: OpCode, payload: &[u8]) -> SharedFrame {
+        SharedFrame::encode_with(opcode, true, &[payload])
+    }
+
+    fn encode_with(opcode: OpCode, compressed: bool, parts: &[&[u8]]) -> SharedFrame {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut hdr = [0u8; MAX_SERVER_HEADER_LEN];
         let h = encode_header(opcode, len, &mut hdr);
+        if compressed {
+            hdr[0] |= RSV1;
+        }
         let mut bytes = Arc::<[u8]>::new_uninit_slice(h + len);
         let dst = Arc::get_mut(&mut bytes)
             .expect("a fresh Arc is unique")
@@ -59,24 +73,85 @@ impl SharedFrame {
 /// A core-local handle to a [`SharedFrame`]: cloning it for each of 10,000
 /// subscribers is 10,000 non-atomic increments on one cache line that no
 /// other core touches.
+///
+/// It also carries the frame's permessage-deflate variant, compressed the
+/// first time a subscriber on this core that negotiated the extension is
+/// delivered to: once per core and window size, never per recipient.
 #[derive(Clone)]
-pub struct Frame(Rc<SharedFrame>);
+pub struct Frame(Rc<FrameInner>);
+
+struct FrameInner {
+    plain: SharedFrame,
+    /// The compressed variant for a 32 KiB window (what browsers get);
+    /// `None` inside: the message goes plain (small, or incompressible).
+    deflated: OnceCell<Option<Frame>>,
+    /// Variants for the windows 9..=14 a client may have asked for.
+    narrow: OnceCell<Box<[OnceCell<Option<Frame>>; 6]>>,
+}
 
 impl Frame {
     /// Wraps a shared frame for local fan-out.
     pub fn new(shared: SharedFrame) -> Frame {
-        Frame(Rc::new(shared))
+        Frame(Rc::new(FrameInner {
+            plain: shared,
+            deflated: OnceCell::new(),
+            narrow: OnceCell::new(),
+        }))
     }
 
     /// The encoded frame.
     #[inline]
     pub fn bytes(&self) -> &[u8] {
-        self.0.bytes()
+        self.0.plain.bytes()
     }
 
     /// A `Send` reference to the same bytes, for another core.
     pub fn share(&self) -> SharedFrame {
-        self.0.share()
+        self.0.plain.share()
+    }
+
+    /// The frame to queue for a peer: for one that negotiated
+    /// permessage-deflate with `window`, the compressed variant (made on
+    /// first use with the core's `deflater`) unless the message goes plain.
+    #[inline]
+    pub fn for_peer<'a>(
+        &'a self,
+        window: Option<WindowBits>,
+        deflater: &mut Deflater,
+    ) -> &'a Frame {
+        let Some(w) = window else {
+            return self;
+        };
+        let cell = if w == WindowBits::MAX {
+            &self.0.deflated
+        } else {
+            let narrow = self.0.narrow.get_or_init(Box::default);
+            &narrow[usize::from(w.get() - 9)]
+        };
+        cell.get_or_init(|| self.compress(w, deflater))
+            .as_ref()
+            .unwrap_or(self)
+    }
+
+    fn compress(&self, w: WindowBits, deflater: &mut Deflater) -> Option<Frame> {
+        let bytes = self.bytes();
+        let (opcode, at) = match (bytes.first()?, bytes.get(1)?) {
+            (b0, _) if b0 & 0x0F != OpCode::Text as u8 && b0 & 0x0F != OpCode::Binary as u8 => {
+                return None;
+            }
+            (b0, 126) => (b0 & 0x0F, 4),
+            (b0, 127) => (b0 & 0x0F, 10),
+            (b0, _) => (b0 & 0x0F, 2),
+        };
+        let opcode = if opcode == OpCode::Text as u8 {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        let packed = deflater.compress(w, bytes.get(at..)?)?;
+        let frame = SharedFrame::encode_compressed(opcode, packed);
+        deflater.release();
+        Some(Frame::new(frame))
     }
 
     /// Whether two handles point at the same encoded bytes.
@@ -102,5 +177,36 @@ mod tests {
         assert_eq!(big.bytes()[1], 127);
         let parts = SharedFrame::encode_parts(OpCode::Text, &[b"{\"a\":", b"1", b"}"]);
         assert_eq!(parts.bytes(), b"\x81\x07{\"a\":1}");
+    }
+
+    #[test]
+    fn compressed_once_per_window_and_plain_when_small() {
+        let text = "{\"event\":\"tick\",\"value\":42}".repeat(40);
+        let f = Frame::new(SharedFrame::encode(OpCode::Text, text.as_bytes()));
+        let mut d = Deflater::new(6, 64);
+        assert!(f.for_peer(None, &mut d).same_bytes(&f));
+        let a = f.for_peer(Some(WindowBits::MAX), &mut d).clone();
+        let b = f.for_peer(Some(WindowBits::MAX), &mut d).clone();
+        assert!(a.same_bytes(&b), "compressed once");
+        assert_eq!(d.stats.compressed, 1);
+        assert_eq!(a.bytes()[0], 0x80 | RSV1 | OpCode::Text as u8);
+        assert!(a.bytes().len() < f.bytes().len() / 4);
+        let narrow = f.for_peer(WindowBits::new(9), &mut d).clone();
+        assert!(!narrow.same_bytes(&a));
+        assert_eq!(d.stats.compressed, 2);
+        let mut inf = crate::ws::deflate::Inflater::new();
+        for c in [&a, &narrow] {
+            let at = if c.bytes()[1] == 126 { 4 } else { 2 };
+            let plain = inf.inflate(&c.bytes()[at..], 1 << 20).unwrap();
+            assert_eq!(plain, text.as_bytes());
+        }
+        let small = Frame::new(SharedFrame::encode(OpCode::Text, b"{\"a\":1}"));
+        assert!(small
+            .for_peer(Some(WindowBits::MAX), &mut d)
+            .same_bytes(&small));
+        let close = Frame::new(SharedFrame::encode(OpCode::Close, &[3, 232]));
+        assert!(close
+            .for_peer(Some(WindowBits::MAX), &mut d)
+            .same_bytes(&close));
     }
 }

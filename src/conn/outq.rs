@@ -19,6 +19,8 @@ use std::collections::VecDeque;
 use std::mem::size_of;
 
 use super::frame::Frame;
+use crate::ws::deflate::{Deflater, WindowBits};
+use crate::ws::frame::{encode_compressed_frame_into, encode_frame_into, OpCode};
 
 /// Most iovecs in one `sendmsg` (the kernel allows 1024). Small frames are
 /// copied, so every iovec but the owned ones carries more than
@@ -264,6 +266,32 @@ impl OutQueue {
         match self.chunks.back() {
             Some(Chunk::Owned(v)) => &v[start..],
             _ => &[],
+        }
+    }
+
+    /// Queues one data message the connection produced itself (an echo, a
+    /// `/ws` reply): compressed with the core's `deflater` if the peer
+    /// negotiated permessage-deflate (`window`) and the message is worth
+    /// it, plain otherwise.
+    #[inline]
+    pub fn write_message(
+        &mut self,
+        pool: &mut BufPool,
+        deflater: &mut Deflater,
+        window: Option<WindowBits>,
+        opcode: OpCode,
+        payload: &[u8],
+    ) {
+        if let Some(packed) = window.and_then(|w| deflater.compress(w, payload)) {
+            let n = self.write_with(pool, |v| encode_compressed_frame_into(opcode, packed, v));
+            let n = n.len() as u64;
+            deflater.stats.sent_compressed += 1;
+            deflater.stats.sent_compressed_bytes += n;
+            deflater.stats.sent_compressed_plain_bytes +=
+                (crate::ws::frame::server_header_len(payload.len()) + payload.len()) as u64;
+            deflater.release();
+        } else {
+            self.write_with(pool, |v| encode_frame_into(opcode, payload, v));
         }
     }
 

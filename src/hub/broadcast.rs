@@ -9,6 +9,7 @@
 
 use super::deliver::{deliver, Recipients};
 use crate::conn::{BufPool, ConnKey, Frame};
+use crate::ws::deflate::Deflater;
 
 /// Local subscribers and the frames waiting for them.
 #[derive(Default)]
@@ -55,6 +56,7 @@ impl Hub {
     pub fn fan_out(
         &mut self,
         pool: &mut BufPool,
+        deflater: &mut Deflater,
         max_queue: usize,
         recipients: &mut impl Recipients,
     ) -> u64 {
@@ -66,6 +68,7 @@ impl Hub {
             self.subscribers.iter().copied(),
             batch,
             pool,
+            deflater,
             max_queue,
             recipients,
         );

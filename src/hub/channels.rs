@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use super::deliver::{deliver, Recipients};
 use super::{name, MeshMsg, Position, SubscribeReq, MAX_CORES};
 use crate::conn::{BufPool, ConnKey, Frame};
+use crate::ws::deflate::Deflater;
 
 /// A set of core ids (`< MAX_CORES`).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
@@ -394,6 +395,7 @@ impl Channels {
     pub fn fan_out(
         &mut self,
         pool: &mut BufPool,
+        deflater: &mut Deflater,
         max_queue: usize,
         recipients: &mut impl Recipients,
     ) -> u64 {
@@ -404,7 +406,14 @@ impl Channels {
             };
             let to = if event { &ch.events } else { &ch.subs };
             let batch = std::iter::once(&frame);
-            deliveries += deliver(to.iter().copied(), batch, pool, max_queue, recipients);
+            deliveries += deliver(
+                to.iter().copied(),
+                batch,
+                pool,
+                deflater,
+                max_queue,
+                recipients,
+            );
         }
         deliveries
     }
@@ -516,7 +525,12 @@ mod tests {
         let mut queues = Queues::default();
         queues.add(key(5));
         assert_eq!(
-            ch.fan_out(&mut BufPool::default(), usize::MAX, &mut queues),
+            ch.fan_out(
+                &mut BufPool::default(),
+                &mut Deflater::new(6, 64),
+                usize::MAX,
+                &mut queues
+            ),
             1
         );
     }
@@ -562,7 +576,12 @@ mod tests {
         let mut queues = Queues::default();
         queues.add(key(1));
         queues.add(key(2));
-        ch.fan_out(&mut BufPool::default(), usize::MAX, &mut queues);
+        ch.fan_out(
+            &mut BufPool::default(),
+            &mut Deflater::new(6, 64),
+            usize::MAX,
+            &mut queues,
+        );
         assert_eq!(queues.touched, vec![(key(1), false)]);
     }
 }

@@ -40,6 +40,10 @@ impl Config {
                 max_fragments: self.max_fragments,
             },
             max_send_queue_bytes: self.max_send_queue_bytes,
+            compression: self.compression.on().then_some(crate::shard::Compression {
+                level: self.compression_level,
+                min_bytes: self.compression_min_bytes,
+            }),
             handshake_timeout: Duration::from_secs_f64(self.handshake_timeout),
             close_timeout: Duration::from_secs_f64(self.close_timeout),
             shutdown_grace: self.grace(),

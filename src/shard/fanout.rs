@@ -15,7 +15,7 @@ use crate::hub::deliver::deliver;
 use crate::hub::{
     HistoryAnswer, MeshMsg, Position, PresenceList, Recipients, ReplyTo, SubscribeReply,
 };
-use crate::ws::frame::encode_frame_into;
+use crate::ws::deflate::WindowBits;
 use crate::ws::{CloseCode, OpCode, State};
 
 /// Capacity of the reply scratch buffer kept after a large reply.
@@ -34,10 +34,14 @@ impl Recipients for Sink<'_> {
     fn with_queue(
         &mut self,
         key: ConnKey,
-        push: impl FnOnce(&mut OutQueue) -> Pushed,
+        push: impl FnOnce(&mut OutQueue, Option<WindowBits>) -> Pushed,
     ) -> Option<Pushed> {
         let conn = self.conns.get_mut(key)?;
-        let pushed = push(&mut conn.out);
+        let window = match &conn.phase {
+            Phase::Open(session) => session.deflate(),
+            _ => None,
+        };
+        let pushed = push(&mut conn.out, window);
         if pushed.over {
             self.overflow.push(key);
         }
@@ -220,7 +224,14 @@ impl Shard {
             dirty,
             overflow,
         };
-        stats.deliveries += deliver([r.key], frames.iter(), &mut env.pool, max, &mut sink);
+        stats.deliveries += deliver(
+            [r.key],
+            frames.iter(),
+            &mut env.pool,
+            &mut env.deflater,
+            max,
+            &mut sink,
+        );
     }
 
     fn history_answer(&mut self, reply: ReplyTo, answer: HistoryAnswer) {
@@ -272,10 +283,17 @@ impl Shard {
         let env = &mut self.env;
         env.scratch.clear();
         write(&mut env.scratch);
-        let scratch = &env.scratch;
-        conn.out.write_with(&mut env.pool, |v| {
-            encode_frame_into(OpCode::Text, scratch, v)
-        });
+        let window = match &conn.phase {
+            Phase::Open(session) => session.deflate(),
+            _ => None,
+        };
+        conn.out.write_message(
+            &mut env.pool,
+            &mut env.deflater,
+            window,
+            OpCode::Text,
+            &env.scratch,
+        );
         // A history answer can be megabytes: the scratch buffer does not
         // keep that much for good.
         if env.scratch.capacity() > SCRATCH_KEEP {
@@ -307,14 +325,18 @@ impl Shard {
             overflow,
         };
         if env.hub.has_pending() {
-            stats.deliveries += env.hub.fan_out(&mut env.pool, max, &mut sink);
+            stats.deliveries += env
+                .hub
+                .fan_out(&mut env.pool, &mut env.deflater, max, &mut sink);
             if let Some(m) = mesh {
                 m.send(&env.hub.outbox);
             }
             env.hub.outbox.clear();
         }
         if env.channels.has_pending() {
-            stats.deliveries += env.channels.fan_out(&mut env.pool, max, &mut sink);
+            stats.deliveries +=
+                env.channels
+                    .fan_out(&mut env.pool, &mut env.deflater, max, &mut sink);
         }
     }
 

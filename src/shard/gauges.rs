@@ -12,6 +12,7 @@ impl Shard {
         }
         let mut s = self.stats;
         s.msg = self.env.stats;
+        s.deflate = self.env.deflater.stats.plus(&self.inflater.stats);
         if let Some(m) = &self.mesh {
             s.mesh_backlog = m.backlog_len() as u64;
             s.mesh_dropped = m.counters().dropped;

@@ -11,7 +11,6 @@ use crate::app::{assets, auth, protocol, ConnCtl, Endpoint, Env, Resource, Route
 use crate::conn::ConnKey;
 use crate::http::{self, Refusal};
 use crate::io::bufring::RecvBuf;
-use crate::ws::frame::encode_frame_into;
 use crate::ws::handshake::{self, Parsed, Progress};
 use crate::ws::OpCode;
 use crate::ws::{CloseCode, Session};
@@ -220,10 +219,13 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
+        // The extension is agreed only if this server compresses.
+        let deflate = up.deflate.filter(|_| self.cfg.compression.is_some());
         conn.out.write_with(&mut self.env.pool, |v| {
-            up.write_response_with(core_header, v)
+            up.write_response(deflate.as_ref(), core_header, v)
         });
-        conn.phase = Phase::Open(Session::new(self.cfg.limits));
+        let window = deflate.map(|d| d.server_window);
+        conn.phase = Phase::Open(Session::negotiated(self.cfg.limits, window));
         conn.deadline = None;
         conn.ctl = ctl;
         true
@@ -272,11 +274,19 @@ impl Shard {
                 let scratch = &mut self.env.scratch;
                 scratch.clear();
                 protocol::write_welcome(&id, self.id, ping_ms, scratch);
-                let scratch = &self.env.scratch;
-                conn.out.write_with(&mut self.env.pool, |v| {
-                    encode_frame_into(OpCode::Text, scratch, v)
-                });
-                self.env.stats.replies += 1;
+                let env = &mut self.env;
+                let window = match &conn.phase {
+                    Phase::Open(s) => s.deflate(),
+                    _ => None,
+                };
+                conn.out.write_message(
+                    &mut env.pool,
+                    &mut env.deflater,
+                    window,
+                    OpCode::Text,
+                    &env.scratch,
+                );
+                env.stats.replies += 1;
             }
             Endpoint::None | Endpoint::Echo => {}
         }

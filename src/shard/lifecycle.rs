@@ -204,7 +204,8 @@ impl Shard {
         if drop_backlog {
             conn.out.drop_unsent(&mut env.pool);
         }
-        let mut io = ConnIo::new(key, &mut conn.out, &mut conn.ctl, env);
+        let deflate = session.deflate();
+        let mut io = ConnIo::new(key, &mut conn.out, &mut conn.ctl, env, deflate);
         session.close(code, reason, &mut io);
         self.session_changed(key, State::AwaitingClose);
         self.mark_dirty(key);

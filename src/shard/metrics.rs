@@ -293,6 +293,87 @@ const FAMILIES: &[Family] = &[
         series: |s| one(s.stats.msg.pongs_coalesced),
     },
     Family {
+        name: "ringcast_deflate_compressed_total",
+        kind: "counter",
+        help: "Messages compressed with permessage-deflate: once per message and core, however many recipients get it.",
+        series: |s| one(s.stats.deflate.compressed),
+    },
+    Family {
+        name: "ringcast_deflate_incompressible_total",
+        kind: "counter",
+        help: "Messages compressed but sent plain because the result was not smaller.",
+        series: |s| one(s.stats.deflate.incompressible),
+    },
+    Family {
+        name: "ringcast_deflate_inflated_total",
+        kind: "counter",
+        help: "Compressed messages received from clients and inflated.",
+        series: |s| one(s.stats.deflate.inflated),
+    },
+    Family {
+        name: "ringcast_deflate_out_bytes_total",
+        kind: "counter",
+        help: "Payload bytes of the messages compressed (once per message), before (form plain) and after (form compressed).",
+        series: |s| {
+            let d = &s.stats.deflate;
+            labelled(
+                "form",
+                &[
+                    ("plain", d.compressed_plain_bytes),
+                    ("compressed", d.compressed_bytes),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "ringcast_deflate_in_bytes_total",
+        kind: "counter",
+        help: "Payload bytes of the compressed messages received, as received (form compressed) and inflated (form plain).",
+        series: |s| {
+            let d = &s.stats.deflate;
+            labelled(
+                "form",
+                &[
+                    ("compressed", d.inflated_wire_bytes),
+                    ("plain", d.inflated_bytes),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "ringcast_deflate_sent_total",
+        kind: "counter",
+        help: "Compressed frames queued to clients (once per recipient).",
+        series: |s| one(s.stats.deflate.sent_compressed),
+    },
+    Family {
+        name: "ringcast_deflate_sent_bytes_total",
+        kind: "counter",
+        help: "Bytes of the compressed frames queued to clients (form compressed), and what they would have been plain (form plain).",
+        series: |s| {
+            let d = &s.stats.deflate;
+            labelled(
+                "form",
+                &[
+                    ("compressed", d.sent_compressed_bytes),
+                    ("plain", d.sent_compressed_plain_bytes),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "ringcast_deflate_seconds_total",
+        kind: "counter",
+        help: "CPU time spent compressing and inflating (op compress or inflate).",
+        series: |s| {
+            let d = &s.stats.deflate;
+            [("compress", d.compress_ns), ("inflate", d.inflate_ns)]
+                .into_iter()
+                .map(|(op, ns)| ("", Some(("op", op.to_string())), ns as f64 / 1e9))
+                .collect()
+        },
+    },
+    Family {
         name: "ringcast_handler_panics_total",
         kind: "counter",
         help: "Panics caught while handling one connection's input (that connection was dropped).",

@@ -58,6 +58,7 @@ use crate::hub::options::ChannelRules;
 use crate::hub::stream::StreamLimits;
 use crate::hub::MeshMsg;
 use crate::io::ring::Ring;
+use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::Limits;
 pub(crate) use control::Control;
 use slab::{token, untoken, Op, SendMsg, Slab};
@@ -77,6 +78,8 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// Per-connection backlog bound (memory, not payload).
     pub max_send_queue_bytes: usize,
+    /// permessage-deflate settings; `None`: offers are declined.
+    pub compression: Option<Compression>,
     /// How long a client has for its upgrade request.
     pub handshake_timeout: Duration,
     /// How long a close handshake or a linger may take.
@@ -110,6 +113,16 @@ pub struct ShardConfig {
     pub broker: bool,
 }
 
+/// How messages are compressed for clients that negotiated
+/// permessage-deflate.
+#[derive(Clone, Copy, Debug)]
+pub struct Compression {
+    /// zlib level, 1-9.
+    pub level: u32,
+    /// Shorter messages go plain.
+    pub min_bytes: usize,
+}
+
 /// One core's state. Owned by its loop task.
 pub(crate) struct Shard {
     id: usize,
@@ -119,6 +132,9 @@ pub(crate) struct Shard {
     conns: Slab,
     /// What the handlers reach: hub, channels, counters, buffers.
     env: Env,
+    /// Inflates every compressed message this core receives (beside `env`
+    /// so a session can inflate into it while its handler holds `env`).
+    inflater: Inflater,
     mesh: Option<Mesh>,
     /// Messages from other cores, read this pass.
     mesh_in: Vec<MeshMsg>,
@@ -218,6 +234,7 @@ impl Shard {
             ring,
             accept: accept::Acceptor::new(listener),
             conns: Slab::default(),
+            inflater: Inflater::new(),
             env: Env::with_channels(
                 id,
                 cfg.cores,
@@ -263,6 +280,9 @@ impl Shard {
         if shard.cfg.broker {
             shard.env.channels.use_broker(shard.cfg.cores);
         }
+        if let Some(c) = shard.cfg.compression {
+            shard.env.deflater = Deflater::new(c.level, c.min_bytes);
+        }
         shard
             .ring
             .arm_wake_poll(shard.control.bells[id].fd(), token(Op::Wake, CORE))?;
@@ -287,6 +307,7 @@ impl Shard {
             }
         }
         self.stats.msg = self.env.stats;
+        self.stats.deflate = self.env.deflater.stats.plus(&self.inflater.stats);
         let mesh = self.mesh.as_ref().map(Mesh::counters).unwrap_or_default();
         info!(
             core = self.id,

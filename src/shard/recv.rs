@@ -14,6 +14,7 @@ use crate::app::{ConnIo, CoreHook, Env};
 use crate::conn::ConnKey;
 use crate::hub::mesh::{self, Mesh};
 use crate::io::bufring::RecvBuf;
+use crate::ws::deflate::Inflater;
 use crate::ws::State;
 use std::os::fd::AsRawFd;
 
@@ -45,6 +46,7 @@ pub(super) fn feed_open(
     key: ConnKey,
     conn: &mut Conn,
     env: &mut Env,
+    inflater: &mut Inflater,
     data: &mut [u8],
 ) -> Option<Fed> {
     let Phase::Open(session) = &mut conn.phase else {
@@ -52,8 +54,10 @@ pub(super) fn feed_open(
     };
     let mesh_before = env.mesh_traffic();
     let before = session.state();
-    let mut io = ConnIo::new(key, &mut conn.out, &mut conn.ctl, env);
-    let after = session.feed(data, &mut io);
+    let deflate = session.deflate();
+    let mut io = ConnIo::new(key, &mut conn.out, &mut conn.ctl, env, deflate);
+    let inflater = deflate.map(|_| inflater);
+    let after = session.feed_with(data, inflater, &mut io);
     let fed = Fed {
         changed: (after != before).then_some(after),
         overflowed: io.overflowed,
@@ -183,6 +187,7 @@ impl Shard {
             conns,
             ring,
             env,
+            inflater,
             cfg,
             ..
         } = &mut *self;
@@ -191,7 +196,7 @@ impl Shard {
         };
         let data = bufs.get(buf);
         let outcome = match conn.phase {
-            Phase::Open(_) => match feed_open(key, conn, env, data) {
+            Phase::Open(_) => match feed_open(key, conn, env, inflater, data) {
                 Some(fed) => DataOutcome::Fed(fed),
                 None => DataOutcome::Nothing,
             },
@@ -209,7 +214,11 @@ impl Shard {
     /// frames) to a connection that was just upgraded.
     pub(super) fn feed_rest(&mut self, key: ConnKey, buf: &RecvBuf, from: usize) {
         let Shard {
-            conns, ring, env, ..
+            conns,
+            ring,
+            env,
+            inflater,
+            ..
         } = &mut *self;
         let (Some(conn), Some(bufs)) = (conns.get_mut(key), ring.buffers()) else {
             return;
@@ -218,7 +227,7 @@ impl Shard {
         let Some(rest) = data.get_mut(from..) else {
             return;
         };
-        if let Some(fed) = feed_open(key, conn, env, rest) {
+        if let Some(fed) = feed_open(key, conn, env, inflater, rest) {
             self.after_feed(key, fed);
         }
     }

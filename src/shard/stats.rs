@@ -1,5 +1,6 @@
 //! A core's counters and gauges.
 
+use crate::ws::deflate::DeflateStats;
 use bytemuck::{Pod, Zeroable};
 
 use crate::app::MsgStats;
@@ -97,4 +98,7 @@ pub struct Stats {
     pub sequenced: u64,
     /// Counters of the connections' messages.
     pub msg: MsgStats,
+    /// permessage-deflate work: compressions, inflations, compressed
+    /// frames sent.
+    pub deflate: DeflateStats,
 }

@@ -58,6 +58,9 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 pub struct FrameHeader {
     /// The final fragment of its message.
     pub fin: bool,
+    /// RSV1: the message this frame starts is compressed
+    /// (permessage-deflate; only ever set on a first data frame).
+    pub compressed: bool,
     /// What the frame carries.
     pub opcode: OpCode,
     /// The masking key (all zero when unmasked).
@@ -82,24 +85,52 @@ const fn protocol(reason: &'static str) -> HeaderError {
     }
 }
 
-/// Parses one client frame header from the start of `buf`.
+/// The RSV1 bit of a frame's first byte: permessage-deflate's
+/// "Per-Message Compressed" bit.
+pub const RSV1: u8 = 0x40;
+
+/// Parses one client frame header from the start of `buf`, for a
+/// connection without extensions (any RSV bit fails it).
+#[inline]
+pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, HeaderError> {
+    parse_header_with(buf, false)
+}
+
+/// Parses one client frame header from the start of `buf`; `deflate`: the
+/// connection negotiated permessage-deflate, so RSV1 may start a message.
 ///
 /// Returns `Ok(None)` when more bytes are needed, `Ok(Some((header, len)))`
 /// with the header length otherwise. Everything RFC 6455 lets a server check
-/// from the header alone is checked here: RSV bits (no extension is ever
-/// negotiated), reserved opcodes, masking, control frame size and
-/// fragmentation, and the most significant bit of a 64-bit length.
+/// from the header alone is checked here: RSV bits (RSV1 only on the first
+/// frame of a data message, and only with the extension; RFC 7692 §6),
+/// reserved opcodes, masking, control frame size and fragmentation, and the
+/// most significant bit of a 64-bit length.
 #[inline]
-pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, HeaderError> {
+pub fn parse_header_with(
+    buf: &[u8],
+    deflate: bool,
+) -> Result<Option<(FrameHeader, usize)>, HeaderError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(protocol("reserved bits set without an extension"));
     }
     let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(protocol("reserved opcode"))?;
+    let compressed = b0 & RSV1 != 0;
+    if compressed {
+        if !deflate {
+            return Err(protocol("reserved bits set without an extension"));
+        }
+        if opcode.is_control() {
+            return Err(protocol("RSV1 set on a control frame"));
+        }
+        if opcode == OpCode::Continuation {
+            return Err(protocol("RSV1 set on a continuation frame"));
+        }
+    }
     let fin = b0 & 0x80 != 0;
     if b1 & 0x80 == 0 {
         return Err(protocol("client frames must be masked"));
@@ -142,6 +173,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, HeaderEr
     Ok(Some((
         FrameHeader {
             fin,
+            compressed,
             opcode,
             mask: [m[0], m[1], m[2], m[3]],
             payload_len,
@@ -193,6 +225,15 @@ pub fn encode_frame_into(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
     out.reserve(n + payload.len());
     out.extend_from_slice(&hdr[..n]);
     out.extend_from_slice(payload);
+}
+
+/// Appends a complete server frame whose payload is permessage-deflate
+/// compressed (RSV1 set).
+#[inline]
+pub fn encode_compressed_frame_into(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+    let at = out.len();
+    encode_frame_into(opcode, payload, out);
+    out[at] |= RSV1;
 }
 
 /// Appends a masked client frame: the client side of the codec, for the

@@ -7,6 +7,7 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
+use super::extension::{self, Deflate};
 use crate::http::request::{has_token, parse_head, target_path, trim, Framing, Head, MAX_HEADERS};
 use crate::http::{refuse, Credentials, Method, Refusal};
 
@@ -21,22 +22,29 @@ pub struct Upgrade<R> {
     pub accept: [u8; 28],
     /// Length of the request head; bytes after it are WebSocket frames.
     pub head_len: usize,
+    /// permessage-deflate, if the client offered it acceptably (the server
+    /// decides whether to agree: see [`Upgrade::write_response`]).
+    pub deflate: Option<Deflate>,
 }
 
 impl<R> Upgrade<R> {
-    /// Appends the `101 Switching Protocols` response.
-    pub fn write_response(&self, out: &mut Vec<u8>) {
-        self.write_response_with(b"", out);
-    }
-
-    /// Appends the `101` response with extra header lines (each ending in
-    /// `\r\n`).
-    pub fn write_response_with(&self, extra_headers: &[u8], out: &mut Vec<u8>) {
+    /// Appends the `101 Switching Protocols` response, agreeing to
+    /// `deflate` (the offer's agreement, if the server takes it) and with
+    /// extra header lines (each ending in `\r\n`).
+    pub fn write_response(
+        &self,
+        deflate: Option<&Deflate>,
+        extra_headers: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
         );
         out.extend_from_slice(&self.accept);
         out.extend_from_slice(b"\r\n");
+        if let Some(d) = deflate {
+            d.write_header(out);
+        }
         out.extend_from_slice(extra_headers);
         out.extend_from_slice(b"\r\n");
     }
@@ -162,10 +170,17 @@ fn check_upgrade<W>(head: &Head, route: W) -> Result<Upgrade<W>, Refusal> {
     if body {
         return Err(refuse(400, "an upgrade request must not have a body"));
     }
+    let offers = head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|h| h.value);
+    let deflate = extension::negotiate(offers).map_err(|m| refuse(400, m.0))?;
     Ok(Upgrade {
         route,
         accept: accept_key(key),
         head_len: head.len,
+        deflate,
     })
 }
 
@@ -369,7 +384,7 @@ mod tests {
         assert_eq!(up.route, 1);
         assert_eq!(up.head_len, OK.len());
         let mut resp = Vec::new();
-        up.write_response(&mut resp);
+        up.write_response(None, b"", &mut resp);
         let resp = String::from_utf8(resp).unwrap();
         assert!(resp.starts_with("HTTP/1.1 101 "));
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));

@@ -5,6 +5,8 @@
 //! io_uring driver, in unit tests and in benchmarks.
 
 pub mod close;
+pub mod deflate;
+pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod session;

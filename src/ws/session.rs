@@ -13,8 +13,9 @@
 //! checked from each frame header before its payload is read.
 
 use super::close::{parse_close_payload, CloseCode, ClosePayload, ReceivedClose};
+use super::deflate::{InflateError, Inflater, WindowBits};
 use super::frame::{
-    apply_mask, parse_header, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+    apply_mask, parse_header_with, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
 };
 use super::utf8::{self, Utf8Stream};
 
@@ -103,10 +104,19 @@ struct FrameProgress {
     offset: u64,
 }
 
-/// Per-connection protocol state. Idle, it holds no heap memory.
+/// Per-connection protocol state. Idle, it holds no heap memory, with or
+/// without permessage-deflate: compression state is the core's.
 pub struct Session {
-    limits: Limits,
+    /// [`Limits`], unpacked so its padding holds the flags below: an idle
+    /// connection's size is what 100k connections multiply.
+    max_message: usize,
+    max_fragments: u32,
     state: State,
+    /// permessage-deflate was negotiated: the window the server may
+    /// compress with.
+    deflate: Option<WindowBits>,
+    /// The message being assembled is compressed (RSV1 on its first frame).
+    msg_compressed: bool,
     /// A frame header cut off at the end of the previous read.
     hdr: [u8; MAX_HEADER_LEN],
     hdr_len: u8,
@@ -130,9 +140,18 @@ const RESERVE_MAX: usize = 64 * 1024;
 impl Session {
     /// A session for a connection that just completed its handshake.
     pub fn new(limits: Limits) -> Session {
+        Session::negotiated(limits, None)
+    }
+
+    /// A session whose handshake agreed permessage-deflate with a server
+    /// window of `deflate`, if `Some`.
+    pub fn negotiated(limits: Limits, deflate: Option<WindowBits>) -> Session {
         Session {
-            limits,
+            max_message: limits.max_message,
+            max_fragments: limits.max_fragments,
             state: State::Open,
+            deflate,
+            msg_compressed: false,
             hdr: [0; MAX_HEADER_LEN],
             hdr_len: 0,
             frame: None,
@@ -149,6 +168,13 @@ impl Session {
     /// Where the closing handshake stands.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// The window to compress messages to this peer with, if it negotiated
+    /// permessage-deflate.
+    #[inline]
+    pub fn deflate(&self) -> Option<WindowBits> {
+        self.deflate
     }
 
     /// Bytes of heap memory held by a message in progress.
@@ -178,25 +204,41 @@ impl Session {
 
     fn release_message(&mut self) {
         self.msg_kind = None;
+        self.msg_compressed = false;
         self.msg_len = 0;
         self.msg = Vec::new();
         self.utf8 = Utf8Stream::new();
     }
 
     /// Processes bytes read from the peer. `input` is unmasked in place.
+    /// A compressed message fails the connection (1002): use
+    /// [`Session::feed_with`] for sessions that negotiated compression.
     pub fn feed(&mut self, input: &mut [u8], h: &mut impl Handler) -> State {
+        self.feed_with(input, None, h)
+    }
+
+    /// [`Session::feed`], inflating compressed messages with the core's
+    /// `inflater` (RSV1 is accepted only with one, and only if the
+    /// handshake negotiated permessage-deflate).
+    pub fn feed_with(
+        &mut self,
+        input: &mut [u8],
+        mut inflater: Option<&mut Inflater>,
+        h: &mut impl Handler,
+    ) -> State {
+        let deflate = self.deflate.is_some() && inflater.is_some();
         let mut pos = 0;
         while pos < input.len() && self.state != State::Done {
             match self.frame {
                 None => {
                     let parsed = if self.hdr_len == 0 {
-                        parse_header(&input[pos..])
+                        parse_header_with(&input[pos..], deflate)
                     } else {
                         // Complete the header cut off by the previous read.
                         let have = self.hdr_len as usize;
                         let take = (MAX_HEADER_LEN - have).min(input.len() - pos);
                         self.hdr[have..have + take].copy_from_slice(&input[pos..pos + take]);
-                        parse_header(&self.hdr[..have + take])
+                        parse_header_with(&self.hdr[..have + take], deflate)
                             .map(|r| r.map(|(f, n)| (f, n - have)))
                     };
                     match parsed {
@@ -208,9 +250,9 @@ impl Session {
                                 break;
                             }
                             if header.payload_len == 0 {
-                                self.end_frame(h);
+                                self.end_frame(inflater.as_deref_mut(), h);
                             } else {
-                                self.try_whole_frame(input, &mut pos, h);
+                                self.try_whole_frame(input, &mut pos, inflater.as_deref_mut(), h);
                             }
                         }
                         Ok(None) => {
@@ -256,7 +298,7 @@ impl Session {
                             break;
                         }
                         if f.remaining == 0 {
-                            self.end_frame(h);
+                            self.end_frame(inflater.as_deref_mut(), h);
                         }
                     }
                 }
@@ -272,7 +314,7 @@ impl Session {
                 if self.msg_kind.is_some() {
                     return Err((CloseCode::PROTOCOL, "expected a continuation frame"));
                 }
-                if f.payload_len > self.limits.max_message as u64 {
+                if f.payload_len > self.max_message as u64 {
                     return Err((CloseCode::TOO_BIG, "message too big"));
                 }
                 self.msg_kind = Some(if f.opcode == OpCode::Text {
@@ -282,17 +324,18 @@ impl Session {
                 });
                 self.msg_len = f.payload_len;
                 self.msg_frames = 1;
+                self.msg_compressed = f.compressed;
             }
             OpCode::Continuation => {
                 if self.msg_kind.is_none() {
                     return Err((CloseCode::PROTOCOL, "continuation without a message"));
                 }
                 self.msg_len += f.payload_len;
-                if self.msg_len > self.limits.max_message as u64 {
+                if self.msg_len > self.max_message as u64 {
                     return Err((CloseCode::TOO_BIG, "message too big"));
                 }
                 self.msg_frames = self.msg_frames.saturating_add(1);
-                if self.msg_frames > self.limits.max_fragments {
+                if self.msg_frames > self.max_fragments {
                     return Err((CloseCode::TOO_BIG, "too many fragments"));
                 }
             }
@@ -310,7 +353,13 @@ impl Session {
 
     /// Fast path: the whole payload of the current frame is in `input`.
     /// Control frames and unfragmented data messages are handled in place.
-    fn try_whole_frame(&mut self, input: &mut [u8], pos: &mut usize, h: &mut impl Handler) {
+    fn try_whole_frame(
+        &mut self,
+        input: &mut [u8],
+        pos: &mut usize,
+        inflater: Option<&mut Inflater>,
+        h: &mut impl Handler,
+    ) {
         let Some(f) = self.frame else { return };
         let len = f.remaining as usize;
         let whole_message = f.opcode.is_control() || (f.fin && f.opcode != OpCode::Continuation);
@@ -328,6 +377,11 @@ impl Session {
         }
         let kind = self.msg_kind.take().unwrap_or(MessageKind::Binary);
         self.msg_len = 0;
+        if std::mem::take(&mut self.msg_compressed) {
+            let payload = &mut input[range];
+            apply_mask(payload, f.mask, 0);
+            return self.inflated(kind, payload, inflater, h);
+        }
         if self.state == State::Open {
             if let Some(copy) = h.copy_masked(kind, &input[range.clone()], f.mask) {
                 if kind == MessageKind::Text && utf8::validate(copy).is_err() {
@@ -348,7 +402,11 @@ impl Session {
 
     /// Appends a piece of a data frame's payload to the message in progress.
     fn append_data(&mut self, chunk: &[u8]) -> Result<(), (CloseCode, &'static str)> {
-        if self.msg_kind == Some(MessageKind::Text) && self.utf8.feed(chunk).is_err() {
+        // Compressed text is validated once inflated.
+        if self.msg_kind == Some(MessageKind::Text)
+            && !self.msg_compressed
+            && self.utf8.feed(chunk).is_err()
+        {
             return Err((CloseCode::INVALID_DATA, "invalid UTF-8 in text message"));
         }
         if self.state == State::Open {
@@ -364,7 +422,7 @@ impl Session {
     }
 
     /// The current data frame is complete (its payload already appended).
-    fn end_frame(&mut self, h: &mut impl Handler) {
+    fn end_frame(&mut self, inflater: Option<&mut Inflater>, h: &mut impl Handler) {
         let Some(f) = self.frame.take() else { return };
         if f.opcode.is_control() {
             // Zero-length control frame.
@@ -376,6 +434,11 @@ impl Session {
         }
         let kind = self.msg_kind.take().unwrap_or(MessageKind::Binary);
         self.msg_len = 0;
+        if std::mem::take(&mut self.msg_compressed) {
+            // An idle connection keeps no message buffer.
+            let msg = std::mem::take(&mut self.msg);
+            return self.inflated(kind, &msg, inflater, h);
+        }
         if kind == MessageKind::Text && self.utf8.finish().is_err() {
             self.fail(CloseCode::INVALID_DATA, "invalid UTF-8 in text message", h);
             return;
@@ -385,6 +448,32 @@ impl Session {
         }
         // An idle connection keeps no message buffer.
         self.msg = Vec::new();
+    }
+
+    /// A complete compressed message: inflated (never past the message
+    /// limit), validated, handed over.
+    fn inflated(
+        &mut self,
+        kind: MessageKind,
+        compressed: &[u8],
+        inflater: Option<&mut Inflater>,
+        h: &mut impl Handler,
+    ) {
+        // RSV1 is refused in the header without an inflater.
+        let (Some(inf), State::Open) = (inflater, self.state) else {
+            return;
+        };
+        match inf.inflate(compressed, self.max_message) {
+            Err(InflateError::TooBig) => self.fail(CloseCode::TOO_BIG, "message too big", h),
+            Err(InflateError::Invalid) => {
+                self.fail(CloseCode::INVALID_DATA, "invalid compressed data", h)
+            }
+            Ok(plain) if kind == MessageKind::Text && utf8::validate(plain).is_err() => {
+                self.fail(CloseCode::INVALID_DATA, "invalid UTF-8 in text message", h)
+            }
+            Ok(plain) => h.on_message(kind, plain),
+        }
+        inf.release();
     }
 
     fn control(&mut self, opcode: OpCode, payload: &[u8], h: &mut impl Handler) {
@@ -692,5 +781,86 @@ mod tests {
         assert_eq!(s.feed(&mut input, &mut r), State::Done);
         assert!(r.messages.is_empty());
         assert_eq!(r.control.len(), 1);
+    }
+
+    /// A masked frame with RSV1 set.
+    fn deflated(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = frame(fin, op, payload);
+        v[0] |= crate::ws::frame::RSV1;
+        v
+    }
+
+    fn compress(payload: &[u8]) -> Vec<u8> {
+        let mut d = crate::ws::deflate::Deflater::new(6, 1);
+        d.compress(WindowBits::MAX, payload).unwrap().to_vec()
+    }
+
+    /// Feeds `bytes` in pieces of `chunk` to a session that negotiated
+    /// permessage-deflate.
+    fn run_deflate(bytes: &[u8], chunk: usize, max: usize) -> (Rec, State) {
+        let limits = Limits {
+            max_message: max,
+            max_fragments: 64,
+        };
+        let mut s = Session::negotiated(limits, Some(WindowBits::MAX));
+        let mut inf = Inflater::new();
+        let mut r = Rec::default();
+        let mut buf = bytes.to_vec();
+        let mut state = State::Open;
+        for piece in buf.chunks_mut(chunk.max(1)) {
+            state = s.feed_with(piece, Some(&mut inf), &mut r);
+        }
+        (r, state)
+    }
+
+    #[test]
+    fn compressed_messages_whole_and_fragmented_at_every_split() {
+        let text = "{\"k\":\"value\",\"n\":12345}".repeat(30);
+        let packed = compress(text.as_bytes());
+        let (a, b) = packed.split_at(packed.len() / 2);
+        let mut wire = deflated(true, 1, &packed);
+        wire.extend(deflated(false, 2, a));
+        wire.extend(frame(true, 9, b"ping"));
+        wire.extend(frame(true, 0, b));
+        wire.extend(frame(true, 1, b"plain"));
+        for chunk in [1, 3, 7, 64, wire.len()] {
+            let (r, state) = run_deflate(&wire, chunk, 1 << 20);
+            assert_eq!(state, State::Open, "chunk {chunk}");
+            assert_eq!(r.messages.len(), 3);
+            assert_eq!(r.messages[0], (MessageKind::Text, text.as_bytes().to_vec()));
+            assert_eq!(
+                r.messages[1],
+                (MessageKind::Binary, text.as_bytes().to_vec())
+            );
+            assert_eq!(r.messages[2], (MessageKind::Text, b"plain".to_vec()));
+            assert_eq!(r.control, vec![(OpCode::Pong, b"ping".to_vec())]);
+        }
+    }
+
+    #[test]
+    fn compression_errors_and_limits() {
+        let packed = compress(b"hello hello hello hello");
+        let bomb = compress(&vec![0u8; 1 << 20]);
+        let bad_utf8 =
+            compress(&[b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx".as_slice(), &[0xFF]].concat());
+        let mut rsv1_continuation = frame(false, 1, b"a");
+        rsv1_continuation.extend(deflated(true, 0, b"b"));
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("rsv1 ping", deflated(true, 9, b""), 1002),
+            ("rsv1 continuation", rsv1_continuation, 1002),
+            ("garbage", deflated(true, 2, &[0xFF; 16]), 1007),
+            ("bad utf-8", deflated(true, 1, &bad_utf8), 1007),
+            ("bomb", deflated(true, 2, &bomb), 1009),
+        ];
+        for (what, wire, code) in cases {
+            let (r, state) = run_deflate(&wire, wire.len(), 64 * 1024);
+            assert_eq!((state, r.close_code()), (State::Done, Some(code)), "{what}");
+            assert!(r.messages.is_empty(), "{what}");
+        }
+        // Without the extension (or without an inflater) RSV1 is 1002.
+        let (r, _) = run(&deflated(true, 1, &packed), 1000);
+        assert_eq!(r.close_code(), Some(1002));
+        // An idle session's size is what every connection costs.
+        assert!(std::mem::size_of::<Session>() <= 224);
     }
 }

@@ -106,7 +106,7 @@ pub fn check_handshake(buf: &[u8], max_head: usize, max_body: usize) {
             assert!(creds_inside(&buf[..n], creds));
             assert!(upgrade.accept.iter().all(u8::is_ascii_graphic));
             let mut out = Vec::new();
-            upgrade.write_response(&mut out);
+            upgrade.write_response(upgrade.deflate.as_ref(), b"", &mut out);
             assert!(out.starts_with(b"HTTP/1.1 101 ") && out.ends_with(b"\r\n\r\n"));
             head_end = Some(n);
         }
@@ -375,6 +375,78 @@ pub fn check_frames(limits: Limits, stream: &[u8], chunks: &[usize], close_first
     let model = reference_session(limits, stream, close_first);
     assert_eq!(normalise(&whole.events), model.events, "against the model");
     assert_eq!(whole.state, model.state, "state against the model");
+    if !close_first {
+        check_deflate(limits, stream, chunks, &whole);
+    }
+}
+
+/// permessage-deflate, two ways. The same bytes fed to a session that
+/// negotiated the extension (RSV1 now allowed on first frames) keep every
+/// invariant; and the messages the plain session delivered, re-sent
+/// compressed (each split over two frames, fed in the same chunk sizes),
+/// come out of a deflate session exactly as they went in.
+fn check_deflate(limits: Limits, stream: &[u8], chunks: &[usize], plain: &Outcome) {
+    use ringcast::ws::deflate::{Deflater, Inflater, WindowBits};
+    let feed = |bytes: &[u8], chunks: &[usize]| {
+        let mut s = Session::negotiated(limits, Some(WindowBits::MAX));
+        let mut inf = Inflater::new();
+        let mut h = Recorder::default();
+        let mut buf = bytes.to_vec();
+        let sizes: Vec<usize> = chunks.iter().copied().filter(|&c| c > 0).collect();
+        let sizes = if sizes.is_empty() {
+            vec![buf.len().max(1)]
+        } else {
+            sizes
+        };
+        let mut pos = 0;
+        for &size in sizes.iter().cycle() {
+            if pos >= buf.len() {
+                break;
+            }
+            let end = (pos + size).min(buf.len());
+            s.feed_with(&mut buf[pos..end], Some(&mut inf), &mut h);
+            pos = end;
+        }
+        if s.state() == State::Done {
+            assert_eq!(s.buffered_bytes(), 0, "a closed session holds a buffer");
+        }
+        Outcome {
+            events: h.events,
+            state: s.state(),
+        }
+    };
+    let raw = feed(stream, chunks);
+    check_outcome(&raw, limits, false);
+
+    let mut d = Deflater::new(6, 1);
+    let mut wire = Vec::new();
+    let mut sent = Vec::new();
+    for e in &plain.events {
+        let Event::Message(kind, payload) = e else {
+            continue;
+        };
+        let Some(packed) = d.compress(WindowBits::MAX, payload) else {
+            continue; // incompressible: the server would send it plain
+        };
+        let op = kind.opcode() as u8;
+        // Two frames, where the fragment limit allows it.
+        let cut = if limits.max_fragments >= 2 {
+            packed.len() / 2
+        } else {
+            packed.len()
+        };
+        let (a, b) = packed.split_at(cut);
+        let start = wire.len();
+        frame::encode_client_frame(b.is_empty(), op, a, [1, 2, 3, 4], &mut wire);
+        wire[start] |= frame::RSV1;
+        if !b.is_empty() {
+            frame::encode_client_frame(true, 0, b, [5, 6, 7, 8], &mut wire);
+        }
+        sent.push(Event::Message(*kind, payload.clone()));
+    }
+    let got = feed(&wire, chunks);
+    assert_eq!(got.events, sent, "compressed messages round-trip");
+    assert_eq!(got.state, State::Open);
 }
 
 /// Invariants of one outcome on their own.
