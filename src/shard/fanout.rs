@@ -37,10 +37,7 @@ impl Recipients for Sink<'_> {
         push: impl FnOnce(&mut OutQueue, Option<WindowBits>) -> Pushed,
     ) -> Option<Pushed> {
         let conn = self.conns.get_mut(key)?;
-        let window = match &conn.phase {
-            Phase::Open(session) => session.deflate(),
-            _ => None,
-        };
+        let window = conn.deflate();
         let pushed = push(&mut conn.out, window);
         if pushed.over {
             self.overflow.push(key);
@@ -283,10 +280,7 @@ impl Shard {
         let env = &mut self.env;
         env.scratch.clear();
         write(&mut env.scratch);
-        let window = match &conn.phase {
-            Phase::Open(session) => session.deflate(),
-            _ => None,
-        };
+        let window = conn.deflate();
         conn.out.write_message(
             &mut env.pool,
             &mut env.deflater,

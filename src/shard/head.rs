@@ -275,10 +275,7 @@ impl Shard {
                 scratch.clear();
                 protocol::write_welcome(&id, self.id, ping_ms, scratch);
                 let env = &mut self.env;
-                let window = match &conn.phase {
-                    Phase::Open(s) => s.deflate(),
-                    _ => None,
-                };
+                let window = conn.deflate();
                 conn.out.write_message(
                     &mut env.pool,
                     &mut env.deflater,

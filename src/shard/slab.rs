@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::app::ConnCtl;
 use crate::conn::outq::MAX_IOV;
 use crate::conn::{ConnKey, OutQueue};
+use crate::ws::deflate::WindowBits;
 use crate::ws::Session;
 
 /// Completion kinds, packed with a [`ConnKey`] into `user_data`.
@@ -133,6 +134,16 @@ pub(crate) struct Conn {
 pub(crate) const NO_TICK: u64 = u64::MAX;
 
 impl Conn {
+    /// The permessage-deflate window an open connection negotiated, if
+    /// any: what its frames are compressed with.
+    #[inline]
+    pub(crate) fn deflate(&self) -> Option<WindowBits> {
+        match &self.phase {
+            Phase::Open(session) => session.deflate(),
+            _ => None,
+        }
+    }
+
     /// A freshly accepted connection.
     pub(crate) fn new(fd: OwnedFd, deadline: Instant) -> Conn {
         Conn {
