@@ -1320,6 +1320,8 @@ impl Worker {
     fn frames(&mut self, t: usize) {
         let mut replies = 0usize;
         let mut closed = false;
+        // The close frame's code and reason, for the error.
+        let mut close_why = String::new();
         let now = now_ns();
         let in_window = self.window(now);
         let (ws, we) = (
@@ -1374,6 +1376,14 @@ impl Worker {
             match (op, c.role) {
                 (wire::CLOSE, _) => {
                     closed = true;
+                    if let [hi, lo, reason @ ..] = body {
+                        close_why = format!(
+                            " ({}{}{})",
+                            u16::from_be_bytes([*hi, *lo]),
+                            if reason.is_empty() { "" } else { ": " },
+                            String::from_utf8_lossy(reason)
+                        );
+                    }
                     c.rstart += hl + len;
                     break;
                 }
@@ -1525,7 +1535,7 @@ impl Worker {
             if role == Role::Churn && phase == Phase::Closing {
                 return self.finish_cycle(t);
             }
-            return self.fail(t, "server sent a close frame".into());
+            return self.fail(t, format!("server sent a close frame{close_why}"));
         }
         match role {
             Role::Echo if replies > 0 => {
