@@ -1,10 +1,10 @@
 //! `--deflate` against a permessage-deflate server written here (std
 //! sockets, a thread per connection, flate2), so the generator is tested on
-//! a codec other than its own and whatever the server answers: `/echo`
-//! sends every message back, `/broadcast` sends it to every `/broadcast`
-//! connection; both compress for the connections that negotiated the
-//! extension and inflate what arrives compressed, with the window the
-//! answer granted the client.
+//! whatever a server may answer: `/echo` sends every message back,
+//! `/broadcast` sends it to every `/broadcast` connection; both compress
+//! for the connections that negotiated the extension and inflate what
+//! arrives compressed, with the window the answer granted the client. Then
+//! against ringcast itself (embedded), compression on and off.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -439,4 +439,134 @@ fn a_server_that_does_not_grant_deflate_fails_the_run_naming_its_answer() {
         );
         assert!(err.contains(expect), "{answer:?}: {err}");
     }
+}
+
+// ----- against ringcast itself ----------------------------------------------
+
+/// An in-process ringcast on an ephemeral loopback port, one core.
+fn ringcast(extra: &[&str]) -> ringcast::Server {
+    let mut args = vec!["ringcast", "--listen", "127.0.0.1:0", "--cores", "1"];
+    args.extend_from_slice(extra);
+    let cfg = ringcast::Config::from_args_and_file(args.clone())
+        .unwrap_or_else(|e| panic!("config {args:?}: {e}"));
+    ringcast::Server::start(&cfg).unwrap_or_else(|e| panic!("start {args:?}: {e}"))
+}
+
+#[test]
+fn ringcast_echo_and_a_channel_compressed_end_to_end() {
+    let srv = ringcast(&["--compression", "on", "--compression-min-bytes", "256"]);
+    let addr = srv.local_addr().to_string();
+    let j = load(&[
+        "echo",
+        "--addr",
+        &addr,
+        "--deflate",
+        "--payload",
+        "json",
+        "--size",
+        "1024",
+        "--conns",
+        "2",
+        "--in-flight",
+        "2",
+        "--threads",
+        "1",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+    ]);
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(
+        j["extension"],
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    );
+    let count = j["count"].as_u64().unwrap();
+    assert!(count > 0, "{j}");
+    assert_eq!(j["wire"]["compressed"].as_u64(), Some(count), "{j}");
+    assert_eq!(j["wire"]["mismatches"], 0, "{j}");
+
+    // A channel: JSON publications compressed once, inflated by every
+    // subscriber, offsets consecutive.
+    let j = load(&[
+        "broadcast",
+        "--addr",
+        &addr,
+        "--deflate",
+        "--payload",
+        "json",
+        "--size",
+        "1024",
+        "--channel",
+        "bench",
+        "--conns",
+        "5",
+        "--rate",
+        "100",
+        "--threads",
+        "1",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+    ]);
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["loss"], 0, "{j}");
+    assert_eq!(j["gaps"], 0, "{j}");
+    assert_eq!(j["reorders"], 0, "{j}");
+    let count = j["count"].as_u64().unwrap();
+    assert!(count > 0, "{j}");
+    assert_eq!(j["wire"]["compressed"].as_u64(), Some(count), "{j}");
+    assert_eq!(j["latency_us"]["samples"].as_u64(), Some(count), "{j}");
+    // The delivery wraps the 1 KB body; it shrinks on the wire.
+    assert!(f(&j["wire"]["inflated_per_msg"]) > 1024.0, "{j}");
+    assert!(
+        f(&j["wire"]["payload_per_msg"]) < f(&j["wire"]["inflated_per_msg"]),
+        "{j}"
+    );
+    let stats = srv.shutdown().unwrap();
+    // The server inflated the echo clients' messages and compressed.
+    assert!(stats.iter().map(|s| s.deflate.inflated).sum::<u64>() > 0);
+    assert!(stats.iter().map(|s| s.deflate.compressed).sum::<u64>() > 0);
+}
+
+#[test]
+fn ringcast_with_compression_off_fails_a_deflate_run() {
+    let srv = ringcast(&["--compression", "off"]);
+    let addr = srv.local_addr().to_string();
+    let out = run(&[
+        "echo",
+        "--addr",
+        &addr,
+        "--deflate",
+        "--conns",
+        "2",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0.1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("did not grant permessage-deflate"), "{err}");
+    // Without --deflate the same server is fine, and nothing is compressed.
+    let j = load(&[
+        "echo",
+        "--addr",
+        &addr,
+        "--payload",
+        "json",
+        "--size",
+        "1024",
+        "--conns",
+        "2",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0.1",
+    ]);
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["wire"]["compressed"], 0, "{j}");
+    assert_eq!(f(&j["wire"]["payload_per_msg"]), 1024.0, "{j}");
+    srv.shutdown().unwrap();
 }
