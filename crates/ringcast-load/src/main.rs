@@ -524,9 +524,12 @@ fn run(args: &Args) -> Result<(), String> {
         Kind::Idle => "connection",
         Kind::Churn => "cycle",
     };
-    // Per counted message (echo, delivery): bytes read from the sockets,
-    // payload bytes as received and once inflated.
+    // Per counted message (echo, delivery): payload bytes as received and
+    // once inflated; bytes read from the sockets in the window per message
+    // that arrived in it.
     let per_msg = |b: u64| (count > 0).then(|| b as f64 / count as f64);
+    let read_per_msg =
+        (wire_st.arrived > 0).then(|| wire_st.read_bytes as f64 / wire_st.arrived as f64);
     let wire_payload = wire_st.compressed_wire_bytes + wire_st.plain_bytes;
     let inflated = wire_st.compressed_bytes + wire_st.plain_bytes;
     let ratio = (wire_st.compressed_wire_bytes > 0)
@@ -618,7 +621,7 @@ fn run(args: &Args) -> Result<(), String> {
     if count > 0 && matches!(args.scenario, Kind::Echo | Kind::Broadcast) {
         println!(
             "  wire: {:.0} B read per {one}; payload {:.0} B received, {:.0} B inflated; {} compressed{}, {} plain",
-            per_msg(wire_st.read_bytes).unwrap_or(0.0),
+            read_per_msg.unwrap_or(0.0),
             per_msg(wire_payload).unwrap_or(0.0),
             per_msg(inflated).unwrap_or(0.0),
             wire_st.compressed,
@@ -769,7 +772,10 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let wire_json = json!({
         "read_bytes": wire_st.read_bytes,
-        "read_per_msg": per_msg(wire_st.read_bytes),
+        "read_per_msg": read_per_msg,
+        "arrived": wire_st.arrived,
+        "inflated_decoded": wire_st.decoded,
+        "inflated_reused": wire_st.reused,
         "payload_bytes": wire_payload,
         "payload_per_msg": per_msg(wire_payload),
         "inflated_bytes": inflated,

@@ -227,8 +227,8 @@ pub(crate) struct Outcome {
 /// counted ones (echoes, deliveries); `read_bytes` is everything read.
 #[derive(Default, Clone, Copy, Debug)]
 pub(crate) struct WireStats {
-    /// Bytes read from the sockets: frame headers, replies, control
-    /// frames, everything the kernel handed over.
+    /// Bytes read from the sockets (but the broadcast publishers'): frame
+    /// headers, replies, control frames, everything the kernel handed over.
     pub read_bytes: u64,
     /// Messages that arrived compressed (RSV1), their payload bytes as
     /// received, and once inflated.
@@ -240,6 +240,14 @@ pub(crate) struct WireStats {
     pub plain_bytes: u64,
     /// Echo: replies whose payload (inflated) is not the message sent.
     pub mismatches: u64,
+    /// Echo replies and deliveries received inside the window (by arrival,
+    /// whenever they were sent): what `read_bytes` carried, so the bytes
+    /// read per message stay right when subscribers lag.
+    pub arrived: u64,
+    /// Whole run: compressed messages really inflated, and ones that were
+    /// byte for byte one inflated just before (see [`Inflater`]).
+    pub decoded: u64,
+    pub reused: u64,
 }
 
 impl WireStats {
@@ -251,6 +259,9 @@ impl WireStats {
         self.plain += o.plain;
         self.plain_bytes += o.plain_bytes;
         self.mismatches += o.mismatches;
+        self.arrived += o.arrived;
+        self.decoded += o.decoded;
+        self.reused += o.reused;
     }
 
     /// One counted message: `wire` payload bytes received, `plain` once
@@ -746,6 +757,8 @@ impl Worker {
             }
         }
         self.close_all();
+        self.out.wire.decoded = self.inflater.decoded;
+        self.out.wire.reused = self.inflater.reused;
         self.out
     }
 
@@ -1048,11 +1061,13 @@ impl Worker {
         match res {
             0 => self.on_eof(t),
             n if n > 0 => {
-                if self.window(now_ns()) {
-                    self.out.wire.read_bytes += n as u64;
-                }
+                let in_window = self.window(now_ns());
                 if let Some(c) = live(&mut self.conns, t) {
                     c.rend += n as usize;
+                    // A broadcast publisher's own copies are not deliveries.
+                    if in_window && c.role != Role::Publisher {
+                        self.out.wire.read_bytes += n as u64;
+                    }
                 }
                 self.process(t);
                 self.arm_recv(t);
@@ -1393,6 +1408,7 @@ impl Worker {
                         self.out.wire.mismatches += 1;
                     }
                     if in_window {
+                        self.out.wire.arrived += 1;
                         self.out.count += 1;
                         self.out.bytes += body.len() as u64;
                         self.out.wire.message(f.compressed, len, body.len());
@@ -1447,6 +1463,9 @@ impl Worker {
                         }
                         None
                     };
+                    if ts.is_some() && in_window {
+                        self.out.wire.arrived += 1;
+                    }
                     if let Some(ts) = ts.filter(|&t| window(t)) {
                         self.out.count += 1;
                         self.out.bytes += body.len() as u64;

@@ -387,6 +387,15 @@ fn broadcast_subscribers_inflate_and_count_wire_bytes() {
     assert!(f(&w["payload_per_msg"]) < 1024.0 / 1.2, "{j}");
     // The latency stamp survived the compression.
     assert_eq!(j["latency_us"]["samples"].as_u64(), Some(count), "{j}");
+    // One publication reaches 3 subscribers per thread as the same bytes:
+    // inflated once, found again for the others.
+    let (decoded, reused) = (
+        w["inflated_decoded"].as_u64().unwrap(),
+        w["inflated_reused"].as_u64().unwrap(),
+    );
+    assert!(decoded + reused >= count, "{j}");
+    assert!(reused >= decoded, "{j}");
+    assert!(f(&w["read_per_msg"]) > f(&w["payload_per_msg"]), "{j}");
     // Subscribers offered the extension; the publisher (which only sends)
     // did not, and sent plain JSON.
     let offers = srv.seen.offers.lock().unwrap().clone();
