@@ -33,11 +33,14 @@
 #                   in-memory engine and with the Redis engine in turn
 #   idle            15,000 connections held (RSS per connection)
 #   churn           64 parallel connect/handshake/echo/close loops
-#   broadcast-json  1,000 subscribers, publisher 2,000 msg/s x 1 KB realistic
-#                   JSON (--payload json), server compression off (variant
-#                   off) and on with the subscribers negotiating
-#                   permessage-deflate (variant on): deliveries per server
-#                   CPU-s, p99 and bytes on the wire per delivery side by side
+#   broadcast-json  1,000 subscribers, publisher $BROADCAST_JSON_RATE msg/s
+#                   (default 500) x 1 KB realistic JSON (--payload json),
+#                   server compression off (variant off) and on with the
+#                   subscribers negotiating permessage-deflate (variant on):
+#                   deliveries per server CPU-s, p99 and bytes on the wire
+#                   per delivery side by side. (2,000 msg/s of 1 KB is 2 GB/s
+#                   of deliveries: more than a 2-CPU host's loopback carries,
+#                   compressed or not, so both variants lag by seconds.)
 #   echo-deflate    100 conns x 16 in flight x 1 KB JSON, closed loop,
 #                   compression off and on (on: the clients send compressed
 #                   too, so both directions are measured)
@@ -84,7 +87,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?}; shift 2 ;;
     --warmup) WARMUP=${2:?}; shift 2 ;;
     --servers) SERVERS=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,68p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,71p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) SCENARIOS+=("$1"); shift ;;
   esac
@@ -107,6 +110,9 @@ else
 fi
 [ "$ROUNDS" -ge 1 ] || die "--rounds must be >= 1"
 
+# The compression scenarios' knobs (see --help).
+COMPRESSION_MIN_BYTES=${COMPRESSION_MIN_BYTES:-256}
+BROADCAST_JSON_RATE=${BROADCAST_JSON_RATE:-500}
 scenario_args() { # the generator's arguments for a scenario
   case "$1" in
     echo)           echo "echo --conns 100 --in-flight 16 --size 32" ;;
@@ -119,7 +125,7 @@ scenario_args() { # the generator's arguments for a scenario
     cluster-publish) echo "publish --conns 4 --in-flight 16 --size 64 --channel bench" ;;
     idle|idle-deflate) if [ "$QUICK" = 1 ]; then echo "idle --conns 2000"; else echo "idle --conns 15000"; fi ;;
     churn)          echo "churn --parallel 64" ;;
-    broadcast-json) echo "broadcast --conns 1000 --rate 2000 --size 1024 --payload json" ;;
+    broadcast-json) echo "broadcast --conns 1000 --rate $BROADCAST_JSON_RATE --size 1024 --payload json" ;;
     echo-deflate)   echo "echo --conns 100 --in-flight 16 --size 1024 --payload json" ;;
     *) die "unknown scenario '$1' (one of: ${ALL[*]})" ;;
   esac
@@ -131,7 +137,6 @@ ringcast_only() { case "$1" in channels|channels-ordered|cluster|cluster-publish
 # The compression scenarios: each runs once per variant, the server's
 # compression flags and the generator's --deflate following the variant.
 # The baseline runs the first variant only (no extension).
-COMPRESSION_MIN_BYTES=${COMPRESSION_MIN_BYTES:-256}
 scenario_variants() {
   case "$1" in
     broadcast-json|echo-deflate) echo "off on" ;;
@@ -250,7 +255,7 @@ cat > "$OUT/host.json" <<EOF
 {"cpus": $NCPU, "server_cpus": "$SERVER_CPUS", "gen_cpus": "$GEN_CPUS", "kernel": "$(uname -r)",
  "cluster_cpus": "$CLUSTER_CPUS", "cluster_gen_cpus": "$CLUSTER_GEN_CPUS", "redis_cpus": "$REDIS_CPUS",
  "redis": "$(if [ "$NEED_REDIS" = 1 ]; then redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'; fi)",
- "compression_min_bytes": $COMPRESSION_MIN_BYTES,
+ "compression_min_bytes": $COMPRESSION_MIN_BYTES, "broadcast_json_rate": $BROADCAST_JSON_RATE,
  "servers": "$(for s in $SERVERS; do server_label "$s"; done | tr '\n' ' ')", "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "quick": $QUICK, "perf_events": "$EVENTS",
  "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)", "date": "$(date -Is)"}
 EOF
@@ -445,12 +450,13 @@ rec.update({"bench_scenario": scen, "server_name": server, "round": int(rnd), "p
             "broker": "--broker" in sargs.split()})
 print(json.dumps(rec))
 PY
-  grep -E "^  " "$OUT/raw/$name.out" | sed "s/^/  [$name] /" | sed -n 1,4p
-  # Channel runs: where the publishers landed and the ordering verdict;
-  # cluster runs: the broker's CPU; compression runs: the bytes on the wire.
+  # The first 4 summary lines, then: channel runs, where the publishers
+  # landed and the ordering verdict; cluster runs, the broker's CPU;
+  # compression runs, the bytes on the wire.
   local more="publishers|order|redis"
   if [ -n "$vsargs" ]; then more="$more|wire|client"; fi
-  grep -E "^  ($more)" "$OUT/raw/$name.out" | sed "s/^/  [$name] /" || true
+  grep -E "^  " "$OUT/raw/$name.out" | awk -v more="^  ($more)" 'NR <= 4 || $0 ~ more' \
+    | sed "s/^/  [$name] /" || true
 }
 
 # The runs of one scenario on one server.

@@ -128,23 +128,24 @@ def compressed_share(r):
     return c / (c + p) if c is not None and p is not None and c + p > 0 else None
 
 
-def wire_rows(one):
-    """The bytes on the wire per counted message (`one`: delivery, msg)."""
+def wire_rows(one, many):
+    """The bytes on the wire per counted message (`one`: delivery, msg;
+    `many`: its plural)."""
     return [
         (f"payload bytes on the wire per {one}", lambda r: get(r, "wire.payload_per_msg"), "{:,.0f}", False),
         (f"bytes read per {one} (all socket reads)", lambda r: get(r, "wire.read_per_msg"), "{:,.0f}", False),
         (f"payload bytes per {one} inflated", lambda r: get(r, "wire.inflated_per_msg"), "{:,.0f}", None),
         ("compression ratio (inflated / wire, compressed msgs)", lambda r: get(r, "wire.compressed_ratio"), "{:.2f}", True),
-        (f"{one}s that came compressed", compressed_share, "{:.0%}", None),
+        (f"{many} that came compressed", compressed_share, "{:.0%}", None),
     ]
 
 
 RSS_MIB = ("server RSS (MiB)", lambda r: (get(r, "server.rss") or 0) / 1048576 if get(r, "server.rss") else None, "{:.1f}", False)
-BROADCAST_JSON = BROADCAST[:4] + [BROADCAST[5]] + wire_rows("delivery") + [
+BROADCAST_JSON = BROADCAST[:4] + [BROADCAST[5]] + wire_rows("delivery", "deliveries") + [
     BROADCAST[6], BROADCAST[7], RSS_MIB,
     ("generator CPU (cores)", lambda r: get(r, "generator.utilization"), "{:.2f}", None),
 ]
-ECHO_DEFLATE = THROUGHPUT[:4] + wire_rows("msg") + [
+ECHO_DEFLATE = THROUGHPUT[:4] + wire_rows("msg", "msgs") + [
     ("client's message on the wire (B)", lambda r: get(r, "client_compressed.wire", r.get("size")), "{:,.0f}", False),
 ] + THROUGHPUT[4:] + [RSS_MIB]
 IDLE_DEFLATE = IDLE
@@ -182,7 +183,7 @@ DESCR = {
     "churn": "64 loops: connect, handshake, 1 echo, close",
     "cluster": "channels-ordered over 2 nodes sharing the channel through Redis",
     "cluster-publish": "closed-loop /ws publishes against one node: in-memory engine vs Redis engine",
-    "broadcast-json": "1,000 subscribers, 2,000 msg/s x 1 KB JSON, compression off vs on",
+    "broadcast-json": "1,000 subscribers, 1 KB JSON messages, compression off vs on",
     "echo-deflate": "100 conns x 16 in flight x 1 KB JSON, compression off vs on (both directions)",
     "idle-deflate": "connections held, permessage-deflate negotiated or not (server compression on)",
 }
@@ -364,6 +365,10 @@ def compression_sections(by, host, chart):
         answers = sorted({f"{srv} {r.get('variant')}: {r.get('extension')}"
                           for srv in servers for r in by[scen][srv] if r.get("extension")})
         r0 = columns[0][1][0] if columns else {}
+        if scen == "broadcast-json" and r0:
+            text_rate = f"{r0.get('conns'):,} subscribers, publisher {r0.get('rate'):,} msg/s × {r0.get('size'):,} B JSON. "
+        else:
+            text_rate = ""
         out.append(f"## {scen}: {DESCR[scen]}" + (f" ({r0.get('conns')} connections)" if scen == "idle-deflate" and r0 else ""))
         out.append("")
         if scen == "idle-deflate":
@@ -371,7 +376,7 @@ def compression_sections(by, host, chart):
                     f"`{variants[0]}` clients offer no extension, `{variants[1]}` clients negotiate permessage-deflate "
                     f"(`--deflate`). RSS per connection is what negotiating costs a held connection.")
         else:
-            text = (f"`{variants[0]}`: server `--compression off`, clients offer nothing; `{variants[1]}`: "
+            text = (text_rate + f"`{variants[0]}`: server `--compression off`, clients offer nothing; `{variants[1]}`: "
                     f"server `--compression on --compression-min-bytes {host.get('compression_min_bytes', '?')}`, "
                     f"clients negotiate permessage-deflate (`--deflate`)"
                     + (" and send their messages compressed" if scen == "echo-deflate" else "")
