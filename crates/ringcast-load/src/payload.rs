@@ -263,14 +263,44 @@ pub(crate) fn json(size: usize, seed: u64) -> Vec<u8> {
     let mut out = format!("{{\"id\":\"{id}\"").into_bytes();
     let text_frame = r#","text":""}"#.len();
     // Leave some room for text: a message has one.
-    let want_text = (size / 4).min(400);
+    let want_text = (size / 5).min(240);
     for f in fields.drain(..) {
         if out.len() + f.len() + text_frame + want_text.min(size - out.len() - text_frame) <= size {
             out.extend_from_slice(f.as_bytes());
         }
     }
-    // Fill the rest with text. Long bodies get more of it (a paragraph, a
-    // list of messages would add structure; words are what grows).
+    // Then a list of like objects (the room's participants), as events
+    // carry (line items, members, recent messages): the same keys again
+    // with other values, which is what deflate finds in real JSON.
+    let list_frame = r#","participants":[]"#.len();
+    let mut first = true;
+    loop {
+        let item = format!(
+            r#"{}{{"id":{},"name":"{}","status":"{}","role":"{}","last_seen":"2026-12-03T{:02}:{:02}:{:02}Z","muted":{}}}"#,
+            if first { "" } else { "," },
+            r.below(90_000) + 10_000,
+            r.pick(NAMES),
+            ["online", "away", "busy", "offline"][r.below(4)],
+            ["member", "member", "member", "moderator", "guest"][r.below(5)],
+            r.below(24),
+            r.below(60),
+            r.below(60),
+            r.below(7) == 0
+        );
+        let frame = if first { list_frame } else { 0 };
+        if out.len() + frame + item.len() + text_frame + want_text > size {
+            break;
+        }
+        if first {
+            out.extend_from_slice(br#","participants":["#);
+        }
+        out.extend_from_slice(item.as_bytes());
+        first = false;
+    }
+    if !first {
+        out.push(b']');
+    }
+    // Fill the rest with text.
     let room = size - out.len() - text_frame;
     let mut text = String::with_capacity(room + 16);
     let mut sentence_start = true;
@@ -334,5 +364,14 @@ mod tests {
         assert!((1.3..4.0).contains(&ratio), "ratio {ratio:.2}");
         let filler = crate::deflate::compress(15, &[b'x'; 1024]).unwrap();
         assert!(filler.len() < packed.len() / 10);
+        // Larger bodies carry a list of like objects: more to find.
+        let big = json(4096, 1);
+        let v: serde_json::Value = serde_json::from_slice(&big).unwrap();
+        assert!(v["participants"].as_array().unwrap().len() > 10, "{v}");
+        let big_ratio = big.len() as f64 / crate::deflate::compress(15, &big).unwrap().len() as f64;
+        assert!(
+            (ratio..8.0).contains(&big_ratio),
+            "{big_ratio:.2} vs {ratio:.2}"
+        );
     }
 }
