@@ -33,6 +33,25 @@
 #                   in-memory engine and with the Redis engine in turn
 #   idle            15,000 connections held (RSS per connection)
 #   churn           64 parallel connect/handshake/echo/close loops
+#   broadcast-json  1,000 subscribers, publisher $BROADCAST_JSON_RATE msg/s
+#                   (default 500) x 1 KB realistic JSON (--payload json),
+#                   server compression off (variant off) and on with the
+#                   subscribers negotiating permessage-deflate (variant on):
+#                   deliveries per server CPU-s, p99 and bytes on the wire
+#                   per delivery side by side. (2,000 msg/s of 1 KB is 2 GB/s
+#                   of deliveries: more than a 2-CPU host's loopback carries,
+#                   compressed or not, so both variants lag by seconds.)
+#   echo-deflate    100 conns x 16 in flight x 1 KB JSON, closed loop,
+#                   compression off and on (on: the clients send compressed
+#                   too, so both directions are measured)
+#   idle-deflate    the idle scenario with server compression on, the
+#                   clients negotiating permessage-deflate (variant deflate)
+#                   or not (variant plain): RSS per connection
+#   ringcast runs these with --compression off (variant off) or
+#   --compression on --compression-min-bytes $COMPRESSION_MIN_BYTES (default
+#   256; variants on, plain, deflate); a build without --compression skips
+#   them (said so). The baseline, which has no permessage-deflate, runs
+#   their off/plain variant only.
 #
 #   --quick      echo, broadcast, churn and idle (2,000 conns) with short
 #                windows, 3 rounds: under 2 minutes once built
@@ -68,12 +87,13 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?}; shift 2 ;;
     --warmup) WARMUP=${2:?}; shift 2 ;;
     --servers) SERVERS=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,52p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,71p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) SCENARIOS+=("$1"); shift ;;
   esac
 done
-ALL=(echo echo-big echo-lat broadcast broadcast-wide channels channels-ordered cluster cluster-publish idle churn)
+ALL=(echo echo-big echo-lat broadcast broadcast-wide channels channels-ordered cluster cluster-publish idle churn
+     broadcast-json echo-deflate idle-deflate)
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   if [ "$QUICK" = 1 ]; then SCENARIOS=(echo broadcast churn idle); else SCENARIOS=("${ALL[@]}"); fi
   if ! command -v redis-server >/dev/null 2>&1; then
@@ -90,6 +110,9 @@ else
 fi
 [ "$ROUNDS" -ge 1 ] || die "--rounds must be >= 1"
 
+# The compression scenarios' knobs (see --help).
+COMPRESSION_MIN_BYTES=${COMPRESSION_MIN_BYTES:-256}
+BROADCAST_JSON_RATE=${BROADCAST_JSON_RATE:-500}
 scenario_args() { # the generator's arguments for a scenario
   case "$1" in
     echo)           echo "echo --conns 100 --in-flight 16 --size 32" ;;
@@ -100,8 +123,10 @@ scenario_args() { # the generator's arguments for a scenario
     channels)       echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench" ;;
     channels-ordered|cluster) echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench --publishers 2" ;;
     cluster-publish) echo "publish --conns 4 --in-flight 16 --size 64 --channel bench" ;;
-    idle)           if [ "$QUICK" = 1 ]; then echo "idle --conns 2000"; else echo "idle --conns 15000"; fi ;;
+    idle|idle-deflate) if [ "$QUICK" = 1 ]; then echo "idle --conns 2000"; else echo "idle --conns 15000"; fi ;;
     churn)          echo "churn --parallel 64" ;;
+    broadcast-json) echo "broadcast --conns 1000 --rate $BROADCAST_JSON_RATE --size 1024 --payload json" ;;
+    echo-deflate)   echo "echo --conns 100 --in-flight 16 --size 1024 --payload json" ;;
     *) die "unknown scenario '$1' (one of: ${ALL[*]})" ;;
   esac
 }
@@ -109,6 +134,29 @@ for s in "${SCENARIOS[@]}"; do scenario_args "$s" >/dev/null; done
 
 # Scenarios that only ringcast runs (the baseline has no /ws, no broker).
 ringcast_only() { case "$1" in channels|channels-ordered|cluster|cluster-publish) return 0 ;; *) return 1 ;; esac; }
+# The compression scenarios: each runs once per variant, the server's
+# compression flags and the generator's --deflate following the variant.
+# The baseline runs the first variant only (no extension).
+scenario_variants() {
+  case "$1" in
+    broadcast-json|echo-deflate) echo "off on" ;;
+    idle-deflate) echo "plain deflate" ;;
+    *) echo "" ;;
+  esac
+}
+variant_server_args() { # scenario variant: ringcast's flags for it
+  case "$2" in
+    off) echo "--compression off" ;;
+    on|plain|deflate) echo "--compression on --compression-min-bytes $COMPRESSION_MIN_BYTES" ;;
+    *) echo "" ;;
+  esac
+}
+variant_gen_args() { # scenario variant: the generator's extra flags
+  case "$2" in
+    on|deflate) echo "--deflate" ;;
+    *) echo "" ;;
+  esac
+}
 # Scenarios that need Redis.
 uses_redis() { case "$1" in cluster|cluster-publish) return 0 ;; *) return 1 ;; esac; }
 NEED_REDIS=0
@@ -207,6 +255,7 @@ cat > "$OUT/host.json" <<EOF
 {"cpus": $NCPU, "server_cpus": "$SERVER_CPUS", "gen_cpus": "$GEN_CPUS", "kernel": "$(uname -r)",
  "cluster_cpus": "$CLUSTER_CPUS", "cluster_gen_cpus": "$CLUSTER_GEN_CPUS", "redis_cpus": "$REDIS_CPUS",
  "redis": "$(if [ "$NEED_REDIS" = 1 ]; then redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'; fi)",
+ "compression_min_bytes": $COMPRESSION_MIN_BYTES, "broadcast_json_rate": $BROADCAST_JSON_RATE,
  "servers": "$(for s in $SERVERS; do server_label "$s"; done | tr '\n' ' ')", "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "quick": $QUICK, "perf_events": "$EVENTS",
  "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)", "date": "$(date -Is)"}
 EOF
@@ -319,8 +368,19 @@ run_case() {
   bin=$(server_bin "$spec")
   kind=$(basename "$bin")
   [ -x "$bin" ] || die "$server: no executable at $bin"
-  local sargs extra="" node nodes=$# i=0 cpus
+  local sargs extra="" node nodes=$# i=0 cpus vsargs vgargs
   sargs=$(supported_server_args "$bin" "$scen")
+  # A compression variant's flags are what it measures: passed as they are,
+  # never dropped (a ringcast without them skips the run instead).
+  vsargs=$(variant_server_args "$scen" "$variant")
+  vgargs=$(variant_gen_args "$scen" "$variant")
+  if [ -n "$vsargs" ] && [ "$kind" = ringcast ]; then
+    if ! has_flag "$bin" --compression; then
+      echo "bench.sh: $bin has no --compression; skipping $name" >&2
+      return 0
+    fi
+    extra="${extra:+$extra }$vsargs"
+  fi
   if [ -n "$broker" ]; then
     if ! has_flag "$bin" --broker; then
       echo "bench.sh: $bin has no --broker; skipping $name" >&2
@@ -350,8 +410,8 @@ run_case() {
   done
   if [ -n "$broker" ]; then gen+=(--watch-pid "redis=$REDIS_PID"); fi
   local rc=0
-  # shellcheck disable=SC2046
-  taskset -c "$gcpus" "$RINGCAST_BIN/ringcast-load" $(scenario_args "$scen") \
+  # shellcheck disable=SC2046,SC2086
+  taskset -c "$gcpus" "$RINGCAST_BIN/ringcast-load" $(scenario_args "$scen") $vgargs \
     "${gen[@]}" --threads "$gthreads" --label "$server" \
     --duration "$DURATION" --warmup "$WARMUP" >"$OUT/raw/$name.out" 2>&1 || rc=$?
   stop_all
@@ -390,10 +450,13 @@ rec.update({"bench_scenario": scen, "server_name": server, "round": int(rnd), "p
             "broker": "--broker" in sargs.split()})
 print(json.dumps(rec))
 PY
-  grep -E "^  " "$OUT/raw/$name.out" | sed "s/^/  [$name] /" | sed -n 1,4p
-  # Channel runs: where the publishers landed and the ordering verdict;
-  # cluster runs: the broker's CPU.
-  grep -E "^  (publishers|order|redis)" "$OUT/raw/$name.out" | sed "s/^/  [$name] /" || true
+  # The first 4 summary lines, then: channel runs, where the publishers
+  # landed and the ordering verdict; cluster runs, the broker's CPU;
+  # compression runs, the bytes on the wire.
+  local more="publishers|order|redis"
+  if [ -n "$vsargs" ]; then more="$more|wire|client"; fi
+  grep -E "^  " "$OUT/raw/$name.out" | awk -v more="^  ($more)" 'NR <= 4 || $0 ~ more' \
+    | sed "s/^/  [$name] /" || true
 }
 
 # The runs of one scenario on one server.
@@ -411,6 +474,16 @@ run_one() { # scenario server round
         "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS"
       run_case "$scen-redis.$server.$round" "$scen" "$spec" "$round" redis "redis://127.0.0.1:$REDIS_PORT" \
         "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS" ;;
+    broadcast-json|echo-deflate|idle-deflate)
+      # Compression off/on (plain/deflate) back to back; the baseline, which
+      # has no permessage-deflate, runs the first variant only.
+      local variant first=1
+      for variant in $(scenario_variants "$scen"); do
+        if [ "$first" = 0 ] && [ "$(basename "$(server_bin "$spec")")" != ringcast ]; then break; fi
+        first=0
+        run_case "$scen-$variant.$server.$round" "$scen" "$spec" "$round" "$variant" "" \
+          "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS"
+      done ;;
     *)
       run_case "$scen.$server.$round" "$scen" "$spec" "$round" "" "" "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS" ;;
   esac

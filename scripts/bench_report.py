@@ -4,7 +4,9 @@ summary.md (medians, min-max, ringcast/tokio ratios, syscalls per message)
 and chart.svg (headline metric per scenario). The cluster scenarios get
 tables of their own: `cluster` beside the single-node `channels-ordered`
 of the same run, `cluster-publish` the in-memory engine beside the Redis
-engine. Standard library only."""
+engine, and the compression scenarios (broadcast-json, echo-deflate,
+idle-deflate) their variants side by side: compression off vs on, with the
+bytes on the wire per delivery. Standard library only."""
 
 import json
 import statistics
@@ -17,6 +19,14 @@ SERVERS = ["ringcast", "ringcast-tokio"]
 ORDER = ["echo", "echo-big", "echo-lat", "broadcast", "broadcast-wide", "channels", "channels-ordered", "idle", "churn"]
 # Scenarios compared across setups rather than across servers.
 CLUSTERED = ["cluster", "cluster-publish"]
+# Compression scenarios: one column per server and variant (the baseline
+# runs the first variant only); the ratio is ringcast's second variant over
+# its first.
+COMPRESSION = {
+    "broadcast-json": ["off", "on"],
+    "echo-deflate": ["off", "on"],
+    "idle-deflate": ["plain", "deflate"],
+}
 
 
 def get(rec, path, default=None):
@@ -113,6 +123,32 @@ IDLE = [
     ("handshakes/s while opening", lambda r: r.get("handshakes_per_s"), "{:,.0f}", True),
     ("connections opened", lambda r: r.get("opened"), "{:,.0f}", None),
 ]
+def compressed_share(r):
+    c, p = get(r, "wire.compressed"), get(r, "wire.plain")
+    return c / (c + p) if c is not None and p is not None and c + p > 0 else None
+
+
+def wire_rows(one, many):
+    """The bytes on the wire per counted message (`one`: delivery, msg;
+    `many`: its plural)."""
+    return [
+        (f"payload bytes on the wire per {one}", lambda r: get(r, "wire.payload_per_msg"), "{:,.0f}", False),
+        (f"bytes read per {one} (all socket reads)", lambda r: get(r, "wire.read_per_msg"), "{:,.0f}", False),
+        (f"payload bytes per {one} inflated", lambda r: get(r, "wire.inflated_per_msg"), "{:,.0f}", None),
+        ("compression ratio (inflated / wire, compressed msgs)", lambda r: get(r, "wire.compressed_ratio"), "{:.2f}", True),
+        (f"{many} that came compressed", compressed_share, "{:.0%}", None),
+    ]
+
+
+RSS_MIB = ("server RSS (MiB)", lambda r: (get(r, "server.rss") or 0) / 1048576 if get(r, "server.rss") else None, "{:.1f}", False)
+BROADCAST_JSON = BROADCAST[:4] + [BROADCAST[5]] + wire_rows("delivery", "deliveries") + [
+    BROADCAST[6], BROADCAST[7], RSS_MIB,
+    ("generator CPU (cores)", lambda r: get(r, "generator.utilization"), "{:.2f}", None),
+]
+ECHO_DEFLATE = THROUGHPUT[:4] + wire_rows("msg", "msgs") + [
+    ("client's message on the wire (B)", lambda r: get(r, "client_compressed.wire", r.get("size")), "{:,.0f}", False),
+] + THROUGHPUT[4:] + [RSS_MIB]
+IDLE_DEFLATE = IDLE
 CHURN = [
     ("cycles/s", lambda r: r.get("per_s"), "{:,.0f}", True),
     ("cycles per server CPU-s", lambda r: get(r, "server.per_cpu_s"), "{:,.0f}", True),
@@ -126,12 +162,14 @@ METRICS = {
     "channels": CHANNELS, "channels-ordered": CHANNELS,
     "idle": IDLE, "churn": CHURN,
     "cluster": CLUSTER, "cluster-publish": PUBLISH,
+    "broadcast-json": BROADCAST_JSON, "echo-deflate": ECHO_DEFLATE, "idle-deflate": IDLE_DEFLATE,
 }
 # The one number per scenario for the chart.
 HEADLINE = {
     "echo": 1, "echo-big": 1, "echo-lat": 3, "broadcast": 2, "broadcast-wide": 2,
     "channels": 2, "channels-ordered": 2, "idle": 0, "churn": 1,
     "cluster": 2, "cluster-publish": 0,
+    "broadcast-json": 4, "echo-deflate": 1, "idle-deflate": 0,
 }
 DESCR = {
     "echo": "100 conns x 16 in flight x 32 B text",
@@ -145,6 +183,9 @@ DESCR = {
     "churn": "64 loops: connect, handshake, 1 echo, close",
     "cluster": "channels-ordered over 2 nodes sharing the channel through Redis",
     "cluster-publish": "closed-loop /ws publishes against one node: in-memory engine vs Redis engine",
+    "broadcast-json": "1,000 subscribers, 1 KB JSON messages, compression off vs on",
+    "echo-deflate": "100 conns x 16 in flight x 1 KB JSON, compression off vs on (both directions)",
+    "idle-deflate": "connections held, permessage-deflate negotiated or not (server compression on)",
 }
 
 
@@ -159,13 +200,14 @@ def summarize(values):
     return statistics.median(vals), min(vals), max(vals)
 
 
-def table(columns, metrics, chart=None, chart_key=None, headline=-1, ratio=(0, 1)):
+def table(columns, metrics, chart=None, chart_key=None, headline=-1, ratio=(0, 1), ratio_label="ratio"):
     """A markdown table, one column per (header, records) of `columns`
-    (medians, min–max), with a ratio column when there are two: column
-    ratio[0] over column ratio[1]. Appends the headline row to `chart`."""
+    (medians, min–max), with a ratio column when there are two or more
+    and `ratio` names two of them: column ratio[0] over column ratio[1].
+    Appends the headline row to `chart`."""
     heads = [h for h, _ in columns]
-    two = len(columns) == 2
-    lines = ["| metric | " + " | ".join(heads) + (" | ratio |" if two else " |"),
+    two = len(columns) >= 2 and ratio is not None and max(ratio) < len(columns)
+    lines = ["| metric | " + " | ".join(heads) + (f" | {ratio_label} |" if two else " |"),
              "|---|" + "---|" * len(columns) + ("---|" if two else "")]
     for i, (label, ex, f, better, *agg) in enumerate(metrics):
         cells, meds = [], []
@@ -205,7 +247,8 @@ def main(out_dir):
     by = {}
     for r in recs:
         by.setdefault(r["bench_scenario"], {}).setdefault(r["server_name"], []).append(r)
-    scenarios = [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER and s not in CLUSTERED)
+    scenarios = [s for s in ORDER if s in by] + sorted(
+        s for s in by if s not in ORDER and s not in CLUSTERED and s not in COMPRESSION)
 
     lines = []
     lines.append("# " + " vs ".join(SERVERS))
@@ -233,6 +276,7 @@ def main(out_dir):
                            chart, s, HEADLINE.get(s, -1)))
         lines.append("")
     lines.extend(cluster_sections(by, host, chart))
+    lines.extend(compression_sections(by, host, chart))
     lines.extend(ordering_notes(recs))
     errors = [(r["bench_scenario"] + (f"-{r['variant']}" if r.get("variant") else ""), r["server_name"], r["round"], r.get("errors"))
               for r in recs if r.get("errors")]
@@ -296,6 +340,58 @@ def cluster_sections(by, host, chart):
             out.append("")
             out.extend(table([("in-memory engine", mem), ("Redis engine", red)], PUBLISH, chart,
                              "cluster-publish" + tag, HEADLINE["cluster-publish"], ratio=(1, 0)))
+            out.append("")
+    return out
+
+
+def compression_sections(by, host, chart):
+    """Each compression scenario: one column per server and variant,
+    ringcast's (the first server's) second variant over its first."""
+    out = []
+    for scen, variants in COMPRESSION.items():
+        if scen not in by:
+            continue
+        servers = [s for s in SERVERS if s in by[scen]] + sorted(set(by[scen]) - set(SERVERS))
+        columns, index = [], {}
+        for srv in servers:
+            for v in variants:
+                recs = [r for r in by[scen][srv] if r.get("variant") == v]
+                if recs:
+                    index[(srv, v)] = len(columns)
+                    columns.append((f"{srv} {v}", recs))
+        first = servers[0] if servers else None
+        ratio = (index.get((first, variants[1])), index.get((first, variants[0])))
+        ratio = ratio if None not in ratio else None
+        answers = sorted({f"{srv} {r.get('variant')}: {r.get('extension')}"
+                          for srv in servers for r in by[scen][srv] if r.get("extension")})
+        r0 = columns[0][1][0] if columns else {}
+        if scen == "broadcast-json" and r0:
+            text_rate = f"{r0.get('conns'):,} subscribers, publisher {r0.get('rate'):,} msg/s × {r0.get('size'):,} B JSON. "
+        else:
+            text_rate = ""
+        out.append(f"## {scen}: {DESCR[scen]}" + (f" ({r0.get('conns')} connections)" if scen == "idle-deflate" and r0 else ""))
+        out.append("")
+        if scen == "idle-deflate":
+            text = (f"The idle scenario with the server's compression on (`--compression on`) in both variants: "
+                    f"`{variants[0]}` clients offer no extension, `{variants[1]}` clients negotiate permessage-deflate "
+                    f"(`--deflate`). RSS per connection is what negotiating costs a held connection.")
+        else:
+            text = (text_rate + f"`{variants[0]}`: server `--compression off`, clients offer nothing; `{variants[1]}`: "
+                    f"server `--compression on --compression-min-bytes {host.get('compression_min_bytes', '?')}`, "
+                    f"clients negotiate permessage-deflate (`--deflate`)"
+                    + (" and send their messages compressed" if scen == "echo-deflate" else "")
+                    + ". Bodies are realistic JSON (`--payload json`). *payload bytes on the wire* = a message's "
+                    f"payload as the socket carried it (compressed or not); *bytes read* adds frame headers and "
+                    f"everything else read, per {'delivery' if scen == 'broadcast-json' else 'echo'}.")
+        if ratio:
+            text += f" Ratio = {first} {variants[1]} / {first} {variants[0]}."
+        out.append(text)
+        out.append("")
+        out.extend(table(columns, METRICS[scen], chart, scen, HEADLINE[scen], ratio=ratio,
+                         ratio_label=f"{variants[1]} / {variants[0]}"))
+        out.append("")
+        if answers:
+            out.append("Extension granted: " + "; ".join(f"{a}" for a in answers))
             out.append("")
     return out
 

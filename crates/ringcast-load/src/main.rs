@@ -12,9 +12,14 @@
 //! giving work per server CPU-second: the figure that stays meaningful when
 //! the generator, not the server, is the limit. `--watch-pid NAME=PID`
 //! measures another process (a broker) the same way, reported apart. The
-//! generator reports its own CPU use too. A human summary is printed, then
-//! one JSON line.
+//! generator reports its own CPU use too. `--deflate` negotiates
+//! permessage-deflate (RFC 7692) and inflates what arrives compressed; the
+//! bytes on the wire are counted either way, and `--payload json` sends
+//! realistic JSON instead of filler. A human summary is printed, then one
+//! JSON line.
 
+mod deflate;
+mod payload;
 mod procfs;
 mod stream;
 mod wire;
@@ -31,7 +36,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use wire::now_ns;
-use worker::{Outcome, Plan, Scenario, Shared, StreamStats, Worker, PLACEMENT_ATTEMPTS};
+use worker::{Outcome, Plan, Scenario, Shared, StreamStats, WireStats, Worker, PLACEMENT_ATTEMPTS};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Kind {
@@ -40,6 +45,17 @@ enum Kind {
     Publish,
     Idle,
     Churn,
+}
+
+/// What message bodies carry.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum PayloadKind {
+    /// Repeated bytes (the send time in place): the cheapest to produce,
+    /// unrealistically compressible.
+    Filler,
+    /// Chat/event-like JSON objects of exactly `--size` bytes, varying ids,
+    /// names, numbers and text (a pool of 64 per thread); text frames.
+    Json,
 }
 
 /// Load generator for WebSocket servers with /echo and /broadcast.
@@ -68,6 +84,19 @@ struct Args {
     /// Echo: send binary messages (default: text).
     #[arg(long)]
     binary: bool,
+    /// Message bodies: filler bytes or realistic JSON (echo, broadcast,
+    /// publish). JSON bodies go in text frames; on a `/ws` channel the
+    /// body is the publication's payload object.
+    #[arg(long, value_enum, default_value = "filler")]
+    payload: PayloadKind,
+    /// Offer permessage-deflate (`Sec-WebSocket-Extensions: permessage-deflate;
+    /// client_max_window_bits`) on every connection but the broadcast
+    /// publishers, fail at once if the server does not grant it (with
+    /// server_no_context_takeover), and inflate compressed messages before
+    /// measuring them. Echo and churn clients send their messages
+    /// compressed too (both directions measured).
+    #[arg(long)]
+    deflate: bool,
     /// Broadcast: messages per second the publisher sends.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -182,6 +211,10 @@ fn main() {
 
 fn run(args: &Args) -> Result<(), String> {
     ringcast::internals::raise_nofile();
+    let json_bodies = args.payload == PayloadKind::Json;
+    if json_bodies && args.binary {
+        return Err("--binary and --payload json do not mix (JSON goes in text frames)".into());
+    }
     let addrs: Vec<SocketAddr> = args
         .addr
         .iter()
@@ -199,34 +232,43 @@ fn run(args: &Args) -> Result<(), String> {
         .threads
         .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    // A JSON body is never shorter than its skeleton.
+    let size_or = |default: usize| {
+        let s = args.size.unwrap_or(default);
+        if json_bodies {
+            s.max(payload::MIN_JSON)
+        } else {
+            s
+        }
+    };
     let (scenario, conns, size) = match args.scenario {
         Kind::Echo => (
             Scenario::Echo {
                 in_flight: args.in_flight.max(1),
-                size: args.size.unwrap_or(32),
+                size: size_or(32),
                 binary: args.binary,
             },
             args.conns.unwrap_or(100),
-            args.size.unwrap_or(32),
+            size_or(32),
         ),
         Kind::Broadcast => (
             Scenario::Broadcast {
                 rate: args.rate.max(1),
-                size: args.size.unwrap_or(64).max(16),
+                size: size_or(64).max(16),
                 channel: args.channel.clone(),
                 publishers: args.publishers as usize,
             },
             args.conns.unwrap_or(1000),
-            args.size.unwrap_or(64).max(16),
+            size_or(64).max(16),
         ),
         Kind::Publish => (
             Scenario::Publish {
                 in_flight: args.in_flight.max(1),
-                size: args.size.unwrap_or(64),
+                size: size_or(64),
                 channel: args.channel.clone().unwrap_or_else(|| "bench".into()),
             },
             args.conns.unwrap_or(1),
-            args.size.unwrap_or(64),
+            size_or(64),
         ),
         Kind::Idle => (
             Scenario::Idle {
@@ -268,6 +310,8 @@ fn run(args: &Args) -> Result<(), String> {
         conns_per_worker,
         first_conn,
         publisher_worker: 0,
+        deflate: args.deflate,
+        json: json_bodies,
     });
     let shared = Arc::new(Shared::default());
 
@@ -295,6 +339,12 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let deadline = Instant::now() + Duration::from_secs_f64(args.open_timeout);
     while shared.opened.load(Ordering::Relaxed) < must_open {
+        let fatal = shared.fatal.lock().ok().and_then(|f| f.clone());
+        if let Some(msg) = fatal {
+            shared.stop.store(true, Ordering::SeqCst);
+            join(handles);
+            return Err(msg);
+        }
         if Instant::now() > deadline || handles.iter().all(|h| h.is_finished()) {
             shared.stop.store(true, Ordering::SeqCst);
             let errs: Vec<String> = join(handles)
@@ -389,6 +439,11 @@ fn run(args: &Args) -> Result<(), String> {
     }
     shared.stop.store(true, Ordering::SeqCst);
     let outcomes: Vec<Outcome> = join(handles).into_iter().collect::<Result<_, _>>()?;
+    // A failure that voids the run after the connections were open (churn
+    // opens connections all along).
+    if let Some(msg) = shared.fatal.lock().ok().and_then(|f| f.clone()) {
+        return Err(msg);
+    }
 
     // ----- aggregate and report -----------------------------------------
     let mut lat =
@@ -398,7 +453,15 @@ fn run(args: &Args) -> Result<(), String> {
         (0, 0, 0, 0, 0, 0, 0);
     let mut first_error = None;
     let mut st = StreamStats::default();
+    let mut wire_st = WireStats::default();
+    let mut extension: Option<String> = None;
+    let mut client_compressed: Option<(usize, usize)> = None;
     for o in &outcomes {
+        wire_st.add(&o.wire);
+        if extension.is_none() {
+            extension.clone_from(&o.extension);
+        }
+        client_compressed = client_compressed.or(o.client_compressed);
         let s = &o.stream;
         st.with_offset += s.with_offset;
         st.without_offset += s.without_offset;
@@ -429,6 +492,10 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let _ = last_open;
+    if wire_st.mismatches > 0 {
+        errors += wire_st.mismatches;
+        first_error.get_or_insert_with(|| "an echo reply differed from the message sent".into());
+    }
     let rate = count as f64 / window_s;
     // Per server process, then their sum.
     let server_each: Vec<procfs::Delta> = match (&server_a, &server_b) {
@@ -450,15 +517,38 @@ fn run(args: &Args) -> Result<(), String> {
         Kind::Idle => "connections",
         Kind::Churn => "cycles",
     };
+    let one = match args.scenario {
+        Kind::Echo => "message",
+        Kind::Broadcast => "delivery",
+        Kind::Publish => "ack",
+        Kind::Idle => "connection",
+        Kind::Churn => "cycle",
+    };
+    // Per counted message (echo, delivery): payload bytes as received and
+    // once inflated; bytes read from the sockets in the window per message
+    // that arrived in it.
+    let per_msg = |b: u64| (count > 0).then(|| b as f64 / count as f64);
+    let read_per_msg =
+        (wire_st.arrived > 0).then(|| wire_st.read_bytes as f64 / wire_st.arrived as f64);
+    let wire_payload = wire_st.compressed_wire_bytes + wire_st.plain_bytes;
+    let inflated = wire_st.compressed_bytes + wire_st.plain_bytes;
+    let ratio = (wire_st.compressed_wire_bytes > 0)
+        .then(|| wire_st.compressed_bytes as f64 / wire_st.compressed_wire_bytes as f64);
 
     let label = args.label.clone().unwrap_or_default();
     println!(
-        "ringcast-load {:?} against {addr_list}{}",
+        "ringcast-load {:?} against {addr_list}{}{}{}",
         args.scenario,
         if label.is_empty() {
             String::new()
         } else {
             format!(" ({label})")
+        },
+        if json_bodies { ", JSON bodies" } else { "" },
+        match &extension {
+            Some(e) => format!(", {e}"),
+            None if args.deflate => ", permessage-deflate offered".to_string(),
+            None => String::new(),
         }
     );
     match args.scenario {
@@ -527,6 +617,20 @@ fn run(args: &Args) -> Result<(), String> {
             "  published {published} in window; expected {exp} deliveries, received {count}, lost {} (drained {drain_s:.2} s); publisher max lag {lag} us",
             exp.saturating_sub(count)
         );
+    }
+    if count > 0 && matches!(args.scenario, Kind::Echo | Kind::Broadcast) {
+        println!(
+            "  wire: {:.0} B read per {one}; payload {:.0} B received, {:.0} B inflated; {} compressed{}, {} plain",
+            read_per_msg.unwrap_or(0.0),
+            per_msg(wire_payload).unwrap_or(0.0),
+            per_msg(inflated).unwrap_or(0.0),
+            wire_st.compressed,
+            ratio.map_or(String::new(), |r| format!(" ({r:.2}x)")),
+            wire_st.plain,
+        );
+    }
+    if let Some((plain, packed)) = client_compressed {
+        println!("  client sends each message compressed: {packed} B for {plain} B");
     }
     let channel_mode = args.scenario == Kind::Broadcast && args.channel.is_some();
     if channel_mode {
@@ -666,7 +770,25 @@ fn run(args: &Args) -> Result<(), String> {
             first_error.as_deref().unwrap_or("?")
         );
     }
-    let j = json!({
+    let wire_json = json!({
+        "read_bytes": wire_st.read_bytes,
+        "read_per_msg": read_per_msg,
+        "arrived": wire_st.arrived,
+        "inflated_decoded": wire_st.decoded,
+        "inflated_reused": wire_st.reused,
+        "payload_bytes": wire_payload,
+        "payload_per_msg": per_msg(wire_payload),
+        "inflated_bytes": inflated,
+        "inflated_per_msg": per_msg(inflated),
+        "compressed": wire_st.compressed,
+        "compressed_wire_bytes": wire_st.compressed_wire_bytes,
+        "compressed_bytes": wire_st.compressed_bytes,
+        "compressed_ratio": ratio,
+        "plain": wire_st.plain,
+        "plain_bytes": wire_st.plain_bytes,
+        "mismatches": wire_st.mismatches,
+    });
+    let mut j = json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "label": label,
         "addr": addrs[0].to_string(),
@@ -703,6 +825,20 @@ fn run(args: &Args) -> Result<(), String> {
         "watched": watched_json,
         "generator": {"cpu_s": gen_cpu, "utilization": gen_cpu / window_s},
     });
+    // Compression: what was negotiated, what came over the wire.
+    if let Some(m) = j.as_object_mut() {
+        m.insert(
+            "payload".into(),
+            json!(if json_bodies { "json" } else { "filler" }),
+        );
+        m.insert("deflate".into(), json!(args.deflate));
+        m.insert("extension".into(), json!(extension));
+        m.insert("wire".into(), wire_json);
+        m.insert(
+            "client_compressed".into(),
+            json!(client_compressed.map(|(plain, packed)| json!({"plain": plain, "wire": packed}))),
+        );
+    }
     println!("{j}");
     Ok(())
 }

@@ -34,12 +34,23 @@ pub(crate) fn parse_message<'a>(body: &'a [u8], head: &[u8]) -> Option<(Option<u
     Some((offset, rest.strip_prefix(b"\"payload\":")?))
 }
 
-/// The send time the generator's publisher wrote into a payload string (32
-/// hex digits right after the opening quote: sequence number, then the
-/// monotonic send time in ns).
+/// The send time the generator's publisher wrote into a payload: 32 hex
+/// digits (sequence number, then the monotonic send time in ns) right after
+/// the opening quote of a payload string, or as the `id` a JSON body
+/// ([`json_timestamp`]) starts with.
 #[inline]
 pub(crate) fn payload_timestamp(payload: &[u8]) -> Option<u64> {
-    parse_hex(payload.strip_prefix(b"\"")?.get(16..32)?)
+    match payload.strip_prefix(b"\"") {
+        Some(digits) => parse_hex(digits.get(16..32)?),
+        None => json_timestamp(payload),
+    }
+}
+
+/// The send time in a `--payload json` body: hex digits 16..32 of the `id`
+/// it starts with (`{"id":"<32 hex>"`).
+#[inline]
+pub(crate) fn json_timestamp(body: &[u8]) -> Option<u64> {
+    parse_hex(body.strip_prefix(crate::payload::ID_PREFIX)?.get(16..32)?)
 }
 
 /// A server reply that is not a delivery.
@@ -207,6 +218,18 @@ mod tests {
             );
         }
         assert_eq!(payload_timestamp(br#""short""#), None);
+        // A JSON body's id carries it too.
+        let (_, payload) = parse_message(
+            br#"{"type":"message","channel":"bench","offset":1,"payload":{"id":"00000000000000070000000000abcdef","text":"hi"}}"#,
+            &head,
+        )
+        .unwrap();
+        assert_eq!(payload_timestamp(payload), Some(0xabcdef));
+        assert_eq!(
+            json_timestamp(br#"{"id":"000000000000000700000000000000ff","x":1}"#),
+            Some(0xff)
+        );
+        assert_eq!(json_timestamp(br#"{"id":"0007"}"#), None);
         assert_eq!(
             payload_timestamp(br#""00000000000000000000000g00000000""#),
             None

@@ -14,10 +14,22 @@ pub(crate) const CLOSE: u8 = 8;
 pub(crate) const PING: u8 = 9;
 pub(crate) const PONG: u8 = 10;
 
+/// RSV1 in a frame's first byte: the message is compressed
+/// (permessage-deflate), set on its first frame only.
+pub(crate) const RSV1: u8 = 0x40;
+
 /// A complete masked client frame.
 pub(crate) fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     ringcast::ws::frame::encode_client_frame(true, opcode, payload, MASK, &mut v);
+    v
+}
+
+/// A complete masked client frame of a compressed message: RSV1 set,
+/// `compressed` as the payload.
+pub(crate) fn masked_compressed_frame(opcode: u8, compressed: &[u8]) -> Vec<u8> {
+    let mut v = masked_frame(opcode, compressed);
+    v[0] |= RSV1;
     v
 }
 
@@ -39,11 +51,17 @@ pub(crate) fn write_masked(frame: &mut [u8], payload_off: usize, at: usize, byte
 }
 
 /// The upgrade request (fixed key: the generator checks the status line,
-/// the server's accept value is covered by the test suite).
-pub(crate) fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+/// the server's accept value is covered by the test suite), offering
+/// permessage-deflate when `deflate`.
+pub(crate) fn upgrade_request(host: &str, path: &str, deflate: bool) -> Vec<u8> {
+    let ext = if deflate {
+        format!("Sec-WebSocket-Extensions: {}\r\n", crate::deflate::OFFER)
+    } else {
+        String::new()
+    };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
     )
     .into_bytes()
 }
@@ -53,14 +71,25 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-/// A server frame at the start of `buf`: (opcode, header length, payload
-/// length), or `None` if incomplete.
+/// A complete server frame's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ServerFrame {
+    pub op: u8,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub compressed: bool,
+    /// Header length: the payload starts here.
+    pub header: usize,
+    pub len: usize,
+}
+
+/// The server frame at the start of `buf`, or `None` if incomplete.
 #[inline]
-pub(crate) fn server_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
+pub(crate) fn server_frame(buf: &[u8]) -> Option<ServerFrame> {
     if buf.len() < 2 {
         return None;
     }
     let op = buf[0] & 0x0F;
+    let compressed = buf[0] & RSV1 != 0;
     let (len, hl) = match buf[1] & 0x7F {
         126 => {
             if buf.len() < 4 {
@@ -78,7 +107,12 @@ pub(crate) fn server_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
         }
         n => (n as usize, 2),
     };
-    (buf.len() >= hl + len).then_some((op, hl, len))
+    (buf.len() >= hl + len).then_some(ServerFrame {
+        op,
+        compressed,
+        header: hl,
+        len,
+    })
 }
 
 /// Monotonic clock in nanoseconds; the same clock in every process on the
@@ -116,7 +150,53 @@ mod tests {
     fn parses_server_frames() {
         let mut out = Vec::new();
         ringcast::ws::frame::encode_frame_into(ringcast::ws::OpCode::Text, &[b'a'; 300], &mut out);
-        assert_eq!(server_frame(&out), Some((TEXT, 4, 300)));
+        let f = ServerFrame {
+            op: TEXT,
+            compressed: false,
+            header: 4,
+            len: 300,
+        };
+        assert_eq!(server_frame(&out), Some(f));
         assert_eq!(server_frame(&out[..100]), None);
+        out[0] |= RSV1;
+        assert_eq!(
+            server_frame(&out),
+            Some(ServerFrame {
+                compressed: true,
+                ..f
+            })
+        );
+    }
+
+    #[test]
+    fn compressed_client_frames_carry_rsv1() {
+        let packed = crate::deflate::compress(15, &[b'a'; 200]).unwrap();
+        let mut f = masked_compressed_frame(TEXT, &packed);
+        // The server's parser, told deflate was negotiated, takes RSV1.
+        let (h, hl) = ringcast::ws::frame::parse_header(&{
+            let mut plain = f.clone();
+            plain[0] &= !RSV1;
+            plain
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(f[0], 0x80 | RSV1 | TEXT);
+        assert_eq!(h.payload_len as usize, packed.len());
+        ringcast::ws::frame::apply_mask(&mut f[hl..], h.mask, 0);
+        assert_eq!(
+            crate::deflate::Inflater::new().inflate(&f[hl..]).unwrap(),
+            &[b'a'; 200][..]
+        );
+    }
+
+    #[test]
+    fn the_upgrade_offers_deflate_when_asked() {
+        let plain = String::from_utf8(upgrade_request("h:1", "/echo", false)).unwrap();
+        assert!(!plain.contains("Extensions"));
+        assert!(plain.ends_with("\r\n\r\n"));
+        let offer = String::from_utf8(upgrade_request("h:1", "/echo", true)).unwrap();
+        assert!(offer.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        ));
     }
 }

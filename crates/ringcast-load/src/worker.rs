@@ -14,13 +14,15 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use io_uring::{opcode, squeue, types};
 use ringcast::io::ring::Ring;
 
+use crate::deflate::{self, Inflater};
+use crate::payload;
 use crate::stream::{self, OffsetCheck, Reply, Step};
 use crate::wire::{self, now_ns};
 
@@ -77,7 +79,17 @@ pub(crate) struct Plan {
     pub first_conn: Vec<usize>,
     /// Broadcast: the worker that hosts the publisher.
     pub publisher_worker: usize,
+    /// Offer permessage-deflate on every connection but the broadcast
+    /// publishers, and fail a connection whose server does not grant it.
+    /// Echo (and churn) clients then send their messages compressed.
+    pub deflate: bool,
+    /// Message bodies are realistic JSON objects ([`payload::json`])
+    /// instead of filler.
+    pub json: bool,
 }
+
+/// Distinct JSON bodies a publisher cycles through (`--payload json`).
+const JSON_POOL: u64 = 64;
 
 /// The server (index into [`Plan::addrs`]) of connection `number`:
 /// round-robin, so `n` servers each get every n-th connection.
@@ -100,13 +112,19 @@ pub(crate) fn share(total: usize, parts: usize, i: usize) -> usize {
 pub(crate) const FIRST_PUBLISH_ID: u64 = 1_000_000_000_000_000;
 
 /// The `publish` scenario's frame template: the masked frame and where in
-/// its payload the 16 id digits go.
-pub(crate) fn publish_template(channel: &str, size: usize) -> (Vec<u8>, usize, usize) {
+/// its payload the 16 id digits go. The payload is a string of `size`
+/// characters, or `body` (a JSON value) when given.
+pub(crate) fn publish_template(
+    channel: &str,
+    size: usize,
+    body: Option<&[u8]>,
+) -> (Vec<u8>, usize, usize) {
     let head = format!(r#"{{"type":"publish","channel":"{channel}","id":"#);
-    let json = format!(
-        r#"{head}{FIRST_PUBLISH_ID},"payload":"{}"}}"#,
-        "x".repeat(size)
-    );
+    let value = match body {
+        Some(b) => String::from_utf8_lossy(b).into_owned(),
+        None => format!("\"{}\"", "x".repeat(size)),
+    };
+    let json = format!(r#"{head}{FIRST_PUBLISH_ID},"payload":{value}}}"#);
     let f = wire::masked_frame(wire::TEXT, json.as_bytes());
     (f, wire::payload_offset(json.len()), head.len())
 }
@@ -132,6 +150,9 @@ pub(crate) struct Shared {
     pub publishers_placed: AtomicBool,
     /// ... and this many are publishing.
     pub publishers_up: AtomicUsize,
+    /// A failure that makes the run pointless (a server that did not grant
+    /// permessage-deflate): the main thread stops waiting and reports it.
+    pub fatal: Mutex<Option<String>>,
 }
 
 /// Publisher connections tried in search of distinct server cores; after
@@ -193,6 +214,69 @@ pub(crate) struct Outcome {
     pub first_error: Option<String>,
     /// Channel mode: ordering, placement and welcome counters.
     pub stream: StreamStats,
+    /// What came over the wire, and how it was compressed.
+    pub wire: WireStats,
+    /// The permessage-deflate a server granted (its answer, first seen).
+    pub extension: Option<String>,
+    /// Echo with deflate: the message the clients send, plain and as
+    /// compressed (payload bytes), for the largest window granted.
+    pub client_compressed: Option<(usize, usize)>,
+}
+
+/// Bytes and messages received inside the window. The messages are the
+/// counted ones (echoes, deliveries); `read_bytes` is everything read.
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct WireStats {
+    /// Bytes read from the sockets (but the broadcast publishers'): frame
+    /// headers, replies, control frames, everything the kernel handed over.
+    pub read_bytes: u64,
+    /// Messages that arrived compressed (RSV1), their payload bytes as
+    /// received, and once inflated.
+    pub compressed: u64,
+    pub compressed_wire_bytes: u64,
+    pub compressed_bytes: u64,
+    /// Messages that arrived plain, and their payload bytes.
+    pub plain: u64,
+    pub plain_bytes: u64,
+    /// Echo: replies whose payload (inflated) is not the message sent.
+    pub mismatches: u64,
+    /// Echo replies and deliveries received inside the window (by arrival,
+    /// whenever they were sent): what `read_bytes` carried, so the bytes
+    /// read per message stay right when subscribers lag.
+    pub arrived: u64,
+    /// Whole run: compressed messages really inflated, and ones that were
+    /// byte for byte one inflated just before (see [`Inflater`]).
+    pub decoded: u64,
+    pub reused: u64,
+}
+
+impl WireStats {
+    pub(crate) fn add(&mut self, o: &WireStats) {
+        self.read_bytes += o.read_bytes;
+        self.compressed += o.compressed;
+        self.compressed_wire_bytes += o.compressed_wire_bytes;
+        self.compressed_bytes += o.compressed_bytes;
+        self.plain += o.plain;
+        self.plain_bytes += o.plain_bytes;
+        self.mismatches += o.mismatches;
+        self.arrived += o.arrived;
+        self.decoded += o.decoded;
+        self.reused += o.reused;
+    }
+
+    /// One counted message: `wire` payload bytes received, `plain` once
+    /// inflated (the same when it came plain).
+    #[inline]
+    fn message(&mut self, compressed: bool, wire: usize, plain: usize) {
+        if compressed {
+            self.compressed += 1;
+            self.compressed_wire_bytes += wire as u64;
+            self.compressed_bytes += plain as u64;
+        } else {
+            self.plain += 1;
+            self.plain_bytes += wire as u64;
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -224,8 +308,20 @@ enum Role {
 enum Outgoing {
     /// `Conn::wfl[off..]`.
     Owned { off: usize },
-    /// `frames` prebuilt echo frames, `off` bytes of them already sent.
+    /// `frames` prebuilt echo frames of the connection's batch, `off` bytes
+    /// of them already sent.
     Echo { frames: usize, off: usize },
+}
+
+/// Echo (churn) frames prebuilt back to back: the message, plain or
+/// compressed for one window size. Never changed once built, because sends
+/// point straight into `bytes` (a batch added later moves the box, not the
+/// bytes).
+struct EchoBatch {
+    /// The window the frames were compressed for; 0: plain.
+    window: u8,
+    bytes: Box<[u8]>,
+    frame_len: usize,
 }
 
 struct Conn {
@@ -245,8 +341,12 @@ struct Conn {
     /// Bytes of the send in flight (left alone until it completes).
     wfl: Vec<u8>,
     outgoing: Option<Outgoing>,
-    /// Echo frames owed to the server, sent from the prebuilt batch.
+    /// Echo frames owed to the server, sent from the prebuilt batch ...
     echo_owed: usize,
+    /// ... this one (index into `Worker::batches`).
+    batch: usize,
+    /// permessage-deflate was negotiated.
+    deflate: bool,
     /// Operations the kernel holds for this connection.
     connect_armed: bool,
     recv_armed: bool,
@@ -325,13 +425,25 @@ pub(crate) struct Worker {
     subscribe_frame: Vec<u8>,
     message_prefix: Vec<u8>,
     ping_frame: Vec<u8>,
-    /// Echo: `in_flight` copies of the message frame, back to back; never
-    /// changed after start-up, because sends point straight into it.
-    echo_batch: Box<[u8]>,
-    echo_frame_len: usize,
+    /// Echo: `echo_frames` copies of the message frame, back to back: the
+    /// plain batch first, then one per window granted with deflate.
+    batches: Vec<EchoBatch>,
+    echo_frames: usize,
+    /// The echo message (the payload every reply must carry) and its opcode.
+    echo_payload: Vec<u8>,
+    echo_opcode: u8,
+    /// The upgrade requests offering permessage-deflate (empty without
+    /// `--deflate`), one per server.
+    deflate_requests: Vec<Vec<u8>>,
+    /// Inflates every compressed message this thread receives.
+    inflater: Inflater,
     read_buf: usize,
-    /// Broadcast publisher.
-    pub_frame: Vec<u8>,
+    /// Broadcast publisher (and the `publish` scenario): its frame, or a
+    /// pool of them to cycle through (JSON bodies), all of one length.
+    pub_frames: Vec<Vec<u8>>,
+    /// The sequence number and send time go in as 32 hex digits (a /ws
+    /// channel or JSON bodies), not as binary.
+    pub_hex: bool,
     pub_off: usize,
     /// Where in the payload the sequence number and time go (the mask
     /// phase follows the payload offset).
@@ -361,30 +473,48 @@ pub(crate) struct Worker {
 impl Worker {
     /// A worker for thread `id`.
     pub(crate) fn new(id: usize, plan: Arc<Plan>, shared: Arc<Shared>) -> io::Result<Worker> {
-        let (echo_batch, echo_frame_len, payload_len) = match plan.scenario {
+        // JSON bodies vary by thread and by message (a pool per thread).
+        let json_body = |size: usize, k: u64| payload::json(size, (id as u64) << 32 | k);
+        let (echo_payload, echo_opcode, echo_frames, payload_len) = match plan.scenario {
             Scenario::Echo {
                 in_flight,
                 size,
                 binary,
             } => {
-                let payload: Vec<u8> = if binary {
-                    (0..size).map(|i| (i * 7 + 3) as u8).collect()
+                let (payload, op) = if plan.json {
+                    (json_body(size, 0), wire::TEXT)
+                } else if binary {
+                    ((0..size).map(|i| (i * 7 + 3) as u8).collect(), wire::BINARY)
                 } else {
-                    vec![b'x'; size]
+                    (vec![b'x'; size], wire::TEXT)
                 };
-                let f =
-                    wire::masked_frame(if binary { wire::BINARY } else { wire::TEXT }, &payload);
-                (f.repeat(in_flight.max(1)), f.len(), size)
+                let n = payload.len();
+                (payload, op, in_flight.max(1), n)
             }
-            Scenario::Churn => {
-                let f = wire::masked_frame(wire::TEXT, &[b'x'; 32]);
-                let n = f.len();
-                (f, n, 32)
-            }
+            Scenario::Churn => (vec![b'x'; 32], wire::TEXT, 1, 32),
             Scenario::Broadcast { size, .. } | Scenario::Publish { size, .. } => {
-                (Vec::new(), 0, size)
+                let size = if plan.json {
+                    size.max(payload::MIN_JSON)
+                } else {
+                    size
+                };
+                (Vec::new(), wire::TEXT, 0, size)
             }
-            Scenario::Idle { .. } => (Vec::new(), 0, 0),
+            Scenario::Idle { .. } => (Vec::new(), wire::TEXT, 0, 0),
+        };
+        let plain_batch = if echo_frames > 0 {
+            let f = wire::masked_frame(echo_opcode, &echo_payload);
+            EchoBatch {
+                window: 0,
+                bytes: f.repeat(echo_frames).into_boxed_slice(),
+                frame_len: f.len(),
+            }
+        } else {
+            EchoBatch {
+                window: 0,
+                bytes: Box::default(),
+                frame_len: 0,
+            }
         };
         let channel = match &plan.scenario {
             Scenario::Broadcast {
@@ -393,37 +523,90 @@ impl Worker {
             _ => None,
         };
         let read_buf = match plan.scenario {
-            Scenario::Echo { .. } => echo_batch.len().clamp(READ_BUF, ECHO_READ_BUF_MAX),
+            Scenario::Echo { .. } => plain_batch.bytes.len().clamp(READ_BUF, ECHO_READ_BUF_MAX),
             _ => READ_BUF,
         };
-        let (pub_frame, pub_off, pub_at) = match (&plan.scenario, &channel) {
+        let bodies: Vec<Vec<u8>> = match plan.scenario {
+            Scenario::Broadcast { size, .. } | Scenario::Publish { size, .. } if plan.json => {
+                (0..JSON_POOL).map(|k| json_body(size, k)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let mut pub_hex = channel.is_some() || plan.json;
+        let mut pub_frames = Vec::new();
+        let (mut pub_off, mut pub_at) = (0, 0);
+        match (&plan.scenario, &channel) {
             // The sequence number and send time go into the payload string
-            // as 32 hex digits, the rest is padding.
+            // (or the JSON body's id) as 32 hex digits, the rest is padding
+            // (or the body).
             (Scenario::Broadcast { size, .. }, Some(c)) => {
-                let head = format!(r#"{{"type":"publish","channel":"{c}","payload":""#);
-                let json = format!("{head}{}\"}}", "0".repeat((*size).max(32)));
-                let f = wire::masked_frame(wire::TEXT, json.as_bytes());
-                (f, wire::payload_offset(json.len()), head.len())
+                let head = format!(r#"{{"type":"publish","channel":"{c}","payload":"#);
+                let values: Vec<String> = if bodies.is_empty() {
+                    vec![format!("\"{}\"", "0".repeat((*size).max(32)))]
+                } else {
+                    bodies
+                        .iter()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .collect()
+                };
+                for v in values {
+                    let json = format!("{head}{v}}}");
+                    pub_off = wire::payload_offset(json.len());
+                    pub_frames.push(wire::masked_frame(wire::TEXT, json.as_bytes()));
+                }
+                pub_at = head.len()
+                    + if bodies.is_empty() {
+                        1
+                    } else {
+                        payload::ID_PREFIX.len()
+                    };
+            }
+            (Scenario::Broadcast { .. }, None) if !bodies.is_empty() => {
+                for b in &bodies {
+                    pub_off = wire::payload_offset(b.len());
+                    pub_frames.push(wire::masked_frame(wire::TEXT, b));
+                }
+                pub_at = payload::ID_PREFIX.len();
             }
             (Scenario::Broadcast { size, .. }, None) => {
                 let size = (*size).max(16);
-                let f = wire::masked_frame(wire::BINARY, &vec![0u8; size]);
-                (f, wire::payload_offset(size), 0)
+                pub_frames.push(wire::masked_frame(wire::BINARY, &vec![0u8; size]));
+                pub_off = wire::payload_offset(size);
             }
             // The id's 16 digits are rewritten for every publish.
-            (Scenario::Publish { size, channel, .. }, _) => publish_template(channel, *size),
-            _ => (Vec::new(), 0, 0),
-        };
+            (Scenario::Publish { size, channel, .. }, _) => {
+                pub_hex = false;
+                if bodies.is_empty() {
+                    let (f, off, at) = publish_template(channel, *size, None);
+                    pub_frames.push(f);
+                    (pub_off, pub_at) = (off, at);
+                } else {
+                    for b in &bodies {
+                        let (f, off, at) = publish_template(channel, *size, Some(b));
+                        pub_frames.push(f);
+                        (pub_off, pub_at) = (off, at);
+                    }
+                }
+            }
+            _ => {}
+        }
         let path = match &plan.scenario {
             Scenario::Broadcast { channel: None, .. } => "/broadcast",
             Scenario::Broadcast { .. } | Scenario::Publish { .. } => "/ws",
             Scenario::Echo { .. } | Scenario::Idle { .. } | Scenario::Churn => "/echo",
         };
-        let requests = plan
-            .addrs
-            .iter()
-            .map(|a| wire::upgrade_request(&a.to_string(), path))
-            .collect();
+        let request_set = |deflate: bool| -> Vec<Vec<u8>> {
+            plan.addrs
+                .iter()
+                .map(|a| wire::upgrade_request(&a.to_string(), path, deflate))
+                .collect()
+        };
+        let requests = request_set(false);
+        let deflate_requests = if plan.deflate {
+            request_set(true)
+        } else {
+            Vec::new()
+        };
         let (subscribe_frame, message_prefix) = match &channel {
             Some(c) => (
                 wire::masked_frame(
@@ -453,14 +636,19 @@ impl Worker {
             free: Vec::new(),
             connecting: 0,
             requests,
+            deflate_requests,
             channel_mode: channel.is_some(),
             subscribe_frame,
             message_prefix,
             ping_frame: wire::masked_frame(wire::TEXT, br#"{"type":"ping","id":0}"#),
-            echo_batch: echo_batch.into_boxed_slice(),
-            echo_frame_len,
+            batches: vec![plain_batch],
+            echo_frames,
+            echo_payload,
+            echo_opcode,
+            inflater: Inflater::new(),
             read_buf,
-            pub_frame,
+            pub_frames,
+            pub_hex,
             pub_off,
             pub_at,
             pubs: Vec::new(),
@@ -486,10 +674,46 @@ impl Worker {
                 last_open_ns: 0,
                 first_error: None,
                 stream: StreamStats::default(),
+                wire: WireStats::default(),
+                extension: None,
+                client_compressed: None,
             },
             delivered_unreported: 0,
             payload_len,
         })
+    }
+
+    /// The echo batch for a connection granted deflate with a client window
+    /// of `window` bits: the message compressed once for that window, or
+    /// the plain batch when compressing does not make it smaller.
+    fn batch_for(&mut self, window: u8) -> usize {
+        if self.echo_frames == 0 {
+            return 0;
+        }
+        if let Some(i) = self.batches.iter().position(|b| b.window == window) {
+            return i;
+        }
+        let Some(packed) = deflate::compress(window, &self.echo_payload) else {
+            // Sent plain: remembered as this window's batch too.
+            let plain = &self.batches[0];
+            let (bytes, frame_len) = (plain.bytes.clone(), plain.frame_len);
+            self.batches.push(EchoBatch {
+                window,
+                bytes,
+                frame_len,
+            });
+            return self.batches.len() - 1;
+        };
+        let f = wire::masked_compressed_frame(self.echo_opcode, &packed);
+        self.out
+            .client_compressed
+            .get_or_insert((self.echo_payload.len(), packed.len()));
+        self.batches.push(EchoBatch {
+            window,
+            bytes: f.repeat(self.echo_frames).into_boxed_slice(),
+            frame_len: f.len(),
+        });
+        self.batches.len() - 1
     }
 
     /// Runs until the main thread says stop.
@@ -533,6 +757,8 @@ impl Worker {
             }
         }
         self.close_all();
+        self.out.wire.decoded = self.inflater.decoded;
+        self.out.wire.reused = self.inflater.reused;
         self.out
     }
 
@@ -546,6 +772,15 @@ impl Worker {
         if self.out.first_error.is_none() {
             self.out.first_error = Some(msg);
         }
+    }
+
+    /// Connection `t` failed in a way that makes the run pointless: the
+    /// main thread reports `msg` and stops.
+    fn fatal(&mut self, t: usize, msg: String) {
+        if let Ok(mut f) = self.shared.fatal.lock() {
+            f.get_or_insert_with(|| msg.clone());
+        }
+        self.fail(t, msg);
     }
 
     /// Queues an operation; a failure here means the ring itself is broken.
@@ -575,7 +810,14 @@ impl Worker {
             let number = self.next_number;
             self.next_number += 1;
             let target = target_of(number, self.servers.len());
-            if let Err(e) = self.connect(number, target) {
+            let role = match self.plan.scenario {
+                Scenario::Echo { .. } => Role::Echo,
+                Scenario::Broadcast { .. } => Role::Subscriber,
+                Scenario::Publish { .. } => Role::Publish,
+                Scenario::Idle { .. } => Role::Idle,
+                Scenario::Churn => Role::Churn,
+            };
+            if let Err(e) = self.connect(number, target, role) {
                 self.shared.failed.fetch_add(1, Ordering::Relaxed);
                 self.error(format!("connect: {e}"));
                 if matches!(self.plan.scenario, Scenario::Churn) {
@@ -587,10 +829,11 @@ impl Worker {
         }
     }
 
-    /// Opens connection `number` to server `target`: connect and upgrade
-    /// request go to the kernel as one linked pair (the request is sent
-    /// once connected).
-    fn connect(&mut self, number: usize, target: usize) -> io::Result<usize> {
+    /// Opens connection `number` to server `target` for `role`: connect
+    /// and upgrade request go to the kernel as one linked pair (the request
+    /// is sent once connected). With `--deflate` the request offers
+    /// permessage-deflate, except a broadcast publisher's (it only sends).
+    fn connect(&mut self, number: usize, target: usize, role: Role) -> io::Result<usize> {
         let domain = if self.plan.addrs[target].is_ipv6() {
             socket2::Domain::IPV6
         } else {
@@ -621,14 +864,11 @@ impl Worker {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        let role = match self.plan.scenario {
-            Scenario::Echo { .. } => Role::Echo,
-            Scenario::Broadcast { .. } => Role::Subscriber,
-            Scenario::Publish { .. } => Role::Publish,
-            Scenario::Idle { .. } => Role::Idle,
-            Scenario::Churn => Role::Churn,
+        let request = if self.plan.deflate && role != Role::Publisher {
+            self.deflate_requests[target].clone()
+        } else {
+            self.requests[target].clone()
         };
-        let request = self.requests[target].clone();
         let raw = fd.as_raw_fd();
         self.conns[idx] = Some(Conn {
             fd,
@@ -642,6 +882,8 @@ impl Worker {
             wfl: request,
             outgoing: Some(Outgoing::Owned { off: 0 }),
             echo_owed: 0,
+            batch: 0,
+            deflate: false,
             connect_armed: true,
             recv_armed: false,
             send_armed: false,
@@ -690,13 +932,8 @@ impl Worker {
         // worker, spread round-robin over the servers like the subscribers;
         // the number only picks a source address.
         let target = target_of(self.pubs.len(), self.servers.len());
-        match self.connect(usize::MAX / 2 + attempts as usize, target) {
-            Ok(i) => {
-                if let Some(c) = live(&mut self.conns, i) {
-                    c.role = Role::Publisher;
-                }
-                self.probe = Some(i);
-            }
+        match self.connect(usize::MAX / 2 + attempts as usize, target, Role::Publisher) {
+            Ok(i) => self.probe = Some(i),
             Err(e) => self.error(format!("publisher connect: {e}")),
         }
     }
@@ -765,8 +1002,9 @@ impl Worker {
             let lag = (now - self.pub_next_ns) / 1000;
             self.out.publisher_lag_us = self.out.publisher_lag_us.max(lag);
             self.pub_next_ns += self.pub_interval_ns;
-            let mut f = self.pub_frame.clone();
-            if self.channel_mode {
+            let mut f =
+                self.pub_frames[(self.pub_seq % self.pub_frames.len() as u64) as usize].clone();
+            if self.pub_hex {
                 let hex = format!("{:016x}{now:016x}", self.pub_seq);
                 wire::write_masked(&mut f, self.pub_off, self.pub_at, hex.as_bytes());
             } else {
@@ -823,8 +1061,13 @@ impl Worker {
         match res {
             0 => self.on_eof(t),
             n if n > 0 => {
+                let in_window = self.window(now_ns());
                 if let Some(c) = live(&mut self.conns, t) {
                     c.rend += n as usize;
+                    // A broadcast publisher's own copies are not deliveries.
+                    if in_window && c.role != Role::Publisher {
+                        self.out.wire.read_bytes += n as u64;
+                    }
                 }
                 self.process(t);
                 self.arm_recv(t);
@@ -890,7 +1133,8 @@ impl Worker {
             let id = c.next_id;
             c.next_id += 1;
             let start = c.wbuf.len();
-            c.wbuf.extend_from_slice(&self.pub_frame);
+            c.wbuf
+                .extend_from_slice(&self.pub_frames[(id % self.pub_frames.len() as u64) as usize]);
             wire::write_masked(&mut c.wbuf[start..], off, at, id.to_string().as_bytes());
             c.unacked.push_back((id, now));
         }
@@ -912,10 +1156,11 @@ impl Worker {
     /// Starts the next send unless one is in flight: the rest of a partly
     /// sent piece first, then queued bytes, then owed echo frames.
     fn send_now(&mut self, t: usize) {
-        let frames_per_batch = self.echo_batch.len() / self.echo_frame_len.max(1);
+        let frames_per_batch = self.echo_frames;
         let Some(c) = live(&mut self.conns, t) else {
             return;
         };
+        let batch = &self.batches[c.batch];
         if c.send_armed {
             return;
         }
@@ -934,9 +1179,7 @@ impl Worker {
         }
         let bytes = match c.outgoing {
             Some(Outgoing::Owned { off }) => &c.wfl[off..],
-            Some(Outgoing::Echo { frames, off }) => {
-                &self.echo_batch[off..frames * self.echo_frame_len]
-            }
+            Some(Outgoing::Echo { frames, off }) => &batch.bytes[off..frames * batch.frame_len],
             None => return,
         };
         let sqe = opcode::Send::new(
@@ -956,10 +1199,10 @@ impl Worker {
             return self.fail(t, format!("write: {}", os_error(res)));
         }
         let n = res.max(0) as usize;
-        let echo_frame_len = self.echo_frame_len;
         let Some(c) = live(&mut self.conns, t) else {
             return;
         };
+        let echo_frame_len = self.batches[c.batch].frame_len;
         c.outgoing = match c.outgoing {
             Some(Outgoing::Owned { off }) if off + n < c.wfl.len() => {
                 Some(Outgoing::Owned { off: off + n })
@@ -1002,13 +1245,35 @@ impl Worker {
                     format!("upgrade refused: {}", line.lines().next().unwrap_or("")),
                 );
             }
+            let mut window = None;
+            if self.plan.deflate && c.role != Role::Publisher {
+                match deflate::granted(&c.rbuf[c.rstart..c.rstart + end]) {
+                    Ok(g) => {
+                        c.deflate = true;
+                        window = Some(g.client_window);
+                        self.out.extension.get_or_insert(g.answer);
+                    }
+                    Err(e) => return self.fatal(t, e),
+                }
+            }
             c.rstart += end;
             c.phase = Phase::Open;
             let (role, started) = (c.role, c.started);
             let now = now_ns();
+            if let (Some(w), Role::Echo | Role::Churn) = (window, role) {
+                // Echo both ways compressed: the message, compressed once
+                // per window, is what this connection sends.
+                let b = self.batch_for(w);
+                if let Some(c) = live(&mut self.conns, t) {
+                    c.batch = b;
+                }
+            }
+            let Some(c) = live(&mut self.conns, t) else {
+                return;
+            };
             match role {
                 Role::Echo => {
-                    let n = self.echo_batch.len() / self.echo_frame_len.max(1);
+                    let n = self.echo_frames;
                     c.sent.extend(std::iter::repeat_n(now, n));
                     self.send_echoes(t, n);
                 }
@@ -1070,6 +1335,8 @@ impl Worker {
     fn frames(&mut self, t: usize) {
         let mut replies = 0usize;
         let mut closed = false;
+        // The close frame's code and reason, for the error.
+        let mut close_why = String::new();
         let now = now_ns();
         let in_window = self.window(now);
         let (ws, we) = (
@@ -1088,31 +1355,74 @@ impl Worker {
         // WebSocket stack answers them; without it the server closes the
         // connection with 1011 after a few missed pongs).
         let mut pongs: Vec<u8> = Vec::new();
+        // A frame that ends the connection: a compressed one where deflate
+        // was not negotiated, or one that does not inflate.
+        let mut broken: Option<String> = None;
+        let json = self.plan.json;
         let Some(c) = live(&mut self.conns, t) else {
             return;
         };
-        while let Some((op, hl, len)) = wire::server_frame(&c.rbuf[c.rstart..c.rend]) {
+        while let Some(f) = wire::server_frame(&c.rbuf[c.rstart..c.rend]) {
+            let (op, hl, len) = (f.op, f.header, f.len);
             let p = c.rstart + hl;
+            // The message's payload: inflated when it came compressed.
+            let body: &[u8] = if f.compressed {
+                if !c.deflate || !matches!(op, wire::TEXT | wire::BINARY) {
+                    broken = Some(format!(
+                        "the server set RSV1 on a frame of opcode {op}{}",
+                        if c.deflate {
+                            ""
+                        } else {
+                            " without permessage-deflate negotiated"
+                        }
+                    ));
+                    break;
+                }
+                match self.inflater.inflate(&c.rbuf[p..p + len]) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        broken = Some(format!("inflating a server message: {e}"));
+                        break;
+                    }
+                }
+            } else {
+                &c.rbuf[p..p + len]
+            };
             match (op, c.role) {
                 (wire::CLOSE, _) => {
                     closed = true;
+                    if let [hi, lo, reason @ ..] = body {
+                        close_why = format!(
+                            " ({}{}{})",
+                            u16::from_be_bytes([*hi, *lo]),
+                            if reason.is_empty() { "" } else { ": " },
+                            String::from_utf8_lossy(reason)
+                        );
+                    }
                     c.rstart += hl + len;
                     break;
                 }
                 (wire::TEXT | wire::BINARY, Role::Echo) => {
                     let sent = c.sent.pop_front().unwrap_or(now);
+                    if body != self.echo_payload.as_slice() {
+                        self.out.wire.mismatches += 1;
+                    }
                     if in_window {
+                        self.out.wire.arrived += 1;
                         self.out.count += 1;
-                        self.out.bytes += len as u64;
+                        self.out.bytes += body.len() as u64;
+                        self.out.wire.message(f.compressed, len, body.len());
                         self.out.latency_us.saturating_record((now - sent) / 1000);
                     }
                     replies += 1;
                 }
                 (wire::TEXT | wire::BINARY, Role::Subscriber) => {
                     // The send time: binary at payload offset 8 (/broadcast),
-                    // or hex digits 16..32 of the payload string (/ws).
-                    let body = &c.rbuf[p..p + len];
-                    let ts = if prefix.is_empty() {
+                    // the JSON body's id (/broadcast, --payload json), or hex
+                    // digits 16..32 of the payload string or id (/ws).
+                    let ts = if prefix.is_empty() && json {
+                        stream::json_timestamp(body)
+                    } else if prefix.is_empty() {
                         body.get(8..16)
                             .and_then(|b| b.try_into().ok())
                             .map(u64::from_le_bytes)
@@ -1153,9 +1463,13 @@ impl Worker {
                         }
                         None
                     };
+                    if ts.is_some() && in_window {
+                        self.out.wire.arrived += 1;
+                    }
                     if let Some(ts) = ts.filter(|&t| window(t)) {
                         self.out.count += 1;
-                        self.out.bytes += len as u64;
+                        self.out.bytes += body.len() as u64;
+                        self.out.wire.message(f.compressed, len, body.len());
                         self.out
                             .latency_us
                             .saturating_record(now.saturating_sub(ts) / 1000);
@@ -1163,7 +1477,7 @@ impl Worker {
                     }
                 }
                 (wire::TEXT, Role::Publisher) if !prefix.is_empty() => {
-                    match stream::classify(&c.rbuf[p..p + len]) {
+                    match stream::classify(body) {
                         Reply::Welcome { core } => {
                             placement.get_or_insert(core);
                         }
@@ -1180,15 +1494,13 @@ impl Worker {
                         }
                         Reply::Error => {
                             refusals += 1;
-                            refusal.get_or_insert_with(|| {
-                                String::from_utf8_lossy(&c.rbuf[p..p + len]).into_owned()
-                            });
+                            refusal
+                                .get_or_insert_with(|| String::from_utf8_lossy(body).into_owned());
                         }
                         Reply::Other => {}
                     }
                 }
                 (wire::TEXT, Role::Publish) => {
-                    let body = &c.rbuf[p..p + len];
                     let reply = stream::classify(body);
                     if matches!(reply, Reply::Ack { .. } | Reply::Error) {
                         // The publish it answers: by id (acks normally come
@@ -1230,6 +1542,9 @@ impl Worker {
         }
         let (role, phase) = (c.role, c.phase);
         self.message_prefix = prefix;
+        if let Some(msg) = broken {
+            return self.fail(t, msg);
+        }
         let pong_owed = !pongs.is_empty() && !closed && phase != Phase::Closing;
         if pong_owed {
             // Queued ahead of anything this pass sends; flushed below.
@@ -1239,7 +1554,7 @@ impl Worker {
             if role == Role::Churn && phase == Phase::Closing {
                 return self.finish_cycle(t);
             }
-            return self.fail(t, "server sent a close frame".into());
+            return self.fail(t, format!("server sent a close frame{close_why}"));
         }
         match role {
             Role::Echo if replies > 0 => {
@@ -1378,21 +1693,30 @@ mod tests {
 
     #[test]
     fn publish_frames_carry_each_id_as_valid_json() {
-        let (mut f, off, at) = publish_template("bench", 20);
-        for id in [
-            FIRST_PUBLISH_ID,
-            FIRST_PUBLISH_ID + 12_345,
-            9_999_999_999_999_999,
-        ] {
-            wire::write_masked(&mut f, off, at, id.to_string().as_bytes());
-            let (h, hl) = ringcast::ws::frame::parse_header(&f).unwrap().unwrap();
-            let mut payload = f[hl..].to_vec();
-            ringcast::ws::frame::apply_mask(&mut payload, h.mask, 0);
-            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-            assert_eq!(v["type"], "publish");
-            assert_eq!(v["channel"], "bench");
-            assert_eq!(v["id"].as_u64(), Some(id));
-            assert_eq!(v["payload"].as_str().map(str::len), Some(20));
+        let body = payload::json(300, 7);
+        for template in [None, Some(&body[..])] {
+            let (mut f, off, at) = publish_template("bench", 20, template);
+            for id in [
+                FIRST_PUBLISH_ID,
+                FIRST_PUBLISH_ID + 12_345,
+                9_999_999_999_999_999,
+            ] {
+                wire::write_masked(&mut f, off, at, id.to_string().as_bytes());
+                let (h, hl) = ringcast::ws::frame::parse_header(&f).unwrap().unwrap();
+                let mut payload = f[hl..].to_vec();
+                ringcast::ws::frame::apply_mask(&mut payload, h.mask, 0);
+                let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                assert_eq!(v["type"], "publish");
+                assert_eq!(v["channel"], "bench");
+                assert_eq!(v["id"].as_u64(), Some(id));
+                match template {
+                    None => assert_eq!(v["payload"].as_str().map(str::len), Some(20)),
+                    Some(b) => assert_eq!(
+                        v["payload"],
+                        serde_json::from_slice::<serde_json::Value>(b).unwrap()
+                    ),
+                }
+            }
         }
     }
 }
