@@ -154,6 +154,8 @@ variant_server_args() { # scenario variant: ringcast's flags for it
 variant_gen_args() { # scenario variant: the generator's extra flags
   case "$2" in
     on|deflate) echo "--deflate" ;;
+    # The same request length as the offer: RSS differs by negotiation only.
+    plain) echo "--pad-upgrade" ;;
     *) echo "" ;;
   esac
 }

@@ -23,7 +23,7 @@ use crate::ws::OpCode;
 
 /// `--compression-level` and `--compression-min-bytes` defaults (the
 /// server sets its own; these serve tests and benchmarks).
-const DEFAULT_LEVEL: u32 = 1;
+const DEFAULT_LEVEL: u32 = 2;
 const DEFAULT_MIN_BYTES: usize = 256;
 
 /// What a connection's handler may touch besides its own connection: the

@@ -97,6 +97,11 @@ struct Args {
     /// compressed too (both directions measured).
     #[arg(long)]
     deflate: bool,
+    /// Without --deflate: pad the upgrade request with an ignored header as
+    /// long as the deflate offer, so a plain and a deflate run send requests
+    /// of one length (idle-deflate compares their RSS per connection).
+    #[arg(long, conflicts_with = "deflate")]
+    pad_upgrade: bool,
     /// Broadcast: messages per second the publisher sends.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -311,6 +316,7 @@ fn run(args: &Args) -> Result<(), String> {
         first_conn,
         publisher_worker: 0,
         deflate: args.deflate,
+        pad_upgrade: args.pad_upgrade,
         json: json_bodies,
     });
     let shared = Arc::new(Shared::default());

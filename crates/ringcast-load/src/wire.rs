@@ -52,10 +52,18 @@ pub(crate) fn write_masked(frame: &mut [u8], payload_off: usize, at: usize, byte
 
 /// The upgrade request (fixed key: the generator checks the status line,
 /// the server's accept value is covered by the test suite), offering
-/// permessage-deflate when `deflate`.
-pub(crate) fn upgrade_request(host: &str, path: &str, deflate: bool) -> Vec<u8> {
+/// permessage-deflate when `deflate`. `pad`: a plain request carries an
+/// ignored header exactly as long as the offer instead, so plain and
+/// deflate clients send requests of one length (the server's receive
+/// buffers then hold the same bytes, and an RSS difference between them
+/// is what negotiating costs).
+pub(crate) fn upgrade_request(host: &str, path: &str, deflate: bool, pad: bool) -> Vec<u8> {
+    let offer = format!("Sec-WebSocket-Extensions: {}\r\n", crate::deflate::OFFER);
     let ext = if deflate {
-        format!("Sec-WebSocket-Extensions: {}\r\n", crate::deflate::OFFER)
+        offer
+    } else if pad {
+        let name = "X-Ringcast-Load-Pad: ";
+        format!("{name}{}\r\n", "p".repeat(offer.len() - name.len() - 2))
     } else {
         String::new()
     };
@@ -191,10 +199,13 @@ mod tests {
 
     #[test]
     fn the_upgrade_offers_deflate_when_asked() {
-        let plain = String::from_utf8(upgrade_request("h:1", "/echo", false)).unwrap();
+        let plain = String::from_utf8(upgrade_request("h:1", "/echo", false, false)).unwrap();
         assert!(!plain.contains("Extensions"));
         assert!(plain.ends_with("\r\n\r\n"));
-        let offer = String::from_utf8(upgrade_request("h:1", "/echo", true)).unwrap();
+        let padded = upgrade_request("h:1", "/echo", false, true);
+        let offer = String::from_utf8(upgrade_request("h:1", "/echo", true, false)).unwrap();
+        assert_eq!(padded.len(), offer.len());
+        assert!(!String::from_utf8(padded).unwrap().contains("Extensions"));
         assert!(offer.contains(
             "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
         ));

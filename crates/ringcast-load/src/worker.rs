@@ -83,6 +83,9 @@ pub(crate) struct Plan {
     /// publishers, and fail a connection whose server does not grant it.
     /// Echo (and churn) clients then send their messages compressed.
     pub deflate: bool,
+    /// Plain upgrade requests are padded to the deflate offer's length
+    /// (`--pad-upgrade`).
+    pub pad_upgrade: bool,
     /// Message bodies are realistic JSON objects ([`payload::json`])
     /// instead of filler.
     pub json: bool,
@@ -598,7 +601,7 @@ impl Worker {
         let request_set = |deflate: bool| -> Vec<Vec<u8>> {
             plan.addrs
                 .iter()
-                .map(|a| wire::upgrade_request(&a.to_string(), path, deflate))
+                .map(|a| wire::upgrade_request(&a.to_string(), path, deflate, plan.pad_upgrade))
                 .collect()
         };
         let requests = request_set(false);
