@@ -463,3 +463,50 @@ fn a_publication_is_compressed_once_for_all_its_subscribers() {
     let compressed = counter(&server, "ringcast_deflate_compressed_total", None) - before;
     assert_eq!(compressed, 1.0, "one compression for three subscribers");
 }
+
+#[test]
+fn a_recovered_history_is_compressed_once_for_every_recovering_client() {
+    let server = Server::start(&["--cores", "1"]);
+    let mut publisher = deflate_ws(server.addr, "/ws");
+    read_message_deflated(&mut publisher); // welcome
+    let payloads: Vec<String> = (0..5).map(|i| chat_json(900 + 50 * i)).collect();
+    let mut epoch = String::new();
+    for (i, p) in payloads.iter().enumerate() {
+        let publish =
+            format!("{{\"type\":\"publish\",\"channel\":\"hist\",\"id\":{i},\"payload\":{p}}}");
+        publisher
+            .write_all(&masked(true, 1, publish.as_bytes()))
+            .unwrap();
+        let (_, _, ack) = read_message_deflated(&mut publisher);
+        let ack: serde_json::Value = serde_json::from_slice(&ack).unwrap();
+        assert_eq!(ack["type"], "ack", "{ack}");
+        epoch = ack["epoch"].as_str().unwrap().to_string();
+    }
+    let before = counter(&server, "ringcast_deflate_compressed_total", None);
+    for client in 0..4 {
+        let mut s = deflate_ws(server.addr, "/ws");
+        read_message_deflated(&mut s); // welcome
+        let sub = format!(
+            "{{\"type\":\"subscribe\",\"channel\":\"hist\",\"id\":1,\"since\":{{\"epoch\":\"{epoch}\",\"offset\":0}}}}"
+        );
+        s.write_all(&masked(true, 1, sub.as_bytes())).unwrap();
+        let (_, _, ack) = read_message_deflated(&mut s);
+        let ack: serde_json::Value = serde_json::from_slice(&ack).unwrap();
+        assert_eq!(ack["recovered"], true, "client {client}: {ack}");
+        for (i, p) in payloads.iter().enumerate() {
+            let (_, rsv1, got) = read_message_deflated(&mut s);
+            assert!(rsv1, "client {client}, publication {i} replayed compressed");
+            let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+            assert_eq!(v["offset"], i + 1);
+            assert_eq!(
+                v["payload"],
+                serde_json::from_str::<serde_json::Value>(p).unwrap()
+            );
+        }
+    }
+    let compressed = counter(&server, "ringcast_deflate_compressed_total", None) - before;
+    assert_eq!(
+        compressed, 5.0,
+        "each replayed publication compressed once, not per client"
+    );
+}

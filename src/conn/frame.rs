@@ -160,6 +160,50 @@ impl Frame {
     }
 }
 
+/// Frames the cache holds at most; past it, it starts over.
+const FRAME_CACHE_MAX: usize = 1024;
+
+/// This core's handles for shared frames that arrive more than once: the
+/// publications a recovery replays, which the same history hands to every
+/// connection that recovers. Replayed through one handle, a publication is
+/// compressed once per core however many connections recover it (a
+/// reconnect storm recovers the same history thousands of times).
+///
+/// Keyed by the frame's address, which stays unique while the cache holds
+/// the frame. Bounded: at most [`FRAME_CACHE_MAX`] frames, and the owner
+/// empties it once per trim period, so it pins recent frames only.
+#[derive(Default)]
+pub(crate) struct FrameCache {
+    map: std::collections::HashMap<usize, Frame>,
+}
+
+impl FrameCache {
+    /// The core's handle for `shared`: the cached one if this frame came
+    /// before, a new one (now cached) otherwise.
+    pub(crate) fn frame(&mut self, shared: SharedFrame) -> Frame {
+        let key = shared.bytes().as_ptr() as usize;
+        if let Some(f) = self.map.get(&key) {
+            return f.clone();
+        }
+        if self.map.len() >= FRAME_CACHE_MAX {
+            self.map.clear();
+        }
+        let f = Frame::new(shared);
+        self.map.insert(key, f.clone());
+        f
+    }
+
+    /// Whether it holds no frame.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Drops every frame (and the map's memory).
+    pub(crate) fn clear(&mut self) {
+        self.map = std::collections::HashMap::new();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,6 @@ pub(crate) mod frame;
 pub(crate) mod key;
 pub(crate) mod outq;
 
-pub(crate) use frame::{Frame, SharedFrame};
+pub(crate) use frame::{Frame, FrameCache, SharedFrame};
 pub(crate) use key::ConnKey;
 pub(crate) use outq::{BufPool, OutQueue};

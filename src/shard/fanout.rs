@@ -206,7 +206,19 @@ impl Shard {
             return;
         }
         // The replay goes through the one delivery loop, like any fan-out.
-        let frames: Vec<Frame> = r.frames.into_iter().map(Frame::new).collect();
+        // For a deflate peer through the core's cache, so a publication
+        // many connections recover is compressed once here.
+        let deflate = self
+            .conns
+            .get_mut(r.key)
+            .and_then(|c| c.deflate())
+            .is_some();
+        let frames: Vec<Frame> = if deflate {
+            let cache = &mut self.replays;
+            r.frames.into_iter().map(|f| cache.frame(f)).collect()
+        } else {
+            r.frames.into_iter().map(Frame::new).collect()
+        };
         let max = self.cfg.max_send_queue_bytes;
         let Shard {
             env,

@@ -52,7 +52,7 @@ use tracing::{info, warn};
 use crate::app::requests::Access;
 use crate::app::{CoreHook, Env, Policy};
 use crate::conn::outq::{FreeList, MAX_IOV};
-use crate::conn::ConnKey;
+use crate::conn::{ConnKey, FrameCache};
 use crate::hub::mesh::{self, Mesh};
 use crate::hub::options::ChannelRules;
 use crate::hub::stream::StreamLimits;
@@ -135,6 +135,8 @@ pub(crate) struct Shard {
     /// Inflates every compressed message this core receives (beside `env`
     /// so a session can inflate into it while its handler holds `env`).
     inflater: Inflater,
+    /// Recovery replays' frames, so each is compressed once per core.
+    replays: FrameCache,
     mesh: Option<Mesh>,
     /// Messages from other cores, read this pass.
     mesh_in: Vec<MeshMsg>,
@@ -235,6 +237,7 @@ impl Shard {
             accept: accept::Acceptor::new(listener),
             conns: Slab::default(),
             inflater: Inflater::new(),
+            replays: FrameCache::default(),
             env: Env::with_channels(
                 id,
                 cfg.cores,
@@ -457,7 +460,8 @@ impl Shard {
         // A core gone quiet still frees its pooled buffers, then sleeps for
         // good.
         let pool_trim =
-            (!self.env.pool.is_empty() || !self.sendmsgs.is_empty()).then_some(self.pool_trim_at);
+            (!self.env.pool.is_empty() || !self.sendmsgs.is_empty() || !self.replays.is_empty())
+                .then_some(self.pool_trim_at);
         let next_timer = [
             self.wheel.next_wake(),
             self.accept.retry_at,

@@ -23,6 +23,7 @@ impl Shard {
         if now >= self.pool_trim_at {
             self.env.pool.trim();
             self.sendmsgs.trim(drop);
+            self.replays.clear();
             self.pool_trim_at = now + POOL_TRIM_PERIOD;
         }
         self.accept_backoff_over(now);
