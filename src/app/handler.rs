@@ -101,6 +101,22 @@ impl Env {
         self.hub.outbox.len() + self.channels.outgoing.len()
     }
 
+    /// Writes a `/ws` message with `write` and queues it to `out` as one
+    /// text frame, compressed for a peer that negotiated permessage-deflate
+    /// (`window`). Counted as a reply.
+    pub fn queue_text(
+        &mut self,
+        out: &mut OutQueue,
+        window: Option<WindowBits>,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        let (pool, deflater) = (&mut self.pool, &mut self.deflater);
+        out.write_message(pool, deflater, window, OpCode::Text, &self.scratch);
+        self.stats.replies += 1;
+    }
+
     /// The id a `/ws` connection's `welcome` names, from its per-core
     /// sequence number: unique in the process, and across restarts (the
     /// nonce is random).
@@ -234,13 +250,7 @@ impl<'a> ConnIo<'a> {
         if self.backlogged() {
             return;
         }
-        let env = &mut *self.env;
-        env.scratch.clear();
-        write(&mut env.scratch);
-        let (pool, deflater) = (&mut env.pool, &mut env.deflater);
-        self.out
-            .write_message(pool, deflater, self.deflate, OpCode::Text, &env.scratch);
-        env.stats.replies += 1;
+        self.env.queue_text(self.out, self.deflate, write);
     }
 
     fn error(&mut self, id: Option<u64>, code: ErrorCode, message: &str) {

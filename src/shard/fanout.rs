@@ -16,7 +16,7 @@ use crate::hub::{
     HistoryAnswer, MeshMsg, Position, PresenceList, Recipients, ReplyTo, SubscribeReply,
 };
 use crate::ws::deflate::WindowBits;
-use crate::ws::{CloseCode, OpCode, State};
+use crate::ws::{CloseCode, State};
 
 /// Capacity of the reply scratch buffer kept after a large reply.
 const SCRATCH_KEEP: usize = 256 * 1024;
@@ -290,23 +290,13 @@ impl Shard {
             return;
         }
         let env = &mut self.env;
-        env.scratch.clear();
-        write(&mut env.scratch);
         let window = conn.deflate();
-        conn.out.write_message(
-            &mut env.pool,
-            &mut env.deflater,
-            window,
-            OpCode::Text,
-            &env.scratch,
-        );
+        env.queue_text(&mut conn.out, window, write);
         // A history answer can be megabytes: the scratch buffer does not
         // keep that much for good.
         if env.scratch.capacity() > SCRATCH_KEEP {
             env.scratch = Vec::new();
         }
-        // Counted like a reply queued during the connection's own read.
-        env.stats.replies += 1;
         self.mark_dirty(key);
     }
 

@@ -12,7 +12,6 @@ use crate::conn::ConnKey;
 use crate::http::{self, Refusal};
 use crate::io::bufring::RecvBuf;
 use crate::ws::handshake::{self, Parsed, Progress};
-use crate::ws::OpCode;
 use crate::ws::{CloseCode, Session};
 
 /// Parses what a handshaking connection has sent so far (`data`: this
@@ -271,19 +270,11 @@ impl Shard {
                 self.clients += 1;
                 let id = self.env.client_id(ws.client);
                 let ping_ms = self.env.policy.heartbeat.interval_us(None) / 1000;
-                let scratch = &mut self.env.scratch;
-                scratch.clear();
-                protocol::write_welcome(&id, self.id, ping_ms, scratch);
-                let env = &mut self.env;
+                let core = self.id;
                 let window = conn.deflate();
-                conn.out.write_message(
-                    &mut env.pool,
-                    &mut env.deflater,
-                    window,
-                    OpCode::Text,
-                    &env.scratch,
-                );
-                env.stats.replies += 1;
+                self.env.queue_text(&mut conn.out, window, |v| {
+                    protocol::write_welcome(&id, core, ping_ms, v)
+                });
             }
             Endpoint::None | Endpoint::Echo => {}
         }
