@@ -5,19 +5,16 @@
 //! message), so it needs the server to answer `server_no_context_takeover`;
 //! it never keeps a compression context either, which any server accepts
 //! (`client_no_context_takeover` or not). One [`Inflater`] per generator
-//! thread then serves all its connections. The codec is flate2 over zlib-rs
-//! (raw streams with a chosen window), independent of the server's own, so
-//! a bug on one side is not mirrored on the other.
+//! thread then serves all its connections. The payload codec is the
+//! server's own (`ringcast::ws::deflate`), as the frame codec is; what
+//! checks the server against other implementations is Autobahn (Python's
+//! zlib), Chromium and the test suite's own deflate peer.
 
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use ringcast::ws::deflate::{self as codec, Deflater, InflateError, WindowBits};
 
 /// The offer the upgrade request carries: permessage-deflate with the
 /// server free to limit the client's window (what browsers send).
 pub(crate) const OFFER: &str = "permessage-deflate; client_max_window_bits";
-
-/// RFC 7692 §7.2.1: a sync flush ends with these bytes; a sender removes
-/// them, a receiver appends them before inflating.
-const TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 
 /// A message inflating past this is refused (a broken or hostile server must
 /// not make the generator allocate without bound).
@@ -117,23 +114,12 @@ fn window_bits(v: &str) -> Option<u8> {
 /// removed). `None` when that is not smaller than `payload` (it goes
 /// plain).
 pub(crate) fn compress(window: u8, payload: &[u8]) -> Option<Vec<u8>> {
-    let mut c = Compress::new_with_window_bits(Compression::default(), false, window.clamp(9, 15));
-    let mut out = Vec::with_capacity(payload.len() / 2 + 64);
-    loop {
-        let at = c.total_in() as usize;
-        c.compress_vec(&payload[at..], &mut out, FlushCompress::Sync)
-            .ok()?;
-        // Done when all input is in and the flush fitted (room left over).
-        if c.total_in() as usize == payload.len() && out.len() < out.capacity() {
-            break;
-        }
-        out.reserve(out.capacity().max(64));
-    }
-    if !out.ends_with(&TAIL) {
-        return None;
-    }
-    out.truncate(out.len() - TAIL.len());
-    (out.len() < payload.len()).then_some(out)
+    let window = WindowBits::new(window.clamp(9, 15))?;
+    // zlib's default level, no threshold: the generator compresses each
+    // distinct message once.
+    Deflater::new(6, 1)
+        .compress(window, payload)
+        .map(<[u8]>::to_vec)
 }
 
 /// Messages remembered inflated, per thread (see [`Inflater`]).
@@ -153,8 +139,7 @@ const REMEMBER_MAX: usize = 64 * 1024;
 /// every delivery of a 1 KB message costs it ~3 us, more than the server
 /// spends delivering it). `decoded` counts the real inflations.
 pub(crate) struct Inflater {
-    d: Decompress,
-    out: Vec<u8>,
+    inner: codec::Inflater,
     limit: usize,
     /// (compressed, inflated), the slot `next` replaced next.
     seen: Vec<(Vec<u8>, Vec<u8>)>,
@@ -172,8 +157,7 @@ impl Inflater {
     /// An inflater refusing messages of more than `limit` bytes.
     pub(crate) fn with_limit(limit: usize) -> Inflater {
         Inflater {
-            d: Decompress::new_with_window_bits(false, 15),
-            out: Vec::new(),
+            inner: codec::Inflater::new(),
             limit,
             seen: Vec::new(),
             next: 0,
@@ -195,74 +179,37 @@ impl Inflater {
             self.reused += 1;
             return Ok(&self.seen[i].1);
         }
-        self.decode(compressed)?;
+        let limit = self.limit;
+        let plain = self.inner.inflate(compressed, limit).map_err(|e| match e {
+            InflateError::TooBig => format!("a message inflates past {limit} bytes"),
+            InflateError::Invalid => "not a deflate stream".to_string(),
+        })?;
         self.decoded += 1;
-        if compressed.len() > REMEMBER_MAX || self.out.len() > REMEMBER_MAX {
-            return Ok(&self.out);
+        if compressed.len() > REMEMBER_MAX || plain.len() > REMEMBER_MAX {
+            return Ok(plain);
         }
-        // Into the next slot; its old buffers are reused for the next one.
+        // Into the next slot, reusing its old buffers.
         let slot = self.next;
         self.next = (self.next + 1) % REMEMBERED;
         if slot == self.seen.len() {
-            self.seen
-                .push((compressed.to_vec(), std::mem::take(&mut self.out)));
-        } else {
-            let (key, value) = &mut self.seen[slot];
-            key.clear();
-            key.extend_from_slice(compressed);
-            std::mem::swap(value, &mut self.out);
+            self.seen.push((Vec::new(), Vec::new()));
         }
+        let (key, value) = &mut self.seen[slot];
+        key.clear();
+        key.extend_from_slice(compressed);
+        value.clear();
+        value.extend_from_slice(plain);
         Ok(&self.seen[slot].1)
-    }
-
-    /// Inflates `compressed` into `out`.
-    fn decode(&mut self, compressed: &[u8]) -> Result<(), String> {
-        self.d.reset(false);
-        self.out.clear();
-        for piece in [compressed, &TAIL[..]] {
-            let mut at = 0;
-            loop {
-                if self.out.len() == self.out.capacity() {
-                    if self.out.len() > self.limit {
-                        return Err(format!("a message inflates past {} bytes", self.limit));
-                    }
-                    // Doubling from 4 KiB, up to one byte past the limit.
-                    let room = self
-                        .out
-                        .len()
-                        .max(4096)
-                        .min(self.limit + 1 - self.out.len());
-                    self.out.reserve_exact(room);
-                }
-                let (in0, out0) = (self.d.total_in(), self.out.len());
-                let status = self
-                    .d
-                    .decompress_vec(&piece[at..], &mut self.out, FlushDecompress::Sync)
-                    .map_err(|e| format!("not a deflate stream: {e}"))?;
-                at += (self.d.total_in() - in0) as usize;
-                if self.out.len() > self.limit {
-                    return Err(format!("a message inflates past {} bytes", self.limit));
-                }
-                let room = self.out.len() < self.out.capacity();
-                match status {
-                    // A final block ends the message (what follows is not
-                    // read).
-                    Status::StreamEnd => return Ok(()),
-                    _ if at == piece.len() && room => break,
-                    _ if room && self.d.total_in() == in0 && self.out.len() == out0 => {
-                        return Err("not a deflate stream: no progress".into())
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::{Decompress, FlushDecompress};
+
+    /// RFC 7692 §7.2.1: the sync-flush tail a sender removes.
+    const TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 
     const OK: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n";
 
