@@ -76,14 +76,14 @@ pub struct Config {
     /// default: a connection holds no compression state (each core shares
     /// one compressor and one inflater, reset per message), a publication
     /// is compressed once per core however many subscribers get it, and
-    /// JSON shrinks several-fold on the wire. `off` answers every offer
+    /// JSON shrinks on the wire (varied 1 KB events to about 0.6). `off` answers every offer
     /// without the extension.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub compression: Switch,
 
     /// Messages shorter than this many bytes are sent uncompressed: deflate
     /// saves next to nothing on them and costs a compressor reset each.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = crate::ws::deflate::DEFAULT_MIN_BYTES)]
     pub compression_min_bytes: usize,
 
     /// zlib compression level, 1 (fastest) to 9 (smallest). Level 1 is
@@ -91,7 +91,11 @@ pub struct Config {
     /// of varied JSON at 0.82 of its size; 2, the default, is the first
     /// with codes fitted to the message (0.62) for about 3x the time;
     /// higher levels gain under 1% more on messages this size.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=9))]
+    #[arg(
+        long,
+        default_value_t = crate::ws::deflate::DEFAULT_LEVEL,
+        value_parser = clap::value_parser!(u32).range(1..=9)
+    )]
     pub compression_level: u32,
 
     /// Bound on a connection's unsent bytes; a consumer that falls further

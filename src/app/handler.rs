@@ -16,15 +16,10 @@ use crate::hub::channels::Channels;
 use crate::hub::options::ChannelRules;
 use crate::hub::stream::{process_nonce, StreamLimits, Streams};
 use crate::hub::{HistoryReq, Hub, Member, MeshMsg, ReplyTo, SubscribeReq, Unsequenced};
-use crate::ws::deflate::{Deflater, WindowBits};
+use crate::ws::deflate::{self, Deflater, WindowBits};
 use crate::ws::frame::{encode_frame_into, encode_header, unmask_into, MAX_SERVER_HEADER_LEN};
 use crate::ws::session::{Handler, MessageKind};
 use crate::ws::OpCode;
-
-/// `--compression-level` and `--compression-min-bytes` defaults (the
-/// server sets its own; these serve tests and benchmarks).
-const DEFAULT_LEVEL: u32 = 2;
-const DEFAULT_MIN_BYTES: usize = 256;
 
 /// What a connection's handler may touch besides its own connection: the
 /// core's broadcast hub and channels, its counters, a scratch buffer, the
@@ -88,7 +83,7 @@ impl Env {
             stats: MsgStats::default(),
             scratch: Vec::new(),
             pool: BufPool::default(),
-            deflater: Deflater::new(DEFAULT_LEVEL, DEFAULT_MIN_BYTES),
+            deflater: Deflater::new(deflate::DEFAULT_LEVEL, deflate::DEFAULT_MIN_BYTES),
             policy,
             now_us: 0,
         }

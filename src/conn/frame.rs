@@ -135,18 +135,16 @@ impl Frame {
 
     fn compress(&self, w: WindowBits, deflater: &mut Deflater) -> Option<Frame> {
         let bytes = self.bytes();
-        let (opcode, at) = match (bytes.first()?, bytes.get(1)?) {
-            (b0, _) if b0 & 0x0F != OpCode::Text as u8 && b0 & 0x0F != OpCode::Binary as u8 => {
-                return None;
-            }
-            (b0, 126) => (b0 & 0x0F, 4),
-            (b0, 127) => (b0 & 0x0F, 10),
-            (b0, _) => (b0 & 0x0F, 2),
+        // Data frames only; the header is 2, 4 or 10 bytes by its length byte.
+        let opcode = match bytes.first()? & 0x0F {
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            _ => return None,
         };
-        let opcode = if opcode == OpCode::Text as u8 {
-            OpCode::Text
-        } else {
-            OpCode::Binary
+        let at = match bytes.get(1)? {
+            126 => 4,
+            127 => 10,
+            _ => 2,
         };
         let packed = deflater.compress(w, bytes.get(at..)?)?;
         let frame = SharedFrame::encode_compressed(opcode, packed);

@@ -137,8 +137,8 @@ fn accept(params: &[Param<'_>]) -> Option<Deflate> {
             server_window: WindowBits::MAX,
             window_limited: false,
         }),
-        // zlib has no raw 8-bit window: declined (§7.1.2.1).
-        Some(8) => None,
+        // zlib has no raw 8-bit window (`WindowBits::new(8)` is `None`):
+        // declined (§7.1.2.1).
         Some(bits) => Some(Deflate {
             server_window: WindowBits::new(bits)?,
             window_limited: true,
