@@ -9,8 +9,9 @@
 //! from the committed lock file through `npm ci`; it never downloads a
 //! browser.
 
+mod node;
+
 use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn the_demo_works_in_chromium() {
@@ -21,20 +22,13 @@ fn the_demo_works_in_chromium() {
         "{chromium} not found: install Debian's chromium (apt-get install chromium), \
          or set CHROMIUM"
     );
-    if !dir.join("node_modules/playwright-core").is_dir() {
-        let ci = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm (install Node.js and npm)");
-        assert!(ci.success(), "npm ci in clients/browser failed");
-    }
-    let status = Command::new("node")
-        .args(["--test", "--test-concurrency=1"])
-        .current_dir(&dir)
-        .env("RINGCAST_BIN", env!("CARGO_BIN_EXE_ringcast"))
-        .env("CHROMIUM", &chromium)
-        .status()
-        .expect("node --test");
-    assert!(status.success(), "the browser tests failed (output above)");
+    node::npm_ci(&dir, "playwright-core");
+    node::run_suite(
+        &dir,
+        "the browser tests",
+        &[
+            ("RINGCAST_BIN", env!("CARGO_BIN_EXE_ringcast")),
+            ("CHROMIUM", &chromium),
+        ],
+    );
 }

@@ -841,6 +841,82 @@ fn recovery_after_a_restart_is_refused_with_a_new_epoch() {
     assert!(status.success(), "{log}");
 }
 
+/// Requests that reach the server in one read are handled in the order
+/// sent, also when the channel's owner is the connection's own core (where
+/// a publication is numbered on the spot): the SDK, reconnecting, sends its
+/// resubscribe and then the publications it queued, all at once. The
+/// subscribe must be answered before the publications, and they must reach
+/// the subscriber; a history request after them sees them.
+#[test]
+fn requests_in_one_write_are_answered_in_order_on_the_owner_core() {
+    let server = Server::spawn(&["--cores", "2"]);
+    let mut id = 0;
+    for core in 0..2 {
+        for since in [false, true] {
+            let ch = owned_by(&format!("pipelined.{since}"), core, 2);
+            let (mut ws, _) = ws_on(&server, core);
+            let mut sub = json!({"type":"subscribe","channel":ch,"id":id + 1});
+            if since {
+                sub["since"] = json!({"offset":0,"epoch":"0123456789abcdef"});
+            }
+            let mut batch = vec![sub];
+            for n in 0..3 {
+                batch
+                    .push(json!({"type":"publish","channel":ch,"payload":{"n":n},"id":id + 2 + n}));
+            }
+            batch.push(json!({"type":"history","channel":ch,"id":id + 5}));
+            for req in &batch {
+                ws.write(Message::text(req.to_string())).unwrap();
+            }
+            ws.flush().unwrap();
+
+            let mut ack = recv_json(&mut ws);
+            if since {
+                // Another epoch's position: nothing to recover from it.
+                let recovered = ack.as_object_mut().and_then(|a| a.remove("recovered"));
+                assert_eq!(recovered, Some(json!(false)), "core {core}: {ack}");
+            }
+            let (epoch, offset) = check_offset_ack(&ack, Some(id + 1));
+            assert_eq!(
+                offset, 0,
+                "core {core}, since {since}: subscribed before the publications: {ack}"
+            );
+            let mut acks = Vec::new();
+            let mut messages = Vec::new();
+            let mut hist = None;
+            while acks.len() < 3 || messages.len() < 3 || hist.is_none() {
+                let v = recv_json(&mut ws);
+                match (v["type"].as_str(), v["id"].as_u64()) {
+                    (Some("message"), _) => {
+                        messages.push((v["offset"].clone(), v["payload"].clone()))
+                    }
+                    (Some("ack"), Some(i)) if i == id + 5 => hist = Some(v),
+                    (Some("ack"), Some(_)) => acks.push(v),
+                    _ => panic!("core {core}, since {since}: unexpected {v}"),
+                }
+            }
+            let want: Vec<Value> = (0..3)
+                .map(|n| json!({"type":"ack","id":id + 2 + n,"epoch":epoch,"offset":n + 1}))
+                .collect();
+            assert_eq!(acks, want, "core {core}, since {since}");
+            let want: Vec<(Value, Value)> =
+                (0..3u64).map(|n| (json!(n + 1), json!({"n":n}))).collect();
+            assert_eq!(
+                messages, want,
+                "core {core}, since {since}: every publication delivered, in order"
+            );
+            assert_eq!(
+                hist.unwrap(),
+                history_ack(id + 5, &epoch, 3, pubs(1..=3)),
+                "core {core}, since {since}: history sees what was published before it"
+            );
+            id += 10;
+        }
+    }
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
+
 // ----- history -----------------------------------------------------------------
 
 /// `history` without `since`: the newest `limit` (default: all kept, up to

@@ -93,7 +93,7 @@ impl Env {
     /// cross-core traffic).
     #[inline]
     pub fn mesh_traffic(&self) -> usize {
-        self.hub.outbox.len() + self.channels.outgoing.len()
+        self.hub.outbox.len() + self.channels.outgoing_len()
     }
 
     /// Writes a `/ws` message with `write` and queues it to `out` as one
@@ -301,7 +301,7 @@ impl<'a> ConnIo<'a> {
     /// owner).
     fn send_to_owner(&mut self, channel: &str, msg: MeshMsg) {
         let owner = self.env.channels.owner_of(channel);
-        self.env.channels.outgoing.push((owner, msg));
+        self.env.channels.send(owner, msg);
     }
 
     fn me(&self) -> u16 {
@@ -323,8 +323,10 @@ impl<'a> ConnIo<'a> {
         }
         self.env.stats.publishes += 1;
         let me = self.env.channels.me();
-        if self.env.channels.owner_of(channel) == me {
-            // This core numbers it: no copy but the frame's, no ring push.
+        // This core numbers it: no copy but the frame's, no ring push —
+        // unless a request of this pass waits in the queue for this core
+        // (this connection's subscribe, say), which it must not overtake.
+        if self.env.channels.owner_of(channel) == me && !self.env.channels.queued_for_me() {
             let now = self.env.now_us;
             let position = self
                 .env

@@ -111,8 +111,12 @@ pub struct Channels {
     /// event)` (events go to the subscribers that asked for them).
     pending: Vec<(u32, Frame, bool)>,
     /// Messages for owners, `(core, message)` (this core included), sent
-    /// by the loop.
-    pub outgoing: Vec<(usize, MeshMsg)>,
+    /// by the loop ([`Channels::send`], [`Channels::take_outgoing`]).
+    outgoing: Vec<(usize, MeshMsg)>,
+    /// Whether `outgoing` holds a message for this core: a request a
+    /// connection made before a publication it numbers here, which must
+    /// not overtake it.
+    queued_for_me: bool,
     subscriptions: usize,
     live: usize,
     /// The broker engine's mesh index, when it owns every channel.
@@ -132,6 +136,7 @@ impl Channels {
             maybe_unused: Vec::new(),
             pending: Vec::new(),
             outgoing: Vec::new(),
+            queued_for_me: false,
             subscriptions: 0,
             live: 0,
             broker: None,
@@ -141,6 +146,39 @@ impl Channels {
     /// This core's id.
     pub fn me(&self) -> usize {
         self.me
+    }
+
+    /// Queues `msg` for core (or broker) `core`; the loop sends it.
+    pub fn send(&mut self, core: usize, msg: MeshMsg) {
+        self.queued_for_me |= core == self.me;
+        self.outgoing.push((core, msg));
+    }
+
+    /// Messages queued since the last call, in order. Hand the emptied
+    /// vector back with [`Channels::give_back`] to keep its capacity.
+    pub fn take_outgoing(&mut self) -> Vec<(usize, MeshMsg)> {
+        self.queued_for_me = false;
+        std::mem::take(&mut self.outgoing)
+    }
+
+    /// Returns the (drained) vector [`Channels::take_outgoing`] took.
+    pub fn give_back(&mut self, mut out: Vec<(usize, MeshMsg)>) {
+        out.clear();
+        if self.outgoing.is_empty() {
+            self.outgoing = out;
+        }
+    }
+
+    /// Messages queued for owners and not yet sent.
+    pub fn outgoing_len(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// Whether a message for this very core waits in the queue: a local
+    /// shortcut taken now (numbering a publication here) would overtake
+    /// it, so the caller queues behind it instead.
+    pub fn queued_for_me(&self) -> bool {
+        self.queued_for_me
     }
 
     /// The owner core of `channel`, or the broker's mesh index when a
@@ -265,8 +303,7 @@ impl Channels {
             unsub_ack: None,
         });
         let owner = ch.owner;
-        self.outgoing
-            .push((owner, MeshMsg::Subscribe(Box::new(req))));
+        self.send(owner, MeshMsg::Subscribe(Box::new(req)));
     }
 
     /// Whether `key` has a subscribe waiting on channel `idx`.
@@ -320,7 +357,7 @@ impl Channels {
                 channel: ch.name.clone(),
                 client,
             };
-            self.outgoing.push((ch.owner, msg));
+            self.send(ch.owner, msg);
         }
     }
 
@@ -351,7 +388,7 @@ impl Channels {
                 channel: ch.name.clone(),
                 from: me,
             };
-            self.outgoing.push((ch.owner, msg));
+            self.send(ch.owner, msg);
             self.maybe_unused.push(idx);
         }
     }
@@ -506,8 +543,9 @@ mod tests {
         let name = ch.name(idx).unwrap();
         ch.request(idx, req(&name, key(5)), false);
         let owner = ch.owner_of("news");
-        assert_eq!(ch.outgoing.len(), 1);
-        assert_eq!(ch.outgoing[0].0, owner);
+        let out = ch.take_outgoing();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, owner);
         // A publication before the answer reaches nobody here.
         let f = Frame::new(SharedFrame::encode(OpCode::Text, b"m"));
         ch.deliver("news", 1, f.clone());
@@ -540,10 +578,13 @@ mod tests {
         let mut ch = Channels::new(0, 2);
         let idx = ch.entry("c", false);
         ch.add(idx, key(1), false);
-        ch.outgoing.clear();
+        ch.take_outgoing();
         assert!(ch.remove(idx, key(1)));
         assert!(!ch.remove(idx, key(1)));
-        assert!(matches!(ch.outgoing[..], [(_, MeshMsg::Withdraw { .. })]));
+        assert!(matches!(
+            ch.take_outgoing()[..],
+            [(_, MeshMsg::Withdraw { .. })]
+        ));
         ch.end_pass();
         assert!(ch.is_empty());
         assert_eq!(ch.lookup("c"), None);

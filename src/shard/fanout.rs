@@ -55,7 +55,7 @@ impl Shard {
     /// the mesh, or, for this core, into this pass's inbound messages.
     pub(super) fn route_outgoing(&mut self) {
         let me = self.id;
-        let mut out = std::mem::take(&mut self.env.channels.outgoing);
+        let mut out = self.env.channels.take_outgoing();
         out.append(&mut self.env.streams.out);
         for (core, msg) in out.drain(..) {
             if core == me {
@@ -64,7 +64,7 @@ impl Shard {
                 m.send_to(core, msg);
             }
         }
-        self.env.channels.outgoing = out;
+        self.env.channels.give_back(out);
     }
 
     /// Dispatches what other cores (and this core's own engine) sent, until

@@ -158,8 +158,7 @@ impl Shard {
                 };
                 self.env
                     .channels
-                    .outgoing
-                    .push((owner, MeshMsg::Sequence(Box::new(u))));
+                    .send(owner, MeshMsg::Sequence(Box::new(u)));
             }
             n += 1;
         }

@@ -360,7 +360,7 @@ impl Shard {
         }
         worked |= self.take_injected();
         if !self.mesh_in.is_empty()
-            || !self.env.channels.outgoing.is_empty()
+            || self.env.channels.outgoing_len() > 0
             || !self.env.streams.out.is_empty()
         {
             worked = true;

@@ -140,9 +140,7 @@ impl Shard {
                         channel: channel.clone(),
                         payload,
                     };
-                    channels
-                        .outgoing
-                        .push((owner, MeshMsg::Sequence(Box::new(u))));
+                    channels.send(owner, MeshMsg::Sequence(Box::new(u)));
                     results.push((channel, None));
                 }
                 let left = results.len();
@@ -155,9 +153,7 @@ impl Shard {
                     reply: ReplyTo::Api { ticket, index: 0 },
                     ..req
                 };
-                channels
-                    .outgoing
-                    .push((owner, MeshMsg::History(Box::new(req))));
+                channels.send(owner, MeshMsg::History(Box::new(req)));
                 Wait::History
             }
             ApiCall::Presence(channel) => {
@@ -167,7 +163,7 @@ impl Shard {
                     reply: ReplyTo::Api { ticket, index: 0 },
                     channel,
                 };
-                channels.outgoing.push((owner, msg));
+                channels.send(owner, msg);
                 Wait::Presence
             }
         };
