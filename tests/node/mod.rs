@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 /// Installs `dir`'s packages from its lock file unless `marker` (a
 /// package directory under `node_modules`) is there already.
-pub fn npm_ci(dir: &Path, marker: &str) {
+pub(crate) fn npm_ci(dir: &Path, marker: &str) {
     if dir.join("node_modules").join(marker).is_dir() {
         return;
     }
@@ -21,7 +21,7 @@ pub fn npm_ci(dir: &Path, marker: &str) {
 
 /// Runs `node --test` in `dir` with `envs`, one test file at a time, its
 /// TAP output echoed; panics with every `not ok` block on failure.
-pub fn run_suite(dir: &Path, what: &str, envs: &[(&str, &str)]) {
+pub(crate) fn run_suite(dir: &Path, what: &str, envs: &[(&str, &str)]) {
     let mut cmd = Command::new("node");
     cmd.args(["--test", "--test-concurrency=1", "--test-reporter=tap"])
         .current_dir(dir)
