@@ -50,6 +50,28 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub listen: SocketAddr,
 
+    /// PEM certificate chain, the server's own certificate first: with
+    /// --tls-key, every endpoint (/ws, /echo, /broadcast, the pages, the
+    /// API) is served over TLS 1.3/1.2 (wss://, https://) by the cores
+    /// themselves — on --listen, or on --tls-listen beside a plain
+    /// --listen. SIGHUP re-reads both files: new handshakes get the new
+    /// certificate, established connections keep theirs.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve TLS on this address and keep --listen plain, side by side
+    /// (e.g. plain for a proxy or health checks on loopback, TLS for the
+    /// world). Needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+
     /// Number of cores to run on (the first N online CPUs). Default: all.
     #[arg(long, conflicts_with = "cpus")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -475,6 +497,23 @@ impl Config {
         let default = cfg.channel_defaults();
         cfg.channels = rules.into_iter().map(|r| r.resolve(&default)).collect();
         Ok(cfg)
+    }
+
+    /// The certificate and key files, if TLS is configured; an error for
+    /// half a configuration.
+    pub(crate) fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (Some(_), None) => Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => Err("--tls-key needs --tls-cert".into()),
+            (None, None) if self.tls_listen.is_some() => {
+                Err("--tls-listen needs --tls-cert and --tls-key".into())
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     /// The configuration as a `--config` file, for `--print-config`: `None`

@@ -50,6 +50,7 @@ pub(crate) mod hub;
 pub mod io;
 pub(crate) mod runtime;
 pub(crate) mod shard;
+pub mod tls;
 pub mod ws;
 
 pub use app::stats::MsgStats;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Ground first. A layer may use any layer before it in this list.
 const LAYERS: &[&str] = &[
-    "http", "ws", "io", "conn", "hub", "broker", "app", "shard", "config", "runtime",
+    "http", "ws", "io", "conn", "tls", "hub", "broker", "app", "shard", "config", "runtime",
 ];
 
 fn rank(layer: &str) -> Option<usize> {

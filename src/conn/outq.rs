@@ -116,7 +116,7 @@ pub struct BufPool {
 }
 
 impl BufPool {
-    fn get(&mut self) -> Vec<u8> {
+    pub(crate) fn get(&mut self) -> Vec<u8> {
         match self.list.pop() {
             Some(v) => {
                 self.bytes -= v.capacity();
@@ -126,7 +126,7 @@ impl BufPool {
         }
     }
 
-    fn put(&mut self, mut v: Vec<u8>) {
+    pub(crate) fn put(&mut self, mut v: Vec<u8>) {
         let cap = v.capacity();
         if cap <= POOL_BUF_MAX && self.list.len() < POOL_LEN && self.bytes + cap <= POOL_BYTES_MAX {
             v.clear();
@@ -384,6 +384,42 @@ impl OutQueue {
         }
         self.in_flight = n;
         n
+    }
+
+    /// Hands up to about `max` unsent bytes, chunk by chunk in order, to
+    /// `take` (which encrypts them, for TLS) and drops them from the queue
+    /// as if sent; stops early when `take` returns `false`. Returns the
+    /// bytes taken. Never called while a send is in flight.
+    pub fn drain_with(
+        &mut self,
+        max: usize,
+        pool: &mut BufPool,
+        mut take: impl FnMut(&[u8], &mut BufPool) -> bool,
+    ) -> usize {
+        debug_assert_eq!(self.in_flight, 0);
+        let mut taken = 0;
+        while taken < max {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let bytes = &front.bytes()[self.head_sent..];
+            if !take(bytes, pool) {
+                break;
+            }
+            taken += bytes.len();
+            self.queued -= bytes.len();
+            self.head_sent = 0;
+            if let Some(c) = self.chunks.pop_front() {
+                self.held -= c.held();
+                if let Chunk::Owned(v) = c {
+                    pool.put(v);
+                }
+            }
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
+            self.chunks = VecDeque::new();
+        }
+        taken
     }
 
     /// Records a completed send of `sent` bytes: fully sent chunks are

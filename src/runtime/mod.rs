@@ -89,6 +89,7 @@ impl Config {
             },
             nonce: crate::hub::stream::process_nonce(),
             broker: self.broker.is_some(),
+            tls: None,
         }
     }
 }

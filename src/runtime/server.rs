@@ -31,6 +31,8 @@ use crate::shard::{inject, Control, Shard, Stats};
 /// same and returns the cores' counters.
 pub struct Server {
     addr: SocketAddr,
+    /// Where TLS is served: `addr` itself, `--tls-listen`, or nowhere.
+    tls_addr: Option<SocketAddr>,
     cores: usize,
     control: Arc<Control>,
     publisher: Publisher,
@@ -85,6 +87,11 @@ impl Server {
         limits::raise_nofile();
         let mut shard_cfg = cfg.shard_config();
         shard_cfg.cores = n;
+        let tls_files = cfg.tls_files()?;
+        let tls_config = tls_files
+            .as_ref()
+            .map(crate::tls::config::load)
+            .transpose()?;
         // Port 0: pick one port for all cores. The placeholder holds it
         // (bound, never listening, so it receives nothing) until every core
         // has bound.
@@ -97,6 +104,21 @@ impl Server {
             None
         };
         let listen = shard_cfg.listen;
+        // --tls-listen with port 0: likewise, one port for all cores.
+        let tls_placeholder = match cfg.tls_listen {
+            Some(addr) if addr.port() == 0 => {
+                let p = crate::io::listener::reserve_port(addr)
+                    .map_err(|e| format!("reserving a port for --tls-listen: {e}"))?;
+                Some(p)
+            }
+            _ => None,
+        };
+        let tls_listen = tls_placeholder.as_ref().map(|p| p.1).or(cfg.tls_listen);
+        shard_cfg.tls = tls_config.clone().map(|config| crate::shard::TlsSetup {
+            config,
+            listen: tls_listen,
+        });
+        let tls_placeholder = tls_placeholder.map(|p| p.0);
         let broker_url = cfg.broker_url()?;
         let broker_metrics = broker_url
             .as_ref()
@@ -178,6 +200,7 @@ impl Server {
             }
         }
         drop(placeholder);
+        drop(tls_placeholder);
         if let Some(e) = startup_error {
             error!("{e}");
             control.request_shutdown();
@@ -220,6 +243,7 @@ impl Server {
         };
         Ok(Server {
             addr: listen,
+            tls_addr: tls_config.as_ref().map(|_| tls_listen.unwrap_or(listen)),
             cores: n,
             control,
             publisher,
@@ -231,6 +255,12 @@ impl Server {
     /// `cfg.listen` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where TLS is served (`--tls-listen`, else the main address), if a
+    /// certificate is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// How many cores run (one executor, listener and publish queue each).

@@ -11,63 +11,109 @@ use tracing::{debug, warn};
 
 use super::slab::{token, Conn, Op};
 use super::{Shard, CORE};
+use crate::conn::ConnKey;
+use crate::tls::TlsSession;
 
 /// Pause before re-arming accept after EMFILE/ENFILE, so a full descriptor
 /// table does not turn the accept path into a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The core's listener and its accept's state.
-pub(super) struct Acceptor {
+/// One listening socket and its accept's state.
+struct Listener {
     /// `None` once shut down and no accept references it any more.
-    listener: Option<OwnedFd>,
+    fd: Option<OwnedFd>,
     /// A multishot accept is armed.
-    pub(super) armed: bool,
+    armed: bool,
+    /// Connections accepted here speak TLS first.
+    tls: bool,
+}
+
+/// The core's listeners — `--listen`, and `--tls-listen` when TLS is
+/// served beside plain — and their accepts' state.
+pub(super) struct Acceptor {
+    listeners: Vec<Listener>,
     /// When to re-arm after a back-off.
     pub(super) retry_at: Option<Instant>,
 }
 
+/// The completion token of listener `i`'s accept.
+fn accept_token(i: usize) -> u64 {
+    token(
+        Op::Accept,
+        ConnKey {
+            gen: i as u32,
+            ..CORE
+        },
+    )
+}
+
 impl Acceptor {
-    pub(super) fn new(listener: OwnedFd) -> Acceptor {
+    /// `listeners`: each socket, and whether it serves TLS.
+    pub(super) fn new(listeners: Vec<(OwnedFd, bool)>) -> Acceptor {
         Acceptor {
-            listener: Some(listener),
-            armed: false,
+            listeners: listeners
+                .into_iter()
+                .map(|(fd, tls)| Listener {
+                    fd: Some(fd),
+                    armed: false,
+                    tls,
+                })
+                .collect(),
             retry_at: None,
         }
     }
 
-    /// Stops new connections at once (the armed accept completes), and
-    /// closes the listener once nothing references it.
+    /// Whether any accept is still armed.
+    pub(super) fn armed(&self) -> bool {
+        self.listeners.iter().any(|l| l.armed)
+    }
+
+    /// Stops new connections at once (the armed accepts complete), and
+    /// closes the listeners once nothing references them.
     pub(super) fn shut_down(&mut self) {
-        if let Some(l) = &self.listener {
-            // Errors only mean it was not listening any more.
-            let _ = socket2::SockRef::from(l).shutdown(Shutdown::Both);
-            if !self.armed {
-                self.listener = None;
+        for l in &mut self.listeners {
+            if let Some(fd) = &l.fd {
+                // Errors only mean it was not listening any more.
+                let _ = socket2::SockRef::from(fd).shutdown(Shutdown::Both);
+                if !l.armed {
+                    l.fd = None;
+                }
             }
         }
     }
 }
 
 impl Shard {
+    /// Arms every listener's accept that is not armed.
     pub(super) fn arm_accept(&mut self) -> io::Result<()> {
-        let Some(l) = &self.accept.listener else {
-            return Ok(());
-        };
-        let sqe = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(token(Op::Accept, CORE));
-        // SAFETY: accept takes no buffers.
-        unsafe { self.ring.push(&sqe)? };
-        self.accept.armed = true;
+        for (i, l) in self.accept.listeners.iter_mut().enumerate() {
+            let Some(fd) = &l.fd else {
+                continue;
+            };
+            if l.armed {
+                continue;
+            }
+            let sqe = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(accept_token(i));
+            // SAFETY: accept takes no buffers.
+            unsafe { self.ring.push(&sqe)? };
+            l.armed = true;
+        }
         Ok(())
     }
 
-    pub(super) fn on_accept(&mut self, res: i32, flags: u32) {
+    pub(super) fn on_accept(&mut self, which: ConnKey, res: i32, flags: u32) {
         let draining = self.drain_deadline.is_some();
+        let i = which.gen as usize;
+        let Some(l) = self.accept.listeners.get_mut(i) else {
+            return;
+        };
         if !cqueue::more(flags) {
-            self.accept.armed = false;
+            l.armed = false;
         }
+        let tls = l.tls;
         if res >= 0 {
             self.stats.accepted += 1;
             // SAFETY: a successful accept completion hands us a new
@@ -76,10 +122,23 @@ impl Shard {
             if draining {
                 return; // closed as `fd` drops
             }
-            let deadline = Instant::now() + self.cfg.handshake_timeout;
-            let key = self.conns.insert(Conn::new(fd, deadline));
+            let now = Instant::now();
+            let mut conn = Conn::new(fd, now + self.cfg.handshake_timeout);
+            if tls {
+                let Some(config) = &self.tls else {
+                    return;
+                };
+                match TlsSession::new(config.clone(), now) {
+                    Ok(s) => conn.tls = Some(Box::new(s)),
+                    Err(e) => {
+                        warn!(core = self.id, "starting a TLS session: {e}");
+                        return;
+                    }
+                }
+            }
+            let key = self.conns.insert(conn);
             self.schedule(key);
-            debug!(core = self.id, fd = res, "accepted connection");
+            debug!(core = self.id, fd = res, tls, "accepted connection");
             self.arm_recv(key);
         } else {
             let err = io::Error::from_raw_os_error(-res);
@@ -95,13 +154,17 @@ impl Shard {
                 _ => debug!(core = self.id, "accept: {err}"),
             }
         }
-        if !self.accept.armed && !draining && self.accept.retry_at.is_none() {
+        if !draining && self.accept.retry_at.is_none() {
             if let Err(e) = self.arm_accept() {
                 warn!(core = self.id, "re-arming accept: {e}");
             }
         }
-        if draining && !self.accept.armed {
-            self.accept.listener = None;
+        if draining {
+            for l in &mut self.accept.listeners {
+                if !l.armed {
+                    l.fd = None;
+                }
+            }
         }
     }
 
@@ -111,7 +174,7 @@ impl Shard {
             return;
         }
         self.accept.retry_at = None;
-        if !self.accept.armed && self.drain_deadline.is_none() {
+        if self.drain_deadline.is_none() {
             if let Err(e) = self.arm_accept() {
                 warn!(core = self.id, "re-arming accept: {e}");
                 self.accept.retry_at = Some(now + ACCEPT_BACKOFF);

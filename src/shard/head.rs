@@ -4,13 +4,13 @@
 
 use tracing::debug;
 
+use super::recv::Input;
 use super::slab::{Conn, Phase};
 use super::{metrics, Shard, ShardConfig};
 use crate::app::requests::{self, HeadOutcome, HttpRequest, RefusedBy};
 use crate::app::{assets, auth, protocol, ConnCtl, Endpoint, Env, Resource, Route};
 use crate::conn::ConnKey;
 use crate::http::{self, Refusal};
-use crate::io::bufring::RecvBuf;
 use crate::ws::handshake::{self, Parsed, Progress};
 use crate::ws::{CloseCode, Session};
 
@@ -81,7 +81,7 @@ pub(super) fn parse(conn: &mut Conn, cfg: &ShardConfig, env: &mut Env, data: &[u
 
 impl Shard {
     /// Acts on a request head once its bytes are no longer borrowed.
-    pub(super) fn after_head(&mut self, key: ConnKey, outcome: HeadOutcome, buf: &RecvBuf) {
+    pub(super) fn after_head(&mut self, key: ConnKey, outcome: HeadOutcome, input: Input<'_>) {
         match outcome {
             HeadOutcome::Nothing => {}
             HeadOutcome::Continue => {
@@ -91,7 +91,7 @@ impl Shard {
                     self.mark_dirty(key);
                 }
             }
-            HeadOutcome::Upgrade(up, claims, from) => self.upgrade(key, up, claims, buf, from),
+            HeadOutcome::Upgrade(up, claims, from) => self.upgrade(key, up, claims, input, from),
             HeadOutcome::UpgradeUnauthorized(up, reason) => {
                 self.stats.unauthorized += 1;
                 debug!(
@@ -235,7 +235,7 @@ impl Shard {
         key: ConnKey,
         up: handshake::Upgrade<Route>,
         claims: Option<auth::Claims>,
-        buf: &RecvBuf,
+        input: Input<'_>,
         rest_from: usize,
     ) {
         let max = self.max_open;
@@ -282,9 +282,13 @@ impl Shard {
         self.stats.upgraded += 1;
         self.schedule(key);
         self.mark_dirty(key);
-        if rest_from < buf.len() {
+        let len = match &input {
+            Input::Ring(buf) => buf.len(),
+            Input::Plain(p) => p.len(),
+        };
+        if rest_from < len {
             // Pipelined frames in the same read as the request head.
-            self.feed_rest(key, buf, rest_from);
+            self.feed_rest(key, input, rest_from);
         }
     }
 }

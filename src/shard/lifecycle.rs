@@ -58,7 +58,7 @@ impl Shard {
     }
 
     /// Takes the connection out of the hub's subscribers and its channels.
-    fn unsubscribe(&mut self, key: ConnKey) {
+    pub(super) fn unsubscribe(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -111,7 +111,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.out.has_unsent() || conn.out.sending() || conn.fin_after_flush {
+        if conn.has_unsent() || conn.sending() || conn.fin_after_flush {
             conn.peer_fin = true;
             self.mark_dirty(key);
         } else {
@@ -147,6 +147,14 @@ impl Shard {
             }
             let mut out = conn.out;
             out.clear(&mut self.env.pool);
+            if let Some(mut tls) = conn.tls {
+                if tls.handshaking() {
+                    // Neither finished nor refused nor timed out: the peer
+                    // went away in the middle.
+                    self.stats.tls.abandoned += 1;
+                }
+                tls.clear(&mut self.env.pool);
+            }
         }
     }
 

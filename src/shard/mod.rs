@@ -98,6 +98,8 @@ pub struct ShardConfig {
     pub max_connections: usize,
     /// Number of cores (for interest announcements).
     pub cores: usize,
+    /// TLS: the configuration every core copies, and where it is served.
+    pub tls: Option<TlsSetup>,
     /// Who may upgrade and who may use the API.
     pub access: Access,
     /// Largest API request body.
@@ -111,6 +113,17 @@ pub struct ShardConfig {
     /// A broker engine (Redis) owns every channel: it is the mesh's last
     /// peer, index `cores`.
     pub broker: bool,
+}
+
+/// What TLS serves and where.
+#[derive(Clone)]
+pub struct TlsSetup {
+    /// Certificate, key, versions, ALPN (each core takes its own copy,
+    /// with its own session cache).
+    pub config: Arc<rustls::ServerConfig>,
+    /// `--tls-listen`: TLS here, `listen` stays plain. `None`: `listen`
+    /// serves TLS.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// How messages are compressed for clients that negotiated
@@ -197,6 +210,12 @@ pub(crate) struct Shard {
     /// `/ws` connections opened on this core so far: the next one's client
     /// number.
     clients: u64,
+    /// This core's TLS configuration (its own session cache); replaced
+    /// when the certificate is reloaded, so new handshakes use the new one
+    /// and established connections keep theirs.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where a TLS connection's decrypted bytes are gathered for parsing.
+    tls_plain: Vec<u8>,
 }
 
 /// Token for the listener's multishot accept and the doorbell's poll.
@@ -224,7 +243,19 @@ impl Shard {
     ) -> io::Result<Shard> {
         let mut ring = Ring::new(4096)?;
         ring.provide_buffers(0, cfg.recv_buffers, cfg.recv_buffer_size)?;
-        let listener = crate::io::listener::bind_reuseport(cfg.listen, cfg.backlog)?;
+        let mut listeners = Vec::with_capacity(2);
+        let plain = crate::io::listener::bind_reuseport(cfg.listen, cfg.backlog)?;
+        match &cfg.tls {
+            Some(t) => match t.listen {
+                Some(addr) => {
+                    listeners.push((plain, false));
+                    let tls = crate::io::listener::bind_reuseport(addr, cfg.backlog)?;
+                    listeners.push((tls, true));
+                }
+                None => listeners.push((plain, true)),
+            },
+            None => listeners.push((plain, false)),
+        }
         let mesh = links.map(|l| {
             let mut m = Mesh::new(l, control.bells.clone());
             m.broadcast_to(cfg.cores);
@@ -234,7 +265,12 @@ impl Shard {
         let mut shard = Shard {
             id,
             ring,
-            accept: accept::Acceptor::new(listener),
+            accept: accept::Acceptor::new(listeners),
+            tls: cfg
+                .tls
+                .as_ref()
+                .map(|t| crate::tls::config::per_core(&t.config)),
+            tls_plain: Vec::new(),
             conns: Slab::default(),
             inflater: Inflater::new(),
             replays: FrameCache::default(),
@@ -404,7 +440,7 @@ impl Shard {
         match untoken(cqe.user_data()) {
             (Some(Op::Recv), _) => self.on_recv(cqe),
             (Some(Op::Send), key) => self.on_send(key, cqe.result()),
-            (Some(Op::Accept), _) => self.on_accept(cqe.result(), cqe.flags()),
+            (Some(Op::Accept), which) => self.on_accept(which, cqe.result(), cqe.flags()),
             // The multishot poll ended (rare): poll again.
             (Some(Op::Wake), _) if !cqueue::more(cqe.flags()) => {
                 let bell = self.control.bells[self.id].fd();
@@ -419,7 +455,7 @@ impl Shard {
     /// Whether shutdown has finished on this core.
     fn finished(&self) -> bool {
         self.drain_deadline.is_some()
-            && ((self.conns.is_empty() && !self.accept.armed)
+            && ((self.conns.is_empty() && !self.accept.armed())
                 || self.drain_cutoff.is_some_and(|c| Instant::now() >= c))
     }
 

@@ -5,7 +5,9 @@
 use std::panic::{self, AssertUnwindSafe};
 
 use io_uring::{cqueue, opcode, types};
-use tracing::{error, warn};
+use std::time::Instant;
+
+use tracing::{debug, error, warn};
 
 use super::slab::{token, untoken, Conn, Op, Phase};
 use super::Shard;
@@ -17,6 +19,18 @@ use crate::io::bufring::RecvBuf;
 use crate::ws::deflate::Inflater;
 use crate::ws::State;
 use std::os::fd::AsRawFd;
+
+/// Where a read's bytes are, for parsing.
+pub(super) enum Input<'a> {
+    /// A provided receive buffer (plain connections).
+    Ring(&'a RecvBuf),
+    /// The core's scratch of decrypted bytes (TLS connections).
+    Plain(&'a mut [u8]),
+}
+
+/// Decrypted bytes beyond this are not kept in the core's scratch between
+/// reads (a burst of large messages must not pin its peak).
+const TLS_PLAIN_KEEP: usize = 256 * 1024;
 
 /// What parsing one read led to, acted on once the buffer is released.
 enum DataOutcome {
@@ -137,16 +151,10 @@ impl Shard {
                 // The core ran out of receive buffers: pick up again once
                 // this pass has recycled some.
                 self.rearm.push(key);
-            } else if lingering && res == 0 {
-                self.release_after_flush(key);
-            } else if res == 0 && answering {
-                // A complete request whose answer the other cores are
-                // still gathering: the peer has simply finished sending.
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.peer_fin = true;
-                }
+            } else if res == 0 {
+                self.on_peer_eof(key, lingering, answering);
             } else {
-                // EOF or error: the peer is gone.
+                // An error: the peer is gone.
                 self.abort(key);
             }
             if !more {
@@ -182,7 +190,32 @@ impl Shard {
         }
     }
 
+    /// The peer finished sending (FIN, or a TLS close_notify).
+    fn on_peer_eof(&mut self, key: ConnKey, lingering: bool, answering: bool) {
+        if lingering {
+            self.release_after_flush(key);
+        } else if answering {
+            // A complete request whose answer the other cores are still
+            // gathering: the peer has simply finished sending.
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.peer_fin = true;
+            }
+        } else {
+            // The peer is gone.
+            self.abort(key);
+        }
+    }
+
     fn on_data(&mut self, key: ConnKey, buf: &RecvBuf) {
+        if self.conns.get_mut(key).is_some_and(|c| c.tls.is_some()) {
+            self.on_tls_data(key, buf);
+        } else {
+            self.parse_input(key, Input::Ring(buf));
+        }
+    }
+
+    /// Parses a connection's (plaintext) bytes by its phase.
+    fn parse_input(&mut self, key: ConnKey, mut input: Input<'_>) {
         let Shard {
             conns,
             ring,
@@ -191,10 +224,16 @@ impl Shard {
             cfg,
             ..
         } = &mut *self;
-        let (Some(conn), Some(bufs)) = (conns.get_mut(key), ring.buffers()) else {
+        let Some(conn) = conns.get_mut(key) else {
             return;
         };
-        let data = bufs.get(buf);
+        let data: &mut [u8] = match &mut input {
+            Input::Ring(buf) => match ring.buffers() {
+                Some(bufs) => bufs.get(buf),
+                None => return,
+            },
+            Input::Plain(p) => p,
+        };
         let outcome = match conn.phase {
             Phase::Open(_) => match feed_open(key, conn, env, inflater, data) {
                 Some(fed) => DataOutcome::Fed(fed),
@@ -205,14 +244,88 @@ impl Shard {
         };
         match outcome {
             DataOutcome::Fed(fed) => self.after_feed(key, fed),
-            DataOutcome::Head(h) => self.after_head(key, h, buf),
+            DataOutcome::Head(h) => self.after_head(key, h, input),
             DataOutcome::Nothing => {}
+        }
+    }
+
+    /// A TLS connection's ciphertext: decrypted into the core's scratch,
+    /// then parsed like a plain connection's bytes.
+    fn on_tls_data(&mut self, key: ConnKey, buf: &RecvBuf) {
+        let mut plain = std::mem::take(&mut self.tls_plain);
+        plain.clear();
+        let Shard {
+            conns, ring, env, ..
+        } = &mut *self;
+        let (Some(conn), Some(bufs)) = (conns.get_mut(key), ring.buffers()) else {
+            self.tls_plain = plain;
+            return;
+        };
+        // What arrives while closing is discarded, as on plain connections.
+        let closing = matches!(
+            conn.phase,
+            Phase::Answering | Phase::Lingering | Phase::Closing
+        );
+        let (lingering, answering) = (
+            matches!(conn.phase, Phase::Lingering),
+            matches!(conn.phase, Phase::Answering),
+        );
+        let Some(tls) = conn.tls.as_mut().filter(|t| !t.failed()) else {
+            self.tls_plain = plain;
+            return;
+        };
+        let data = bufs.get(buf);
+        let result = tls.receive(data, &mut plain, &mut env.pool);
+        let established = tls.established();
+        let version = tls.version();
+        let took = tls.handshake_elapsed(Instant::now());
+        let unsent = tls.has_unsent();
+        match result {
+            Err(e) => {
+                if established {
+                    self.stats.tls.record_errors += 1;
+                } else {
+                    self.stats.tls.failed += 1;
+                }
+                debug!(core = self.id, established, "TLS: {e}; closing");
+                // The alert rustls queued, if TLS calls for one, goes out;
+                // then FIN. Nothing else can be sent on this stream.
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.out.drop_unsent(&mut self.env.pool);
+                }
+                self.unsubscribe(key);
+                if !closing {
+                    self.linger(key);
+                } else {
+                    self.mark_dirty(key);
+                }
+            }
+            Ok(got) => {
+                if got.handshake_done {
+                    self.stats
+                        .tls
+                        .handshake_done(version, took.as_micros() as u64);
+                }
+                if unsent {
+                    self.mark_dirty(key);
+                }
+                if !plain.is_empty() && !closing {
+                    self.parse_input(key, Input::Plain(&mut plain));
+                }
+                if got.peer_closed {
+                    self.stats.tls.peer_close_notify += 1;
+                    self.on_peer_eof(key, lingering, answering);
+                }
+            }
+        }
+        if plain.capacity() <= TLS_PLAIN_KEEP {
+            self.tls_plain = plain;
         }
     }
 
     /// Feeds what follows the request head in the same read (pipelined
     /// frames) to a connection that was just upgraded.
-    pub(super) fn feed_rest(&mut self, key: ConnKey, buf: &RecvBuf, from: usize) {
+    pub(super) fn feed_rest(&mut self, key: ConnKey, mut input: Input<'_>, from: usize) {
         let Shard {
             conns,
             ring,
@@ -220,10 +333,16 @@ impl Shard {
             inflater,
             ..
         } = &mut *self;
-        let (Some(conn), Some(bufs)) = (conns.get_mut(key), ring.buffers()) else {
+        let Some(conn) = conns.get_mut(key) else {
             return;
         };
-        let data = bufs.get(buf);
+        let data: &mut [u8] = match &mut input {
+            Input::Ring(buf) => match ring.buffers() {
+                Some(bufs) => bufs.get(buf),
+                None => return,
+            },
+            Input::Plain(p) => p,
+        };
         let Some(rest) = data.get_mut(from..) else {
             return;
         };
@@ -261,7 +380,7 @@ impl Shard {
             self.stats.rate_limit_closes += 1;
             tracing::debug!(core = self.id, "closed for message rate (1008)");
         }
-        if self.conns.get_mut(key).is_some_and(|c| c.out.has_unsent()) {
+        if self.conns.get_mut(key).is_some_and(|c| c.has_unsent()) {
             self.mark_dirty(key);
         }
     }

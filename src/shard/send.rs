@@ -12,6 +12,11 @@ use super::slab::{token, Op, Phase, SendMsg};
 use super::Shard;
 use crate::conn::ConnKey;
 
+/// Plaintext one pass encrypts for a TLS connection at most: four full
+/// records, so its ciphertext buffer stays modest however long the
+/// backlog (the rest goes in the next passes, as the sends complete).
+const TLS_SEND_MAX: usize = 64 * 1024;
+
 impl Shard {
     /// Sends what every listed connection has queued; shuts down the write
     /// side of those that asked for it once flushed.
@@ -22,8 +27,48 @@ impl Shard {
                 continue;
             };
             conn.dirty = false;
-            if conn.out.sending() || matches!(conn.phase, Phase::Closing) {
+            if conn.sending() || matches!(conn.phase, Phase::Closing) {
                 continue;
+            }
+            if let Some(tls) = conn.tls.as_mut() {
+                let pool = &mut self.env.pool;
+                if tls.established() && conn.out.has_unsent() {
+                    // This pass's bytes, encrypted into one buffer (up to
+                    // a bound, so a backlog is not all copied at once).
+                    let mut failed = false;
+                    conn.out.drain_with(TLS_SEND_MAX, pool, |bytes, pool| {
+                        failed = tls.encrypt(bytes, pool).is_err();
+                        !failed
+                    });
+                    if failed {
+                        conn.out.clear(pool);
+                        tls.set_failed();
+                    }
+                }
+                if conn.fin_after_flush && !conn.out.has_unsent() && !tls.has_unsent() {
+                    // The clean end of the TLS stream before our FIN.
+                    tls.close_notify(pool);
+                }
+                if tls.has_unsent() {
+                    let bytes = tls.prepare_send();
+                    let sqe = opcode::Send::new(
+                        types::Fd(conn.fd.as_raw_fd()),
+                        bytes.as_ptr(),
+                        bytes.len() as u32,
+                    )
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build();
+                    self.stats.sends += 1;
+                    // SAFETY: the ciphertext buffer stays in the session,
+                    // unmoved and unchanged, while `sending()` (until the
+                    // completion), and the session lives as long.
+                    unsafe { self.ring.push(&sqe.user_data(token(Op::Send, key)))? };
+                    continue;
+                }
+                if conn.out.has_unsent() {
+                    // The handshake is not done: plaintext waits for it.
+                    continue;
+                }
             }
             if !conn.out.has_unsent() {
                 if conn.fin_after_flush {
@@ -71,6 +116,22 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if let Some(tls) = conn.tls.as_mut().filter(|t| t.sending()) {
+            if res < 0 {
+                tls.clear(&mut self.env.pool);
+                conn.out.clear(&mut self.env.pool);
+                self.abort(key);
+                self.maybe_release(key);
+                return;
+            }
+            self.stats.bytes_out += res as u64;
+            tls.complete_send(res as usize, &mut self.env.pool);
+            if conn.has_unsent() || conn.fin_after_flush || conn.peer_fin {
+                self.mark_dirty(key);
+            }
+            self.maybe_release(key);
+            return;
+        }
         if let Some(m) = conn.sendmsg.take() {
             self.sendmsgs.push(m);
         }

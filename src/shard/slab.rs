@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::app::ConnCtl;
 use crate::conn::outq::MAX_IOV;
 use crate::conn::{ConnKey, OutQueue};
+use crate::tls::TlsSession;
 use crate::ws::deflate::WindowBits;
 use crate::ws::Session;
 
@@ -128,6 +129,9 @@ pub(crate) struct Conn {
     /// What the endpoints and the heartbeat keep per connection, the
     /// endpoint's own state included.
     pub ctl: ConnCtl,
+    /// TLS connections: the session that decrypts what arrives and
+    /// encrypts what `out` holds (a pointer's width on plain ones).
+    pub tls: Option<Box<TlsSession>>,
 }
 
 /// No timer-wheel entry.
@@ -161,12 +165,24 @@ impl Conn {
             deadline: Some(deadline),
             wheel_tick: NO_TICK,
             ctl: ConnCtl::default(),
+            tls: None,
         }
     }
 
     /// Whether operations still reference this connection.
     pub(crate) fn busy(&self) -> bool {
-        self.recv_armed || self.out.sending()
+        self.recv_armed || self.out.sending() || self.tls.as_ref().is_some_and(|t| t.sending())
+    }
+
+    /// Whether bytes wait to go out: plaintext queued, or (TLS) ciphertext
+    /// not yet sent.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.out.has_unsent() || self.tls.as_ref().is_some_and(|t| t.has_unsent())
+    }
+
+    /// Whether a send is in flight (plain or TLS).
+    pub(crate) fn sending(&self) -> bool {
+        self.out.sending() || self.tls.as_ref().is_some_and(|t| t.sending())
     }
 }
 

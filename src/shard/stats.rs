@@ -1,5 +1,6 @@
 //! A core's counters and gauges.
 
+use crate::tls::TlsStats;
 use crate::ws::deflate::DeflateStats;
 use bytemuck::{Pod, Zeroable};
 
@@ -101,4 +102,6 @@ pub struct Stats {
     /// permessage-deflate work: compressions, inflations, compressed
     /// frames sent.
     pub deflate: DeflateStats,
+    /// TLS handshakes and record errors.
+    pub tls: TlsStats,
 }

@@ -62,6 +62,10 @@ impl Shard {
                 if matches!(conn.phase, Phase::Handshake(_)) {
                     debug!(core = self.id, "handshake timeout");
                 }
+                if let Some(tls) = conn.tls.as_mut().filter(|t| t.handshaking()) {
+                    tls.set_failed();
+                    self.stats.tls.timed_out += 1;
+                }
                 self.abort(key);
                 return;
             }

@@ -1,0 +1,414 @@
+//! One connection's TLS, driven by the core: rustls's unbuffered state
+//! machine over buffers this module owns only while bytes are in them.
+//!
+//! Records are decrypted in place in the buffer they arrived in (the ring's
+//! provided receive buffer on the fast path) and their plaintext appended to
+//! the caller's scratch; what the connection sends in a pass is encrypted
+//! into one ciphertext buffer that leaves in one submission. A record split
+//! across reads waits in `carry`; both `carry` and `out` come from the
+//! core's [`BufPool`] and go back to it once drained, so an idle TLS
+//! connection holds rustls's own session state and nothing else.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{ProtocolVersion, ServerConfig};
+
+use crate::conn::BufPool;
+
+/// The most received bytes held for incomplete records: one full TLS 1.2
+/// record (2^14 + 2048 + 5) is 18 KiB, and a ClientHello spanning several
+/// records stays far below this. More is a peer that is not speaking TLS.
+pub(crate) const CARRY_MAX: usize = 64 * 1024;
+
+/// Per-record overhead reserved when encrypting (TLS 1.2 GCM: header 5,
+/// explicit nonce 8, tag 16; TLS 1.3: header 5, type 1, tag 16).
+const RECORD_OVERHEAD: usize = 32;
+/// Plaintext per record (rustls's default maximum fragment).
+const RECORD_PLAIN: usize = 16 * 1024;
+
+/// Why a TLS connection ends without a clean close.
+#[derive(Debug)]
+pub(crate) enum TlsError {
+    /// rustls refused the peer's bytes (not TLS, a bad record, a failed
+    /// handshake, a renegotiation attempt); an alert is queued when TLS
+    /// calls for one.
+    Protocol(rustls::Error),
+    /// More than [`CARRY_MAX`] bytes without a complete record.
+    Oversized,
+}
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsError::Protocol(e) => write!(f, "{e}"),
+            TlsError::Oversized => write!(f, "no complete TLS record in {CARRY_MAX} bytes"),
+        }
+    }
+}
+
+/// What one call to [`TlsSession::receive`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Received {
+    /// The handshake completed during this call.
+    pub(crate) handshake_done: bool,
+    /// The peer sent close_notify: no more data will come.
+    pub(crate) peer_closed: bool,
+}
+
+/// Where the handshake is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Handshaking,
+    Established,
+    /// Failed; only queued alerts may still go out.
+    Failed,
+}
+
+/// One connection's TLS state. Boxed in the connection; its buffers are
+/// empty (capacity 0) whenever no bytes wait in them.
+pub(crate) struct TlsSession {
+    conn: UnbufferedServerConnection,
+    /// Received bytes that do not yet make a complete record.
+    carry: Vec<u8>,
+    /// Ciphertext to send: `out[sent..filled]`. Its length is its usable
+    /// size (zeroed once when grown), `filled` how much is written.
+    out: Vec<u8>,
+    filled: usize,
+    sent: usize,
+    /// A send of `out[sent..filled]` is in flight: `out` must not move.
+    sending: bool,
+    stage: Stage,
+    close_notify_queued: bool,
+    started: Instant,
+}
+
+impl TlsSession {
+    /// A server-side session for a freshly accepted connection.
+    pub(crate) fn new(
+        config: Arc<ServerConfig>,
+        now: Instant,
+    ) -> Result<TlsSession, rustls::Error> {
+        Ok(TlsSession {
+            conn: UnbufferedServerConnection::new(config)?,
+            carry: Vec::new(),
+            out: Vec::new(),
+            filled: 0,
+            sent: 0,
+            sending: false,
+            stage: Stage::Handshaking,
+            close_notify_queued: false,
+            started: now,
+        })
+    }
+
+    /// Whether the handshake has completed (application data may flow).
+    pub(crate) fn established(&self) -> bool {
+        self.stage == Stage::Established
+    }
+
+    /// Whether the handshake is still under way (neither done nor failed).
+    pub(crate) fn handshaking(&self) -> bool {
+        self.stage == Stage::Handshaking
+    }
+
+    /// Ends the handshake as failed (it timed out): nothing more is read.
+    pub(crate) fn set_failed(&mut self) {
+        self.stage = Stage::Failed;
+    }
+
+    /// Whether the session failed: only queued alerts may still go out.
+    pub(crate) fn failed(&self) -> bool {
+        self.stage == Stage::Failed
+    }
+
+    /// The negotiated protocol version, once known.
+    pub(crate) fn version(&self) -> Option<ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// How long the handshake has taken so far (or took, read when
+    /// [`Received::handshake_done`]).
+    pub(crate) fn handshake_elapsed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Processes received ciphertext: decrypts records in place in `data`
+    /// (or in the carry buffer, when an earlier read left a partial record),
+    /// appends their plaintext to `plain`, queues handshake records and
+    /// alerts for sending, and keeps an incomplete record for the next read.
+    pub(crate) fn receive(
+        &mut self,
+        data: &mut [u8],
+        plain: &mut Vec<u8>,
+        pool: &mut BufPool,
+    ) -> Result<Received, TlsError> {
+        let mut carry = std::mem::take(&mut self.carry);
+        let result = if carry.is_empty() {
+            let r = self.process(data, plain, pool);
+            if let Ok((_, used)) = &r {
+                if *used < data.len() {
+                    carry = pool.get();
+                    carry.extend_from_slice(&data[*used..]);
+                }
+            }
+            r
+        } else {
+            carry.extend_from_slice(data);
+            let r = self.process(&mut carry, plain, pool);
+            if let Ok((_, used)) = &r {
+                carry.drain(..*used);
+            }
+            r
+        };
+        let result = result.and_then(|(got, _)| {
+            if carry.len() > CARRY_MAX {
+                Err(TlsError::Oversized)
+            } else {
+                Ok(got)
+            }
+        });
+        if carry.is_empty() || result.is_err() {
+            pool.put(carry);
+        } else {
+            self.carry = carry;
+        }
+        result
+    }
+
+    /// Runs the state machine over `buf`; returns what happened and how
+    /// many leading bytes of `buf` were consumed.
+    fn process(
+        &mut self,
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+        pool: &mut BufPool,
+    ) -> Result<(Received, usize), TlsError> {
+        let mut got = Received::default();
+        let mut used = 0;
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut buf[used..]);
+            let state = match state {
+                Ok(s) => s,
+                Err(e) => {
+                    self.fail(pool);
+                    return Err(TlsError::Protocol(e));
+                }
+            };
+            let stop = match state {
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(rec) = r.next_record() {
+                        match rec {
+                            Ok(rec) => plain.extend_from_slice(rec.payload),
+                            Err(e) => {
+                                drop(r);
+                                self.fail(pool);
+                                return Err(TlsError::Protocol(e));
+                            }
+                        }
+                    }
+                    false
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode(&mut self.out, &mut self.filled, pool, |b| e.encode(b));
+                    false
+                }
+                ConnectionState::TransmitTlsData(t) => {
+                    // Sent at this pass's flush, in order with the rest.
+                    t.done();
+                    false
+                }
+                ConnectionState::PeerClosed => {
+                    got.peer_closed = true;
+                    false
+                }
+                ConnectionState::WriteTraffic(_) => true,
+                // Early data is never enabled (max_early_data_size 0).
+                ConnectionState::ReadEarlyData(_)
+                | ConnectionState::BlockedHandshake
+                | ConnectionState::Closed => true,
+                _ => true,
+            };
+            used += discard;
+            if stop {
+                // Established once the client's Finished is in: TLS 1.3
+                // lets the server write (0.5-RTT) before that.
+                if self.stage == Stage::Handshaking && !self.conn.is_handshaking() {
+                    self.stage = Stage::Established;
+                    got.handshake_done = true;
+                }
+                return Ok((got, used));
+            }
+        }
+    }
+
+    /// After an error: collects the alert rustls queued, if any.
+    fn fail(&mut self, pool: &mut BufPool) {
+        self.stage = Stage::Failed;
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode(&mut self.out, &mut self.filled, pool, |b| e.encode(b));
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
+        }
+    }
+
+    /// Encrypts `plain` as application data, appended to what waits to be
+    /// sent. Only once [`TlsSession::established`].
+    pub(crate) fn encrypt(&mut self, plain: &[u8], pool: &mut BufPool) -> Result<(), TlsError> {
+        self.with_write_traffic(pool, |w, out, filled, pool| {
+            let records = plain.len().div_ceil(RECORD_PLAIN).max(1);
+            let mut need = plain.len() + records * RECORD_OVERHEAD;
+            loop {
+                reserve(out, *filled, need, pool);
+                match w.encrypt(plain, &mut out[*filled..]) {
+                    Ok(n) => {
+                        *filled += n;
+                        return Ok(());
+                    }
+                    Err(EncryptError::InsufficientSize(s)) => need = s.required_size,
+                    Err(EncryptError::EncryptExhausted) => {
+                        return Err(TlsError::Protocol(rustls::Error::EncryptError))
+                    }
+                }
+            }
+        })
+    }
+
+    /// Queues close_notify (once): the clean end of the TLS stream, sent
+    /// before the connection's FIN.
+    pub(crate) fn close_notify(&mut self, pool: &mut BufPool) {
+        if self.close_notify_queued || self.stage != Stage::Established {
+            return;
+        }
+        self.close_notify_queued = true;
+        let _ = self.with_write_traffic(pool, |w, out, filled, pool| {
+            let mut need = 64;
+            loop {
+                reserve(out, *filled, need, pool);
+                match w.queue_close_notify(&mut out[*filled..]) {
+                    Ok(n) => {
+                        *filled += n;
+                        return Ok(());
+                    }
+                    Err(EncryptError::InsufficientSize(s)) => need = s.required_size,
+                    Err(_) => return Ok(()),
+                }
+            }
+        });
+    }
+
+    /// Drives the state machine to `WriteTraffic` (encoding what it queued
+    /// on the way: session tickets, key updates) and calls `f` there.
+    fn with_write_traffic(
+        &mut self,
+        pool: &mut BufPool,
+        f: impl FnOnce(
+            &mut rustls::unbuffered::WriteTraffic<'_, ServerConnectionData>,
+            &mut Vec<u8>,
+            &mut usize,
+            &mut BufPool,
+        ) -> Result<(), TlsError>,
+    ) -> Result<(), TlsError> {
+        let mut f = Some(f);
+        loop {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    let f = f.take().expect("called once");
+                    return f(&mut w, &mut self.out, &mut self.filled, pool);
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode(&mut self.out, &mut self.filled, pool, |b| e.encode(b));
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                Ok(_) => return Err(TlsError::Protocol(rustls::Error::HandshakeNotComplete)),
+                Err(e) => return Err(TlsError::Protocol(e)),
+            }
+        }
+    }
+
+    /// Ciphertext waiting to be sent, not yet in flight.
+    pub(crate) fn has_unsent(&self) -> bool {
+        !self.sending && self.filled > self.sent
+    }
+
+    /// Whether a send of this session's ciphertext is in flight.
+    pub(crate) fn sending(&self) -> bool {
+        self.sending
+    }
+
+    /// Marks the unsent ciphertext in flight and returns it: the buffer
+    /// stays put until [`TlsSession::complete_send`].
+    pub(crate) fn prepare_send(&mut self) -> &[u8] {
+        self.sending = true;
+        &self.out[self.sent..self.filled]
+    }
+
+    /// Records a completed send of `n` bytes; a drained buffer goes back
+    /// to the pool.
+    pub(crate) fn complete_send(&mut self, n: usize, pool: &mut BufPool) {
+        self.sending = false;
+        self.sent = (self.sent + n).min(self.filled);
+        if self.sent == self.filled {
+            self.sent = 0;
+            self.filled = 0;
+            pool.put(std::mem::take(&mut self.out));
+        }
+    }
+
+    /// Gives back every buffer (the connection is going away, or its send
+    /// failed).
+    pub(crate) fn clear(&mut self, pool: &mut BufPool) {
+        self.sending = false;
+        self.sent = 0;
+        self.filled = 0;
+        pool.put(std::mem::take(&mut self.out));
+        pool.put(std::mem::take(&mut self.carry));
+    }
+
+    /// Bytes this session's buffers hold right now (0 when idle).
+    pub(crate) fn buffered(&self) -> usize {
+        self.out.capacity() + self.carry.capacity()
+    }
+}
+
+/// Makes `out[filled..]` at least `need` bytes long, taking a buffer from
+/// the pool when `out` has none.
+fn reserve(out: &mut Vec<u8>, filled: usize, need: usize, pool: &mut BufPool) {
+    if out.capacity() == 0 {
+        *out = pool.get();
+    }
+    if out.len() < filled + need {
+        let cap = out.capacity().max(filled + need);
+        out.resize(cap, 0);
+    }
+}
+
+/// Encodes one handshake record (or alert) after `out[..filled]`.
+fn encode(
+    out: &mut Vec<u8>,
+    filled: &mut usize,
+    pool: &mut BufPool,
+    mut enc: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) {
+    let mut need = 4096;
+    loop {
+        reserve(out, *filled, need, pool);
+        match enc(&mut out[*filled..]) {
+            Ok(n) => {
+                *filled += n;
+                return;
+            }
+            Err(EncodeError::InsufficientSize(s)) => need = s.required_size,
+            Err(EncodeError::AlreadyEncoded) => return,
+        }
+    }
+}
