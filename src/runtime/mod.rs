@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::app::heartbeat;
 use crate::app::requests::Access;
@@ -106,8 +106,8 @@ pub fn run(cfg: &Config) -> Result<Vec<Stats>, String> {
     // arrives as soon as someone sees "listening" must reach our handler,
     // not the default action (which kills the process without close
     // frames). Signals caught before the thread below runs wait for it.
-    let signals =
-        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("installing signal handlers: {e}"))?;
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
     let server = Server::start(cfg)?;
     spawn_signal_thread(
         signals,
@@ -196,6 +196,18 @@ fn spawn_signal_thread(
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    match server.reload_tls() {
+                        Ok(true) => {
+                            info!("SIGHUP: TLS certificate reloaded; new handshakes use it")
+                        }
+                        Ok(false) => info!("SIGHUP: no TLS configured, nothing to reload"),
+                        Err(e) => error!(
+                            "SIGHUP: TLS reload failed, keeping the current certificate: {e}"
+                        ),
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     // Readiness flips first, so a load balancer stops

@@ -33,6 +33,7 @@ pub struct Server {
     addr: SocketAddr,
     /// Where TLS is served: `addr` itself, `--tls-listen`, or nowhere.
     tls_addr: Option<SocketAddr>,
+    tls_files: Option<crate::tls::TlsFiles>,
     cores: usize,
     control: Arc<Control>,
     publisher: Publisher,
@@ -46,9 +47,25 @@ pub struct Server {
 #[derive(Clone)]
 pub struct ShutdownHandle {
     control: Arc<Control>,
+    /// The certificate and key files, re-read by [`ShutdownHandle::reload_tls`].
+    tls_files: Option<crate::tls::TlsFiles>,
 }
 
 impl ShutdownHandle {
+    /// Re-reads the TLS certificate and key (what SIGHUP does): new
+    /// handshakes on every core use them, established connections keep
+    /// the certificate they were opened with. `Ok(false)` when TLS is not
+    /// configured; an error (the old certificate stays) names the file and
+    /// the problem.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        let Some(files) = &self.tls_files else {
+            return Ok(false);
+        };
+        let config = crate::tls::config::load(files)?;
+        self.control.reload_tls(config);
+        Ok(true)
+    }
+
     /// Withdraws readiness: `/readyz` answers 503 from now on, so a load
     /// balancer stops sending new clients, while every open connection is
     /// still served. Follow it with [`ShutdownHandle::shutdown`].
@@ -244,6 +261,7 @@ impl Server {
         Ok(Server {
             addr: listen,
             tls_addr: tls_config.as_ref().map(|_| tls_listen.unwrap_or(listen)),
+            tls_files,
             cores: n,
             control,
             publisher,
@@ -278,6 +296,7 @@ impl Server {
     pub fn handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             control: self.control.clone(),
+            tls_files: self.tls_files.clone(),
         }
     }
 

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types};
@@ -125,6 +126,7 @@ impl Shard {
             let now = Instant::now();
             let mut conn = Conn::new(fd, now + self.cfg.handshake_timeout);
             if tls {
+                self.take_tls_reload();
                 let Some(config) = &self.tls else {
                     return;
                 };
@@ -165,6 +167,26 @@ impl Shard {
                     l.fd = None;
                 }
             }
+        }
+    }
+
+    /// Picks up a reloaded TLS configuration, if one came since the last
+    /// look (one relaxed load when none did).
+    fn take_tls_reload(&mut self) {
+        let generation = self.control.tls_generation.load(Ordering::Acquire);
+        if generation == self.tls_generation {
+            return;
+        }
+        self.tls_generation = generation;
+        let reloaded = self
+            .control
+            .tls_reloaded
+            .lock()
+            .ok()
+            .and_then(|s| s.clone());
+        if let Some(base) = reloaded {
+            self.tls = Some(crate::tls::config::per_core(&base));
+            debug!(core = self.id, generation, "TLS configuration reloaded");
         }
     }
 

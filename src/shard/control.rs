@@ -29,9 +29,24 @@ pub(crate) struct Control {
     /// The broker engine's counters, when `--broker` is set: its
     /// connection state is part of readiness.
     pub broker: Option<Arc<crate::broker::BrokerMetrics>>,
+    /// A reloaded TLS configuration, and its generation (bumped after the
+    /// store): a core compares the generation (one relaxed load) before
+    /// each TLS accept and takes the lock only when it changed. Never
+    /// touched on the data path.
+    pub tls_reloaded: std::sync::Mutex<Option<Arc<rustls::ServerConfig>>>,
+    /// See `tls_reloaded`; 0 until the first reload.
+    pub tls_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Control {
+    /// Hands every core a new TLS configuration for its next handshakes.
+    pub(crate) fn reload_tls(&self, config: Arc<rustls::ServerConfig>) {
+        if let Ok(mut slot) = self.tls_reloaded.lock() {
+            *slot = Some(config);
+        }
+        self.tls_generation.fetch_add(1, Ordering::Release);
+    }
+
     /// Control block for `cores` cores (one eventfd each for the
     /// doorbells).
     #[cfg(test)]
@@ -52,6 +67,8 @@ impl Control {
             draining: AtomicBool::new(false),
             bells: mesh::doorbells(bells)?,
             broker,
+            tls_reloaded: std::sync::Mutex::new(None),
+            tls_generation: std::sync::atomic::AtomicU64::new(0),
             metrics: (0..cores)
                 .map(|_| metrics::CoreMetrics::default())
                 .collect(),

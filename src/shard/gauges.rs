@@ -36,12 +36,14 @@ impl Shard {
     /// The gauges that need a walk over every connection; about once a
     /// second, a few nanoseconds per connection.
     fn refresh_gauges(&mut self) {
-        let (mut queued, mut memory, mut suspects) = (0u64, 0u64, 0u64);
+        let (mut queued, mut memory, mut suspects, mut tls) = (0u64, 0u64, 0u64, 0u64);
         self.conns.for_each(|c| {
             queued += c.out.queued_bytes() as u64;
             memory += c.out.cost() as u64;
             suspects += c.ctl.beat.suspect as u64;
+            tls += c.tls.as_ref().map_or(0, |t| t.buffered() as u64);
         });
+        self.stats.tls_buffer_bytes = tls;
         self.stats.send_queue_bytes = queued;
         self.stats.send_queue_memory = memory;
         self.stats.suspects = suspects;

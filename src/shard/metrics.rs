@@ -115,6 +115,23 @@ fn rtt_histogram(s: &Snapshot) -> Vec<Sample> {
     out
 }
 
+fn tls_histogram(s: &Snapshot) -> Vec<Sample> {
+    use crate::tls::stats::HANDSHAKE_BUCKETS_US;
+    let t = &s.stats.tls;
+    let mut out = Vec::with_capacity(HANDSHAKE_BUCKETS_US.len() + 3);
+    let mut cumulative = 0;
+    for (i, &le) in HANDSHAKE_BUCKETS_US.iter().enumerate() {
+        cumulative += t.duration_buckets[i];
+        let le = le as f64 / 1e6;
+        out.push(("_bucket", Some(("le", le.to_string())), cumulative as f64));
+    }
+    cumulative += t.duration_buckets[HANDSHAKE_BUCKETS_US.len()];
+    out.push(("_bucket", Some(("le", "+Inf".into())), cumulative as f64));
+    out.push(("_sum", None, t.duration_sum_us as f64 / 1e6));
+    out.push(("_count", None, t.handshakes as f64));
+    out
+}
+
 const FAMILIES: &[Family] = &[
     Family {
         name: "ringcast_connections",
@@ -291,6 +308,61 @@ const FAMILIES: &[Family] = &[
         kind: "counter",
         help: "Pongs superseded by a later ping in the same read (ping floods get one pong per read).",
         series: |s| one(s.stats.msg.pongs_coalesced),
+    },
+    Family {
+        name: "ringcast_tls_handshakes_total",
+        kind: "counter",
+        help: "TLS handshakes by outcome: ok, failed (not TLS, a bad ClientHello, an alert), \
+               plain_http (an HTTP request on the TLS port, answered 400), timeout \
+               (--handshake-timeout), abandoned (the peer left mid-handshake).",
+        series: |s| {
+            let t = &s.stats.tls;
+            labelled(
+                "outcome",
+                &[
+                    ("ok", t.handshakes),
+                    ("failed", t.failed),
+                    ("plain_http", t.plain_http),
+                    ("timeout", t.timed_out),
+                    ("abandoned", t.abandoned),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "ringcast_tls_versions_total",
+        kind: "counter",
+        help: "Completed TLS handshakes by protocol version.",
+        series: |s| {
+            let t = &s.stats.tls;
+            labelled("version", &[("1.3", t.tls13), ("1.2", t.tls12)])
+        },
+    },
+    Family {
+        name: "ringcast_tls_handshake_seconds",
+        kind: "histogram",
+        help: "TLS handshake duration, accept to the client's Finished.",
+        series: tls_histogram,
+    },
+    Family {
+        name: "ringcast_tls_record_errors_total",
+        kind: "counter",
+        help: "Established TLS connections ended by a bad record (decryption failure, \
+               renegotiation attempt, oversized record).",
+        series: |s| one(s.stats.tls.record_errors),
+    },
+    Family {
+        name: "ringcast_tls_close_notify_total",
+        kind: "counter",
+        help: "close_notify alerts received from TLS clients.",
+        series: |s| one(s.stats.tls.peer_close_notify),
+    },
+    Family {
+        name: "ringcast_tls_buffer_bytes",
+        kind: "gauge",
+        help: "Bytes TLS connections hold in their own buffers (partial records, \
+               ciphertext in flight); 0 when every TLS connection is idle.",
+        series: |s| one(s.stats.tls_buffer_bytes),
     },
     Family {
         name: "ringcast_deflate_compressed_total",

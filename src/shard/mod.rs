@@ -216,6 +216,8 @@ pub(crate) struct Shard {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Where a TLS connection's decrypted bytes are gathered for parsing.
     tls_plain: Vec<u8>,
+    /// The reload generation `tls` came from (`Control::tls_generation`).
+    tls_generation: u64,
 }
 
 /// Token for the listener's multishot accept and the doorbell's poll.
@@ -271,6 +273,7 @@ impl Shard {
                 .as_ref()
                 .map(|t| crate::tls::config::per_core(&t.config)),
             tls_plain: Vec::new(),
+            tls_generation: 0,
             conns: Slab::default(),
             inflater: Inflater::new(),
             replays: FrameCache::default(),

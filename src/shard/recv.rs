@@ -14,6 +14,7 @@ use super::Shard;
 use crate::app::requests::HeadOutcome;
 use crate::app::{ConnIo, CoreHook, Env};
 use crate::conn::ConnKey;
+use crate::http::Refusal;
 use crate::hub::mesh::{self, Mesh};
 use crate::io::bufring::RecvBuf;
 use crate::ws::deflate::Inflater;
@@ -31,6 +32,13 @@ pub(super) enum Input<'a> {
 /// Decrypted bytes beyond this are not kept in the core's scratch between
 /// reads (a burst of large messages must not pin its peak).
 const TLS_PLAIN_KEEP: usize = 256 * 1024;
+
+/// Whether the first bytes on a TLS port are an HTTP request line (a TLS
+/// connection starts with a handshake record, byte 0x16).
+fn looks_like_http(data: &[u8]) -> bool {
+    const METHODS: [&[u8]; 6] = [b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE"];
+    data.get(..4).is_some_and(|m| METHODS.contains(&m))
+}
 
 /// What parsing one read led to, acted on once the buffer is released.
 enum DataOutcome {
@@ -275,8 +283,25 @@ impl Shard {
             return;
         };
         let data = bufs.get(buf);
-        let result = tls.receive(data, &mut plain, &mut env.pool);
+        if tls.handshaking() && !tls.has_carry() && looks_like_http(data) {
+            // Someone typed http:// for an https:// port: tell them so in
+            // their own protocol, instead of an alert they cannot read.
+            if let Some(mut tls) = conn.tls.take() {
+                tls.clear(&mut env.pool);
+            }
+            self.tls_plain = plain;
+            self.stats.tls.plain_http += 1;
+            debug!(core = self.id, "plain HTTP on the TLS port: 400");
+            return self.refuse(
+                key,
+                Refusal {
+                    status: 400,
+                    reason: "this port speaks TLS: use https:// or wss://",
+                },
+            );
+        }
         let established = tls.established();
+        let result = tls.receive(data, &mut plain, &mut env.pool);
         let version = tls.version();
         let took = tls.handshake_elapsed(Instant::now());
         let unsent = tls.has_unsent();

@@ -104,4 +104,6 @@ pub struct Stats {
     pub deflate: DeflateStats,
     /// TLS handshakes and record errors.
     pub tls: TlsStats,
+    /// Gauge: bytes held in TLS connections' own buffers.
+    pub tls_buffer_bytes: u64,
 }

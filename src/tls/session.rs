@@ -109,6 +109,11 @@ impl TlsSession {
         self.stage == Stage::Established
     }
 
+    /// Whether bytes of an incomplete record wait for the next read.
+    pub(crate) fn has_carry(&self) -> bool {
+        !self.carry.is_empty()
+    }
+
     /// Whether the handshake is still under way (neither done nor failed).
     pub(crate) fn handshaking(&self) -> bool {
         self.stage == Stage::Handshaking
@@ -194,7 +199,8 @@ impl TlsSession {
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
-                    self.fail(pool);
+                    used += discard;
+                    self.fail(&mut buf[used..], pool);
                     return Err(TlsError::Protocol(e));
                 }
             };
@@ -205,7 +211,8 @@ impl TlsSession {
                             Ok(rec) => plain.extend_from_slice(rec.payload),
                             Err(e) => {
                                 drop(r);
-                                self.fail(pool);
+                                used += discard;
+                                self.fail(&mut buf[used..], pool);
                                 return Err(TlsError::Protocol(e));
                             }
                         }
@@ -245,11 +252,15 @@ impl TlsSession {
         }
     }
 
-    /// After an error: collects the alert rustls queued, if any.
-    fn fail(&mut self, pool: &mut BufPool) {
+    /// After an error: collects the alert rustls queued, if any. `rest` is
+    /// what is left of the buffer the error came from: rustls must always
+    /// see the same buffer (less what it discarded), or it indexes past it.
+    fn fail(&mut self, rest: &mut [u8], pool: &mut BufPool) {
         self.stage = Stage::Failed;
+        let mut used = 0;
         for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut rest[used..]);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
                     encode(&mut self.out, &mut self.filled, pool, |b| e.encode(b));
@@ -257,6 +268,7 @@ impl TlsSession {
                 Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 _ => break,
             }
+            used += discard;
         }
     }
 
@@ -319,11 +331,18 @@ impl TlsSession {
     ) -> Result<(), TlsError> {
         let mut f = Some(f);
         loop {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            // The carry, not an empty buffer: rustls may be part-way
+            // through a handshake message (a KeyUpdate split across
+            // records) whose start it keeps in the buffer it was given.
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.carry);
             match state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
-                    let f = f.take().expect("called once");
-                    return f(&mut w, &mut self.out, &mut self.filled, pool);
+                    self.carry.drain(..discard);
+                    return match f.take() {
+                        Some(f) => f(&mut w, &mut self.out, &mut self.filled, pool),
+                        None => Ok(()),
+                    };
                 }
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
                     encode(&mut self.out, &mut self.filled, pool, |b| e.encode(b));
@@ -332,6 +351,7 @@ impl TlsSession {
                 Ok(_) => return Err(TlsError::Protocol(rustls::Error::HandshakeNotComplete)),
                 Err(e) => return Err(TlsError::Protocol(e)),
             }
+            self.carry.drain(..discard);
         }
     }
 

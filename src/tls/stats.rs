@@ -19,6 +19,8 @@ pub struct TlsStats {
     /// Handshakes refused: not TLS (plain HTTP, garbage), a bad or
     /// unsupported ClientHello, an alert from the client.
     pub failed: u64,
+    /// Plain HTTP requests that reached the TLS port (answered 400).
+    pub plain_http: u64,
     /// Handshakes not finished within `--handshake-timeout`.
     pub timed_out: u64,
     /// Connections closed by the peer in the middle of the handshake.

@@ -11,6 +11,9 @@
 /// that need them (tests/balancer.rs).
 pub mod services;
 
+/// Test certificates and TLS clients (tests/tls.rs).
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -114,6 +117,16 @@ impl Embedded {
     /// A publisher into the server from any thread.
     pub fn publisher(&self) -> ringcast::Publisher {
         self.server.as_ref().expect("running").publisher()
+    }
+
+    /// Where TLS is served, if it is.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().expect("running").tls_addr()
+    }
+
+    /// Re-reads the TLS certificate (what SIGHUP does for the binary).
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        self.server.as_ref().expect("running").handle().reload_tls()
     }
 
     /// Shuts down gracefully (1001 close frames); returns each core's
