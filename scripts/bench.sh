@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench.sh [--quick] [--rounds N] [--duration S] [--warmup S]
-#                  [--servers "ringcast ringcast-tokio"] [SCENARIO ...]
+#                  [--servers "ringcast ringcast-tokio"] [--tls [on|both|off]]
+#                  [SCENARIO ...]
 #   (a server may be LABEL=PATH, e.g. --servers "old=/tmp/old/ringcast ringcast")
 #
 # Runs benchmark scenarios against ringcast and ringcast-tokio in one run,
@@ -58,6 +59,21 @@
 #   --rounds N   rounds per scenario (default 3)
 #   --duration S measured seconds per run (default 5; quick 1.5)
 #   --warmup S   warm-up seconds per run (default 2; quick 0.5)
+#   --tls [MODE] wss:// (TLS) runs: `on` (the default when MODE is left
+#                out) runs every scenario over TLS only, `both` runs each
+#                plain and then over TLS (the TLS rows follow the plain ones
+#                in the summary, with the TLS / plain ratio), `off` (the
+#                default without --tls) plain only. A throwaway CA and a
+#                server certificate for 127.0.0.1 and localhost are made
+#                with the openssl CLI in a temporary directory (removed at
+#                exit); every server gets --tls-cert/--tls-key, the
+#                generator wss://ADDR and --ca. A server binary whose --help
+#                has no --tls-cert (ringcast before its TLS support) is
+#                skipped for the TLS runs, and says so. TLS_KEY=ec (default,
+#                ECDSA P-256) or rsa (RSA 2048) picks the server's key;
+#                TLS_VERSION=any (default), 1.2 or 1.3 what the generator
+#                offers. TLS sessions are never resumed: churn measures full
+#                handshakes.
 #
 # CPU layout: SERVER_CPUS (default 0) for the server; GEN_CPUS (default:
 # every other CPU) for the generator, one thread per CPU. Both servers get the
@@ -79,6 +95,7 @@ ROUNDS=3
 DURATION=
 WARMUP=
 SERVERS="ringcast ringcast-tokio"
+TLS=off
 SCENARIOS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -87,7 +104,12 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?}; shift 2 ;;
     --warmup) WARMUP=${2:?}; shift 2 ;;
     --servers) SERVERS=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,71p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --tls)
+      case "${2:-}" in
+        on|off|both) TLS=$2; shift 2 ;;
+        *) TLS=on; shift ;;
+      esac ;;
+    -h|--help) sed -n '2,87p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) SCENARIOS+=("$1"); shift ;;
   esac
@@ -109,6 +131,16 @@ else
   DURATION=${DURATION:-5}; WARMUP=${WARMUP:-2}
 fi
 [ "$ROUNDS" -ge 1 ] || die "--rounds must be >= 1"
+# The transports each scenario runs over: 0 plain, 1 TLS.
+case "$TLS" in
+  off) TLS_MODES="0" ;;
+  on) TLS_MODES="1" ;;
+  both) TLS_MODES="0 1" ;;
+esac
+TLS_KEY=${TLS_KEY:-ec}
+TLS_VERSION=${TLS_VERSION:-any}
+case "$TLS_KEY" in ec|rsa) ;; *) die "TLS_KEY must be ec or rsa, not '$TLS_KEY'" ;; esac
+case "$TLS_VERSION" in any|1.2|1.3) ;; *) die "TLS_VERSION must be any, 1.2 or 1.3, not '$TLS_VERSION'" ;; esac
 
 # The compression scenarios' knobs (see --help).
 COMPRESSION_MIN_BYTES=${COMPRESSION_MIN_BYTES:-256}
@@ -243,6 +275,43 @@ else
   echo "bench.sh: perf not found (Debian: apt-get install linux-perf); running without syscall counts" >&2
 fi
 
+# --- TLS: a throwaway CA and server certificate ------------------------------
+TLS_DIR=
+if [ "$TLS" != off ]; then
+  if ! command -v openssl >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "bench.sh: installing openssl (the certificates for --tls)" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; } \
+        || die "could not install openssl"
+    else
+      die "--tls needs the openssl CLI (Debian: apt-get install openssl)"
+    fi
+  fi
+  TLS_DIR=$(mktemp -d -t ringcast-bench-tls.XXXXXX)
+  # make_tls_certs DIR: ca.pem (a CA, never used for anything else) and
+  # server.pem/server.key (127.0.0.1 and localhost, signed by it), valid
+  # for 2 days.
+  make_tls_certs() {
+    local dir=$1 newkey
+    case "$TLS_KEY" in
+      ec) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+      rsa) newkey=(-newkey rsa:2048) ;;
+    esac
+    openssl req -x509 "${newkey[@]}" -nodes -days 2 -subj "/CN=ringcast bench CA" \
+      -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -new "${newkey[@]}" -nodes -subj "/CN=localhost" \
+      -keyout "$dir/server.key" -out "$dir/server.csr"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$dir/server.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+      -days 2 -extfile "$dir/server.ext" -out "$dir/server.pem"
+  }
+  make_tls_certs "$TLS_DIR" >"$TLS_DIR/openssl.log" 2>&1 \
+    || { cat "$TLS_DIR/openssl.log" >&2; die "openssl could not make the TLS certificates"; }
+fi
+
 require_cargo
 build_release >/dev/null
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -250,6 +319,10 @@ OUT="$RINGCAST_ROOT/results/$STAMP"
 mkdir -p "$OUT/raw"
 echo "bench.sh: ${SCENARIOS[*]} x {$SERVERS} x $ROUNDS rounds, ${WARMUP}s warm-up + ${DURATION}s measured;" \
      "server on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS ($GEN_N threads); results in $OUT"
+if [ "$TLS" != off ]; then
+  echo "bench.sh: TLS $TLS: server key $TLS_KEY, generator offers TLS $TLS_VERSION, no session resumption;" \
+       "certificates in $TLS_DIR"
+fi
 if [ "$NEED_REDIS" = 1 ]; then
   echo "bench.sh: cluster: nodes on CPUs {$CLUSTER_CPUS}, generator on CPU $CLUSTER_GEN_CPUS ($CLUSTER_GEN_N threads), redis-server on CPU $REDIS_CPUS"
 fi
@@ -258,6 +331,7 @@ cat > "$OUT/host.json" <<EOF
  "cluster_cpus": "$CLUSTER_CPUS", "cluster_gen_cpus": "$CLUSTER_GEN_CPUS", "redis_cpus": "$REDIS_CPUS",
  "redis": "$(if [ "$NEED_REDIS" = 1 ]; then redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'; fi)",
  "compression_min_bytes": $COMPRESSION_MIN_BYTES, "broadcast_json_rate": $BROADCAST_JSON_RATE,
+ "tls": "$TLS", "tls_key": "$(if [ "$TLS" != off ]; then echo "$TLS_KEY"; fi)", "tls_version": "$(if [ "$TLS" != off ]; then echo "$TLS_VERSION"; fi)",
  "servers": "$(for s in $SERVERS; do server_label "$s"; done | tr '\n' ' ')", "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "quick": $QUICK, "perf_events": "$EVENTS",
  "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)", "date": "$(date -Is)"}
 EOF
@@ -271,6 +345,7 @@ cleanup() {
   local p
   for p in "${RUN_PIDS[@]}" "${PERF_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   if [ -n "$REDIS_PID" ]; then kill -KILL "$REDIS_PID" 2>/dev/null || true; fi
+  if [ -n "$TLS_DIR" ]; then rm -rf "$TLS_DIR"; fi
 }
 trap cleanup EXIT
 
@@ -315,7 +390,7 @@ stop_redis() {
 # launch NAME CPUS CMD...: starts a server on CPUS (under perf stat when
 # EVENTS is set: its counts in $OUT/raw/NAME.perf, control FIFO NAME.ctl)
 # with --listen 127.0.0.1:0 and waits for its "listening on ws://ADDR (pid
-# N)" line; sets L_ADDR and L_PID.
+# N)" line (wss:// with TLS); sets L_ADDR and L_PID.
 launch() {
   local name=$1 cpus=$2; shift 2
   local log="$OUT/raw/$name.server.log" fifo="$OUT/raw/$name.ctl"
@@ -331,8 +406,8 @@ launch() {
   fi
   L_ADDR=""; L_PID=""
   for _ in $(seq 1 200); do
-    L_ADDR=$(sed -n 's/.*listening on ws:\/\/\([0-9.:]*\).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
-    L_PID=$(sed -n 's/.*listening on ws:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
+    L_ADDR=$(sed -n 's/.*listening on wss\{0,1\}:\/\/\([0-9.:]*\).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
+    L_PID=$(sed -n 's/.*listening on wss\{0,1\}:\/\/[0-9.:]* (pid \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | sed -n 1p || true)
     [ -n "$L_ADDR" ] && [ -n "$L_PID" ] && break
     sleep 0.05
   done
@@ -361,7 +436,8 @@ stop_all() {
 # empty, the generator on GEN_CPUS against all of them (connections
 # round-robin), then one record: the generator's JSON line, perf counts
 # summed over the servers, and the layout. VARIANT tells the runs of one
-# scenario apart (cluster-publish: memory, redis).
+# scenario apart (cluster-publish: memory, redis). With RUN_TLS=1 the
+# servers get --tls-cert/--tls-key and the generator wss:// and --ca.
 run_case() {
   local name=$1 scen=$2 spec=$3 round=$4 variant=$5 broker=$6 gcpus=$7 gthreads=$8
   shift 8
@@ -383,6 +459,16 @@ run_case() {
     fi
     extra="${extra:+$extra }$vsargs"
   fi
+  local tls_server=() tls_gen=() scheme=""
+  if [ "$RUN_TLS" = 1 ]; then
+    if ! has_flag "$bin" --tls-cert; then
+      echo "bench.sh: $bin has no --tls-cert; skipping $name (TLS)" >&2
+      return 0
+    fi
+    tls_server=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key")
+    tls_gen=(--ca "$TLS_DIR/ca.pem" --tls-version "$TLS_VERSION")
+    scheme=wss://
+  fi
   if [ -n "$broker" ]; then
     if ! has_flag "$bin" --broker; then
       echo "bench.sh: $bin has no --broker; skipping $name" >&2
@@ -402,8 +488,8 @@ run_case() {
       ringcast-tokio) read -r -a flags <<<"--threads $(count_cpus "$cpus")" ;;
       *) flags=() ;;
     esac
-    launch "$node" "$cpus" "$bin" "${flags[@]}"
-    gen+=(--addr "$L_ADDR" --server-pid "$L_PID")
+    launch "$node" "$cpus" "$bin" "${flags[@]}" "${tls_server[@]}"
+    gen+=(--addr "$scheme$L_ADDR" --server-pid "$L_PID")
     node_cpus+=("$cpus")
     if [ -n "$EVENTS" ]; then
       gen+=(--perf-ctl "$OUT/raw/$node.ctl")
@@ -414,7 +500,7 @@ run_case() {
   local rc=0
   # shellcheck disable=SC2046,SC2086
   taskset -c "$gcpus" "$RINGCAST_BIN/ringcast-load" $(scenario_args "$scen") $vgargs \
-    "${gen[@]}" --threads "$gthreads" --label "$server" \
+    "${gen[@]}" "${tls_gen[@]}" --threads "$gthreads" --label "$server" \
     --duration "$DURATION" --warmup "$WARMUP" >"$OUT/raw/$name.out" 2>&1 || rc=$?
   stop_all
   rm -f "$OUT"/raw/"$name"*.ctl
@@ -426,10 +512,10 @@ run_case() {
   # One record: the generator's JSON line plus perf counts (summed over the
   # servers; a count one of them lacks is null) and the layout.
   python3 - "$OUT/raw/$name.out" "$scen" "$server" "$round" "$sargs $extra" "$variant" \
-    "${node_cpus[*]}" "$gcpus" "${perfs[@]}" >"$OUT/raw/$name.json" <<'PY'
+    "${node_cpus[*]}" "$gcpus" "$RUN_TLS" "${perfs[@]}" >"$OUT/raw/$name.json" <<'PY'
 import json, sys, os
-out, scen, server, rnd, sargs, variant, node_cpus, gcpus = sys.argv[1:9]
-perfs = sys.argv[9:]
+out, scen, server, rnd, sargs, variant, node_cpus, gcpus, tls = sys.argv[1:10]
+perfs = sys.argv[10:]
 line = [l for l in open(out) if l.startswith("{")][-1]
 rec = json.loads(line)
 counts = {}
@@ -449,32 +535,36 @@ for i, perf in enumerate(perfs):
 rec.update({"bench_scenario": scen, "server_name": server, "round": int(rnd), "perf": counts,
             "server_args": sargs.split(), "variant": variant or None,
             "nodes": len(node_cpus.split()), "node_cpus": node_cpus.split(), "gen_cpus": gcpus,
-            "broker": "--broker" in sargs.split()})
+            "broker": "--broker" in sargs.split(), "bench_tls": tls == "1"})
 print(json.dumps(rec))
 PY
-  # The first 4 summary lines, then: channel runs, where the publishers
-  # landed and the ordering verdict; cluster runs, the broker's CPU;
-  # compression runs, the bytes on the wire.
-  local more="publishers|order|redis"
+  # The first 4 summary lines (5 over TLS: the tls line), then: channel
+  # runs, where the publishers landed and the ordering verdict; cluster
+  # runs, the broker's CPU; compression runs, the bytes on the wire.
+  local more="publishers|order|redis" first=4
   if [ -n "$vsargs" ]; then more="$more|wire|client"; fi
-  grep -E "^  " "$OUT/raw/$name.out" | awk -v more="^  ($more)" 'NR <= 4 || $0 ~ more' \
+  if [ "$RUN_TLS" = 1 ]; then first=5; fi
+  grep -E "^  " "$OUT/raw/$name.out" | awk -v more="^  ($more)" -v first="$first" 'NR <= first || $0 ~ more' \
     | sed "s/^/  [$name] /" || true
 }
 
-# The runs of one scenario on one server.
+# The runs of one scenario on one server (over TLS when RUN_TLS=1: the run
+# names get -tls after the scenario's).
+RUN_TLS=0
 run_one() { # scenario server round
-  local scen=$1 spec=$2 round=$3 server
+  local scen=$1 spec=$2 round=$3 server t=""
   server=$(server_label "$spec")
+  if [ "$RUN_TLS" = 1 ]; then t=-tls; fi
   case "$scen" in
     cluster)
       # shellcheck disable=SC2086 # one node per CPU list
-      run_case "$scen.$server.$round" "$scen" "$spec" "$round" "" "redis://127.0.0.1:$REDIS_PORT" \
+      run_case "$scen$t.$server.$round" "$scen" "$spec" "$round" "" "redis://127.0.0.1:$REDIS_PORT" \
         "$CLUSTER_GEN_CPUS" "$CLUSTER_GEN_N" $CLUSTER_CPUS ;;
     cluster-publish)
       # The two engines back to back, the same node layout.
-      run_case "$scen-memory.$server.$round" "$scen" "$spec" "$round" memory "" \
+      run_case "$scen-memory$t.$server.$round" "$scen" "$spec" "$round" memory "" \
         "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS"
-      run_case "$scen-redis.$server.$round" "$scen" "$spec" "$round" redis "redis://127.0.0.1:$REDIS_PORT" \
+      run_case "$scen-redis$t.$server.$round" "$scen" "$spec" "$round" redis "redis://127.0.0.1:$REDIS_PORT" \
         "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS" ;;
     broadcast-json|echo-deflate|idle-deflate)
       # Compression off/on (plain/deflate) back to back; the baseline, which
@@ -483,11 +573,11 @@ run_one() { # scenario server round
       for variant in $(scenario_variants "$scen"); do
         if [ "$first" = 0 ] && [ "$(basename "$(server_bin "$spec")")" != ringcast ]; then break; fi
         first=0
-        run_case "$scen-$variant.$server.$round" "$scen" "$spec" "$round" "$variant" "" \
+        run_case "$scen-$variant$t.$server.$round" "$scen" "$spec" "$round" "$variant" "" \
           "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS"
       done ;;
     *)
-      run_case "$scen.$server.$round" "$scen" "$spec" "$round" "" "" "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS" ;;
+      run_case "$scen$t.$server.$round" "$scen" "$spec" "$round" "" "" "$GEN_CPUS" "$GEN_N" "$SERVER_CPUS" ;;
   esac
 }
 
@@ -495,9 +585,11 @@ if [ "$NEED_REDIS" = 1 ]; then start_redis; fi
 
 for round in $(seq 1 "$ROUNDS"); do
   for scen in "${SCENARIOS[@]}"; do
-    for spec in $SERVERS; do
-      if ringcast_only "$scen" && [ "$(basename "$(server_bin "$spec")")" != ringcast ]; then continue; fi
-      run_one "$scen" "$spec" "$round"
+    for RUN_TLS in $TLS_MODES; do
+      for spec in $SERVERS; do
+        if ringcast_only "$scen" && [ "$(basename "$(server_bin "$spec")")" != ringcast ]; then continue; fi
+        run_one "$scen" "$spec" "$round"
+      done
     done
   done
 done

@@ -6,7 +6,10 @@ tables of their own: `cluster` beside the single-node `channels-ordered`
 of the same run, `cluster-publish` the in-memory engine beside the Redis
 engine, and the compression scenarios (broadcast-json, echo-deflate,
 idle-deflate) their variants side by side: compression off vs on, with the
-bytes on the wire per delivery. Standard library only."""
+bytes on the wire per delivery. Runs over TLS (bench.sh --tls) are sections
+of their own, "<scenario> over TLS", right after the plain ones, with the
+TLS / plain ratio of the headline figure when both ran. Standard library
+only."""
 
 import json
 import statistics
@@ -27,6 +30,19 @@ COMPRESSION = {
     "echo-deflate": ["off", "on"],
     "idle-deflate": ["plain", "deflate"],
 }
+
+
+# Runs over TLS are filed under "<scenario> over TLS".
+TLS_SUFFIX = " over TLS"
+
+
+def base(key):
+    """The scenario of a section key (its name without " over TLS")."""
+    return key[: -len(TLS_SUFFIX)] if key.endswith(TLS_SUFFIX) else key
+
+
+def section_key(rec):
+    return rec["bench_scenario"] + (TLS_SUFFIX if rec.get("bench_tls") or rec.get("tls") else "")
 
 
 def get(rec, path, default=None):
@@ -246,9 +262,10 @@ def main(out_dir):
     SERVERS = (host.get("servers") or " ".join(SERVERS)).split()[:2]
     by = {}
     for r in recs:
-        by.setdefault(r["bench_scenario"], {}).setdefault(r["server_name"], []).append(r)
-    scenarios = [s for s in ORDER if s in by] + sorted(
-        s for s in by if s not in ORDER and s not in CLUSTERED and s not in COMPRESSION)
+        by.setdefault(section_key(r), {}).setdefault(r["server_name"], []).append(r)
+    special = lambda s: base(s) in CLUSTERED or base(s) in COMPRESSION
+    scenarios = [k for s in ORDER for k in (s, s + TLS_SUFFIX) if k in by] + sorted(
+        s for s in by if base(s) not in ORDER and not special(s))
 
     lines = []
     lines.append("# " + " vs ".join(SERVERS))
@@ -268,23 +285,64 @@ def main(out_dir):
         + (f"Ratio = {SERVERS[0]} / {SERVERS[1]} (↑ higher is better, ↓ lower is better)." if len(SERVERS) == 2 else "")
     )
     lines.append("")
+    if any(r.get("tls") for r in recs):
+        lines.extend(tls_note(recs, host))
     chart = []
     for s in scenarios:
-        lines.append(f"## {s}: {DESCR.get(s, '')}" + (f" ({by[s][SERVERS[0]][0].get('conns')} connections)" if s == "idle" and SERVERS[0] in by[s] else ""))
+        b = base(s)
+        lines.append(f"## {s}: {DESCR.get(b, '')}" + (f" ({by[s][SERVERS[0]][0].get('conns')} connections)" if b == "idle" and SERVERS[0] in by[s] else ""))
         lines.append("")
-        lines.extend(table([(srv, by[s].get(srv, [])) for srv in SERVERS], METRICS.get(s, THROUGHPUT),
-                           chart, s, HEADLINE.get(s, -1)))
+        lines.extend(table([(srv, by[s].get(srv, [])) for srv in SERVERS], METRICS.get(b, THROUGHPUT),
+                           chart, s, HEADLINE.get(b, -1)))
         lines.append("")
-    lines.extend(cluster_sections(by, host, chart))
-    lines.extend(compression_sections(by, host, chart))
+        if s != b and b in by:
+            lines.extend(tls_cost(by[b], by[s], METRICS.get(b, THROUGHPUT), HEADLINE.get(b, -1)))
+    for suffix in ("", TLS_SUFFIX):
+        lines.extend(cluster_sections(by, host, chart, suffix))
+        lines.extend(compression_sections(by, host, chart, suffix))
     lines.extend(ordering_notes(recs))
-    errors = [(r["bench_scenario"] + (f"-{r['variant']}" if r.get("variant") else ""), r["server_name"], r["round"], r.get("errors"))
+    errors = [(r["bench_scenario"] + (f"-{r['variant']}" if r.get("variant") else "") + (" (TLS)" if r.get("tls") else ""),
+               r["server_name"], r["round"], r.get("errors"))
               for r in recs if r.get("errors")]
     if errors:
         lines.append("Runs with generator-side errors: " + ", ".join(f"{a}/{b}#{c}: {d}" for a, b, c, d in errors))
         lines.append("")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "chart.svg").write_text(svg(chart))
+
+
+def tls_note(recs, host):
+    """What the TLS runs negotiated, and how the certificate was made."""
+    seen = sorted({" ".join(str(x) for x in (get(r, "tls.version"), get(r, "tls.cipher"), get(r, "tls.kx")) if x)
+                   + f", ALPN {get(r, 'tls.alpn')}" for r in recs if r.get("tls")})
+    resumed = sum(get(r, "tls.resumed", 0) for r in recs if r.get("tls"))
+    key = {"ec": "ECDSA P-256", "rsa": "RSA 2048"}.get(host.get("tls_key"), host.get("tls_key") or "?")
+    return [
+        f"TLS runs (sections *over TLS*): `wss://`, server certificate {key} signed by a throwaway CA "
+        f"(openssl), generator offering TLS {host.get('tls_version') or 'any'} as browsers order it (X25519, "
+        f"AES-128-GCM first) with the certificate verified; "
+        f"negotiated: {'; '.join(seen) or '?'}; sessions resumed: {resumed} (resumption off, every handshake full).",
+        "",
+    ]
+
+
+def tls_cost(plain_by, tls_by, metrics, headline):
+    """One line under a TLS section: each server's work per server CPU-s
+    (the headline figure where there is none: idle's RSS per connection)
+    over TLS divided by the same figure plain (the same run)."""
+    pick = next((i for i, m in enumerate(metrics) if "per server CPU-s" in m[0]), headline)
+    if pick < 0 or pick >= len(metrics):
+        return []
+    label, ex, _, better, *_ = metrics[pick]
+    parts = []
+    for srv in SERVERS + sorted(set(tls_by) - set(SERVERS)):
+        p, t = summarize([ex(r) for r in plain_by.get(srv, [])])[0], summarize([ex(r) for r in tls_by.get(srv, [])])[0]
+        if p not in (None, 0) and t is not None:
+            parts.append(f"{srv} {t / p:.2f}×")
+    if not parts:
+        return []
+    note = "" if better is None else (" (higher is better)" if better else " (lower is better)")
+    return [f"TLS / plain, {label}{note}: " + ", ".join(parts) + ".", ""]
 
 
 def layout(recs):
@@ -297,20 +355,21 @@ def layout(recs):
     return (f"{len(cpus)} node{'s' if len(cpus) != 1 else ''} on {nodes}, generator on CPU {r.get('gen_cpus', '?')}")
 
 
-def cluster_sections(by, host, chart):
+def cluster_sections(by, host, chart, suffix=""):
     """`cluster` beside the run's single-node `channels-ordered` (per
-    server label), and `cluster-publish`'s two engines side by side."""
+    server label), and `cluster-publish`'s two engines side by side
+    (`suffix`: " over TLS" for the TLS runs)."""
     out = []
-    labels = [s for s in SERVERS if s in by.get("cluster", {}) or s in by.get("cluster-publish", {})]
-    labels += sorted({s for sc in CLUSTERED for s in by.get(sc, {})} - set(labels))
+    labels = [s for s in SERVERS if s in by.get("cluster" + suffix, {}) or s in by.get("cluster-publish" + suffix, {})]
+    labels += sorted({s for sc in CLUSTERED for s in by.get(sc + suffix, {})} - set(labels))
     many = len(labels) > 1
     for srv in labels:
         tag = f" ({srv})" if many else ""
-        cl = by.get("cluster", {}).get(srv, [])
+        cl = by.get("cluster" + suffix, {}).get(srv, [])
         if cl:
-            single = by.get("channels-ordered", {}).get(srv, [])
+            single = by.get("channels-ordered" + suffix, {}).get(srv, [])
             r = cl[0]
-            out.append(f"## cluster{tag}: {DESCR['cluster']}, beside single-node channels-ordered")
+            out.append(f"## cluster{suffix}{tag}: {DESCR['cluster']}, beside single-node channels-ordered")
             out.append("")
             out.append(
                 f"1,000 subscribers split over the nodes ({'/'.join(str(n) for n in r.get('conns_per_addr') or [])}), "
@@ -323,14 +382,14 @@ def cluster_sections(by, host, chart):
             )
             out.append("")
             out.extend(table([("channels-ordered (1 node)", single), ("cluster (2 nodes + Redis)", cl)],
-                             CLUSTER, chart, "cluster" + tag, HEADLINE["cluster"], ratio=(1, 0)))
+                             CLUSTER, chart, "cluster" + suffix + tag, HEADLINE["cluster"], ratio=(1, 0)))
             out.append("")
-        cp = by.get("cluster-publish", {}).get(srv, [])
+        cp = by.get("cluster-publish" + suffix, {}).get(srv, [])
         if cp:
             mem = [r for r in cp if r.get("variant") == "memory"]
             red = [r for r in cp if r.get("variant") == "redis"]
             r = cp[0]
-            out.append(f"## cluster-publish{tag}: {DESCR['cluster-publish']}")
+            out.append(f"## cluster-publish{suffix}{tag}: {DESCR['cluster-publish']}")
             out.append("")
             out.append(
                 f"{r.get('conns')} connections × {r.get('in_flight')} publishes in flight × {r.get('size')} B to one channel, "
@@ -339,23 +398,25 @@ def cluster_sections(by, host, chart):
             )
             out.append("")
             out.extend(table([("in-memory engine", mem), ("Redis engine", red)], PUBLISH, chart,
-                             "cluster-publish" + tag, HEADLINE["cluster-publish"], ratio=(1, 0)))
+                             "cluster-publish" + suffix + tag, HEADLINE["cluster-publish"], ratio=(1, 0)))
             out.append("")
     return out
 
 
-def compression_sections(by, host, chart):
+def compression_sections(by, host, chart, suffix=""):
     """Each compression scenario: one column per server and variant,
-    ringcast's (the first server's) second variant over its first."""
+    ringcast's (the first server's) second variant over its first
+    (`suffix`: " over TLS" for the TLS runs)."""
     out = []
     for scen, variants in COMPRESSION.items():
-        if scen not in by:
+        key = scen + suffix
+        if key not in by:
             continue
-        servers = [s for s in SERVERS if s in by[scen]] + sorted(set(by[scen]) - set(SERVERS))
+        servers = [s for s in SERVERS if s in by[key]] + sorted(set(by[key]) - set(SERVERS))
         columns, index = [], {}
         for srv in servers:
             for v in variants:
-                recs = [r for r in by[scen][srv] if r.get("variant") == v]
+                recs = [r for r in by[key][srv] if r.get("variant") == v]
                 if recs:
                     index[(srv, v)] = len(columns)
                     columns.append((f"{srv} {v}", recs))
@@ -363,13 +424,13 @@ def compression_sections(by, host, chart):
         ratio = (index.get((first, variants[1])), index.get((first, variants[0])))
         ratio = ratio if None not in ratio else None
         answers = sorted({f"{srv} {r.get('variant')}: {r.get('extension')}"
-                          for srv in servers for r in by[scen][srv] if r.get("extension")})
+                          for srv in servers for r in by[key][srv] if r.get("extension")})
         r0 = columns[0][1][0] if columns else {}
         if scen == "broadcast-json" and r0:
             text_rate = f"{r0.get('conns'):,} subscribers, publisher {r0.get('rate'):,} msg/s × {r0.get('size'):,} B JSON. "
         else:
             text_rate = ""
-        out.append(f"## {scen}: {DESCR[scen]}" + (f" ({r0.get('conns')} connections)" if scen == "idle-deflate" and r0 else ""))
+        out.append(f"## {key}: {DESCR[scen]}" + (f" ({r0.get('conns')} connections)" if scen == "idle-deflate" and r0 else ""))
         out.append("")
         if scen == "idle-deflate":
             text = (f"The idle scenario with the server's compression on (`--compression on`) in both variants: "
@@ -387,7 +448,7 @@ def compression_sections(by, host, chart):
             text += f" Ratio = {first} {variants[1]} / {first} {variants[0]}."
         out.append(text)
         out.append("")
-        out.extend(table(columns, METRICS[scen], chart, scen, HEADLINE[scen], ratio=ratio,
+        out.extend(table(columns, METRICS[scen], chart, key, HEADLINE[scen], ratio=ratio,
                          ratio_label=f"{variants[1]} / {variants[0]}"))
         out.append("")
         if answers:
@@ -401,7 +462,7 @@ def ordering_notes(recs):
     order could not be checked, publishers that had to share a core."""
     out = []
     chan = sorted((r for r in recs if r.get("stream")), key=lambda r: (r["bench_scenario"], r["server_name"], r["round"]))
-    name = lambda r: f"{r['bench_scenario']}/{r['server_name']}#{r['round']}"
+    name = lambda r: f"{section_key(r)}/{r['server_name']}#{r['round']}"
     bad = [r for r in chan if (r.get("gaps") or 0) + (r.get("reorders") or 0) > 0]
     if bad:
         out.append("**ORDERING FAILURES** (offsets not consecutive at a subscriber): " + ", ".join(

@@ -15,17 +15,22 @@
 //! generator reports its own CPU use too. `--deflate` negotiates
 //! permessage-deflate (RFC 7692) and inflates what arrives compressed; the
 //! bytes on the wire are counted either way, and `--payload json` sends
-//! realistic JSON instead of filler. A human summary is printed, then one
-//! JSON line.
+//! realistic JSON instead of filler. `wss://` addresses run every scenario
+//! over TLS (rustls, one `ClientConnection` per connection, driven by the
+//! same loop), trusting `--ca` (or nothing: `--insecure-tls`); TLS sessions
+//! are not resumed unless `--tls-resume`, so `churn` measures full
+//! handshakes. A human summary is printed, then one JSON line.
 
 mod deflate;
 mod payload;
 mod procfs;
 mod stream;
+mod tls;
 mod wire;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
@@ -36,7 +41,10 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use wire::now_ns;
-use worker::{Outcome, Plan, Scenario, Shared, StreamStats, WireStats, Worker, PLACEMENT_ATTEMPTS};
+use worker::{
+    Outcome, Plan, Scenario, Shared, StreamStats, TlsPlan, TlsStats, WireStats, Worker,
+    PLACEMENT_ATTEMPTS,
+};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Kind {
@@ -65,11 +73,35 @@ struct Args {
     /// Scenario to run.
     #[arg(value_enum)]
     scenario: Kind,
-    /// Server address (host:port or ws://host:port). Repeat it for several
-    /// servers (nodes of one cluster): connection N goes to address N mod
-    /// the count (round-robin), and so do broadcast publishers.
+    /// Server address: host:port or ws://host:port, or wss://host:port for
+    /// TLS (every scenario runs over TLS; needs --ca or --insecure-tls). A
+    /// path after it is ignored (the scenario picks the path). Repeat it
+    /// for several servers (nodes of one cluster), all ws:// or all wss://:
+    /// connection N goes to address N mod the count (round-robin), and so
+    /// do broadcast publishers.
     #[arg(long, visible_alias = "url", default_value = "127.0.0.1:9001")]
     addr: Vec<String>,
+    /// wss://: the PEM certificates to trust (the CA that signed the
+    /// server's certificate, or a self-signed server certificate with
+    /// CA:FALSE itself); the server's certificate must name the host of the
+    /// address (an IP address or a DNS name). Required for wss:// unless
+    /// --insecure-tls.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// wss:// WITHOUT verifying the server's certificate: any certificate,
+    /// any name is accepted (no --ca needed). For a quick look only; only
+    /// the chain and name checks are skipped (the handshake's signatures
+    /// are still verified).
+    #[arg(long, conflicts_with = "ca")]
+    insecure_tls: bool,
+    /// wss://: the TLS versions offered (1.2, 1.3, or any: the server
+    /// picks, 1.3 when it has it).
+    #[arg(long, value_enum, default_value = "any")]
+    tls_version: tls::Version,
+    /// wss://: keep TLS sessions and resume them when reconnecting (churn).
+    /// Without it every handshake is a full one.
+    #[arg(long)]
+    tls_resume: bool,
     /// Connections: echo clients, broadcast subscribers, publish clients,
     /// idle connections.
     #[arg(long)]
@@ -184,13 +216,67 @@ fn sample_all(pids: &[u32]) -> Option<Vec<procfs::Sample>> {
     pids.iter().map(|&p| procfs::sample(p)).collect()
 }
 
-fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    let a = addr.trim_start_matches("ws://").trim_end_matches('/');
-    let a = a.split('/').next().unwrap_or(a);
-    a.to_socket_addrs()
+/// One `--addr`: where to connect, whether over TLS, and the host as
+/// written (a TLS connection's server name).
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    addr: SocketAddr,
+    tls: bool,
+    host: String,
+}
+
+fn resolve(addr: &str) -> Result<Target, String> {
+    let (tls, rest) = match addr.strip_prefix("wss://") {
+        Some(r) => (true, r),
+        None => (false, addr.strip_prefix("ws://").unwrap_or(addr)),
+    };
+    let a = rest.split('/').next().unwrap_or(rest);
+    let host = a.rsplit_once(':').map_or(a, |(h, _)| h).to_string();
+    let sa = a
+        .to_socket_addrs()
         .map_err(|e| format!("bad --addr {addr}: {e}"))?
         .next()
-        .ok_or_else(|| format!("--addr {addr} resolved to nothing"))
+        .ok_or_else(|| format!("--addr {addr} resolved to nothing"))?;
+    Ok(Target {
+        addr: sa,
+        tls,
+        host,
+    })
+}
+
+/// The TLS side of the plan: `None` for ws:// targets (and then no TLS
+/// flag may be given), else the shared client configuration and each
+/// target's server name.
+fn tls_plan(args: &Args, targets: &[Target]) -> Result<Option<TlsPlan>, String> {
+    let any_tls = targets.iter().any(|t| t.tls);
+    if targets.iter().any(|t| t.tls != any_tls) {
+        return Err("every --addr must be ws:// (or host:port) or every one wss://".into());
+    }
+    if !any_tls {
+        if args.ca.is_some() || args.insecure_tls || args.tls_resume {
+            return Err("--ca, --insecure-tls and --tls-resume are for wss:// addresses".into());
+        }
+        if args.tls_version != tls::Version::Any {
+            return Err("--tls-version is for wss:// addresses".into());
+        }
+        return Ok(None);
+    }
+    let trust = match (&args.ca, args.insecure_tls) {
+        (Some(path), _) => tls::Trust::Ca(path),
+        (None, true) => tls::Trust::Insecure,
+        (None, false) => {
+            return Err(
+                "wss:// needs --ca FILE (the PEM CA or certificate to trust), or --insecure-tls to skip verification"
+                    .into(),
+            )
+        }
+    };
+    let config = tls::client_config(trust, args.tls_version, args.tls_resume)?;
+    let names = targets
+        .iter()
+        .map(|t| tls::server_name(&t.host))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(TlsPlan { config, names }))
 }
 
 fn parse_channel(s: &str) -> Result<String, String> {
@@ -220,11 +306,13 @@ fn run(args: &Args) -> Result<(), String> {
     if json_bodies && args.binary {
         return Err("--binary and --payload json do not mix (JSON goes in text frames)".into());
     }
-    let addrs: Vec<SocketAddr> = args
+    let targets: Vec<Target> = args
         .addr
         .iter()
         .map(|a| resolve(a))
         .collect::<Result<_, _>>()?;
+    let tls = tls_plan(args, &targets)?;
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
     if addrs.iter().any(|a| a.is_ipv6() != addrs[0].is_ipv6()) {
         return Err("every --addr must be of one address family".into());
     }
@@ -318,6 +406,7 @@ fn run(args: &Args) -> Result<(), String> {
         deflate: args.deflate,
         pad_upgrade: args.pad_upgrade,
         json: json_bodies,
+        tls,
     });
     let shared = Arc::new(Shared::default());
 
@@ -462,7 +551,18 @@ fn run(args: &Args) -> Result<(), String> {
     let mut wire_st = WireStats::default();
     let mut extension: Option<String> = None;
     let mut client_compressed: Option<(usize, usize)> = None;
+    let mut tls_st = TlsStats::default();
     for o in &outcomes {
+        tls_st.handshakes += o.tls.handshakes;
+        tls_st.resumed += o.tls.resumed;
+        tls_st.mixed += o.tls.mixed;
+        match (&tls_st.session, &o.tls.session) {
+            (None, s) => tls_st.session.clone_from(s),
+            (Some(a), Some(b)) if !a.same_parameters(b) => {
+                tls_st.mixed += 1;
+            }
+            _ => {}
+        }
         wire_st.add(&o.wire);
         if extension.is_none() {
             extension.clone_from(&o.extension);
@@ -542,9 +642,11 @@ fn run(args: &Args) -> Result<(), String> {
         .then(|| wire_st.compressed_bytes as f64 / wire_st.compressed_wire_bytes as f64);
 
     let label = args.label.clone().unwrap_or_default();
+    let tls_on = plan.tls.is_some();
     println!(
-        "ringcast-load {:?} against {addr_list}{}{}{}",
+        "ringcast-load {:?} against {}{addr_list}{}{}{}",
         args.scenario,
+        if tls_on { "wss://" } else { "" },
         if label.is_empty() {
             String::new()
         } else {
@@ -583,6 +685,32 @@ fn run(args: &Args) -> Result<(), String> {
         ),
         Kind::Idle => println!("  {conns} connections held, {threads} threads"),
         Kind::Churn => println!("  {conns} parallel loops, {threads} threads, {window_s:.1} s measured"),
+    }
+    let verified = match (&args.ca, args.insecure_tls) {
+        (Some(ca), _) => format!("certificate verified against {}", ca.display()),
+        _ => "certificate NOT verified (--insecure-tls)".to_string(),
+    };
+    if tls_on {
+        let s = tls_st.session.clone().unwrap_or_default();
+        println!(
+            "  tls: {} {} {}, ALPN {}; {} handshakes ({} resumed{}){}; {verified}",
+            s.version,
+            s.cipher,
+            s.kx.as_deref().unwrap_or("(no key exchange)"),
+            s.alpn.as_deref().unwrap_or("none"),
+            tls_st.handshakes,
+            tls_st.resumed,
+            if args.tls_resume {
+                ", resumption on"
+            } else {
+                ", resumption off: full handshakes"
+            },
+            if tls_st.mixed > 0 {
+                format!(", {} negotiated something else", tls_st.mixed)
+            } else {
+                String::new()
+            }
+        );
     }
     let mut expected = None;
     let mut loss = None;
@@ -841,6 +969,27 @@ fn run(args: &Args) -> Result<(), String> {
         m.insert("extension".into(), json!(extension));
         m.insert("wire".into(), wire_json);
         m.insert(
+            "tls".into(),
+            if tls_on {
+                let s = tls_st.session.clone().unwrap_or_default();
+                json!({
+                    "version": s.version,
+                    "cipher": s.cipher,
+                    "kx": s.kx,
+                    "alpn": s.alpn,
+                    "offered": args.tls_version.name(),
+                    "verified": !args.insecure_tls,
+                    "ca": args.ca.as_ref().map(|p| p.display().to_string()),
+                    "resumption": args.tls_resume,
+                    "handshakes": tls_st.handshakes,
+                    "resumed": tls_st.resumed,
+                    "mixed": tls_st.mixed,
+                })
+            } else {
+                serde_json::Value::Null
+            },
+        );
+        m.insert(
             "client_compressed".into(),
             json!(client_compressed.map(|(plain, packed)| json!({"plain": plain, "wire": packed}))),
         );
@@ -935,4 +1084,87 @@ fn join(handles: Vec<thread::JoinHandle<Result<Outcome, String>>>) -> Vec<Result
         .into_iter()
         .map(|h| h.join().unwrap_or_else(|_| Err("worker panicked".into())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_with_and_without_scheme() {
+        let t = resolve("127.0.0.1:9001").unwrap();
+        assert_eq!(
+            (t.addr.port(), t.tls, t.host.as_str()),
+            (9001, false, "127.0.0.1")
+        );
+        let t = resolve("ws://127.0.0.1:9002/echo").unwrap();
+        assert_eq!(
+            (t.addr.port(), t.tls, t.host.as_str()),
+            (9002, false, "127.0.0.1")
+        );
+        let t = resolve("wss://localhost:9003/").unwrap();
+        assert_eq!(
+            (t.addr.port(), t.tls, t.host.as_str()),
+            (9003, true, "localhost")
+        );
+        assert!(t.addr.ip().is_loopback());
+        let t = resolve("wss://[::1]:9004").unwrap();
+        assert_eq!(
+            (t.addr.port(), t.tls, t.host.as_str()),
+            (9004, true, "[::1]")
+        );
+        assert!(resolve("wss://127.0.0.1").is_err(), "a port is needed");
+    }
+
+    #[test]
+    fn tls_flags_need_wss_and_wss_needs_trust() {
+        let parse = |v: &[&str]| Args::try_parse_from(v).unwrap();
+        let targets = |a: &Args| {
+            a.addr
+                .iter()
+                .map(|s| resolve(s).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let plain = parse(&["x", "echo", "--addr", "127.0.0.1:1", "--ca", "/nonexistent"]);
+        let e = tls_plan(&plain, &targets(&plain)).err().unwrap();
+        assert!(e.contains("wss://"), "{e}");
+        let bare = parse(&["x", "echo", "--addr", "wss://127.0.0.1:1"]);
+        let e = tls_plan(&bare, &targets(&bare)).err().unwrap();
+        assert!(e.contains("--ca") && e.contains("--insecure-tls"), "{e}");
+        let mixed = parse(&[
+            "x",
+            "echo",
+            "--addr",
+            "wss://127.0.0.1:1",
+            "--addr",
+            "127.0.0.1:2",
+            "--insecure-tls",
+        ]);
+        assert!(tls_plan(&mixed, &targets(&mixed)).is_err());
+        let missing = parse(&[
+            "x",
+            "echo",
+            "--addr",
+            "wss://127.0.0.1:1",
+            "--ca",
+            "/nonexistent",
+        ]);
+        let e = tls_plan(&missing, &targets(&missing)).err().unwrap();
+        assert!(e.contains("/nonexistent"), "{e}");
+        for v in ["1.2", "1.3", "any"] {
+            let a = parse(&[
+                "x",
+                "echo",
+                "--addr",
+                "wss://127.0.0.1:1",
+                "--insecure-tls",
+                "--tls-version",
+                v,
+            ]);
+            let p = tls_plan(&a, &targets(&a)).unwrap().expect("a TLS plan");
+            assert_eq!(a.tls_version.name(), v);
+            assert_eq!(p.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        }
+        assert!(Args::try_parse_from(["x", "echo", "--ca", "a", "--insecure-tls"]).is_err());
+    }
 }

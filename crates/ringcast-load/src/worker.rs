@@ -24,6 +24,7 @@ use ringcast::io::ring::Ring;
 use crate::deflate::{self, Inflater};
 use crate::payload;
 use crate::stream::{self, OffsetCheck, Reply, Step};
+use crate::tls::{self, Tls};
 use crate::wire::{self, now_ns};
 
 /// What the run does.
@@ -89,6 +90,30 @@ pub(crate) struct Plan {
     /// Message bodies are realistic JSON objects ([`payload::json`])
     /// instead of filler.
     pub json: bool,
+    /// `wss://` targets: every connection speaks TLS.
+    pub tls: Option<TlsPlan>,
+}
+
+/// What every TLS connection of the run shares.
+pub(crate) struct TlsPlan {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name (SNI, certificate check) of each server, by target.
+    pub names: Vec<rustls::pki_types::ServerName<'static>>,
+}
+
+/// TLS handshakes a worker completed, and what they negotiated.
+#[derive(Default, Clone, Debug)]
+pub(crate) struct TlsStats {
+    /// Completed handshakes (whole run), and how many of them resumed a
+    /// session.
+    pub handshakes: u64,
+    pub resumed: u64,
+    /// The first connection's version, cipher suite, key exchange group
+    /// and ALPN protocol.
+    pub session: Option<tls::Session>,
+    /// Connections that negotiated other parameters than the first
+    /// ([`tls::Session::same_parameters`]).
+    pub mixed: u64,
 }
 
 /// Distinct JSON bodies a publisher cycles through (`--payload json`).
@@ -224,6 +249,8 @@ pub(crate) struct Outcome {
     /// Echo with deflate: the message the clients send, plain and as
     /// compressed (payload bytes), for the largest window granted.
     pub client_compressed: Option<(usize, usize)>,
+    /// `wss://`: the handshakes.
+    pub tls: TlsStats,
 }
 
 /// Bytes and messages received inside the window. The messages are the
@@ -366,6 +393,11 @@ struct Conn {
     /// first, and the next id to use.
     unacked: VecDeque<(u64, u64)>,
     next_id: u64,
+    /// `wss://`: the TLS state. Receives then land in its `rx` and sends
+    /// leave from its `tx` (`wfl` and `outgoing` stay unused); the read
+    /// buffer holds the decrypted stream, so everything above the socket
+    /// operations is the plain path's.
+    tls: Option<Box<Tls>>,
 }
 
 impl Conn {
@@ -680,6 +712,7 @@ impl Worker {
                 wire: WireStats::default(),
                 extension: None,
                 client_compressed: None,
+                tls: TlsStats::default(),
             },
             delivered_unreported: 0,
             payload_len,
@@ -863,15 +896,30 @@ impl Worker {
             s.bind(&SocketAddr::new(ip, 0).into())?;
         }
         let fd: OwnedFd = s.into();
-        let idx = self.free.pop().unwrap_or_else(|| {
-            self.conns.push(None);
-            self.conns.len() - 1
-        });
         let request = if self.plan.deflate && role != Role::Publisher {
             self.deflate_requests[target].clone()
         } else {
             self.requests[target].clone()
         };
+        // TLS: the request goes into rustls, which sends it once the
+        // handshake is done; what the connect is linked to is the
+        // ClientHello.
+        let (request, tls) = match &self.plan.tls {
+            None => (request, None),
+            Some(p) => {
+                let mut tls = Tls::new(&p.config, p.names[target].clone(), self.read_buf)?;
+                tls.write(&request)?;
+                if !tls.fill()? {
+                    return Err(io::Error::other("TLS: no ClientHello to send"));
+                }
+                (Vec::new(), Some(Box::new(tls)))
+            }
+        };
+        let outgoing = tls.is_none().then_some(Outgoing::Owned { off: 0 });
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
         let raw = fd.as_raw_fd();
         self.conns[idx] = Some(Conn {
             fd,
@@ -883,7 +931,7 @@ impl Worker {
             rend: 0,
             wbuf: Vec::new(),
             wfl: request,
-            outgoing: Some(Outgoing::Owned { off: 0 }),
+            outgoing,
             echo_owed: 0,
             batch: 0,
             deflate: false,
@@ -896,6 +944,7 @@ impl Worker {
             offsets: OffsetCheck::default(),
             unacked: VecDeque::new(),
             next_id: FIRST_PUBLISH_ID,
+            tls,
         });
         self.connecting += 1;
         let server = &self.servers[target];
@@ -1065,12 +1114,20 @@ impl Worker {
             0 => self.on_eof(t),
             n if n > 0 => {
                 let in_window = self.window(now_ns());
+                let mut tls_input = false;
                 if let Some(c) = live(&mut self.conns, t) {
-                    c.rend += n as usize;
+                    tls_input = c.tls.is_some();
+                    if !tls_input {
+                        c.rend += n as usize;
+                    }
                     // A broadcast publisher's own copies are not deliveries.
+                    // Over TLS the bytes read are records (ciphertext).
                     if in_window && c.role != Role::Publisher {
                         self.out.wire.read_bytes += n as u64;
                     }
+                }
+                if tls_input {
+                    return self.on_tls_recv(t, n as usize);
                 }
                 self.process(t);
                 self.arm_recv(t);
@@ -1080,12 +1137,77 @@ impl Worker {
         }
     }
 
-    /// Posts the next receive into the free end of the read buffer.
+    /// TLS: `n` bytes of records arrived in the connection's `rx`. The
+    /// plaintext goes into the read buffer and through [`Self::process`] as
+    /// on the plain path; then whatever rustls has to send (handshake
+    /// messages, the request held until the handshake is over, alerts)
+    /// goes out with what processing queued, and the next receive is
+    /// posted. A TLS error during the handshake is the setup's (a wrong
+    /// CA, version or name), so it ends the run.
+    fn on_tls_recv(&mut self, t: usize, n: usize) {
+        let Some(c) = live(&mut self.conns, t) else {
+            return;
+        };
+        let Some(tls) = c.tls.as_deref_mut() else {
+            return;
+        };
+        let result = tls.received(n, &mut c.rbuf, &mut c.rstart, &mut c.rend);
+        let session = tls.established();
+        let target = c.target;
+        if let Some(s) = session {
+            let st = &mut self.out.tls;
+            st.handshakes += 1;
+            st.resumed += u64::from(s.resumed);
+            let differs = st
+                .session
+                .as_ref()
+                .is_some_and(|first| !first.same_parameters(&s));
+            st.mixed += u64::from(differs);
+            if st.session.is_none() {
+                st.session = Some(s);
+            }
+        }
+        let received = match result {
+            Ok(r) => r,
+            Err(f) if f.handshaking => {
+                let addr = self.plan.addrs[target];
+                return self.fatal(
+                    t,
+                    format!("TLS handshake with {addr} failed: {}", f.message),
+                );
+            }
+            Err(f) => return self.fail(t, format!("TLS: {}", f.message)),
+        };
+        if received.plaintext > 0 {
+            self.process(t);
+        }
+        if received.closed && live(&mut self.conns, t).is_some() {
+            // close_notify: the same as the server closing the socket.
+            return self.on_eof(t);
+        }
+        self.send_now(t);
+        self.arm_recv(t);
+    }
+
+    /// Posts the next receive into the free end of the read buffer (TLS:
+    /// into the connection's `rx`, consumed whole on completion).
     fn arm_recv(&mut self, t: usize) {
         let Some(c) = live(&mut self.conns, t) else {
             return;
         };
         if c.recv_armed {
+            return;
+        }
+        if let Some(tls) = c.tls.as_deref_mut() {
+            let sqe = opcode::Recv::new(
+                types::Fd(c.fd.as_raw_fd()),
+                tls.rx.as_mut_ptr(),
+                tls.rx.len() as u32,
+            )
+            .build()
+            .user_data(tag(t, RECV));
+            c.recv_armed = true;
+            self.push(&sqe);
             return;
         }
         if c.rstart == c.rend {
@@ -1167,6 +1289,42 @@ impl Worker {
         if c.send_armed {
             return;
         }
+        if let Some(tls) = c.tls.as_deref_mut() {
+            // Everything queued goes into rustls in the plain path's order
+            // (queued bytes, then owed echo frames) once the last records
+            // are out, and leaves as records from `tx`.
+            if tls.tx_done() {
+                let mut r = Ok(false);
+                if !c.wbuf.is_empty() {
+                    r = tls.write(&c.wbuf).map(|()| false);
+                    c.wbuf.clear();
+                }
+                while r.is_ok() && c.echo_owed > 0 && frames_per_batch > 0 {
+                    let frames = c.echo_owed.min(frames_per_batch);
+                    c.echo_owed -= frames;
+                    r = tls
+                        .write(&batch.bytes[..frames * batch.frame_len])
+                        .map(|()| false);
+                }
+                match r.and_then(|_| tls.fill()) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => return self.fail(t, format!("TLS write: {e}")),
+                }
+            }
+            let bytes = &tls.tx[tls.tx_off..];
+            let sqe = opcode::Send::new(
+                types::Fd(c.fd.as_raw_fd()),
+                bytes.as_ptr(),
+                bytes.len() as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(tag(t, SEND));
+            c.send_armed = true;
+            self.push(&sqe);
+            return;
+        }
         if c.outgoing.is_none() {
             if !c.wbuf.is_empty() {
                 std::mem::swap(&mut c.wfl, &mut c.wbuf);
@@ -1205,6 +1363,10 @@ impl Worker {
         let Some(c) = live(&mut self.conns, t) else {
             return;
         };
+        if let Some(tls) = c.tls.as_deref_mut() {
+            tls.tx_off += n;
+            return self.send_now(t);
+        }
         let echo_frame_len = self.batches[c.batch].frame_len;
         c.outgoing = match c.outgoing {
             Some(Outgoing::Owned { off }) if off + n < c.wfl.len() => {

@@ -1,6 +1,6 @@
-//! One task per connection: the handshake routes it to `/echo` or
-//! `/broadcast`, then [`echo`] or [`broadcast_client`] serves it until it
-//! closes or the server shuts down.
+//! One task per connection: the handshake (TLS first with `--tls-cert`)
+//! routes it to `/echo` or `/broadcast`, then [`echo`] or
+//! [`broadcast_client`] serves it until it closes or the server shuts down.
 
 use std::time::Duration;
 
@@ -24,9 +24,31 @@ enum Route {
     Broadcast,
 }
 
-/// Serves one accepted connection: handshake (bounded by
+/// Serves one accepted connection: the TLS handshake when the server has
+/// a certificate, the WebSocket handshake (both within
 /// `--handshake-timeout`), then the endpoint's loop.
 pub(crate) async fn serve(stream: TcpStream, server: &Server, shutdown: watch::Receiver<bool>) {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs_f64(server.args.handshake_timeout);
+    match &server.tls {
+        None => serve_ws(stream, server, shutdown, deadline).await,
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => serve_ws(tls, server, shutdown, deadline).await,
+            Ok(Err(e)) => log(&server.args, "debug", &format!("TLS handshake failed: {e}")),
+            Err(_) => log(&server.args, "debug", "TLS handshake timeout"),
+        },
+    }
+}
+
+/// The WebSocket side of [`serve`], over TCP or TLS.
+async fn serve_ws<S>(
+    stream: S,
+    server: &Server,
+    shutdown: watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let args = &server.args;
     let mut route = None;
     let mut subscription = None;
@@ -55,9 +77,7 @@ pub(crate) async fn serve(stream: TcpStream, server: &Server, shutdown: watch::R
         .max_message_size(Some(args.max_message_bytes))
         .max_frame_size(Some(args.max_message_bytes));
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
-    let ws = match tokio::time::timeout(Duration::from_secs_f64(args.handshake_timeout), handshake)
-        .await
-    {
+    let ws = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return log(args, "debug", &format!("handshake refused: {e}")),
         Err(_) => return log(args, "debug", "handshake timeout"),

@@ -20,9 +20,16 @@
 //!
 //! `--addr-file PATH` writes the bound address to PATH once listening, so
 //! tests and scripts that start it on port 0 need not parse the log.
+//!
+//! `--tls-cert FILE --tls-key FILE` (PEM) serve every endpoint over TLS
+//! (`wss://`) the way a tokio service does: tokio-rustls in front of the
+//! same connection task, rustls's defaults otherwise (TLS 1.2 and 1.3,
+//! its session cache and TLS 1.3 tickets), ALPN `http/1.1`, the TLS
+//! handshake counted in `--handshake-timeout`.
 
 mod conn;
 mod limits;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -69,6 +76,13 @@ struct Args {
     /// newline) to this file, atomically (PATH.tmp, then renamed).
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
+    /// Serve TLS (wss://) with this PEM certificate chain (the server's
+    /// certificate first); needs --tls-key. TLS 1.2 and 1.3, ALPN http/1.1.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// What every connection task shares.
@@ -81,6 +95,8 @@ struct Server {
     active: AtomicUsize,
     /// Woken when `active` drops to zero.
     idle: Notify,
+    /// `--tls-cert`: every connection is accepted through TLS first.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 fn main() {
@@ -140,6 +156,10 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             &format!("raised open-files limit from {old} to {new}"),
         );
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("bind {}: {e}", args.listen))?;
@@ -152,10 +172,16 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         &args,
         "info",
         &format!(
-            "ringcast-tokio listening on ws://{local} (pid {}) with {threads} worker thread(s); max message {} B, send queue bound {} B per connection",
+            "ringcast-tokio listening on {}://{local} (pid {}) with {threads} worker thread(s); max message {} B, send queue bound {} B per connection{}",
+            if tls.is_some() { "wss" } else { "ws" },
             std::process::id(),
             args.max_message_bytes,
-            args.max_send_queue_bytes
+            args.max_send_queue_bytes,
+            if tls.is_some() {
+                "; TLS 1.2/1.3 (rustls, ring), ALPN http/1.1"
+            } else {
+                ""
+            }
         ),
     );
     let capacity = (args.max_send_queue_bytes / 1024).max(64);
@@ -164,6 +190,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         hub: broadcast::channel(capacity).0,
         active: AtomicUsize::new(0),
         idle: Notify::new(),
+        tls,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
