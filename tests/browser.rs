@@ -2,12 +2,12 @@
 //! Debian's Chromium, driven by playwright-core, against this build's
 //! server binary: the `/demo` chat across a server restart, a subscription
 //! through network drops (recovered, exactly once, in order), refused
-//! tokens (4001 once, no reconnect loop), and permessage-deflate (Chromium's
+//! tokens (4001 once, no reconnect loop), permessage-deflate (Chromium's
 //! offer accepted, compressed echoes and publications, the server's
-//! counters). Needs Node.js, npm and `/usr/bin/chromium` (`.ci/run`
-//! installs them; set `CHROMIUM` for another path). playwright-core comes
-//! from the committed lock file through `npm ci`; it never downloads a
-//! browser.
+//! counters), and wss:// (a page over https, a subscription over TLS).
+//! Needs Node.js, npm, openssl and `/usr/bin/chromium` (`.ci/run` installs
+//! them; set `CHROMIUM` for another path). playwright-core comes from the
+//! committed lock file through `npm ci`; it never downloads a browser.
 
 mod node;
 

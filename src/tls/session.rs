@@ -432,3 +432,182 @@ fn encode(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use std::io::{Read, Write};
+
+    /// A server configuration for a self-signed `localhost` certificate,
+    /// and a client configuration trusting it.
+    fn configs(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = CertificateDer::from(ck.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// What the server session has to send, as if the kernel took it all.
+    fn sent(s: &mut TlsSession, pool: &mut BufPool) -> Vec<u8> {
+        let mut out = Vec::new();
+        while s.has_unsent() {
+            out.extend_from_slice(s.prepare_send());
+            let n = out.len();
+            s.complete_send(n, pool);
+        }
+        out
+    }
+
+    /// Feeds `bytes` to the server in pieces of `step` (the last shorter).
+    fn feed(
+        s: &mut TlsSession,
+        bytes: &[u8],
+        step: usize,
+        pool: &mut BufPool,
+    ) -> (Vec<u8>, Received) {
+        let mut plain = Vec::new();
+        let mut all = Received::default();
+        for chunk in bytes.chunks(step.max(1)) {
+            let mut chunk = chunk.to_vec();
+            let got = s.receive(&mut chunk, &mut plain, pool).expect("valid TLS");
+            all.handshake_done |= got.handshake_done;
+            all.peer_closed |= got.peer_closed;
+        }
+        (plain, all)
+    }
+
+    #[test]
+    fn handshake_and_data_at_every_split_both_versions() {
+        let splits = [1, 2, 7, 100, 1500, 16_384, 100_000];
+        let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+        for (version, step) in versions.iter().flat_map(|v| splits.map(|s| (*v, s))) {
+            let (server_cfg, client_cfg) = configs(version);
+            let mut pool = BufPool::default();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = ClientConnection::new(client_cfg.clone(), name).unwrap();
+            let mut server = TlsSession::new(server_cfg.clone(), Instant::now()).unwrap();
+            // The handshake, flight by flight.
+            let mut done = false;
+            for _ in 0..10 {
+                let mut flight = Vec::new();
+                while client.wants_write() {
+                    client.write_tls(&mut flight).unwrap();
+                }
+                let (plain, got) = feed(&mut server, &flight, step, &mut pool);
+                assert!(plain.is_empty());
+                done |= got.handshake_done;
+                let back = sent(&mut server, &mut pool);
+                let mut rd = &back[..];
+                while !rd.is_empty() {
+                    client.read_tls(&mut rd).unwrap();
+                    client.process_new_packets().unwrap();
+                }
+                if done && !client.is_handshaking() {
+                    break;
+                }
+            }
+            assert!(done && server.established(), "step {step}");
+            assert_eq!(server.version(), Some(version.version));
+            assert_eq!(
+                server.buffered(),
+                0,
+                "step {step}: idle after the handshake"
+            );
+            // Client to server: 200 KB in records, fed at this split.
+            let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+            let mut wire = Vec::new();
+            for piece in data.chunks(16_384) {
+                client.writer().write_all(piece).unwrap();
+                while client.wants_write() {
+                    client.write_tls(&mut wire).unwrap();
+                }
+            }
+            let (plain, _) = feed(&mut server, &wire, step, &mut pool);
+            assert_eq!(plain, data, "step {step}");
+            assert_eq!(server.buffered(), 0, "step {step}: no carry left");
+            // Server to client.
+            server.encrypt(b"hello ", &mut pool).unwrap();
+            server.encrypt(&data, &mut pool).unwrap();
+            let back = sent(&mut server, &mut pool);
+            let mut rd = &back[..];
+            let mut got = Vec::new();
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+                client.process_new_packets().unwrap();
+                let mut buf = [0u8; 65_536];
+                while let Ok(n @ 1..) = client.reader().read(&mut buf) {
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            assert_eq!(&got[..6], b"hello ");
+            assert_eq!(&got[6..], &data[..], "step {step}");
+            // close_notify both ways.
+            client.send_close_notify();
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            let (_, got) = feed(&mut server, &wire, step, &mut pool);
+            assert!(got.peer_closed, "step {step}");
+            server.close_notify(&mut pool);
+            assert!(!sent(&mut server, &mut pool).is_empty());
+            server.clear(&mut pool);
+        }
+    }
+
+    #[test]
+    fn garbage_fails_without_panicking_and_queues_an_alert() {
+        let (server_cfg, client_cfg) = configs(&rustls::version::TLS13);
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(client_cfg, name).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0xff; 64],
+            [&[0x16, 3, 1, 0, 16][..], &[0xab; 16]].concat(),
+            [&[0x16, 3, 3, 0xff, 0xff][..], &[0; 100]].concat(),
+            // Half a real ClientHello, then garbage in the same record.
+            [&hello[..hello.len() / 2], &[0xee; 300][..]].concat(),
+        ];
+        for (i, bytes) in cases.into_iter().enumerate() {
+            for step in [1, 5, 1000] {
+                let mut pool = BufPool::default();
+                let mut s = TlsSession::new(server_cfg.clone(), Instant::now()).unwrap();
+                let mut plain = Vec::new();
+                let mut failed = false;
+                for chunk in bytes.chunks(step) {
+                    let mut chunk = chunk.to_vec();
+                    if s.receive(&mut chunk, &mut plain, &mut pool).is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if i < 3 {
+                    assert!(failed, "case {i} step {step}");
+                }
+                if failed {
+                    assert!(s.failed());
+                }
+                assert!(plain.is_empty());
+                s.clear(&mut pool);
+            }
+        }
+    }
+}
