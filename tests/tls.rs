@@ -622,6 +622,7 @@ fn tls_listen_serves_tls_beside_plain_and_idle_tls_holds_no_buffers() {
 #[test]
 fn half_a_tls_configuration_is_refused_at_start_up() {
     let pki = Pki::new("half");
+    let other = Pki::new("other");
     for (flags, want) in [
         (
             vec!["--tls-cert", pki.cert.to_str().unwrap()],
@@ -661,6 +662,15 @@ fn half_a_tls_configuration_is_refused_at_start_up() {
                 pki.cert.to_str().unwrap(),
             ],
             "no usable private key",
+        ),
+        (
+            vec![
+                "--tls-cert",
+                pki.cert.to_str().unwrap(),
+                "--tls-key",
+                other.key.to_str().unwrap(),
+            ],
+            "KeyMismatch",
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))

@@ -225,7 +225,10 @@ impl Server {
             let _ = supervise(&control, exit_rx, handles, Some(e.clone()));
             return Err(e);
         }
-        if let (Some(files), Some(addr)) = (&tls_files, tls_listen.or(tls_config.as_ref().map(|_| listen))) {
+        if let (Some(files), Some(addr)) = (
+            &tls_files,
+            tls_listen.or(tls_config.as_ref().map(|_| listen)),
+        ) {
             info!(
                 "TLS on {addr} (wss://, https://): TLS 1.3/1.2, ALPN http/1.1, certificate {}; SIGHUP reloads it",
                 files.cert.display()
