@@ -398,27 +398,19 @@ impl OutQueue {
     ) -> usize {
         debug_assert_eq!(self.in_flight, 0);
         let mut taken = 0;
-        while taken < max {
-            let Some(front) = self.chunks.front() else {
+        for (i, c) in self.chunks.iter().enumerate() {
+            if taken >= max {
                 break;
-            };
-            let bytes = &front.bytes()[self.head_sent..];
+            }
+            let skip = if i == 0 { self.head_sent } else { 0 };
+            let bytes = &c.bytes()[skip..];
             if !take(bytes, pool) {
                 break;
             }
             taken += bytes.len();
-            self.queued -= bytes.len();
-            self.head_sent = 0;
-            if let Some(c) = self.chunks.pop_front() {
-                self.held -= c.held();
-                if let Chunk::Owned(v) = c {
-                    pool.put(v);
-                }
-            }
         }
-        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
-            self.chunks = VecDeque::new();
-        }
+        // What was taken is gone as if sent.
+        self.complete_send(taken, pool);
         taken
     }
 
@@ -597,6 +589,36 @@ mod tests {
         assert_eq!(q.queued_bytes(), 2, "bytes in flight are never taken back");
         q.complete_send(2, &mut pool);
         assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn drain_with_hands_over_chunks_in_order_up_to_the_bound() {
+        let mut pool = BufPool::default();
+        let mut q = OutQueue::default();
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"head "));
+        let big = Frame::new(SharedFrame::encode(OpCode::Binary, &[9; 3000]));
+        q.push_frame(&big, &mut pool);
+        q.push_frame(&big, &mut pool);
+        let total = q.queued_bytes();
+        let mut seen = Vec::new();
+        // The bound stops after the chunk that crosses it.
+        let taken = q.drain_with(10, &mut pool, |b, _| {
+            seen.extend_from_slice(b);
+            true
+        });
+        assert_eq!(taken, seen.len());
+        assert!(seen.starts_with(b"head "));
+        assert_eq!(q.queued_bytes(), total - taken);
+        // A refusal leaves the chunk queued.
+        assert_eq!(q.drain_with(usize::MAX, &mut pool, |_, _| false), 0);
+        assert_eq!(q.queued_bytes(), total - taken);
+        let rest = q.drain_with(usize::MAX, &mut pool, |b, _| {
+            seen.extend_from_slice(b);
+            true
+        });
+        assert_eq!(taken + rest, total);
+        assert_eq!(seen.len(), total);
+        assert!(!q.has_unsent());
     }
 
     #[test]

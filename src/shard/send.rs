@@ -17,6 +17,14 @@ use crate::conn::ConnKey;
 /// backlog (the rest goes in the next passes, as the sends complete).
 const TLS_SEND_MAX: usize = 64 * 1024;
 
+/// A `send` of `len` bytes at `ptr` (no SIGPIPE); the caller keeps them
+/// in place until the completion.
+fn send_sqe(fd: types::Fd, ptr: *const u8, len: usize) -> io_uring::squeue::Entry {
+    opcode::Send::new(fd, ptr, len as u32)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+}
+
 impl Shard {
     /// Sends what every listed connection has queued; shuts down the write
     /// side of those that asked for it once flushed.
@@ -51,13 +59,7 @@ impl Shard {
                 }
                 if tls.has_unsent() {
                     let bytes = tls.prepare_send();
-                    let sqe = opcode::Send::new(
-                        types::Fd(conn.fd.as_raw_fd()),
-                        bytes.as_ptr(),
-                        bytes.len() as u32,
-                    )
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build();
+                    let sqe = send_sqe(types::Fd(conn.fd.as_raw_fd()), bytes.as_ptr(), bytes.len());
                     self.stats.sends += 1;
                     // SAFETY: the ciphertext buffer stays in the session,
                     // unmoved and unchanged, while `sending()` (until the
@@ -88,9 +90,7 @@ impl Shard {
             let fd = types::Fd(conn.fd.as_raw_fd());
             let sqe = if n == 1 {
                 let iov = self.iov[0];
-                opcode::Send::new(fd, iov.iov_base as *const u8, iov.iov_len as u32)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
+                send_sqe(fd, iov.iov_base as *const u8, iov.iov_len)
             } else {
                 let mut msg = self.sendmsgs.pop().unwrap_or_else(SendMsg::new);
                 msg.iov[..n].copy_from_slice(&self.iov[..n]);

@@ -430,6 +430,19 @@ const SEND: u64 = 1;
 const CONNECT: u64 = 2;
 
 #[inline]
+/// A `send` of `bytes` on `fd` for connection slot `t` (no SIGPIPE); the
+/// bytes stay in place until its completion.
+fn send_sqe(fd: &OwnedFd, bytes: &[u8], t: usize) -> io_uring::squeue::Entry {
+    opcode::Send::new(
+        types::Fd(fd.as_raw_fd()),
+        bytes.as_ptr(),
+        bytes.len() as u32,
+    )
+    .flags(libc::MSG_NOSIGNAL)
+    .build()
+    .user_data(tag(t, SEND))
+}
+
 fn tag(slot: usize, kind: u64) -> u64 {
     (slot as u64) << 2 | kind
 }
@@ -1312,15 +1325,7 @@ impl Worker {
                     Err(e) => return self.fail(t, format!("TLS write: {e}")),
                 }
             }
-            let bytes = &tls.tx[tls.tx_off..];
-            let sqe = opcode::Send::new(
-                types::Fd(c.fd.as_raw_fd()),
-                bytes.as_ptr(),
-                bytes.len() as u32,
-            )
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(tag(t, SEND));
+            let sqe = send_sqe(&c.fd, &tls.tx[tls.tx_off..], t);
             c.send_armed = true;
             self.push(&sqe);
             return;
@@ -1343,14 +1348,7 @@ impl Worker {
             Some(Outgoing::Echo { frames, off }) => &batch.bytes[off..frames * batch.frame_len],
             None => return,
         };
-        let sqe = opcode::Send::new(
-            types::Fd(c.fd.as_raw_fd()),
-            bytes.as_ptr(),
-            bytes.len() as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(tag(t, SEND));
+        let sqe = send_sqe(&c.fd, bytes, t);
         c.send_armed = true;
         self.push(&sqe);
     }
