@@ -40,6 +40,11 @@ impl Shard {
             }
             if let Some(tls) = conn.tls.as_mut() {
                 let pool = &mut self.env.pool;
+                if tls.failed() {
+                    // Only the alert may still go out; whatever was queued
+                    // since (a fan-out frame) can never be.
+                    conn.out.drop_unsent(pool);
+                }
                 if tls.established() && conn.out.has_unsent() {
                     // This pass's bytes, encrypted into one buffer (up to
                     // a bound, so a backlog is not all copied at once).
