@@ -6,14 +6,15 @@
 //! arrives compressed, with the window the answer granted the client. Then
 //! against ringcast itself (embedded), compression on and off.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
 
+use common::load;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use serde_json::Value;
 
@@ -225,73 +226,6 @@ fn compress(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Runs `ringcast-load ARGS` (killed after 60 s).
-fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast-load");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
-/// The JSON line of a run that must succeed (see [`longer_window`]).
-fn load(args: &[&str]) -> Value {
-    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let mut j = load_once(&args);
-    for _ in 0..2 {
-        match longer_window(&j, &args) {
-            Some(next) => args = next,
-            None => break,
-        }
-        j = load_once(&args);
-    }
-    j
-}
-
-/// What a window-bound run measured nothing in is run again with a window
-/// ten times longer, twice at most: a stalled, loaded host may let 0.3 s
-/// pass without one message, and that must not fail a test. Returns the
-/// arguments for the next try, or `None` when `j` counted something (or
-/// the run has no window to lengthen).
-fn longer_window(j: &Value, args: &[String]) -> Option<Vec<String>> {
-    if j["count"].as_u64() != Some(0) {
-        return None;
-    }
-    let i = args.iter().position(|a| a == "--duration")?;
-    let d: f64 = args.get(i + 1)?.parse().ok()?;
-    let mut next = args.to_vec();
-    next[i + 1] = (d * 10.0).to_string();
-    Some(next)
-}
-
-fn load_once(args: &[String]) -> Value {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let args = &args[..];
-    let out = run(args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ringcast-load {args:?}: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON line:\n{stdout}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
-}
-
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
@@ -459,7 +393,7 @@ fn a_server_that_does_not_grant_deflate_fails_the_run_naming_its_answer() {
     ] {
         let srv = fake(answer);
         let addr = srv.addr.to_string();
-        let out = run(&[
+        let out = common::run(&[
             "idle",
             "--addr",
             &addr,
@@ -574,7 +508,7 @@ fn ringcast_echo_and_a_channel_compressed_end_to_end() {
 fn ringcast_with_compression_off_fails_a_deflate_run() {
     let srv = ringcast(&["--compression", "off"]);
     let addr = srv.local_addr().to_string();
-    let out = run(&[
+    let out = common::run(&[
         "echo",
         "--addr",
         &addr,

@@ -9,18 +9,19 @@
 //! beside this test's (`target/<profile>/ringcast-tokio`): `cargo test` at
 //! the repo root, or with `-p ringcast-load -p ringcast-tokio`, builds it.
 
-use std::io::Read;
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::Value;
 
-/// Bound on anything the test waits for, so a bug fails it instead of
-/// hanging it. Not a performance assertion.
-const PATIENCE: Duration = Duration::from_secs(60);
+// PATIENCE bounds anything the test waits for, so a bug fails it instead
+// of hanging it. Not a performance assertion.
+use common::{load, PATIENCE};
 
 /// The path of another workspace crate's binary, `target/<profile>/<name>`
 /// (the test executable runs from `target/<profile>/deps/`).
@@ -156,96 +157,6 @@ impl Baseline {
     fn url(&self) -> String {
         format!("wss://{}", self.addr)
     }
-}
-
-/// Runs `ringcast-load ARGS`, bounded by [`PATIENCE`] (killed past it).
-fn run_load(args: &[String]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast-load");
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringcast-load {args:?} ran over {PATIENCE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-/// `ringcast-load ARGS`, which must succeed: its JSON line (see
-/// [`longer_window`]).
-fn load(args: &[String]) -> Value {
-    let mut args = args.to_vec();
-    let mut j = load_once(&args);
-    for _ in 0..2 {
-        match longer_window(&j, &args) {
-            Some(next) => args = next,
-            None => break,
-        }
-        j = load_once(&args);
-    }
-    j
-}
-
-/// What a window-bound run measured nothing in is run again with a window
-/// ten times longer, twice at most: a stalled, loaded host may let 0.3 s
-/// pass without one message, and that must not fail a test. Returns the
-/// arguments for the next try, or `None` when `j` counted something (or
-/// the run has no window to lengthen).
-fn longer_window(j: &Value, args: &[String]) -> Option<Vec<String>> {
-    if j["count"].as_u64() != Some(0) {
-        return None;
-    }
-    let i = args.iter().position(|a| a == "--duration")?;
-    let d: f64 = args.get(i + 1)?.parse().ok()?;
-    let mut next = args.to_vec();
-    next[i + 1] = (d * 10.0).to_string();
-    Some(next)
-}
-
-fn load_once(args: &[String]) -> Value {
-    let out = run_load(args);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "ringcast-load {args:?}: {}\n{stdout}\n{stderr}",
-        out.status
-    );
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON line:\n{stdout}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -412,7 +323,7 @@ fn a_wrong_ca_fails_the_run_at_once_naming_the_reason() {
         // Past PATIENCE: a generator that waited for connections to open
         // instead of failing would be killed by run_load, failing the test.
         a.extend(args(&["--open-timeout", "600"]));
-        let out = run_load(&a);
+        let out = common::run(&a);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
@@ -442,7 +353,7 @@ fn a_wrong_ca_fails_the_run_at_once_naming_the_reason() {
     assert_eq!(j["tls"]["verified"], false, "{j}");
 
     // wss:// with neither --ca nor --insecure-tls: refused up front.
-    let out = run_load(&args(&["echo", "--addr", &srv.url()]));
+    let out = common::run(&args(&["echo", "--addr", &srv.url()]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ca"));
 }
