@@ -215,14 +215,11 @@ impl Shard {
     }
 
     fn on_data(&mut self, key: ConnKey, buf: &RecvBuf) {
-        if self.conns.get_mut(key).is_some_and(|c| c.tls.is_some()) {
-            self.on_tls_data(key, buf);
-        } else {
-            self.parse_input(key, Input::Ring(buf));
-        }
+        self.parse_input(key, Input::Ring(buf));
     }
 
-    /// Parses a connection's (plaintext) bytes by its phase.
+    /// Parses a connection's bytes by its phase (a TLS connection's ring
+    /// bytes go through [`Shard::on_tls_data`] first).
     fn parse_input(&mut self, key: ConnKey, mut input: Input<'_>) {
         let Shard {
             conns,
@@ -235,6 +232,12 @@ impl Shard {
         let Some(conn) = conns.get_mut(key) else {
             return;
         };
+        if conn.tls.is_some() {
+            if let Input::Ring(buf) = input {
+                // Ciphertext: decrypted first, then parsed as `Plain`.
+                return self.on_tls_data(key, buf);
+            }
+        }
         let data: &mut [u8] = match &mut input {
             Input::Ring(buf) => match ring.buffers() {
                 Some(bufs) => bufs.get(buf),

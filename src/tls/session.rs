@@ -401,14 +401,16 @@ impl TlsSession {
 }
 
 /// Makes `out[filled..]` at least `need` bytes long, taking a buffer from
-/// the pool when `out` has none.
+/// the pool when `out` has none; `out`'s length stays the zeroed, writable
+/// part (its capacity keeps growing the usual way).
 fn reserve(out: &mut Vec<u8>, filled: usize, need: usize, pool: &mut BufPool) {
     if out.capacity() == 0 {
         *out = pool.get();
     }
+    // Only what this write needs is zeroed: a pooled buffer's whole
+    // capacity (up to 256 KiB) would cost a memset per send.
     if out.len() < filled + need {
-        let cap = out.capacity().max(filled + need);
-        out.resize(cap, 0);
+        out.resize(filled + need, 0);
     }
 }
 
