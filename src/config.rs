@@ -72,6 +72,16 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_listen: Option<SocketAddr>,
 
+    /// kTLS: after each TLS 1.3 handshake (AES-GCM or ChaCha20-Poly1305),
+    /// hand the session's keys to the kernel, which then encrypts and
+    /// decrypts the connection's records: the cores send and receive plain
+    /// bytes, and rustls keeps only what a key update needs. Where the
+    /// kernel has no `tls` module or lacks the cipher, and for TLS 1.2,
+    /// connections stay in user space (counted in
+    /// ringcast_ktls_connections_total). Needs --tls-cert and --tls-key.
+    #[arg(long)]
+    pub ktls: bool,
+
     /// Number of cores to run on (the first N online CPUs). Default: all.
     #[arg(long, conflicts_with = "cpus")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -512,6 +522,7 @@ impl Config {
             (None, None) if self.tls_listen.is_some() => {
                 Err("--tls-listen needs --tls-cert and --tls-key".into())
             }
+            (None, None) if self.ktls => Err("--ktls needs --tls-cert and --tls-key".into()),
             (None, None) => Ok(None),
         }
     }

@@ -636,6 +636,7 @@ fn half_a_tls_configuration_is_refused_at_start_up() {
             vec!["--tls-listen", "127.0.0.1:0"],
             "--tls-listen needs --tls-cert and --tls-key",
         ),
+        (vec!["--ktls"], "--ktls needs --tls-cert and --tls-key"),
         (
             vec![
                 "--tls-cert",
@@ -682,4 +683,222 @@ fn half_a_tls_configuration_is_refused_at_start_up() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{flags:?}: {err}");
     }
+}
+
+/// `ringcast_ktls_connections_total{outcome}`.
+fn ktls_outcome(s: &prometheus_parse::Scrape, outcome: &str) -> f64 {
+    metric_sum(
+        s,
+        "ringcast_ktls_connections_total",
+        Some(("outcome", outcome)),
+    )
+}
+
+/// Waits until `metric{label}` reaches `want` (counters are gathered from
+/// the cores about once a second).
+fn await_metric(server: &impl Running, metric: &str, label: (&str, &str), want: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = metric_sum(&common::scrape(server), metric, Some(label));
+        if got >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{metric}{{{}=\"{}\"}} is {got}, expected {want}",
+            label.0,
+            label.1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Echoes small and large messages, one at a time and pipelined.
+fn echo_some(ws: &mut Wss, tag: &str) {
+    for i in 0..50 {
+        let text = format!("{tag} {i}");
+        send_text(ws, &text);
+        assert_eq!(read(ws), Message::text(text));
+    }
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(read(ws), Message::binary(big));
+    for i in 0..100 {
+        ws.write(Message::text(format!("{tag} pipelined {i}")))
+            .unwrap();
+    }
+    ws.flush().unwrap();
+    for i in 0..100 {
+        assert_eq!(read(ws), Message::text(format!("{tag} pipelined {i}")));
+    }
+}
+
+#[test]
+fn ktls_offloads_where_the_kernel_allows_and_falls_back_to_rustls_where_not() {
+    use ringcast::tls::ktls::{probe, Support};
+    let kernel = probe();
+    eprintln!("{}", kernel.describe());
+    let available = matches!(kernel, Support::Available(_));
+    let pki = Pki::new("ktls");
+    let pargs = pki.args();
+    let server = Server::start(&args(
+        &pargs,
+        &["--cores", "2", "--tls-listen", "127.0.0.1:0", "--ktls"],
+    ));
+    let tls_addr = server.tls_addr().expect("a TLS address");
+    // TLS 1.3 (AES-GCM first, as rustls's clients and browsers ask):
+    // offloaded where the kernel allows, rustls otherwise; the client sees
+    // no difference either way.
+    let mut ws = wss(
+        tls_addr,
+        "/echo",
+        pki.client_config(&[&rustls::version::TLS13]),
+    );
+    echo_some(&mut ws, "first");
+    let (main_outcome, other) = if available {
+        ("offloaded", "unavailable")
+    } else {
+        ("unavailable", "offloaded")
+    };
+    await_metric(
+        &server,
+        "ringcast_ktls_connections_total",
+        ("outcome", main_outcome),
+        1.0,
+    );
+    assert_eq!(ktls_outcome(&common::scrape(&server), other), 0.0);
+    // Many at once, on both cores, each through its own hand-over.
+    let mut many: Vec<Wss> = (0..16)
+        .map(|_| wss(tls_addr, "/echo", pki.client_config(&[])))
+        .collect();
+    for (i, ws) in many.iter_mut().enumerate() {
+        echo_some(ws, &format!("conn {i}"));
+    }
+    // TLS 1.2 stays in user space (counted as such where kTLS exists).
+    let mut v12 = wss(
+        tls_addr,
+        "/echo",
+        pki.client_config(&[&rustls::version::TLS12]),
+    );
+    echo_some(&mut v12, "tls12");
+    if available {
+        await_metric(
+            &server,
+            "ringcast_ktls_connections_total",
+            ("outcome", "tls12"),
+            1.0,
+        );
+    }
+    // A KeyUpdate from the client: rustls rekeys in user space; the kernel
+    // rekeys from Linux 6.14 on, and before that the connection is closed
+    // (with an alert) and counted, never left reading garbage.
+    send_text(&mut ws, "before the key update");
+    assert_eq!(read(&mut ws), Message::text("before the key update"));
+    ws.get_mut().conn.refresh_traffic_keys().expect("KeyUpdate");
+    send_text(&mut ws, "after the key update");
+    match ws.read() {
+        Ok(m) => {
+            assert_eq!(m, Message::text("after the key update"));
+            if available {
+                await_metric(
+                    &server,
+                    "ringcast_ktls_rekeys_total",
+                    ("outcome", "ok"),
+                    1.0,
+                );
+            }
+        }
+        Err(e) => {
+            assert!(available, "rustls must handle a KeyUpdate: {e}");
+            await_metric(
+                &server,
+                "ringcast_ktls_rekeys_total",
+                ("outcome", "refused"),
+                1.0,
+            );
+        }
+    }
+    // The server's close: a close frame, then close_notify before FIN (a
+    // clean end of the TLS stream, not a truncation).
+    let mut closing = wss(tls_addr, "/echo", pki.client_config(&[]));
+    echo_some(&mut closing, "closing");
+    closing.close(None).unwrap();
+    loop {
+        match closing.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("expected a clean close, got {e}"),
+        }
+    }
+    let mut rest = [0u8; 64];
+    assert_eq!(
+        closing
+            .get_mut()
+            .read(&mut rest)
+            .expect("close_notify, then EOF"),
+        0
+    );
+    // The client's close_notify reaches the server as one (a control
+    // record, with kTLS).
+    let mut notify = wss(tls_addr, "/echo", pki.client_config(&[]));
+    echo_some(&mut notify, "notify");
+    let before = metric_sum(
+        &common::scrape(&server),
+        "ringcast_tls_close_notify_total",
+        None,
+    );
+    let stream = notify.get_mut();
+    stream.conn.send_close_notify();
+    stream.flush().unwrap();
+    stream.sock.shutdown(Shutdown::Write).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while metric_sum(
+        &common::scrape(&server),
+        "ringcast_tls_close_notify_total",
+        None,
+    ) < before + 1.0
+    {
+        assert!(Instant::now() < deadline, "close_notify not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A forged record on an established connection does not decrypt: the
+    // connection is closed and counted; everyone else is served.
+    let mut forged = wss(tls_addr, "/echo", pki.client_config(&[]));
+    echo_some(&mut forged, "forged");
+    let errors = metric_sum(
+        &common::scrape(&server),
+        "ringcast_tls_record_errors_total",
+        None,
+    );
+    let mut record = vec![23, 3, 3, 0, 64];
+    record.extend_from_slice(&[0x5a; 64]);
+    forged.get_mut().sock.write_all(&record).unwrap();
+    let mut raw = forged.get_mut().sock.try_clone().unwrap();
+    read_until_closed(&mut raw);
+    let deadline = Instant::now() + PATIENCE;
+    while metric_sum(
+        &common::scrape(&server),
+        "ringcast_tls_record_errors_total",
+        None,
+    ) < errors + 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the forged record was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (i, ws) in many.iter_mut().enumerate() {
+        echo_some(ws, &format!("still {i}"));
+    }
+    echo_some(&mut v12, "tls12 still");
+    let s = common::scrape(&server);
+    assert_eq!(ktls_outcome(&s, "failed"), 0.0);
+    if available {
+        assert!(ktls_outcome(&s, "offloaded") >= 19.0, "{:?}", kernel);
+    } else {
+        assert!(ktls_outcome(&s, "unavailable") >= 20.0);
+    }
+    drop(many);
+    server.stop();
 }

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::publisher::Publisher;
 use super::{limits, warn_if_open, ExitReport, GLOMMIO_IO_MEMORY};
@@ -131,9 +131,19 @@ impl Server {
             _ => None,
         };
         let tls_listen = tls_placeholder.as_ref().map(|p| p.1).or(cfg.tls_listen);
+        // kTLS: what the kernel offloads, found once for every core.
+        let ktls = (cfg.ktls && tls_config.is_some()).then(|| {
+            let support = crate::tls::ktls::probe();
+            match &support {
+                crate::tls::ktls::Support::Available(_) => info!("{}", support.describe()),
+                crate::tls::ktls::Support::Unavailable(_) => warn!("{}", support.describe()),
+            }
+            support
+        });
         shard_cfg.tls = tls_config.clone().map(|config| crate::shard::TlsSetup {
             config,
             listen: tls_listen,
+            ktls: ktls.clone(),
         });
         let tls_placeholder = tls_placeholder.map(|p| p.0);
         let broker_url = cfg.broker_url()?;

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use super::slab::{token, Conn, Op};
 use super::{Shard, CORE};
 use crate::conn::ConnKey;
-use crate::tls::TlsSession;
+use crate::tls::{Tls, TlsSession};
 
 /// Pause before re-arming accept after EMFILE/ENFILE, so a full descriptor
 /// table does not turn the accept path into a busy loop.
@@ -131,7 +131,12 @@ impl Shard {
                     return;
                 };
                 match TlsSession::new(config.clone(), now) {
-                    Ok(s) => conn.tls = Some(Box::new(s)),
+                    Ok(mut s) => {
+                        if !self.ktls_ciphers().is_empty() {
+                            s.want_offload();
+                        }
+                        conn.tls = Some(Box::new(Tls::User(Box::new(s))));
+                    }
                     Err(e) => {
                         warn!(core = self.id, "starting a TLS session: {e}");
                         return;
@@ -185,7 +190,7 @@ impl Shard {
             .ok()
             .and_then(|s| s.clone());
         if let Some(base) = reloaded {
-            self.tls = Some(crate::tls::config::per_core(&base));
+            self.tls = Some(crate::tls::config::per_core(&base, self.ktls_asked()));
             debug!(core = self.id, generation, "TLS configuration reloaded");
         }
     }

@@ -41,7 +41,7 @@ impl Shard {
             queued += c.out.queued_bytes() as u64;
             memory += c.out.cost() as u64;
             suspects += c.ctl.beat.suspect as u64;
-            tls += c.tls.as_ref().map_or(0, |t| t.buffered() as u64);
+            tls += c.user_tls().map_or(0, |t| t.buffered() as u64);
         });
         self.stats.tls_buffer_bytes = tls;
         self.stats.send_queue_bytes = queued;

@@ -147,7 +147,7 @@ impl Shard {
             }
             let mut out = conn.out;
             out.clear(&mut self.env.pool);
-            if let Some(mut tls) = conn.tls {
+            if let Some(crate::tls::Tls::User(mut tls)) = conn.tls.map(|b| *b) {
                 if tls.handshaking() {
                     // Neither finished nor refused nor timed out: the peer
                     // went away in the middle.

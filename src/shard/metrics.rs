@@ -365,6 +365,59 @@ const FAMILIES: &[Family] = &[
         series: |s| one(s.stats.tls_buffer_bytes),
     },
     Family {
+        name: "ringcast_ktls_connections_total",
+        kind: "counter",
+        help: "With --ktls, what became of each TLS session: offloaded (keys handed to the \
+               kernel), or kept in user space because the kernel offloads nothing \
+               (unavailable), it is TLS 1.2 (tls12), the kernel lacks its cipher (cipher) or \
+               refused TCP_ULP (ulp); failed: the kernel refused the keys (closed).",
+        series: |s| {
+            let t = &s.stats.tls;
+            labelled(
+                "outcome",
+                &[
+                    ("offloaded", t.ktls_offloaded),
+                    ("unavailable", t.ktls_unavailable),
+                    ("tls12", t.ktls_tls12),
+                    ("cipher", t.ktls_cipher),
+                    ("ulp", t.ktls_ulp),
+                    ("failed", t.ktls_failed),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "ringcast_ktls_control_records_total",
+        kind: "counter",
+        help: "Records the kernel handed back on kTLS connections instead of data: \
+               close_notify, other alerts, key_update, unexpected (closed).",
+        series: |s| {
+            let t = &s.stats.tls;
+            labelled(
+                "kind",
+                &[
+                    ("close_notify", t.ktls_close_notify),
+                    ("alert", t.ktls_alerts),
+                    ("key_update", t.ktls_key_updates),
+                    ("unexpected", t.ktls_unexpected),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "ringcast_ktls_rekeys_total",
+        kind: "counter",
+        help: "KeyUpdates on kTLS connections: ok (new keys in the kernel), refused (the \
+               kernel cannot rekey, before Linux 6.14: connection closed with an alert).",
+        series: |s| {
+            let t = &s.stats.tls;
+            labelled(
+                "outcome",
+                &[("ok", t.ktls_rekeys), ("refused", t.ktls_rekeys_refused)],
+            )
+        },
+    },
+    Family {
         name: "ringcast_deflate_compressed_total",
         kind: "counter",
         help: "Messages compressed with permessage-deflate: once per message and core, however many recipients get it.",

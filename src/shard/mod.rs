@@ -32,6 +32,7 @@ mod head;
 pub(crate) mod inject;
 mod lifecycle;
 pub(crate) mod metrics;
+mod offload;
 mod query;
 mod recv;
 mod send;
@@ -124,6 +125,8 @@ pub struct TlsSetup {
     /// `--tls-listen`: TLS here, `listen` stays plain. `None`: `listen`
     /// serves TLS.
     pub listen: Option<std::net::SocketAddr>,
+    /// `--ktls`: what the kernel was found to offload (`None`: not asked).
+    pub ktls: Option<crate::tls::ktls::Support>,
 }
 
 /// How messages are compressed for clients that negotiated
@@ -271,7 +274,7 @@ impl Shard {
             tls: cfg
                 .tls
                 .as_ref()
-                .map(|t| crate::tls::config::per_core(&t.config)),
+                .map(|t| crate::tls::config::per_core(&t.config, t.ktls.is_some())),
             tls_plain: Vec::new(),
             tls_generation: 0,
             conns: Slab::default(),

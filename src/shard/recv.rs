@@ -4,7 +4,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 use std::time::Instant;
 
 use tracing::{debug, error, warn};
@@ -102,9 +102,18 @@ impl Shard {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        let sqe = opcode::RecvMulti::new(types::Fd(c.fd.as_raw_fd()), group)
-            .build()
-            .user_data(token(Op::Recv, key));
+        let fd = types::Fd(c.fd.as_raw_fd());
+        let sqe = if c.user_tls().is_some_and(|t| t.offload_pending()) {
+            // Before a kTLS hand-over: one read at a time, so nothing is
+            // read as ciphertext after the kernel took the keys.
+            opcode::Recv::new(fd, std::ptr::null_mut(), 0)
+                .buf_group(group)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(fd, group).build()
+        };
+        let sqe = sqe.user_data(token(Op::Recv, key));
         c.recv_armed = true;
         // SAFETY: the kernel writes into provided buffers the ring owns.
         if let Err(e) = unsafe { self.ring.push(&sqe) } {
@@ -120,7 +129,7 @@ impl Shard {
                 .conns
                 .get_mut(key)
                 .is_some_and(|c| !c.recv_armed && !c.paused && !matches!(c.phase, Phase::Closing));
-            if wants {
+            if wants && self.offload_or_wait(key) {
                 self.arm_recv(key);
             }
         }
@@ -161,6 +170,18 @@ impl Shard {
                 self.rearm.push(key);
             } else if res == 0 {
                 self.on_peer_eof(key, lingering, answering);
+            } else if self
+                .conns
+                .get_mut(key)
+                .is_some_and(|c| c.kernel_tls().is_some())
+            {
+                // kTLS: the kernel holds a record that is not data
+                // (`EIO`), or one that did not decrypt.
+                if res == -libc::EIO {
+                    self.on_kernel_record(key, lingering, answering);
+                } else {
+                    self.on_kernel_record_error(key, -res);
+                }
             } else {
                 // An error: the peer is gone.
                 self.abort(key);
@@ -199,7 +220,7 @@ impl Shard {
     }
 
     /// The peer finished sending (FIN, or a TLS close_notify).
-    fn on_peer_eof(&mut self, key: ConnKey, lingering: bool, answering: bool) {
+    pub(super) fn on_peer_eof(&mut self, key: ConnKey, lingering: bool, answering: bool) {
         if lingering {
             self.release_after_flush(key);
         } else if answering {
@@ -232,7 +253,7 @@ impl Shard {
         let Some(conn) = conns.get_mut(key) else {
             return;
         };
-        if conn.tls.is_some() {
+        if conn.user_tls().is_some() {
             if let Input::Ring(buf) = input {
                 // Ciphertext: decrypted first, then parsed as `Plain`.
                 return self.on_tls_data(key, buf);
@@ -281,7 +302,7 @@ impl Shard {
             matches!(conn.phase, Phase::Lingering),
             matches!(conn.phase, Phase::Answering),
         );
-        let Some(tls) = conn.tls.as_mut().filter(|t| !t.failed()) else {
+        let Some(tls) = crate::tls::user_mut(&mut conn.tls).filter(|t| !t.failed()) else {
             self.tls_plain = plain;
             return;
         };
@@ -289,9 +310,10 @@ impl Shard {
         if tls.handshaking() && !tls.has_carry() && looks_like_http(data) {
             // Someone typed http:// for an https:// port: tell them so in
             // their own protocol, instead of an alert they cannot read.
-            if let Some(mut tls) = conn.tls.take() {
+            if let Some(tls) = crate::tls::user_mut(&mut conn.tls) {
                 tls.clear(&mut env.pool);
             }
+            conn.tls = None;
             self.tls_plain = plain;
             self.stats.tls.plain_http += 1;
             debug!(core = self.id, "plain HTTP on the TLS port: 400");
@@ -333,6 +355,7 @@ impl Shard {
                     self.stats
                         .tls
                         .handshake_done(version, took.as_micros() as u64);
+                    self.count_ktls_unavailable();
                 }
                 if unsent {
                     self.mark_dirty(key);

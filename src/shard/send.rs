@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use io_uring::{opcode, types};
 
@@ -38,7 +38,7 @@ impl Shard {
             if conn.sending() || matches!(conn.phase, Phase::Closing) {
                 continue;
             }
-            if let Some(tls) = conn.tls.as_mut() {
+            if let Some(tls) = crate::tls::user_mut(&mut conn.tls) {
                 let pool = &mut self.env.pool;
                 if tls.failed() {
                     // Only the alert may still go out; whatever was queued
@@ -80,6 +80,10 @@ impl Shard {
             if !conn.out.has_unsent() {
                 if conn.fin_after_flush {
                     conn.fin_after_flush = false;
+                    if let Some(crate::tls::Tls::Kernel(k)) = conn.tls.as_deref() {
+                        // kTLS: the clean end of the TLS stream first.
+                        let _ = k.close_notify(conn.fd.as_fd());
+                    }
                     // An error only means the peer is gone already.
                     let _ = socket2::SockRef::from(&conn.fd).shutdown(Shutdown::Write);
                 }
@@ -121,7 +125,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if let Some(tls) = conn.tls.as_mut().filter(|t| t.sending()) {
+        if let Some(tls) = crate::tls::user_mut(&mut conn.tls).filter(|t| t.sending()) {
             if res < 0 {
                 tls.clear(&mut self.env.pool);
                 conn.out.clear(&mut self.env.pool);
@@ -131,6 +135,10 @@ impl Shard {
             }
             self.stats.bytes_out += res as u64;
             tls.complete_send(res as usize, &mut self.env.pool);
+            if tls.offload_pending() && !conn.recv_armed {
+                // Reads waited for this send before the kTLS hand-over.
+                self.rearm.push(key);
+            }
             if conn.has_unsent() || conn.fin_after_flush || conn.peer_fin {
                 self.mark_dirty(key);
             }

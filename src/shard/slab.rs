@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::app::ConnCtl;
 use crate::conn::outq::MAX_IOV;
 use crate::conn::{ConnKey, OutQueue};
-use crate::tls::TlsSession;
+use crate::tls::{KernelTls, Tls, TlsSession};
 use crate::ws::deflate::WindowBits;
 use crate::ws::Session;
 
@@ -130,8 +130,9 @@ pub(crate) struct Conn {
     /// endpoint's own state included.
     pub ctl: ConnCtl,
     /// TLS connections: the session that decrypts what arrives and
-    /// encrypts what `out` holds (a pointer's width on plain ones).
-    pub tls: Option<Box<TlsSession>>,
+    /// encrypts what `out` holds, or the kernel's once it took over (a
+    /// pointer's width on plain ones).
+    pub tls: Option<Box<Tls>>,
 }
 
 /// No timer-wheel entry.
@@ -169,20 +170,45 @@ impl Conn {
         }
     }
 
+    /// The user-space TLS session, if rustls does this connection's
+    /// records (not a plain connection, not one the kernel took over).
+    #[inline]
+    pub(crate) fn user_tls(&self) -> Option<&TlsSession> {
+        match self.tls.as_deref() {
+            Some(Tls::User(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// [`Conn::user_tls`], mutably.
+    #[inline]
+    pub(crate) fn user_tls_mut(&mut self) -> Option<&mut TlsSession> {
+        crate::tls::user_mut(&mut self.tls)
+    }
+
+    /// The kernel's TLS, if it took this connection over.
+    #[inline]
+    pub(crate) fn kernel_tls(&mut self) -> Option<&mut KernelTls> {
+        match self.tls.as_deref_mut() {
+            Some(Tls::Kernel(k)) => Some(k),
+            _ => None,
+        }
+    }
+
     /// Whether operations still reference this connection.
     pub(crate) fn busy(&self) -> bool {
-        self.recv_armed || self.out.sending() || self.tls.as_ref().is_some_and(|t| t.sending())
+        self.recv_armed || self.out.sending() || self.user_tls().is_some_and(|t| t.sending())
     }
 
     /// Whether bytes wait to go out: plaintext queued, or (TLS) ciphertext
     /// not yet sent.
     pub(crate) fn has_unsent(&self) -> bool {
-        self.out.has_unsent() || self.tls.as_ref().is_some_and(|t| t.has_unsent())
+        self.out.has_unsent() || self.user_tls().is_some_and(|t| t.has_unsent())
     }
 
     /// Whether a send is in flight (plain or TLS).
     pub(crate) fn sending(&self) -> bool {
-        self.out.sending() || self.tls.as_ref().is_some_and(|t| t.sending())
+        self.out.sending() || self.user_tls().is_some_and(|t| t.sending())
     }
 }
 

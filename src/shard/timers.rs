@@ -62,7 +62,7 @@ impl Shard {
                 if matches!(conn.phase, Phase::Handshake(_)) {
                     debug!(core = self.id, "handshake timeout");
                 }
-                if let Some(tls) = conn.tls.as_mut().filter(|t| t.handshaking()) {
+                if let Some(tls) = conn.user_tls_mut().filter(|t| t.handshaking()) {
                     tls.set_failed();
                     self.stats.tls.timed_out += 1;
                 }

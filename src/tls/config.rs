@@ -67,10 +67,11 @@ pub(crate) fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
 /// A core's own copy of `base`, with its own session cache: the cache's
 /// lock is only ever taken by that core, so handshakes on different cores
 /// never contend (a resumption that lands on another core does a full
-/// handshake).
-pub(crate) fn per_core(base: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+/// handshake). `ktls`: sessions may give their secrets up to the kernel.
+pub(crate) fn per_core(base: &Arc<ServerConfig>, ktls: bool) -> Arc<ServerConfig> {
     let mut config = ServerConfig::clone(base);
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    config.enable_secret_extraction = ktls;
     Arc::new(config)
 }
 

@@ -82,6 +82,8 @@ pub(crate) struct TlsSession {
     sending: bool,
     stage: Stage,
     close_notify_queued: bool,
+    /// `--ktls`: hand the keys to the kernel once established and quiet.
+    offload: bool,
     started: Instant,
 }
 
@@ -100,6 +102,7 @@ impl TlsSession {
             sending: false,
             stage: Stage::Handshaking,
             close_notify_queued: false,
+            offload: false,
             started: now,
         })
     }
@@ -107,6 +110,53 @@ impl TlsSession {
     /// Whether the handshake has completed (application data may flow).
     pub(crate) fn established(&self) -> bool {
         self.stage == Stage::Established
+    }
+
+    /// Marks the session for kTLS (`--ktls`, and the kernel offloads).
+    pub(crate) fn want_offload(&mut self) {
+        self.offload = true;
+    }
+
+    /// Whether a hand-over to the kernel is still to come: reads are then
+    /// single-shot, so no ciphertext leaves the socket ahead of the
+    /// moment the kernel takes over.
+    pub(crate) fn offload_pending(&self) -> bool {
+        self.offload && self.stage != Stage::Failed
+    }
+
+    /// The session stays in user space for good.
+    pub(crate) fn decline_offload(&mut self) {
+        self.offload = false;
+    }
+
+    /// Whether the keys can go to the kernel now: established, no partial
+    /// record kept, no ciphertext of ours waiting or in flight (rustls has
+    /// encoded everything it queued, session tickets included).
+    pub(crate) fn quiet(&self) -> bool {
+        self.stage == Stage::Established
+            && self.carry.is_empty()
+            && !self.sending
+            && self.filled == self.sent
+    }
+
+    /// The negotiated cipher suite, once known.
+    pub(crate) fn suite(&self) -> Option<rustls::CipherSuite> {
+        self.conn.negotiated_cipher_suite().map(|s| s.suite())
+    }
+
+    /// Gives the session's secrets up for the kernel, and what of rustls a
+    /// key update needs. Only when [`TlsSession::quiet`]: the buffers are
+    /// empty then, so nothing goes back to the pool.
+    pub(crate) fn into_kernel(
+        self,
+    ) -> Result<
+        (
+            rustls::ExtractedSecrets,
+            rustls::kernel::KernelConnection<ServerConnectionData>,
+        ),
+        rustls::Error,
+    > {
+        self.conn.dangerous_into_kernel_connection()
     }
 
     /// Whether bytes of an incomplete record wait for the next read.
@@ -257,18 +307,13 @@ impl TlsSession {
     /// see the same buffer (less what it discarded), or it indexes past it.
     fn fail(&mut self, rest: &mut [u8], pool: &mut BufPool) {
         self.stage = Stage::Failed;
-        let mut used = 0;
-        for _ in 0..4 {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut rest[used..]);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    encode(&mut self.out, &mut self.filled, pool, |b| e.encode(b));
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => break,
-            }
-            used += discard;
+        // One call: rustls hands out the queued alert before it looks at
+        // the records again. A second call would decrypt the bad record
+        // once more and send a second fatal alert (a debug assertion in
+        // rustls).
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+        if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
+            encode(&mut self.out, &mut self.filled, pool, |b| e.encode(b));
         }
     }
 
@@ -570,6 +615,54 @@ mod tests {
             assert!(got.peer_closed, "step {step}");
             server.close_notify(&mut pool);
             assert!(!sent(&mut server, &mut pool).is_empty());
+            server.clear(&mut pool);
+        }
+    }
+
+    #[test]
+    fn a_forged_record_after_the_handshake_fails_with_one_alert() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let (server_cfg, client_cfg) = configs(version);
+            let mut pool = BufPool::default();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = ClientConnection::new(client_cfg, name).unwrap();
+            let mut server = TlsSession::new(server_cfg, Instant::now()).unwrap();
+            while client.is_handshaking() || !server.established() {
+                let mut flight = Vec::new();
+                while client.wants_write() {
+                    client.write_tls(&mut flight).unwrap();
+                }
+                feed(&mut server, &flight, 100_000, &mut pool);
+                let back = sent(&mut server, &mut pool);
+                let mut rd = &back[..];
+                while !rd.is_empty() {
+                    client.read_tls(&mut rd).unwrap();
+                    client.process_new_packets().unwrap();
+                }
+            }
+            // Application data that does not decrypt, after a good record
+            // in the same read.
+            client.writer().write_all(b"good").unwrap();
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            wire.extend_from_slice(&[23, 3, 3, 0, 40]);
+            wire.extend_from_slice(&[0x5a; 40]);
+            let mut plain = Vec::new();
+            assert!(server.receive(&mut wire, &mut plain, &mut pool).is_err());
+            assert_eq!(plain, b"good");
+            assert!(server.failed());
+            // Exactly one alert record goes out.
+            let alert = sent(&mut server, &mut pool);
+            assert_eq!(
+                alert[0],
+                if version == &rustls::version::TLS13 {
+                    23
+                } else {
+                    21
+                }
+            );
+            let len = u16::from_be_bytes([alert[3], alert[4]]) as usize;
+            assert_eq!(alert.len(), 5 + len, "one record");
             server.clear(&mut pool);
         }
     }

@@ -39,6 +39,32 @@ pub struct TlsStats {
     pub duration_buckets: [u64; HANDSHAKE_BUCKETS_US.len() + 1],
     /// Sum of the handshake durations, microseconds.
     pub duration_sum_us: u64,
+    /// kTLS: sessions whose keys went to the kernel.
+    pub ktls_offloaded: u64,
+    /// kTLS asked for, but the kernel offloads nothing (no `tls` module):
+    /// sessions kept in user space.
+    pub ktls_unavailable: u64,
+    /// kTLS: TLS 1.2 sessions, kept in user space.
+    pub ktls_tls12: u64,
+    /// kTLS: sessions of a cipher the kernel lacks, kept in user space.
+    pub ktls_cipher: u64,
+    /// kTLS: `TCP_ULP` refused on the connection, kept in user space.
+    pub ktls_ulp: u64,
+    /// kTLS: the kernel refused the keys after rustls gave them up; the
+    /// connection is closed.
+    pub ktls_failed: u64,
+    /// kTLS control records from peers: close_notify.
+    pub ktls_close_notify: u64,
+    /// kTLS control records: other alerts.
+    pub ktls_alerts: u64,
+    /// kTLS control records: KeyUpdate.
+    pub ktls_key_updates: u64,
+    /// KeyUpdates the kernel took (new keys installed).
+    pub ktls_rekeys: u64,
+    /// KeyUpdates the kernel refused (before Linux 6.14): connection closed.
+    pub ktls_rekeys_refused: u64,
+    /// kTLS control records a TLS 1.3 client must not send (closed).
+    pub ktls_unexpected: u64,
 }
 
 impl TlsStats {
