@@ -73,7 +73,10 @@
 #                ECDSA P-256) or rsa (RSA 2048) picks the server's key;
 #                TLS_VERSION=any (default), 1.2 or 1.3 what the generator
 #                offers. TLS sessions are never resumed: churn measures full
-#                handshakes.
+#                handshakes. KTLS=1 also gives ringcast --ktls (the kernel
+#                encrypts once the handshake is done, where it can: the
+#                server's log in raw/ says whether it could, and its
+#                /metrics count ringcast_ktls_connections_total).
 #
 # CPU layout: SERVER_CPUS (default 0) for the server; GEN_CPUS (default:
 # every other CPU) for the generator, one thread per CPU. Both servers get the
@@ -138,6 +141,8 @@ case "$TLS" in
   both) TLS_MODES="0 1" ;;
 esac
 TLS_KEY=${TLS_KEY:-ec}
+KTLS=${KTLS:-0}
+case "$KTLS" in 0|1) ;; *) die "KTLS must be 0 or 1, not '$KTLS'" ;; esac
 TLS_VERSION=${TLS_VERSION:-any}
 case "$TLS_KEY" in ec|rsa) ;; *) die "TLS_KEY must be ec or rsa, not '$TLS_KEY'" ;; esac
 case "$TLS_VERSION" in any|1.2|1.3) ;; *) die "TLS_VERSION must be any, 1.2 or 1.3, not '$TLS_VERSION'" ;; esac
@@ -322,6 +327,9 @@ echo "bench.sh: ${SCENARIOS[*]} x {$SERVERS} x $ROUNDS rounds, ${WARMUP}s warm-u
 if [ "$TLS" != off ]; then
   echo "bench.sh: TLS $TLS: server key $TLS_KEY, generator offers TLS $TLS_VERSION, no session resumption;" \
        "certificates in $TLS_DIR"
+  if [ "$KTLS" = 1 ]; then
+    echo "bench.sh: KTLS=1: ringcast gets --ktls (kernel ULPs loaded: $(cat /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null))"
+  fi
 fi
 if [ "$NEED_REDIS" = 1 ]; then
   echo "bench.sh: cluster: nodes on CPUs {$CLUSTER_CPUS}, generator on CPU $CLUSTER_GEN_CPUS ($CLUSTER_GEN_N threads), redis-server on CPU $REDIS_CPUS"
@@ -331,7 +339,7 @@ cat > "$OUT/host.json" <<EOF
  "cluster_cpus": "$CLUSTER_CPUS", "cluster_gen_cpus": "$CLUSTER_GEN_CPUS", "redis_cpus": "$REDIS_CPUS",
  "redis": "$(if [ "$NEED_REDIS" = 1 ]; then redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'; fi)",
  "compression_min_bytes": $COMPRESSION_MIN_BYTES, "broadcast_json_rate": $BROADCAST_JSON_RATE,
- "tls": "$TLS", "tls_key": "$(if [ "$TLS" != off ]; then echo "$TLS_KEY"; fi)", "tls_version": "$(if [ "$TLS" != off ]; then echo "$TLS_VERSION"; fi)",
+ "tls": "$TLS", "ktls": $KTLS, "tls_key": "$(if [ "$TLS" != off ]; then echo "$TLS_KEY"; fi)", "tls_version": "$(if [ "$TLS" != off ]; then echo "$TLS_VERSION"; fi)",
  "servers": "$(for s in $SERVERS; do server_label "$s"; done | tr '\n' ' ')", "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "quick": $QUICK, "perf_events": "$EVENTS",
  "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)", "date": "$(date -Is)"}
 EOF
@@ -466,6 +474,9 @@ run_case() {
       return 0
     fi
     tls_server=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key")
+    if [ "$KTLS" = 1 ] && [ "$kind" = ringcast ] && has_flag "$bin" --ktls; then
+      tls_server+=(--ktls)
+    fi
     tls_gen=(--ca "$TLS_DIR/ca.pem" --tls-version "$TLS_VERSION")
     scheme=wss://
   fi
