@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench.sh [--quick] [--rounds N] [--duration S] [--warmup S]
 #                  [--servers "ringcast ringcast-tokio"] [--tls [on|both|off]]
-#                  [SCENARIO ...]
+#                  [--peer NAME=CMD]... [SCENARIO ...]
 #   (a server may be LABEL=PATH, e.g. --servers "old=/tmp/old/ringcast ringcast")
 #
 # Runs benchmark scenarios against ringcast and ringcast-tokio in one run,
@@ -59,6 +59,15 @@
 #   --rounds N   rounds per scenario (default 3)
 #   --duration S measured seconds per run (default 5; quick 1.5)
 #   --warmup S   warm-up seconds per run (default 2; quick 0.5)
+#   --peer NAME=CMD  another server as one more column (after --servers),
+#                with "ringcast / NAME" ratios: any program that serves the
+#                /echo + /broadcast contract of ../shared/peers/README.md.
+#                CMD is a shell command; {port} in it becomes a free loopback
+#                port, and it runs with CORES=<number of server CPUs> in its
+#                environment, pinned and under perf like the others. Ready
+#                once the port accepts a connection. Plain ws:// only: TLS
+#                runs and ringcast-only scenarios skip it. Example:
+#                --peer "uws=/tmp/uws/uws-server {port}"
 #   --tls [MODE] wss:// (TLS) runs: `on` (the default when MODE is left
 #                out) runs every scenario over TLS only, `both` runs each
 #                plain and then over TLS (the TLS rows follow the plain ones
@@ -100,6 +109,8 @@ WARMUP=
 SERVERS="ringcast ringcast-tokio"
 TLS=off
 SCENARIOS=()
+declare -A PEER_CMD=()
+PEERS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; shift ;;
@@ -107,12 +118,17 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?}; shift 2 ;;
     --warmup) WARMUP=${2:?}; shift 2 ;;
     --servers) SERVERS=${2:?}; shift 2 ;;
+    --peer)
+      case "${2:-}" in
+        [A-Za-z0-9]*=?*) PEER_CMD[${2%%=*}]=${2#*=}; PEERS+=("${2%%=*}"); shift 2 ;;
+        *) die "--peer wants NAME=CMD (e.g. --peer \"uws=/tmp/uws/uws-server {port}\"), not '${2:-}'" ;;
+      esac ;;
     --tls)
       case "${2:-}" in
         on|off|both) TLS=$2; shift 2 ;;
         *) TLS=on; shift ;;
       esac ;;
-    -h|--help) sed -n '2,87p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,96p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) SCENARIOS+=("$1"); shift ;;
   esac
@@ -134,6 +150,10 @@ else
   DURATION=${DURATION:-5}; WARMUP=${WARMUP:-2}
 fi
 [ "$ROUNDS" -ge 1 ] || die "--rounds must be >= 1"
+for peer in "${PEERS[@]}"; do
+  case "${PEER_CMD[$peer]}" in *"{port}"*) ;; *) die "--peer $peer: the command has no {port} to listen on" ;; esac
+  SERVERS="$SERVERS peer:$peer"
+done
 # The transports each scenario runs over: 0 plain, 1 TLS.
 case "$TLS" in
   off) TLS_MODES="0" ;;
@@ -221,6 +241,7 @@ supported_server_args() { # bin scenario: the scenario's flags this binary has
   local -a args
   read -r -a args <<<"$(scenario_server_args "$scen")"
   [ ${#args[@]} -gt 0 ] || return 0
+  case "$bin" in peer:*) return 0 ;; esac
   help=$("$bin" --help 2>&1 || true)
   set -- "${args[@]}"
   while [ $# -ge 2 ]; do
@@ -234,15 +255,17 @@ supported_server_args() { # bin scenario: the scenario's flags this binary has
   echo "${out[*]}"
 }
 
-# Whether binary $1's --help lists flag $2.
-has_flag() { "$1" --help 2>&1 | grep -qE -- "(^|[^[:alnum:]-])$2([^[:alnum:]-]|\$)"; }
+# Whether binary $1's --help lists flag $2 (a peer has none).
+has_flag() { case "$1" in peer:*) return 1 ;; esac; "$1" --help 2>&1 | grep -qE -- "(^|[^[:alnum:]-])$2([^[:alnum:]-]|\$)"; }
 
 # A server is a binary name in $RINGCAST_BIN (target/release), or LABEL=PATH
 # for any build of either server (an A/B of two ringcast builds:
 # "old=/tmp/old/ringcast ringcast"); its flags follow from the binary's file
 # name.
-server_label() { case "$1" in *=*) echo "${1%%=*}" ;; *) echo "$1" ;; esac; }
-server_bin() { case "$1" in *=*) echo "${1#*=}" ;; *) echo "$RINGCAST_BIN/$1" ;; esac; }
+# A --peer is "peer:NAME" here: its "binary" is that marker (no flags, no
+# --help), and it is launched from its command.
+server_label() { case "$1" in peer:*) echo "${1#peer:}" ;; *=*) echo "${1%%=*}" ;; *) echo "$1" ;; esac; }
+server_bin() { case "$1" in peer:*) echo "$1" ;; *=*) echo "${1#*=}" ;; *) echo "$RINGCAST_BIN/$1" ;; esac; }
 
 # --- CPUs ------------------------------------------------------------------
 NCPU=$(nproc)
@@ -334,6 +357,10 @@ fi
 if [ "$NEED_REDIS" = 1 ]; then
   echo "bench.sh: cluster: nodes on CPUs {$CLUSTER_CPUS}, generator on CPU $CLUSTER_GEN_CPUS ($CLUSTER_GEN_N threads), redis-server on CPU $REDIS_CPUS"
 fi
+peer_specs=()
+for peer in "${PEERS[@]}"; do peer_specs+=("$peer=${PEER_CMD[$peer]}"); done
+PEERS_JSON=$(python3 -c 'import json, sys; print(json.dumps(dict(a.split("=", 1) for a in sys.argv[1:])))' \
+  "${peer_specs[@]}")
 cat > "$OUT/host.json" <<EOF
 {"cpus": $NCPU, "server_cpus": "$SERVER_CPUS", "gen_cpus": "$GEN_CPUS", "kernel": "$(uname -r)",
  "cluster_cpus": "$CLUSTER_CPUS", "cluster_gen_cpus": "$CLUSTER_GEN_CPUS", "redis_cpus": "$REDIS_CPUS",
@@ -341,6 +368,7 @@ cat > "$OUT/host.json" <<EOF
  "compression_min_bytes": $COMPRESSION_MIN_BYTES, "broadcast_json_rate": $BROADCAST_JSON_RATE,
  "tls": "$TLS", "ktls": $KTLS, "tls_key": "$(if [ "$TLS" != off ]; then echo "$TLS_KEY"; fi)", "tls_version": "$(if [ "$TLS" != off ]; then echo "$TLS_VERSION"; fi)",
  "servers": "$(for s in $SERVERS; do server_label "$s"; done | tr '\n' ' ')", "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "quick": $QUICK, "perf_events": "$EVENTS",
+ "peers": $PEERS_JSON,
  "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)", "date": "$(date -Is)"}
 EOF
 
@@ -423,6 +451,41 @@ launch() {
   RUN_PIDS+=("$L_PID")
 }
 
+# launch_peer NAME CPUS PEER: starts --peer PEER's command on CPUS (under
+# perf stat when EVENTS is set) on a free port with CORES set, waits until
+# the port accepts a connection; sets L_ADDR and L_PID.
+launch_peer() {
+  local name=$1 cpus=$2 peer=$3
+  local log="$OUT/raw/$name.server.log" fifo="$OUT/raw/$name.ctl" port cmd wrapper ncores
+  port=$(free_port)
+  cmd=${PEER_CMD[$peer]//\{port\}/$port}
+  ncores=$(count_cpus "$cpus")
+  echo "$cmd" >"$log"
+  if [ -n "$EVENTS" ]; then
+    rm -f "$fifo"; mkfifo "$fifo"
+    CORES=$ncores perf stat -D -1 --control "fifo:$fifo" -x, -o "$OUT/raw/$name.perf" -e "$EVENTS" -- \
+      taskset -c "$cpus" sh -c "exec $cmd" >>"$log" 2>&1 &
+    wrapper=$!
+    PERF_PIDS+=("$wrapper")
+  else
+    CORES=$ncores taskset -c "$cpus" sh -c "exec $cmd" >>"$log" 2>&1 &
+    wrapper=
+    L_PID=$!
+  fi
+  L_ADDR=""
+  for _ in $(seq 1 200); do
+    # perf's child execs taskset, sh and the command: it is the server.
+    if [ -n "$wrapper" ]; then L_PID=$(pgrep -P "$wrapper" | sed -n 1p || true); fi
+    if [ -n "$L_PID" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      L_ADDR=127.0.0.1:$port
+      break
+    fi
+    sleep 0.05
+  done
+  if [ -z "$L_ADDR" ]; then cat "$log" >&2; die "peer $peer did not listen on port $port ($cmd)"; fi
+  RUN_PIDS+=("$L_PID")
+}
+
 # stop_all: SIGTERM every server of the run, wait for them (bounded) and for
 # their perf wrappers (which write the counts on exit).
 stop_all() {
@@ -453,7 +516,7 @@ run_case() {
   server=$(server_label "$spec")
   bin=$(server_bin "$spec")
   kind=$(basename "$bin")
-  [ -x "$bin" ] || die "$server: no executable at $bin"
+  case "$bin" in peer:*) ;; *) [ -x "$bin" ] || die "$server: no executable at $bin" ;; esac
   local sargs extra="" node nodes=$# i=0 cpus vsargs vgargs
   sargs=$(supported_server_args "$bin" "$scen")
   # A compression variant's flags are what it measures: passed as they are,
@@ -499,7 +562,10 @@ run_case() {
       ringcast-tokio) read -r -a flags <<<"--threads $(count_cpus "$cpus")" ;;
       *) flags=() ;;
     esac
-    launch "$node" "$cpus" "$bin" "${flags[@]}" "${tls_server[@]}"
+    case "$kind" in
+      peer:*) launch_peer "$node" "$cpus" "${kind#peer:}" ;;
+      *) launch "$node" "$cpus" "$bin" "${flags[@]}" "${tls_server[@]}" ;;
+    esac
     gen+=(--addr "$scheme$L_ADDR" --server-pid "$L_PID")
     node_cpus+=("$cpus")
     if [ -n "$EVENTS" ]; then

@@ -216,15 +216,19 @@ def summarize(values):
     return statistics.median(vals), min(vals), max(vals)
 
 
-def table(columns, metrics, chart=None, chart_key=None, headline=-1, ratio=(0, 1), ratio_label="ratio"):
+def table(columns, metrics, chart=None, chart_key=None, headline=-1, ratio=(0, 1), ratio_label="ratio",
+          ratios=None):
     """A markdown table, one column per (header, records) of `columns`
     (medians, min–max), with a ratio column when there are two or more
-    and `ratio` names two of them: column ratio[0] over column ratio[1].
+    and `ratio` names two of them: column ratio[0] over column ratio[1];
+    `ratios`, a list of (numerator, denominator, label), gives several.
     Appends the headline row to `chart`."""
     heads = [h for h, _ in columns]
-    two = len(columns) >= 2 and ratio is not None and max(ratio) < len(columns)
-    lines = ["| metric | " + " | ".join(heads) + (f" | {ratio_label} |" if two else " |"),
-             "|---|" + "---|" * len(columns) + ("---|" if two else "")]
+    if ratios is None:
+        ratios = [(ratio[0], ratio[1], ratio_label)] if ratio is not None else []
+    ratios = [r for r in ratios if len(columns) >= 2 and max(r[0], r[1]) < len(columns)]
+    lines = ["| metric | " + " | ".join(heads) + " |" + "".join(f" {lbl} |" for _, _, lbl in ratios),
+             "|---|" + "---|" * len(columns) + "---|" * len(ratios)]
     for i, (label, ex, f, better, *agg) in enumerate(metrics):
         cells, meds = [], []
         for _, recs in columns:
@@ -237,8 +241,8 @@ def table(columns, metrics, chart=None, chart_key=None, headline=-1, ratio=(0, 1
                 cells.append("–" if med is None else f"{fmt(f, med)} [{fmt(f, lo)}–{fmt(f, hi)}]")
             meds.append(med)
         row = f"| {label} | " + " | ".join(cells) + " |"
-        if two:
-            num, den = meds[ratio[0]], meds[ratio[1]]
+        for n, d, _ in ratios:
+            num, den = meds[n], meds[d]
             if num is not None and den not in (None, 0):
                 arrow = "" if better is None else (" ↑" if better else " ↓")
                 quotient = f"{num / den:.2f}×{arrow}"
@@ -259,7 +263,11 @@ def main(out_dir):
     # The run's servers in the order bench.sh was given them (the ratio is
     # the first over the second): ringcast vs the baseline, an A/B of two
     # ringcast builds, or one server alone (no ratio).
-    SERVERS = (host.get("servers") or " ".join(SERVERS)).split()[:2]
+    SERVERS = (host.get("servers") or " ".join(SERVERS)).split()
+    # With peers (--peer), one ratio column per other server: the first
+    # over each; two servers keep the one "ratio" column.
+    ratios = ([(0, i, f"{SERVERS[0]} / {SERVERS[i]}") for i in range(1, len(SERVERS))]
+              if len(SERVERS) > 2 else None)
     by = {}
     for r in recs:
         by.setdefault(section_key(r), {}).setdefault(r["server_name"], []).append(r)
@@ -283,6 +291,7 @@ def main(out_dir):
         "(user + system, from the scheduler), the figure that stays meaningful on a shared host. Syscalls are every "
         "syscall the server made during the measured window (`perf stat -e raw_syscalls:sys_enter`), per message. "
         + (f"Ratio = {SERVERS[0]} / {SERVERS[1]} (↑ higher is better, ↓ lower is better)." if len(SERVERS) == 2 else "")
+        + ("Ratios: the first server over each other one (↑ higher is better, ↓ lower is better)." if len(SERVERS) > 2 else "")
     )
     lines.append("")
     if any(r.get("tls") for r in recs):
@@ -293,7 +302,7 @@ def main(out_dir):
         lines.append(f"## {s}: {DESCR.get(b, '')}" + (f" ({by[s][SERVERS[0]][0].get('conns')} connections)" if b == "idle" and SERVERS[0] in by[s] else ""))
         lines.append("")
         lines.extend(table([(srv, by[s].get(srv, [])) for srv in SERVERS], METRICS.get(b, THROUGHPUT),
-                           chart, s, HEADLINE.get(b, -1)))
+                           chart, s, HEADLINE.get(b, -1), ratios=ratios))
         lines.append("")
         if s != b and b in by:
             lines.extend(tls_cost(by[b], by[s], METRICS.get(b, THROUGHPUT), HEADLINE.get(b, -1)))
@@ -491,7 +500,7 @@ def svg(rows):
     its table (the servers; the setups of the cluster tables)."""
     w, left, bar_h, gap = 760, 250, 16, 14
     h = 40 + sum(max(2, len(r[5])) * bar_h + gap for r in rows) + 20
-    palette = ["#d9480f", "#1c7ed6"]
+    palette = ["#d9480f", "#1c7ed6", "#2b8a3e", "#862e9c"]
     out = []
     y = 40
     for scen, label, f, meds, better, heads in rows:
@@ -503,7 +512,7 @@ def svg(rows):
             m = meds[i]
             length = 0 if m is None else (w - left - 220) * m / top
             yy = y + i * bar_h
-            out.append(f'<rect x="{left}" y="{yy}" width="{length:.1f}" height="{bar_h - 2}" fill="{palette[i % 2]}"/>')
+            out.append(f'<rect x="{left}" y="{yy}" width="{length:.1f}" height="{bar_h - 2}" fill="{palette[i % len(palette)]}"/>')
             out.append(f'<text x="{left + length + 4:.1f}" y="{yy + bar_h - 4}">{svg_escape(head)}: {fmt(f, m)}</text>')
         y += max(2, len(heads)) * bar_h + gap
     title = " vs ".join(SERVERS) + " (medians; bar length relative to the larger)"
