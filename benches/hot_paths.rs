@@ -79,7 +79,8 @@ fn frame_parse_unmask(c: &mut Criterion) {
     let read: Vec<u8> = (0..16).flat_map(|_| masked(1, &[b'x'; 32])).collect();
     g.throughput(Throughput::Elements(16));
     g.bench_function("16x32B_text", |b| {
-        let mut session = Session::new(Limits::bytes(16 << 20));
+        let limits = Limits::bytes(16 << 20);
+        let mut session = Session::new();
         let mut out = OutQueue::default();
         let mut buf = read.clone();
         let mut iov = [libc::iovec {
@@ -109,7 +110,7 @@ fn frame_parse_unmask(c: &mut Criterion) {
         let key = ConnKey { idx: 0, gen: 0 };
         {
             let mut io = ConnIo::new(key, &mut out, &mut ctl, &mut env, None);
-            assert_eq!(session.feed(&mut buf, &mut io), State::Open);
+            assert_eq!(session.feed(&mut buf, limits, &mut io), State::Open);
         }
         assert_eq!(env.stats.messages_in, 16);
         assert_eq!(out.queued_bytes(), 16 * 34);
@@ -122,7 +123,7 @@ fn frame_parse_unmask(c: &mut Criterion) {
             // its own as `refill_copy_608B` below).
             buf.copy_from_slice(&read);
             let mut io = ConnIo::new(key, &mut out, &mut ctl, &mut env, None);
-            session.feed(&mut buf, &mut io);
+            session.feed(&mut buf, limits, &mut io);
             // Drain the queue as a completed send would (the buffer goes back
             // to the pool, as in the server).
             out.prepare_send(&mut iov);

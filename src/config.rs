@@ -97,7 +97,8 @@ pub struct Config {
     pub max_header_bytes: usize,
 
     /// Largest message accepted, summed over fragments (else close 1009).
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// At most 1 GiB.
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_parser = parse_message_bytes)]
     pub max_message_bytes: usize,
 
     /// Most frames one message may be split into (else close 1009).
@@ -208,7 +209,8 @@ pub struct Config {
     pub api_key: Option<String>,
 
     /// Largest HTTP request body accepted by the API, in bytes (else 413).
-    #[arg(long, default_value_t = 1024 * 1024)]
+    /// At most 1 GiB.
+    #[arg(long, default_value_t = 1024 * 1024, value_parser = parse_message_bytes)]
     pub max_body_bytes: usize,
 
     /// Most WebSocket connections in total (each core takes its share);
@@ -882,6 +884,18 @@ impl Serialize for CpuList {
     }
 }
 
+/// A message size limit: a number of bytes, 1 to 1 GiB (a queued frame's
+/// offset is kept in 32 bits).
+fn parse_message_bytes(s: &str) -> Result<usize, String> {
+    let v: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of bytes"))?;
+    if !(1..=1 << 30).contains(&v) {
+        return Err(format!("{v} is out of range: 1 to 1073741824 (1 GiB)"));
+    }
+    Ok(v)
+}
+
 fn parse_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
@@ -973,6 +987,15 @@ mod tests {
         assert!(parse_cpu_list("x").is_err());
         assert!(parse_cpu_list("").is_err());
         assert!(parse_cpu_list("0-18446744073709551615").is_err());
+    }
+
+    #[test]
+    fn message_limits_stay_within_one_gib() {
+        assert_eq!(parse_message_bytes("1073741824"), Ok(1 << 30));
+        let too_big = parse_message_bytes("1073741825").unwrap_err();
+        assert!(too_big.contains("1 GiB"), "{too_big}");
+        assert!(parse_message_bytes("0").is_err());
+        assert!(parse_message_bytes("lots").is_err());
     }
 
     #[test]

@@ -113,7 +113,15 @@ pub struct BufPool {
     list: FreeList<Vec<u8>>,
     /// Sum of the capacities in `list`.
     bytes: usize,
+    /// Entry arrays of drained queues: an idle connection's queue holds
+    /// none (what 100k idle connections would multiply), and a busy one
+    /// takes one from here instead of from the allocator.
+    deques: FreeList<VecDeque<Chunk>>,
 }
+
+/// Entry arrays up to this capacity go back to the pool; larger ones (a
+/// backlog of many shared frames) are freed.
+const DEQUE_KEEP: usize = 16;
 
 impl BufPool {
     pub(crate) fn get(&mut self) -> Vec<u8> {
@@ -135,10 +143,25 @@ impl BufPool {
         }
     }
 
+    /// An entry array for a queue that had none.
+    fn get_deque(&mut self) -> VecDeque<Chunk> {
+        self.deques
+            .pop()
+            .unwrap_or_else(|| VecDeque::with_capacity(4))
+    }
+
+    /// Takes back a drained queue's entry array.
+    fn put_deque(&mut self, d: VecDeque<Chunk>) {
+        debug_assert!(d.is_empty());
+        if d.capacity() > 0 && d.capacity() <= DEQUE_KEEP && self.deques.len() < POOL_LEN {
+            self.deques.push(d);
+        }
+    }
+
     /// Whether the pool holds any buffer (an idle core keeps waking to trim
     /// until it does not).
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.list.is_empty() && self.deques.is_empty()
     }
 
     /// Bytes of capacity the pool holds.
@@ -152,6 +175,7 @@ impl BufPool {
         let mut freed = 0;
         self.list.trim(|v| freed += v.capacity());
         self.bytes -= freed;
+        self.deques.trim(drop);
     }
 }
 
@@ -200,11 +224,13 @@ pub struct OutQueue {
     queued: usize,
     /// Memory the chunks hold (owned capacities, shared frame lengths).
     held: usize,
-    /// Bytes of `chunks[0]` already sent.
-    head_sent: usize,
+    /// Bytes of `chunks[0]` already sent (a chunk is at most one message
+    /// past [`OWNED_CHUNK_MAX`], and messages are bounded well below 4 GiB
+    /// by the configuration).
+    head_sent: u32,
     /// Number of leading chunks referenced by the send in flight; they must
     /// not move or change until it completes.
-    in_flight: usize,
+    in_flight: u32,
 }
 
 impl OutQueue {
@@ -230,14 +256,32 @@ impl OutQueue {
     /// Whether there are bytes no send covers yet.
     #[inline]
     pub fn has_unsent(&self) -> bool {
-        self.chunks.len() > self.in_flight
+        self.chunks.len() > self.in_flight as usize
+    }
+
+    /// The entry array, taken from the pool if the queue had none.
+    #[inline]
+    fn entries(&mut self, pool: &mut BufPool) -> &mut VecDeque<Chunk> {
+        if self.chunks.capacity() == 0 {
+            self.chunks = pool.get_deque();
+        }
+        &mut self.chunks
+    }
+
+    /// Gives a drained queue's entry array back to the pool: an idle
+    /// connection's queue holds no heap memory.
+    #[inline]
+    fn recycle(&mut self, pool: &mut BufPool) {
+        if self.chunks.is_empty() && self.in_flight == 0 && self.chunks.capacity() > 0 {
+            pool.put_deque(std::mem::take(&mut self.chunks));
+        }
     }
 
     /// Appends bytes produced by `write` to the owned tail buffer and
     /// returns them (so the caller can check what it wrote).
     #[inline]
     pub fn write_with(&mut self, pool: &mut BufPool, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
-        let tail_free = self.chunks.len() > self.in_flight;
+        let tail_free = self.chunks.len() > self.in_flight as usize;
         let tail = match self.chunks.back_mut() {
             Some(Chunk::Owned(v)) if tail_free && v.len() < OWNED_CHUNK_MAX => Some(v),
             _ => None,
@@ -259,7 +303,7 @@ impl OutQueue {
                 }
                 self.queued += v.len();
                 self.held += v.capacity();
-                self.chunks.push_back(Chunk::Owned(v));
+                self.entries(pool).push_back(Chunk::Owned(v));
                 0
             }
         };
@@ -298,7 +342,7 @@ impl OutQueue {
     /// Takes back the last `n` bytes [`OutQueue::write_with`] appended (a
     /// reply that turned out invalid before it was sent).
     pub fn unwrite(&mut self, n: usize, pool: &mut BufPool) {
-        if self.chunks.len() <= self.in_flight {
+        if self.chunks.len() <= self.in_flight as usize {
             return;
         }
         if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
@@ -312,6 +356,7 @@ impl OutQueue {
                 }
             }
         }
+        self.recycle(pool);
     }
 
     /// Queues a shared frame: copied into the owned tail if it is small,
@@ -324,7 +369,7 @@ impl OutQueue {
         } else {
             self.queued += bytes.len();
             self.held += bytes.len();
-            self.chunks.push_back(Chunk::Shared(frame.clone()));
+            self.entries(pool).push_back(Chunk::Shared(frame.clone()));
         }
     }
 
@@ -356,7 +401,7 @@ impl OutQueue {
     /// sent stays whole: cutting it would cut a frame, and the close frame
     /// that follows would be read as the rest of its payload.
     pub fn drop_unsent(&mut self, pool: &mut BufPool) {
-        let keep = self.in_flight.max(usize::from(self.head_sent > 0));
+        let keep = (self.in_flight as usize).max(usize::from(self.head_sent > 0));
         while self.chunks.len() > keep {
             if let Some(c) = self.chunks.pop_back() {
                 self.queued -= c.bytes().len();
@@ -366,6 +411,7 @@ impl OutQueue {
                 }
             }
         }
+        self.recycle(pool);
     }
 
     /// Describes the unsent bytes as iovecs (at most `iov.len()`), marks
@@ -375,14 +421,14 @@ impl OutQueue {
         let mut n = 0;
         for (i, c) in self.chunks.iter().enumerate().take(iov.len()) {
             let b = c.bytes();
-            let skip = if i == 0 { self.head_sent } else { 0 };
+            let skip = if i == 0 { self.head_sent as usize } else { 0 };
             iov[n] = libc::iovec {
                 iov_base: b[skip..].as_ptr() as *mut libc::c_void,
                 iov_len: b.len() - skip,
             };
             n += 1;
         }
-        self.in_flight = n;
+        self.in_flight = n as u32;
         n
     }
 
@@ -402,7 +448,7 @@ impl OutQueue {
             if taken >= max {
                 break;
             }
-            let skip = if i == 0 { self.head_sent } else { 0 };
+            let skip = if i == 0 { self.head_sent as usize } else { 0 };
             let bytes = &c.bytes()[skip..];
             if !take(bytes, pool) {
                 break;
@@ -423,9 +469,9 @@ impl OutQueue {
             let Some(front) = self.chunks.front() else {
                 break;
             };
-            let left = front.bytes().len() - self.head_sent;
+            let left = front.bytes().len() - self.head_sent as usize;
             if sent < left {
-                self.head_sent += sent;
+                self.head_sent += sent as u32;
                 break;
             }
             sent -= left;
@@ -437,9 +483,7 @@ impl OutQueue {
                 }
             }
         }
-        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
-            self.chunks = VecDeque::new();
-        }
+        self.recycle(pool);
     }
 
     /// Abandons a failed send: nothing more will be sent on this socket.
@@ -450,7 +494,7 @@ impl OutQueue {
                 pool.put(v);
             }
         }
-        self.chunks = VecDeque::new();
+        self.recycle(pool);
         self.queued = 0;
         self.held = 0;
         self.head_sent = 0;
@@ -461,6 +505,24 @@ mod tests {
     use super::*;
     use crate::conn::frame::SharedFrame;
     use crate::ws::OpCode;
+
+    #[test]
+    fn a_drained_queue_holds_no_heap_and_reuses_the_pools_entry_array() {
+        let mut pool = BufPool::default();
+        let mut q = OutQueue::default();
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"HTTP/1.1 101"));
+        assert!(q.chunks.capacity() > 0);
+        let (sent, _) = gather(&mut q);
+        q.complete_send(sent.len(), &mut pool);
+        assert_eq!(q.chunks.capacity(), 0, "an idle queue holds no entry array");
+        assert_eq!(q.cost(), 0);
+        assert_eq!(pool.deques.len(), 1);
+        q.write_with(&mut pool, |v| v.extend_from_slice(b"again"));
+        assert_eq!(pool.deques.len(), 0, "taken from the pool, not allocated");
+        q.clear(&mut pool);
+        assert_eq!(q.chunks.capacity(), 0);
+        assert_eq!(pool.deques.len(), 1);
+    }
 
     fn gather(q: &mut OutQueue) -> (Vec<u8>, usize) {
         let mut iov = [libc::iovec {

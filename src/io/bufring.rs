@@ -20,22 +20,25 @@ use io_uring::types::BufRingEntry;
 
 use super::ring::Ring;
 
-/// An anonymous private mapping, unmapped on drop. Pages cost nothing until
-/// the kernel first writes them.
+/// An anonymous private mapping, unmapped on drop.
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
 
 impl Mapping {
-    fn new(len: usize) -> io::Result<Mapping> {
+    /// Maps `len` bytes; `populate` faults them all in now (`MAP_POPULATE`)
+    /// instead of on first write.
+    fn new(len: usize, populate: bool) -> io::Result<Mapping> {
+        let flags =
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: anonymous mapping, no file, checked for MAP_FAILED.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                flags,
                 -1,
                 0,
             )
@@ -114,8 +117,13 @@ impl BufRing {
         let page = 4096;
         let ring_bytes =
             (count as usize * std::mem::size_of::<BufRingEntry>()).div_ceil(page) * page;
-        let entries = Mapping::new(ring_bytes)?;
-        let data = Mapping::new(count as usize * size)?;
+        let entries = Mapping::new(ring_bytes, false)?;
+        // The buffers are a fixed cost of the core, faulted in at start:
+        // the kernel fills them in ring order, so any traffic touches every
+        // one within seconds; populated now, the data path never takes a
+        // page fault and RSS does not creep with the first connections
+        // (what they add is then only their own state).
+        let data = Mapping::new(count as usize * size, true)?;
         // SAFETY: `entries` is page aligned and lives as long as the BufRing;
         // the group is unregistered when the io_uring is dropped, and the
         // `Ring` that owns this BufRing drops its io_uring first (see its

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 use tracing::{debug, warn};
 
-use super::slab::{token, Conn, Op};
+use super::slab::{token, Conn, Deadline, Op};
 use super::{Shard, CORE};
 use crate::conn::ConnKey;
 use crate::tls::{Tls, TlsSession};
@@ -124,7 +124,8 @@ impl Shard {
                 return; // closed as `fd` drops
             }
             let now = Instant::now();
-            let mut conn = Conn::new(fd, now + self.cfg.handshake_timeout);
+            let deadline = (now + self.cfg.handshake_timeout).saturating_duration_since(self.epoch);
+            let mut conn = Conn::new(fd, Deadline::at_us(deadline.as_micros() as u64));
             if tls {
                 self.take_tls_reload();
                 let Some(config) = &self.tls else {

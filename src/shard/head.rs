@@ -5,7 +5,7 @@
 use tracing::debug;
 
 use super::recv::Input;
-use super::slab::{Conn, Phase};
+use super::slab::{Conn, Deadline, Phase};
 use super::{metrics, Shard, ShardConfig};
 use crate::app::requests::{self, HeadOutcome, HttpRequest, RefusedBy};
 use crate::app::{assets, auth, protocol, ConnCtl, Endpoint, Env, Resource, Route};
@@ -224,8 +224,8 @@ impl Shard {
             up.write_response(deflate.as_ref(), core_header, v)
         });
         let window = deflate.map(|d| d.server_window);
-        conn.phase = Phase::Open(Session::negotiated(self.cfg.limits, window));
-        conn.deadline = None;
+        conn.phase = Phase::Open(Session::negotiated(window));
+        conn.deadline = Deadline::NONE;
         conn.ctl = ctl;
         true
     }

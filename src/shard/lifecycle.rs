@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::slab::{Phase, NO_TICK};
+use super::slab::{Deadline, Phase, NO_TICK};
 use super::Shard;
 use crate::app::handler::leave_channel;
 use crate::app::{ConnIo, Endpoint};
@@ -29,8 +29,9 @@ impl Shard {
     }
 
     pub(super) fn set_deadline(&mut self, key: ConnKey, at: Instant) {
+        let us = at.saturating_duration_since(self.epoch).as_micros() as u64;
         if let Some(c) = self.conns.get_mut(key) {
-            c.deadline = Some(at);
+            c.deadline = Deadline::at_us(us);
         }
         self.schedule(key);
     }
@@ -41,9 +42,9 @@ impl Shard {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        let mut next = c.deadline;
-        if matches!(c.phase, Phase::Open(_)) && c.deadline.is_none() {
-            let at = |us: u64| self.epoch + Duration::from_micros(us);
+        let at = |us: u64| self.epoch + Duration::from_micros(us);
+        let mut next = c.deadline.get().map(at);
+        if matches!(c.phase, Phase::Open(_)) && next.is_none() {
             let ping = at(c.ctl.beat.next_us);
             let idle = self.cfg.idle_timeout.map(|t| at(c.ctl.last_msg_us) + t);
             next = Some(idle.map_or(ping, |i| i.min(ping)));
@@ -94,7 +95,7 @@ impl Shard {
             return;
         }
         conn.phase = Phase::Closing;
-        conn.deadline = None;
+        conn.deadline = Deadline::NONE;
         if conn.busy() {
             // Completes the armed receive (and any stuck send) promptly; an
             // error only means the socket is shut down already.

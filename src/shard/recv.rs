@@ -18,7 +18,7 @@ use crate::http::Refusal;
 use crate::hub::mesh::{self, Mesh};
 use crate::io::bufring::RecvBuf;
 use crate::ws::deflate::Inflater;
-use crate::ws::State;
+use crate::ws::{Limits, State};
 use std::os::fd::AsRawFd;
 
 /// Where a read's bytes are, for parsing.
@@ -69,6 +69,7 @@ pub(super) fn feed_open(
     conn: &mut Conn,
     env: &mut Env,
     inflater: &mut Inflater,
+    limits: Limits,
     data: &mut [u8],
 ) -> Option<Fed> {
     let Phase::Open(session) = &mut conn.phase else {
@@ -79,7 +80,7 @@ pub(super) fn feed_open(
     let deflate = session.deflate();
     let mut io = ConnIo::new(key, &mut conn.out, &mut conn.ctl, env, deflate);
     let inflater = deflate.map(|_| inflater);
-    let after = session.feed_with(data, inflater, &mut io);
+    let after = session.feed_with(data, inflater, limits, &mut io);
     let fed = Fed {
         changed: (after != before).then_some(after),
         overflowed: io.overflowed,
@@ -267,7 +268,7 @@ impl Shard {
             Input::Plain(p) => p,
         };
         let outcome = match conn.phase {
-            Phase::Open(_) => match feed_open(key, conn, env, inflater, data) {
+            Phase::Open(_) => match feed_open(key, conn, env, inflater, cfg.limits, data) {
                 Some(fed) => DataOutcome::Fed(fed),
                 None => DataOutcome::Nothing,
             },
@@ -382,6 +383,7 @@ impl Shard {
             ring,
             env,
             inflater,
+            cfg,
             ..
         } = &mut *self;
         let Some(conn) = conns.get_mut(key) else {
@@ -397,7 +399,7 @@ impl Shard {
         let Some(rest) = data.get_mut(from..) else {
             return;
         };
-        if let Some(fed) = feed_open(key, conn, env, inflater, rest) {
+        if let Some(fed) = feed_open(key, conn, env, inflater, cfg.limits, rest) {
             self.after_feed(key, fed);
         }
     }

@@ -2,7 +2,6 @@
 //! and the completion tokens that name a connection in the ring.
 
 use std::os::fd::OwnedFd;
-use std::time::Instant;
 
 use crate::app::ConnCtl;
 use crate::conn::outq::MAX_IOV;
@@ -122,7 +121,7 @@ pub(crate) struct Conn {
     /// Reads are paused (receive cancelled) until the congestion clears.
     pub paused: bool,
     /// When the current phase times out.
-    pub deadline: Option<Instant>,
+    pub deadline: Deadline,
     /// Tick of the timer-wheel entry this connection counts on
     /// ([`NO_TICK`]: none); other entries for it are stale.
     pub wheel_tick: u64,
@@ -138,6 +137,29 @@ pub(crate) struct Conn {
 /// No timer-wheel entry.
 pub(crate) const NO_TICK: u64 = u64::MAX;
 
+/// A phase deadline on the core's clock (microseconds since its epoch), or
+/// none: 8 bytes in every connection where `Option<Instant>` takes 16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deadline(u64);
+
+impl Deadline {
+    /// The phase has no deadline (an open connection: its timers are the
+    /// heartbeat's and the idle limit's).
+    pub(crate) const NONE: Deadline = Deadline(u64::MAX);
+
+    /// A deadline `us` microseconds after the core's epoch.
+    #[inline]
+    pub(crate) fn at_us(us: u64) -> Deadline {
+        Deadline(us.min(u64::MAX - 1))
+    }
+
+    /// The deadline in microseconds since the epoch, if there is one.
+    #[inline]
+    pub(crate) fn get(self) -> Option<u64> {
+        (self != Deadline::NONE).then_some(self.0)
+    }
+}
+
 impl Conn {
     /// The permessage-deflate window an open connection negotiated, if
     /// any: what its frames are compressed with.
@@ -150,7 +172,7 @@ impl Conn {
     }
 
     /// A freshly accepted connection.
-    pub(crate) fn new(fd: OwnedFd, deadline: Instant) -> Conn {
+    pub(crate) fn new(fd: OwnedFd, deadline: Deadline) -> Conn {
         Conn {
             fd,
             phase: Phase::Handshake(Vec::new()),
@@ -163,7 +185,7 @@ impl Conn {
             continue_sent: false,
             publisher: false,
             paused: false,
-            deadline: Some(deadline),
+            deadline,
             wheel_tick: NO_TICK,
             ctl: ConnCtl::default(),
             tls: None,
@@ -212,15 +234,13 @@ impl Conn {
     }
 }
 
-struct Slot {
-    gen: u32,
-    conn: Option<Conn>,
-}
-
-/// The core's connections, addressed by [`ConnKey`].
+/// The core's connections, addressed by [`ConnKey`]. The generations live
+/// apart from the connections, so a slot is exactly a `Conn` (its
+/// descriptor's niche makes the `Option` free) with no padding for them.
 #[derive(Default)]
 pub(crate) struct Slab {
-    slots: Vec<Slot>,
+    conns: Vec<Option<Conn>>,
+    gens: Vec<u32>,
     free: Vec<u32>,
     len: usize,
 }
@@ -230,16 +250,16 @@ impl Slab {
     pub(crate) fn insert(&mut self, conn: Conn) -> ConnKey {
         self.len += 1;
         if let Some(idx) = self.free.pop() {
-            let s = &mut self.slots[idx as usize];
-            s.conn = Some(conn);
-            ConnKey { idx, gen: s.gen }
-        } else {
-            self.slots.push(Slot {
-                gen: 0,
-                conn: Some(conn),
-            });
+            self.conns[idx as usize] = Some(conn);
             ConnKey {
-                idx: (self.slots.len() - 1) as u32,
+                idx,
+                gen: self.gens[idx as usize],
+            }
+        } else {
+            self.conns.push(Some(conn));
+            self.gens.push(0);
+            ConnKey {
+                idx: (self.conns.len() - 1) as u32,
                 gen: 0,
             }
         }
@@ -248,20 +268,21 @@ impl Slab {
     /// The live connection for `key`, if it still exists.
     #[inline]
     pub(crate) fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
-        match self.slots.get_mut(key.idx as usize) {
-            Some(Slot { gen, conn: Some(c) }) if *gen == key.gen => Some(c),
+        let i = key.idx as usize;
+        match (self.conns.get_mut(i), self.gens.get(i)) {
+            (Some(Some(c)), Some(&gen)) if gen == key.gen => Some(c),
             _ => None,
         }
     }
 
     /// Frees the slot; the next connection in it gets a new generation.
     pub(crate) fn remove(&mut self, key: ConnKey) -> Option<Conn> {
-        let s = self.slots.get_mut(key.idx as usize)?;
-        if s.gen != key.gen {
+        let i = key.idx as usize;
+        if *self.gens.get(i)? != key.gen {
             return None;
         }
-        let c = s.conn.take()?;
-        s.gen = (s.gen + 1) & GEN_MASK;
+        let c = self.conns[i].take()?;
+        self.gens[i] = (key.gen + 1) & GEN_MASK;
         self.free.push(key.idx);
         self.len -= 1;
         Some(c)
@@ -279,21 +300,19 @@ impl Slab {
 
     /// Calls `f` on every live connection.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Conn)) {
-        for c in self.slots.iter().filter_map(|s| s.conn.as_ref()) {
+        for c in self.conns.iter().flatten() {
             f(c);
         }
     }
 
     /// Keys of all live connections.
     pub(crate) fn keys(&self) -> Vec<ConnKey> {
-        self.slots
+        self.conns
             .iter()
+            .zip(&self.gens)
             .enumerate()
-            .filter(|(_, s)| s.conn.is_some())
-            .map(|(i, s)| ConnKey {
-                idx: i as u32,
-                gen: s.gen,
-            })
+            .filter(|(_, (c, _))| c.is_some())
+            .map(|(i, (_, &gen))| ConnKey { idx: i as u32, gen })
             .collect()
     }
 }
@@ -315,7 +334,7 @@ mod tests {
     #[test]
     fn stale_keys_miss_after_reuse() {
         let mut s = Slab::default();
-        let now = Instant::now();
+        let now = Deadline::at_us(0);
         let fd = || OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
         let a = s.insert(Conn::new(fd(), now));
         assert!(s.remove(a).is_some());
@@ -324,5 +343,25 @@ mod tests {
         assert!(s.get_mut(a).is_none());
         assert!(s.get_mut(b).is_some());
         assert_eq!(s.len(), 1);
+    }
+}
+#[cfg(test)]
+mod budget {
+    use std::mem::size_of;
+
+    /// The idle-connection budget (README, "Idle connections"): a slot is
+    /// what every connection costs, so growing it is a decision, not an
+    /// accident. Update the README's table with the limit.
+    #[test]
+    fn an_idle_connections_slot_stays_within_its_budget() {
+        assert_eq!(size_of::<Option<super::Conn>>(), size_of::<super::Conn>());
+        assert!(
+            size_of::<super::Conn>() <= 208,
+            "{}",
+            size_of::<super::Conn>()
+        );
+        assert!(size_of::<crate::ws::Session>() <= 16);
+        assert!(size_of::<crate::conn::OutQueue>() <= 56);
+        assert!(size_of::<super::Deadline>() == 8);
     }
 }

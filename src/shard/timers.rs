@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::slab::{Phase, NO_TICK};
+use super::slab::{Deadline, Phase, NO_TICK};
 use super::{Shard, POOL_TRIM_PERIOD};
 use crate::app::heartbeat::Due;
 use crate::app::Endpoint;
@@ -56,9 +56,9 @@ impl Shard {
             return; // superseded by an earlier entry
         }
         conn.wheel_tick = NO_TICK;
-        if let Some(d) = conn.deadline {
-            if d <= now {
-                conn.deadline = None;
+        if let Some(d) = conn.deadline.get() {
+            if d <= now_us {
+                conn.deadline = Deadline::NONE;
                 if matches!(conn.phase, Phase::Handshake(_)) {
                     debug!(core = self.id, "handshake timeout");
                 }

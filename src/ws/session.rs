@@ -104,17 +104,23 @@ struct FrameProgress {
     offset: u64,
 }
 
-/// Per-connection protocol state. Idle, it holds no heap memory, with or
-/// without permessage-deflate: compression state is the core's.
+/// Per-connection protocol state. Between messages it is 16 bytes and
+/// holds no heap memory, with or without permessage-deflate (compression
+/// state is the core's): what 100k idle connections multiply.
 pub struct Session {
-    /// [`Limits`], unpacked so its padding holds the flags below: an idle
-    /// connection's size is what 100k connections multiply.
-    max_message: usize,
-    max_fragments: u32,
     state: State,
     /// permessage-deflate was negotiated: the window the server may
     /// compress with.
     deflate: Option<WindowBits>,
+    /// What a read left unfinished (a cut header, a frame whose payload is
+    /// still to come, a message spanning frames or reads); `None` once the
+    /// input so far was whole messages, as an idle connection's is.
+    progress: Option<Box<Progress>>,
+}
+
+/// The parse state a read can leave behind, out of line so that only the
+/// connections in the middle of a frame or message pay for it.
+struct Progress {
     /// The message being assembled is compressed (RSV1 on its first frame).
     msg_compressed: bool,
     /// A frame header cut off at the end of the previous read.
@@ -134,23 +140,9 @@ pub struct Session {
     ctrl_len: u8,
 }
 
-/// The most a message buffer is sized for up front from a length claim.
-const RESERVE_MAX: usize = 64 * 1024;
-
-impl Session {
-    /// A session for a connection that just completed its handshake.
-    pub fn new(limits: Limits) -> Session {
-        Session::negotiated(limits, None)
-    }
-
-    /// A session whose handshake agreed permessage-deflate with a server
-    /// window of `deflate`, if `Some`.
-    pub fn negotiated(limits: Limits, deflate: Option<WindowBits>) -> Session {
-        Session {
-            max_message: limits.max_message,
-            max_fragments: limits.max_fragments,
-            state: State::Open,
-            deflate,
+impl Progress {
+    fn new() -> Progress {
+        Progress {
             msg_compressed: false,
             hdr: [0; MAX_HEADER_LEN],
             hdr_len: 0,
@@ -162,6 +154,59 @@ impl Session {
             utf8: Utf8Stream::new(),
             ctrl: [0; MAX_CONTROL_PAYLOAD],
             ctrl_len: 0,
+        }
+    }
+
+    /// Nothing is left unfinished: no header, frame or message in progress
+    /// and no buffer held (the next frame starts from scratch).
+    fn idle(&self) -> bool {
+        self.hdr_len == 0
+            && self.frame.is_none()
+            && self.msg_kind.is_none()
+            && self.ctrl_len == 0
+            && self.msg.capacity() == 0
+    }
+
+    fn release_message(&mut self) {
+        self.msg_kind = None;
+        self.msg_compressed = false;
+        self.msg_len = 0;
+        self.msg = Vec::new();
+        self.utf8 = Utf8Stream::new();
+    }
+}
+
+/// One [`Session::feed_with`] call: the session's state and limits, and the
+/// progress it works on (the session's own, or a fresh one on the stack that
+/// is boxed only if the input ends mid-frame).
+struct Feed<'a> {
+    state: State,
+    limits: Limits,
+    p: &'a mut Progress,
+}
+
+/// The most a message buffer is sized for up front from a length claim.
+const RESERVE_MAX: usize = 64 * 1024;
+
+impl Default for Session {
+    fn default() -> Session {
+        Session::new()
+    }
+}
+
+impl Session {
+    /// A session for a connection that just completed its handshake.
+    pub fn new() -> Session {
+        Session::negotiated(None)
+    }
+
+    /// A session whose handshake agreed permessage-deflate with a server
+    /// window of `deflate`, if `Some`.
+    pub fn negotiated(deflate: Option<WindowBits>) -> Session {
+        Session {
+            state: State::Open,
+            deflate,
+            progress: None,
         }
     }
 
@@ -179,7 +224,7 @@ impl Session {
 
     /// Bytes of heap memory held by a message in progress.
     pub fn buffered_bytes(&self) -> usize {
-        self.msg.capacity()
+        self.progress.as_ref().map_or(0, |p| p.msg.capacity())
     }
 
     /// Starts a server-initiated close (e.g. 1001 on shutdown, 1008 for a
@@ -188,63 +233,86 @@ impl Session {
         if self.state == State::Open {
             h.send_control(OpCode::Close, ClosePayload::new(code, reason).as_bytes());
             self.state = State::AwaitingClose;
-            self.release_message();
+            if let Some(p) = self.progress.as_deref_mut() {
+                p.release_message();
+                if p.idle() {
+                    self.progress = None;
+                }
+            }
         }
-    }
-
-    /// Fails the connection: sends a close frame with `code` and stops
-    /// parsing, since the byte stream may no longer be framed correctly.
-    fn fail(&mut self, code: CloseCode, reason: &str, h: &mut impl Handler) {
-        if self.state == State::Open {
-            h.send_control(OpCode::Close, ClosePayload::new(code, reason).as_bytes());
-        }
-        self.state = State::Done;
-        self.release_message();
-    }
-
-    fn release_message(&mut self) {
-        self.msg_kind = None;
-        self.msg_compressed = false;
-        self.msg_len = 0;
-        self.msg = Vec::new();
-        self.utf8 = Utf8Stream::new();
     }
 
     /// Processes bytes read from the peer. `input` is unmasked in place.
     /// A compressed message fails the connection (1002): use
     /// [`Session::feed_with`] for sessions that negotiated compression.
-    pub fn feed(&mut self, input: &mut [u8], h: &mut impl Handler) -> State {
-        self.feed_with(input, None, h)
+    pub fn feed(&mut self, input: &mut [u8], limits: Limits, h: &mut impl Handler) -> State {
+        self.feed_with(input, None, limits, h)
     }
 
     /// [`Session::feed`], inflating compressed messages with the core's
     /// `inflater` (RSV1 is accepted only with one, and only if the
-    /// handshake negotiated permessage-deflate).
+    /// handshake negotiated permessage-deflate). `limits` are the core's:
+    /// the same for every connection, so not kept per session.
     pub fn feed_with(
         &mut self,
         input: &mut [u8],
-        mut inflater: Option<&mut Inflater>,
+        inflater: Option<&mut Inflater>,
+        limits: Limits,
         h: &mut impl Handler,
     ) -> State {
         let deflate = self.deflate.is_some() && inflater.is_some();
+        let mut fresh = None;
+        let p = match self.progress.as_deref_mut() {
+            Some(p) => p,
+            None => fresh.insert(Progress::new()),
+        };
+        let mut feed = Feed {
+            state: self.state,
+            limits,
+            p,
+        };
+        feed.run(input, deflate, inflater, h);
+        self.state = feed.state;
+        let idle = feed.p.idle();
+        match (idle, fresh) {
+            // The input ended mid-frame or mid-message: keep what is needed.
+            (false, Some(p)) => self.progress = Some(Box::new(p)),
+            // What was unfinished is done: give the memory back.
+            (true, None) => self.progress = None,
+            _ => {}
+        }
+        self.state
+    }
+}
+
+impl Feed<'_> {
+    /// The parse loop: frames out of `input` until it is used up or the
+    /// connection is done.
+    fn run(
+        &mut self,
+        input: &mut [u8],
+        deflate: bool,
+        mut inflater: Option<&mut Inflater>,
+        h: &mut impl Handler,
+    ) {
         let mut pos = 0;
         while pos < input.len() && self.state != State::Done {
-            match self.frame {
+            match self.p.frame {
                 None => {
-                    let parsed = if self.hdr_len == 0 {
+                    let parsed = if self.p.hdr_len == 0 {
                         parse_header_with(&input[pos..], deflate)
                     } else {
                         // Complete the header cut off by the previous read.
-                        let have = self.hdr_len as usize;
+                        let have = self.p.hdr_len as usize;
                         let take = (MAX_HEADER_LEN - have).min(input.len() - pos);
-                        self.hdr[have..have + take].copy_from_slice(&input[pos..pos + take]);
-                        parse_header_with(&self.hdr[..have + take], deflate)
+                        self.p.hdr[have..have + take].copy_from_slice(&input[pos..pos + take]);
+                        parse_header_with(&self.p.hdr[..have + take], deflate)
                             .map(|r| r.map(|(f, n)| (f, n - have)))
                     };
                     match parsed {
                         Ok(Some((header, consumed))) => {
                             pos += consumed;
-                            self.hdr_len = 0;
+                            self.p.hdr_len = 0;
                             if let Err((code, reason)) = self.start_frame(header) {
                                 self.fail(code, reason, h);
                                 break;
@@ -258,12 +326,12 @@ impl Session {
                         Ok(None) => {
                             // Keep the partial header for the next read.
                             let rest = &input[pos..];
-                            let have = self.hdr_len as usize;
+                            let have = self.p.hdr_len as usize;
                             if have == 0 {
-                                self.hdr[..rest.len()].copy_from_slice(rest);
-                                self.hdr_len = rest.len() as u8;
+                                self.p.hdr[..rest.len()].copy_from_slice(rest);
+                                self.p.hdr_len = rest.len() as u8;
                             } else {
-                                self.hdr_len = (have + rest.len()) as u8;
+                                self.p.hdr_len = (have + rest.len()) as u8;
                             }
                             pos = input.len();
                         }
@@ -280,16 +348,16 @@ impl Session {
                     pos += n;
                     f.remaining -= n as u64;
                     f.offset += n as u64;
-                    self.frame = Some(f);
+                    self.p.frame = Some(f);
                     if f.opcode.is_control() {
-                        let at = self.ctrl_len as usize;
-                        self.ctrl[at..at + n].copy_from_slice(chunk);
-                        self.ctrl_len += n as u8;
+                        let at = self.p.ctrl_len as usize;
+                        self.p.ctrl[at..at + n].copy_from_slice(chunk);
+                        self.p.ctrl_len += n as u8;
                         if f.remaining == 0 {
-                            let len = self.ctrl_len as usize;
-                            let payload = self.ctrl;
-                            self.ctrl_len = 0;
-                            self.frame = None;
+                            let len = self.p.ctrl_len as usize;
+                            let payload = self.p.ctrl;
+                            self.p.ctrl_len = 0;
+                            self.p.frame = None;
                             self.control(f.opcode, &payload[..len], h);
                         }
                     } else {
@@ -304,44 +372,57 @@ impl Session {
                 }
             }
         }
-        self.state
+    }
+
+    /// Fails the connection: sends a close frame with `code` and stops
+    /// parsing, since the byte stream may no longer be framed correctly.
+    fn fail(&mut self, code: CloseCode, reason: &str, h: &mut impl Handler) {
+        if self.state == State::Open {
+            h.send_control(OpCode::Close, ClosePayload::new(code, reason).as_bytes());
+        }
+        self.state = State::Done;
+        self.release_message();
+    }
+
+    fn release_message(&mut self) {
+        self.p.release_message();
     }
 
     /// Validates a new frame against the message state and records it.
     fn start_frame(&mut self, f: FrameHeader) -> Result<(), (CloseCode, &'static str)> {
         match f.opcode {
             OpCode::Text | OpCode::Binary => {
-                if self.msg_kind.is_some() {
+                if self.p.msg_kind.is_some() {
                     return Err((CloseCode::PROTOCOL, "expected a continuation frame"));
                 }
-                if f.payload_len > self.max_message as u64 {
+                if f.payload_len > self.limits.max_message as u64 {
                     return Err((CloseCode::TOO_BIG, "message too big"));
                 }
-                self.msg_kind = Some(if f.opcode == OpCode::Text {
+                self.p.msg_kind = Some(if f.opcode == OpCode::Text {
                     MessageKind::Text
                 } else {
                     MessageKind::Binary
                 });
-                self.msg_len = f.payload_len;
-                self.msg_frames = 1;
-                self.msg_compressed = f.compressed;
+                self.p.msg_len = f.payload_len;
+                self.p.msg_frames = 1;
+                self.p.msg_compressed = f.compressed;
             }
             OpCode::Continuation => {
-                if self.msg_kind.is_none() {
+                if self.p.msg_kind.is_none() {
                     return Err((CloseCode::PROTOCOL, "continuation without a message"));
                 }
-                self.msg_len += f.payload_len;
-                if self.msg_len > self.max_message as u64 {
+                self.p.msg_len += f.payload_len;
+                if self.p.msg_len > self.limits.max_message as u64 {
                     return Err((CloseCode::TOO_BIG, "message too big"));
                 }
-                self.msg_frames = self.msg_frames.saturating_add(1);
-                if self.msg_frames > self.max_fragments {
+                self.p.msg_frames = self.p.msg_frames.saturating_add(1);
+                if self.p.msg_frames > self.limits.max_fragments {
                     return Err((CloseCode::TOO_BIG, "too many fragments"));
                 }
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => {}
         }
-        self.frame = Some(FrameProgress {
+        self.p.frame = Some(FrameProgress {
             opcode: f.opcode,
             fin: f.fin,
             mask: f.mask,
@@ -360,7 +441,7 @@ impl Session {
         inflater: Option<&mut Inflater>,
         h: &mut impl Handler,
     ) {
-        let Some(f) = self.frame else { return };
+        let Some(f) = self.p.frame else { return };
         let len = f.remaining as usize;
         let whole_message = f.opcode.is_control() || (f.fin && f.opcode != OpCode::Continuation);
         if input.len() - *pos < len || !whole_message {
@@ -368,16 +449,16 @@ impl Session {
         }
         let range = *pos..*pos + len;
         *pos += len;
-        self.frame = None;
+        self.p.frame = None;
         if f.opcode.is_control() {
             let payload = &mut input[range];
             apply_mask(payload, f.mask, 0);
             self.control(f.opcode, payload, h);
             return;
         }
-        let kind = self.msg_kind.take().unwrap_or(MessageKind::Binary);
-        self.msg_len = 0;
-        if std::mem::take(&mut self.msg_compressed) {
+        let kind = self.p.msg_kind.take().unwrap_or(MessageKind::Binary);
+        self.p.msg_len = 0;
+        if std::mem::take(&mut self.p.msg_compressed) {
             let payload = &mut input[range];
             apply_mask(payload, f.mask, 0);
             return self.inflated(kind, payload, inflater, h);
@@ -403,27 +484,27 @@ impl Session {
     /// Appends a piece of a data frame's payload to the message in progress.
     fn append_data(&mut self, chunk: &[u8]) -> Result<(), (CloseCode, &'static str)> {
         // Compressed text is validated once inflated.
-        if self.msg_kind == Some(MessageKind::Text)
-            && !self.msg_compressed
-            && self.utf8.feed(chunk).is_err()
+        if self.p.msg_kind == Some(MessageKind::Text)
+            && !self.p.msg_compressed
+            && self.p.utf8.feed(chunk).is_err()
         {
             return Err((CloseCode::INVALID_DATA, "invalid UTF-8 in text message"));
         }
         if self.state == State::Open {
-            if self.msg.is_empty() {
+            if self.p.msg.is_empty() {
                 // First bytes: size the buffer for this frame, but never trust
                 // a length claim for more than 64 KiB up front.
-                let want = (self.msg_len as usize).min(RESERVE_MAX);
-                self.msg.reserve(want.max(chunk.len()));
+                let want = (self.p.msg_len as usize).min(RESERVE_MAX);
+                self.p.msg.reserve(want.max(chunk.len()));
             }
-            self.msg.extend_from_slice(chunk);
+            self.p.msg.extend_from_slice(chunk);
         }
         Ok(())
     }
 
     /// The current data frame is complete (its payload already appended).
     fn end_frame(&mut self, inflater: Option<&mut Inflater>, h: &mut impl Handler) {
-        let Some(f) = self.frame.take() else { return };
+        let Some(f) = self.p.frame.take() else { return };
         if f.opcode.is_control() {
             // Zero-length control frame.
             self.control(f.opcode, &[], h);
@@ -432,22 +513,22 @@ impl Session {
         if !f.fin {
             return;
         }
-        let kind = self.msg_kind.take().unwrap_or(MessageKind::Binary);
-        self.msg_len = 0;
-        if std::mem::take(&mut self.msg_compressed) {
+        let kind = self.p.msg_kind.take().unwrap_or(MessageKind::Binary);
+        self.p.msg_len = 0;
+        if std::mem::take(&mut self.p.msg_compressed) {
             // An idle connection keeps no message buffer.
-            let msg = std::mem::take(&mut self.msg);
+            let msg = std::mem::take(&mut self.p.msg);
             return self.inflated(kind, &msg, inflater, h);
         }
-        if kind == MessageKind::Text && self.utf8.finish().is_err() {
+        if kind == MessageKind::Text && self.p.utf8.finish().is_err() {
             self.fail(CloseCode::INVALID_DATA, "invalid UTF-8 in text message", h);
             return;
         }
         if self.state == State::Open {
-            h.on_message(kind, &self.msg);
+            h.on_message(kind, &self.p.msg);
         }
         // An idle connection keeps no message buffer.
-        self.msg = Vec::new();
+        self.p.msg = Vec::new();
     }
 
     /// A complete compressed message: inflated (never past the message
@@ -463,7 +544,7 @@ impl Session {
         let (Some(inf), State::Open) = (inflater, self.state) else {
             return;
         };
-        match inf.inflate(compressed, self.max_message) {
+        match inf.inflate(compressed, self.limits.max_message) {
             Err(InflateError::TooBig) => self.fail(CloseCode::TOO_BIG, "message too big", h),
             Err(InflateError::Invalid) => {
                 self.fail(CloseCode::INVALID_DATA, "invalid compressed data", h)
@@ -582,7 +663,7 @@ mod tests {
 
     /// As `run`, the handler optionally copying whole messages itself.
     fn run_with(bytes: &[u8], chunk: usize, copying: bool) -> (Rec, State) {
-        let mut s = Session::new(limits());
+        let mut s = Session::new();
         let mut r = Rec {
             copying,
             ..Rec::default()
@@ -590,7 +671,7 @@ mod tests {
         let mut buf = bytes.to_vec();
         let mut state = State::Open;
         for piece in buf.chunks_mut(chunk.max(1)) {
-            state = s.feed(piece, &mut r);
+            state = s.feed(piece, limits(), &mut r);
         }
         (r, state)
     }
@@ -730,21 +811,21 @@ mod tests {
 
     #[test]
     fn oversized_message_fails_with_1009_before_payload() {
-        let mut s = Session::new(Limits::bytes(100));
+        let mut s = Session::new();
         let mut r = Rec::default();
         // Just the header of a 2^40-byte frame: refused without any payload.
         let mut hdr = vec![0x82, 0xFF];
         hdr.extend_from_slice(&(1u64 << 40).to_be_bytes());
         hdr.extend_from_slice(&MASK);
-        assert_eq!(s.feed(&mut hdr, &mut r), State::Done);
+        assert_eq!(s.feed(&mut hdr, Limits::bytes(100), &mut r), State::Done);
         assert_eq!(r.close_code(), Some(1009));
         assert_eq!(s.buffered_bytes(), 0);
         // Fragments that add up past the limit.
-        let mut s = Session::new(Limits::bytes(100));
+        let mut s = Session::new();
         let mut r = Rec::default();
         let mut input = frame(false, 2, &[0; 60]);
         input.extend(frame(true, 0, &[0; 60]));
-        assert_eq!(s.feed(&mut input, &mut r), State::Done);
+        assert_eq!(s.feed(&mut input, Limits::bytes(100), &mut r), State::Done);
         assert_eq!(r.close_code(), Some(1009));
         assert!(r.messages.is_empty());
     }
@@ -769,7 +850,7 @@ mod tests {
 
     #[test]
     fn server_close_waits_for_reply() {
-        let mut s = Session::new(limits());
+        let mut s = Session::new();
         let mut r = Rec::default();
         s.close(CloseCode::GOING_AWAY, "shutdown", &mut r);
         assert_eq!(s.state(), State::AwaitingClose);
@@ -778,7 +859,7 @@ mod tests {
         let mut input = frame(true, 1, b"late");
         input.extend(frame(true, 9, b"p"));
         input.extend(frame(true, 8, &[0x03, 0xE9]));
-        assert_eq!(s.feed(&mut input, &mut r), State::Done);
+        assert_eq!(s.feed(&mut input, limits(), &mut r), State::Done);
         assert!(r.messages.is_empty());
         assert_eq!(r.control.len(), 1);
     }
@@ -802,13 +883,13 @@ mod tests {
             max_message: max,
             max_fragments: 64,
         };
-        let mut s = Session::negotiated(limits, Some(WindowBits::MAX));
+        let mut s = Session::negotiated(Some(WindowBits::MAX));
         let mut inf = Inflater::new();
         let mut r = Rec::default();
         let mut buf = bytes.to_vec();
         let mut state = State::Open;
         for piece in buf.chunks_mut(chunk.max(1)) {
-            state = s.feed_with(piece, Some(&mut inf), &mut r);
+            state = s.feed_with(piece, Some(&mut inf), limits, &mut r);
         }
         (r, state)
     }

@@ -304,7 +304,7 @@ pub fn run_session(
     copying: bool,
     close_first: bool,
 ) -> Outcome {
-    let mut s = Session::new(limits);
+    let mut s = Session::new();
     let mut h = Recorder {
         copying,
         ..Recorder::default()
@@ -328,7 +328,7 @@ pub fn run_session(
         }
         let end = (pos + size).min(buf.len());
         let before = h.events.len();
-        let state = s.feed(&mut buf[pos..end], &mut h);
+        let state = s.feed(&mut buf[pos..end], limits, &mut h);
         assert_eq!(state, s.state());
         assert!(
             rank(state) >= rank(prev),
@@ -388,7 +388,7 @@ pub fn check_frames(limits: Limits, stream: &[u8], chunks: &[usize], close_first
 fn check_deflate(limits: Limits, stream: &[u8], chunks: &[usize], plain: &Outcome) {
     use ringcast::ws::deflate::{Deflater, Inflater, WindowBits};
     let feed = |bytes: &[u8], chunks: &[usize]| {
-        let mut s = Session::negotiated(limits, Some(WindowBits::MAX));
+        let mut s = Session::negotiated(Some(WindowBits::MAX));
         let mut inf = Inflater::new();
         let mut h = Recorder::default();
         let mut buf = bytes.to_vec();
@@ -404,7 +404,7 @@ fn check_deflate(limits: Limits, stream: &[u8], chunks: &[usize], plain: &Outcom
                 break;
             }
             let end = (pos + size).min(buf.len());
-            s.feed_with(&mut buf[pos..end], Some(&mut inf), &mut h);
+            s.feed_with(&mut buf[pos..end], Some(&mut inf), limits, &mut h);
             pos = end;
         }
         if s.state() == State::Done {
