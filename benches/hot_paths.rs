@@ -92,10 +92,8 @@ fn frame_parse_unmask(c: &mut Criterion) {
         // 16 unmasked 34-byte frames queued in one coalesced buffer.
         let policy = Policy {
             max_queue: usize::MAX,
-            rate_per_us: 0.0,
-            publish_rate_per_us: 0.0,
-            publish_burst: 1.0,
-            burst: 1.0,
+            msg_rate: None,
+            publish_rate: None,
             max_subscriptions: 0,
             history_max_limit: 1000,
             heartbeat: heartbeat::Policy {

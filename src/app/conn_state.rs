@@ -59,14 +59,11 @@ pub struct ConnCtl {
     pub beat: Beat,
     /// When the client last sent a data message (idle timeout).
     pub last_msg_us: u64,
-    /// Message-rate token bucket: tokens left and when it was refilled.
-    pub tokens: f32,
-    /// When `tokens` was last refilled.
-    pub refill_us: u64,
-    /// Publish-rate token bucket (`--max-publishes-per-sec`).
-    pub pub_tokens: f32,
-    /// When `pub_tokens` was last refilled.
-    pub pub_refill_us: u64,
+    /// The message-rate schedule ([`super::policy::Rate`]; 0: a whole
+    /// burst available).
+    pub msg_tat: u64,
+    /// The publish-rate schedule (`--max-publishes-per-sec`).
+    pub publish_tat: u64,
     /// The endpoint and its state.
     pub endpoint: Endpoint,
 }
@@ -83,10 +80,8 @@ impl ConnCtl {
         ConnCtl {
             beat: Beat::start(now_us, &policy.heartbeat),
             last_msg_us: now_us,
-            tokens: policy.burst,
-            refill_us: now_us,
-            pub_tokens: policy.publish_burst,
-            pub_refill_us: now_us,
+            msg_tat: 0,
+            publish_tat: 0,
             endpoint: Endpoint::new(route, claims),
         }
     }

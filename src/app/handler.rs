@@ -206,10 +206,8 @@ impl<'a> ConnIo<'a> {
         }
         let now = self.env.now_us;
         self.ctl.last_msg_us = now;
-        let p = &self.env.policy;
-        if p.rate_per_us > 0.0 {
-            let (tokens, refill) = (&mut self.ctl.tokens, &mut self.ctl.refill_us);
-            if !take_token(tokens, refill, now, p.rate_per_us, p.burst) {
+        if let Some(rate) = &self.env.policy.msg_rate {
+            if !rate.admit(&mut self.ctl.msg_tat, now * 1000) {
                 self.rate_limited = true;
                 return false;
             }
@@ -224,16 +222,13 @@ impl<'a> ConnIo<'a> {
     /// the rate the owner closes the connection with 1008.
     #[inline]
     fn admit_publish(&mut self) -> bool {
-        let p = &self.env.policy;
-        if p.publish_rate_per_us <= 0.0 {
+        let Some(rate) = &self.env.policy.publish_rate else {
             return true;
-        }
+        };
         if self.publish_limited {
             return false;
         }
-        let (tokens, refill) = (&mut self.ctl.pub_tokens, &mut self.ctl.pub_refill_us);
-        let now = self.env.now_us;
-        if !take_token(tokens, refill, now, p.publish_rate_per_us, p.publish_burst) {
+        if !rate.admit(&mut self.ctl.publish_tat, self.env.now_us * 1000) {
             self.publish_limited = true;
             return false;
         }
@@ -533,27 +528,6 @@ pub(crate) fn leave_channel(
     }
     channels.remove(idx, key);
     channels.cancel(idx, key, unsub_ack)
-}
-
-/// Token bucket: refills `tokens` by the time elapsed since `refill_us` at
-/// `rate_per_us` up to `burst`, then takes one. Returns whether there was one.
-#[inline]
-fn take_token(
-    tokens: &mut f32,
-    refill_us: &mut u64,
-    now_us: u64,
-    rate_per_us: f64,
-    burst: f32,
-) -> bool {
-    let elapsed = now_us.saturating_sub(*refill_us) as f64;
-    let t = (*tokens as f64 + elapsed * rate_per_us).min(burst as f64);
-    *refill_us = now_us;
-    if t < 1.0 {
-        *tokens = t as f32;
-        return false;
-    }
-    *tokens = (t - 1.0) as f32;
-    true
 }
 
 impl Handler for ConnIo<'_> {

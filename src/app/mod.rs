@@ -22,6 +22,6 @@ pub(crate) mod stats;
 
 pub(crate) use conn_state::{ConnCtl, Endpoint};
 pub(crate) use handler::{ConnIo, Env};
-pub(crate) use policy::{CoreHook, Policy};
+pub(crate) use policy::{CoreHook, Policy, Rate};
 pub(crate) use route::{Resource, Route};
 pub(crate) use stats::{MsgStats, RTT_BUCKETS_US};

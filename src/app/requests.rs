@@ -63,6 +63,50 @@ pub(crate) enum HeadOutcome {
     Query,
     /// An API request channel owners answer.
     Api(ApiCall),
+    /// `GET /debug/pprof/profile`: take a CPU profile, answer when done.
+    Profile(ProfileReq),
+}
+
+/// A CPU profile request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProfileReq {
+    /// How long to sample, 1 to [`PROFILE_MAX_SECONDS`].
+    pub seconds: u16,
+    /// What the answer's body is.
+    pub format: ProfileFormat,
+}
+
+/// The body of a profile's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProfileFormat {
+    /// A gzipped pprof protobuf (the default, as Go's `net/http/pprof`).
+    Pprof,
+    /// A flamegraph (`?format=svg`).
+    Svg,
+}
+
+/// The longest profile a request may ask for.
+pub(crate) const PROFILE_MAX_SECONDS: u16 = 300;
+
+/// Reads `?seconds=N` (default 30, as Go's) and `?format=pprof|svg`.
+pub(crate) fn profile_request(creds: &Credentials<'_>) -> Result<ProfileReq, String> {
+    let seconds = match creds.param("seconds") {
+        None => 30,
+        Some(s) => match s.parse::<u16>() {
+            Ok(n) if (1..=PROFILE_MAX_SECONDS).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "seconds must be a whole number from 1 to {PROFILE_MAX_SECONDS}, not '{s}'"
+                ))
+            }
+        },
+    };
+    let format = match creds.param("format") {
+        None | Some("pprof") | Some("proto") => ProfileFormat::Pprof,
+        Some("svg") | Some("flamegraph") => ProfileFormat::Svg,
+        Some(other) => return Err(format!("format must be pprof or svg, not '{other}'")),
+    };
+    Ok(ProfileReq { seconds, format })
 }
 
 /// An API request for channel owners, owned (the request's bytes are
@@ -191,6 +235,13 @@ pub(crate) fn request(access: &Access, env: &mut Env, req: HttpRequest<'_>) -> H
             HeadOutcome::Resource(req.resource)
         }
         Resource::ChannelList => HeadOutcome::Query,
+        Resource::Profile => match profile_request(&req.creds) {
+            Ok(p) => HeadOutcome::Profile(p),
+            Err(message) => {
+                json_error(400, "", "bad_request", &message, scratch);
+                HeadOutcome::Respond
+            }
+        },
         Resource::Publish | Resource::History | Resource::Presence => {
             match api_call(env, req.resource, req.body) {
                 Ok(call) => HeadOutcome::Api(call),

@@ -45,6 +45,9 @@ pub enum Resource {
     /// Needs the API key when one is set, and, unlike the rest of the API,
     /// works without one when none is.
     Stats,
+    /// `GET /debug/pprof/profile?seconds=N[&format=svg]`: a CPU profile of
+    /// the process. Needs the API key; refused when none is set.
+    Profile,
 }
 
 /// What a resource asks of the API key.
@@ -62,9 +65,11 @@ impl Resource {
     /// What the resource asks of the API key.
     pub fn key_rule(self) -> KeyRule {
         match self {
-            Resource::Publish | Resource::ChannelList | Resource::History | Resource::Presence => {
-                KeyRule::Required
-            }
+            Resource::Publish
+            | Resource::ChannelList
+            | Resource::History
+            | Resource::Presence
+            | Resource::Profile => KeyRule::Required,
             Resource::Stats => KeyRule::IfSet,
             _ => KeyRule::Open,
         }
@@ -104,6 +109,7 @@ impl Route {
             "/demo" => Some(Target::Http(Resource::Demo)),
             "/dashboard" => Some(Target::Http(Resource::Dashboard)),
             "/api/stats" => Some(Target::Http(Resource::Stats)),
+            "/debug/pprof/profile" => Some(Target::Http(Resource::Profile)),
             super::assets::SDK_VERSIONED_PATH => Some(Target::Http(Resource::SdkVersioned)),
             _ => Route::from_path(path).map(Target::WebSocket),
         }

@@ -40,9 +40,18 @@ pub struct Credentials<'a> {
     /// `If-None-Match` header: not a credential, but collected in the same
     /// pass over the headers, for revalidating the embedded files.
     pub if_none_match: Option<&'a str>,
+    /// The request target as sent, for resources that take query
+    /// parameters ([`Credentials::param`]).
+    pub target: &'a str,
 }
 
 impl<'a> Credentials<'a> {
+    /// The first non-empty value of query parameter `name` (not
+    /// percent-decoded).
+    pub fn param(&self, name: &str) -> Option<&'a str> {
+        query_param(self.target, name)
+    }
+
     /// The bearer token, else the query token.
     pub fn token(&self) -> Option<&'a str> {
         self.bearer.or(self.query_token)
@@ -54,6 +63,7 @@ impl<'a> Credentials<'a> {
     pub(crate) fn from_request(target: &'a str, headers: &[httparse::Header<'a>]) -> Self {
         let mut c = Self {
             query_token: query_param(target, "token"),
+            target,
             ..Self::default()
         };
         for h in headers {

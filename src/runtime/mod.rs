@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::app::heartbeat;
 use crate::app::requests::Access;
-use crate::app::Policy;
+use crate::app::{Policy, Rate};
 use crate::config::Config;
 use crate::shard::{ShardConfig, Stats};
 use crate::ws::Limits;
@@ -51,14 +51,18 @@ impl Config {
             recv_buffer_size: self.recv_buffer_size,
             policy: Policy {
                 max_queue: self.max_send_queue_bytes,
-                rate_per_us: self.max_msgs_per_sec / 1e6,
-                burst: if self.msg_burst > 0.0 {
-                    self.msg_burst as f32
-                } else {
-                    self.max_msgs_per_sec.max(1.0) as f32
-                },
-                publish_rate_per_us: self.max_publishes_per_sec / 1e6,
-                publish_burst: self.max_publishes_per_sec.max(1.0) as f32,
+                msg_rate: Rate::new(
+                    self.max_msgs_per_sec,
+                    if self.msg_burst > 0.0 {
+                        self.msg_burst
+                    } else {
+                        self.max_msgs_per_sec.max(1.0)
+                    },
+                ),
+                publish_rate: Rate::new(
+                    self.max_publishes_per_sec,
+                    self.max_publishes_per_sec.max(1.0),
+                ),
                 max_subscriptions: self.max_subscriptions,
                 history_max_limit: self.history_max_limit,
                 heartbeat: heartbeat::Policy {

@@ -5,7 +5,7 @@
 
 use tracing::debug;
 
-use super::slab::{Phase, Slab};
+use super::slab::{Flag, Phase, Slab};
 use super::Shard;
 use crate::app::protocol::{self, ErrorCode};
 use crate::app::Endpoint;
@@ -42,8 +42,8 @@ impl Recipients for Sink<'_> {
         if pushed.over {
             self.overflow.push(key);
         }
-        if !conn.dirty {
-            conn.dirty = true;
+        if !conn.flags.has(Flag::Dirty) {
+            conn.flags.set(Flag::Dirty, true);
             self.dirty.push(key);
         }
         Some(pushed)

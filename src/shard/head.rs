@@ -5,7 +5,7 @@
 use tracing::debug;
 
 use super::recv::Input;
-use super::slab::{Conn, Deadline, Phase};
+use super::slab::{Conn, Deadline, Flag, Phase};
 use super::{metrics, Shard, ShardConfig};
 use crate::app::requests::{self, HeadOutcome, HttpRequest, RefusedBy};
 use crate::app::{assets, auth, protocol, ConnCtl, Endpoint, Env, Resource, Route};
@@ -42,8 +42,8 @@ pub(super) fn parse(conn: &mut Conn, cfg: &ShardConfig, env: &mut Env, data: &[u
                 .or_else(|| requests::body_not_wanted(resource, scratch));
             if let Some(refused) = refused {
                 refused
-            } else if continue_expected && !conn.continue_sent {
-                conn.continue_sent = true;
+            } else if continue_expected && !conn.flags.has(Flag::ContinueSent) {
+                conn.flags.set(Flag::ContinueSent, true);
                 HeadOutcome::Continue
             } else {
                 HeadOutcome::Nothing
@@ -128,6 +128,7 @@ impl Shard {
             HeadOutcome::Resource(r) => self.answer_http(key, r),
             HeadOutcome::Query => self.start_query(key),
             HeadOutcome::Api(call) => self.start_api(key, call),
+            HeadOutcome::Profile(req) => self.start_profile(key, req),
         }
     }
 
@@ -185,9 +186,11 @@ impl Shard {
                 )
             }
             // Answered in `requests` before they get here.
-            Resource::Publish | Resource::ChannelList | Resource::History | Resource::Presence => {
-                http::write_response(500, "text/plain", "", b"misrouted\n", v)
-            }
+            Resource::Publish
+            | Resource::ChannelList
+            | Resource::History
+            | Resource::Presence
+            | Resource::Profile => http::write_response(500, "text/plain", "", b"misrouted\n", v),
         });
         self.linger(key);
     }

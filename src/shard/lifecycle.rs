@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::slab::{Deadline, Phase, NO_TICK};
+use super::slab::{Deadline, Flag, Phase, NO_TICK};
 use super::Shard;
 use crate::app::handler::leave_channel;
 use crate::app::{ConnIo, Endpoint};
@@ -21,8 +21,8 @@ impl Shard {
     /// Lists a connection for this pass's flush.
     pub(super) fn mark_dirty(&mut self, key: ConnKey) {
         if let Some(c) = self.conns.get_mut(key) {
-            if !c.dirty {
-                c.dirty = true;
+            if !c.flags.has(Flag::Dirty) {
+                c.flags.set(Flag::Dirty, true);
                 self.dirty.push(key);
             }
         }
@@ -112,8 +112,8 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.has_unsent() || conn.sending() || conn.fin_after_flush {
-            conn.peer_fin = true;
+        if conn.has_unsent() || conn.sending() || conn.flags.has(Flag::FinAfterFlush) {
+            conn.flags.set(Flag::PeerFin, true);
             self.mark_dirty(key);
         } else {
             self.release(key);
@@ -165,7 +165,7 @@ impl Shard {
             return;
         };
         conn.phase = Phase::Lingering;
-        conn.fin_after_flush = true;
+        conn.flags.set(Flag::FinAfterFlush, true);
         self.set_deadline(key, Instant::now() + self.cfg.close_timeout);
         self.mark_dirty(key);
     }

@@ -33,6 +33,7 @@ pub(crate) mod inject;
 mod lifecycle;
 pub(crate) mod metrics;
 mod offload;
+mod profile;
 mod query;
 mod recv;
 mod send;
@@ -162,6 +163,8 @@ pub(crate) struct Shard {
     max_open: usize,
     /// `/api/channels` requests waiting for other cores' answers.
     queries: query::Queries,
+    /// `GET /debug/pprof/profile` requests waiting for their report.
+    waiting_profiles: Vec<profile::Waiting>,
     /// `X-Ringcast-Core: N`, sent with every 101: which core holds the
     /// connection (operators correlating per-core metrics, and tests that
     /// need clients on different cores).
@@ -294,6 +297,7 @@ impl Shard {
             open_ws: 0,
             max_open: share(cfg.max_connections, cfg.cores, id),
             queries: query::Queries::default(),
+            waiting_profiles: Vec::new(),
             core_header: format!("X-Ringcast-Core: {id}\r\n"),
             epoch: now,
             now,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tracing::{debug, error, warn};
 
-use super::slab::{token, untoken, Conn, Op, Phase};
+use super::slab::{token, untoken, Conn, Flag, Op, Phase};
 use super::Shard;
 use crate::app::requests::HeadOutcome;
 use crate::app::{ConnIo, CoreHook, Env};
@@ -115,21 +115,22 @@ impl Shard {
             opcode::RecvMulti::new(fd, group).build()
         };
         let sqe = sqe.user_data(token(Op::Recv, key));
-        c.recv_armed = true;
+        c.flags.set(Flag::RecvArmed, true);
         // SAFETY: the kernel writes into provided buffers the ring owns.
         if let Err(e) = unsafe { self.ring.push(&sqe) } {
             warn!(core = self.id, "arming recv: {e}");
-            c.recv_armed = false;
+            c.flags.set(Flag::RecvArmed, false);
             self.abort(key);
         }
     }
 
     pub(super) fn rearm_recvs(&mut self) {
         while let Some(key) = self.rearm.pop() {
-            let wants = self
-                .conns
-                .get_mut(key)
-                .is_some_and(|c| !c.recv_armed && !c.paused && !matches!(c.phase, Phase::Closing));
+            let wants = self.conns.get_mut(key).is_some_and(|c| {
+                !c.flags.has(Flag::RecvArmed)
+                    && !c.flags.has(Flag::Paused)
+                    && !matches!(c.phase, Phase::Closing)
+            });
             if wants && self.offload_or_wait(key) {
                 self.arm_recv(key);
             }
@@ -154,7 +155,7 @@ impl Shard {
             return;
         };
         if !more {
-            conn.recv_armed = false;
+            conn.flags.set(Flag::RecvArmed, false);
         }
         let lingering = matches!(conn.phase, Phase::Lingering);
         let answering = matches!(conn.phase, Phase::Answering);
@@ -162,7 +163,10 @@ impl Shard {
             if let Some(buf) = buf {
                 self.release_buf(buf);
             }
-            let paused = self.conns.get_mut(key).is_some_and(|c| c.paused);
+            let paused = self
+                .conns
+                .get_mut(key)
+                .is_some_and(|c| c.flags.has(Flag::Paused));
             if res == -libc::ECANCELED && paused {
                 // Paused while a peer is congested: re-armed when it drains.
             } else if res == -libc::ENOBUFS {
@@ -228,7 +232,7 @@ impl Shard {
             // A complete request whose answer the other cores are still
             // gathering: the peer has simply finished sending.
             if let Some(conn) = self.conns.get_mut(key) {
-                conn.peer_fin = true;
+                conn.flags.set(Flag::PeerFin, true);
             }
         } else {
             // The peer is gone.
@@ -408,7 +412,7 @@ impl Shard {
     pub(super) fn after_feed(&mut self, key: ConnKey, fed: Fed) {
         if fed.published {
             if let Some(c) = self.conns.get_mut(key) {
-                c.publisher = true;
+                c.flags.set(Flag::Publisher, true);
             }
         }
         if fed.core_hook != CoreHook::None {
@@ -456,7 +460,7 @@ impl Shard {
         if !congested && self.congested {
             for key in std::mem::take(&mut self.paused) {
                 if let Some(c) = self.conns.get_mut(key) {
-                    c.paused = false;
+                    c.flags.set(Flag::Paused, false);
                     self.rearm.push(key);
                 }
             }
@@ -475,12 +479,15 @@ impl Shard {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if !c.publisher || c.paused || matches!(c.phase, Phase::Closing) {
+        if !c.flags.has(Flag::Publisher)
+            || c.flags.has(Flag::Paused)
+            || matches!(c.phase, Phase::Closing)
+        {
             return;
         }
-        c.paused = true;
+        c.flags.set(Flag::Paused, true);
         self.paused.push(key);
-        if c.recv_armed {
+        if c.flags.has(Flag::RecvArmed) {
             let sqe = opcode::AsyncCancel::new(token(Op::Recv, key))
                 .build()
                 .user_data(token(Op::Ignore, key));

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use io_uring::{opcode, types};
 
-use super::slab::{token, Op, Phase, SendMsg};
+use super::slab::{token, Flag, Op, Phase, SendMsg};
 use super::Shard;
 use crate::conn::ConnKey;
 
@@ -34,7 +34,7 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            conn.dirty = false;
+            conn.flags.set(Flag::Dirty, false);
             if conn.sending() || matches!(conn.phase, Phase::Closing) {
                 continue;
             }
@@ -58,7 +58,10 @@ impl Shard {
                         tls.set_failed();
                     }
                 }
-                if conn.fin_after_flush && !conn.out.has_unsent() && !tls.has_unsent() {
+                if conn.flags.has(Flag::FinAfterFlush)
+                    && !conn.out.has_unsent()
+                    && !tls.has_unsent()
+                {
                     // The clean end of the TLS stream before our FIN.
                     tls.close_notify(pool);
                 }
@@ -78,8 +81,8 @@ impl Shard {
                 }
             }
             if !conn.out.has_unsent() {
-                if conn.fin_after_flush {
-                    conn.fin_after_flush = false;
+                if conn.flags.has(Flag::FinAfterFlush) {
+                    conn.flags.set(Flag::FinAfterFlush, false);
                     if let Some(crate::tls::Tls::Kernel(k)) = conn.tls.as_deref() {
                         // kTLS: the clean end of the TLS stream first.
                         let _ = k.close_notify(conn.fd.as_fd());
@@ -87,7 +90,7 @@ impl Shard {
                     // An error only means the peer is gone already.
                     let _ = socket2::SockRef::from(&conn.fd).shutdown(Shutdown::Write);
                 }
-                if conn.peer_fin {
+                if conn.flags.has(Flag::PeerFin) {
                     // Everything went out, and the peer had finished.
                     self.release(key);
                 }
@@ -135,11 +138,14 @@ impl Shard {
             }
             self.stats.bytes_out += res as u64;
             tls.complete_send(res as usize, &mut self.env.pool);
-            if tls.offload_pending() && !conn.recv_armed {
+            if tls.offload_pending() && !conn.flags.has(Flag::RecvArmed) {
                 // Reads waited for this send before the kTLS hand-over.
                 self.rearm.push(key);
             }
-            if conn.has_unsent() || conn.fin_after_flush || conn.peer_fin {
+            if conn.has_unsent()
+                || conn.flags.has(Flag::FinAfterFlush)
+                || conn.flags.has(Flag::PeerFin)
+            {
                 self.mark_dirty(key);
             }
             self.maybe_release(key);
@@ -156,7 +162,10 @@ impl Shard {
         }
         self.stats.bytes_out += res as u64;
         conn.out.complete_send(res as usize, &mut self.env.pool);
-        if conn.out.has_unsent() || conn.fin_after_flush || conn.peer_fin {
+        if conn.out.has_unsent()
+            || conn.flags.has(Flag::FinAfterFlush)
+            || conn.flags.has(Flag::PeerFin)
+        {
             self.mark_dirty(key);
         }
         self.maybe_release(key);

@@ -103,23 +103,8 @@ pub(crate) struct Conn {
     pub out: OutQueue,
     /// The header of a `sendmsg` in flight, if the send needed one.
     pub sendmsg: Option<Box<SendMsg>>,
-    /// A multishot receive is armed.
-    pub recv_armed: bool,
-    /// Listed in the core's flush list.
-    pub dirty: bool,
-    /// Shut down the write side once the queue is flushed.
-    pub fin_after_flush: bool,
-    /// The peer's FIN came before our answer was flushed (lingering, or
-    /// while an `/api/channels` answer was gathered): release the
-    /// connection once it is.
-    pub peer_fin: bool,
-    /// `100 Continue` was sent for the request body.
-    pub continue_sent: bool,
-    /// Its input has made cross-core traffic: paused first when a peer
-    /// core is congested.
-    pub publisher: bool,
-    /// Reads are paused (receive cancelled) until the congestion clears.
-    pub paused: bool,
+    /// Yes/no state ([`Flag`]).
+    pub flags: Flags,
     /// When the current phase times out.
     pub deadline: Deadline,
     /// Tick of the timer-wheel entry this connection counts on
@@ -132,6 +117,52 @@ pub(crate) struct Conn {
     /// encrypts what `out` holds, or the kernel's once it took over (a
     /// pointer's width on plain ones).
     pub tls: Option<Box<Tls>>,
+}
+
+/// A connection's yes/no state: one bit each in [`Flags`], where seven
+/// `bool`s would cost every connection's slot a word with the padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Flag {
+    /// A multishot receive is armed.
+    RecvArmed = 1,
+    /// Listed in the core's flush list.
+    Dirty = 1 << 1,
+    /// Shut down the write side once the queue is flushed.
+    FinAfterFlush = 1 << 2,
+    /// The peer's FIN came before our answer was flushed (lingering, or
+    /// while an `/api/channels` answer was gathered): release the
+    /// connection once it is.
+    PeerFin = 1 << 3,
+    /// `100 Continue` was sent for the request body.
+    ContinueSent = 1 << 4,
+    /// Its input has made cross-core traffic: paused first when a peer
+    /// core is congested.
+    Publisher = 1 << 5,
+    /// Reads are paused (receive cancelled) until the congestion clears.
+    Paused = 1 << 6,
+}
+
+/// The set of a connection's [`Flag`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Flags(u8);
+
+impl Flags {
+    /// Whether `f` is set.
+    #[inline]
+    pub(crate) fn has(self, f: Flag) -> bool {
+        self.0 & f as u8 != 0
+    }
+
+    /// Sets or clears `f`.
+    #[inline]
+    pub(crate) fn set(&mut self, f: Flag, on: bool) {
+        if on {
+            self.0 |= f as u8;
+        } else {
+            self.0 &= !(f as u8);
+        }
+    }
 }
 
 /// No timer-wheel entry.
@@ -178,13 +209,7 @@ impl Conn {
             phase: Phase::Handshake(Vec::new()),
             out: OutQueue::default(),
             sendmsg: None,
-            recv_armed: false,
-            dirty: false,
-            fin_after_flush: false,
-            peer_fin: false,
-            continue_sent: false,
-            publisher: false,
-            paused: false,
+            flags: Flags::default(),
             deadline,
             wheel_tick: NO_TICK,
             ctl: ConnCtl::default(),
@@ -219,7 +244,9 @@ impl Conn {
 
     /// Whether operations still reference this connection.
     pub(crate) fn busy(&self) -> bool {
-        self.recv_armed || self.out.sending() || self.user_tls().is_some_and(|t| t.sending())
+        self.flags.has(Flag::RecvArmed)
+            || self.out.sending()
+            || self.user_tls().is_some_and(|t| t.sending())
     }
 
     /// Whether bytes wait to go out: plaintext queued, or (TLS) ciphertext

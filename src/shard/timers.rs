@@ -56,6 +56,7 @@ impl Shard {
             return; // superseded by an earlier entry
         }
         conn.wheel_tick = NO_TICK;
+        let answering = matches!(conn.phase, Phase::Answering);
         if let Some(d) = conn.deadline.get() {
             if d <= now_us {
                 conn.deadline = Deadline::NONE;
@@ -94,6 +95,10 @@ impl Shard {
             if now_us >= conn.ctl.beat.next_us {
                 self.heartbeat(key, now_us);
             }
+        }
+        // A profile request's wake-up (before its deadline).
+        if answering && self.poll_profile(key, now) {
+            return;
         }
         self.schedule(key);
     }

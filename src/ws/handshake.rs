@@ -507,7 +507,10 @@ mod tests {
                 method: Method::Post,
                 head_len: POST.len(),
                 body: BODY.as_bytes(),
-                creds: Credentials::default(),
+                creds: Credentials {
+                    target: "/api/publish",
+                    ..Credentials::default()
+                },
             }))
         );
     }
@@ -523,7 +526,10 @@ mod tests {
                     continue_expected: false,
                     resource: "publish",
                     method: Method::Post,
-                    creds: Credentials::default(),
+                    creds: Credentials {
+                        target: "/api/publish",
+                        ..Credentials::default()
+                    },
                 }
             };
             assert_eq!(http(&req.as_bytes()[..cut]), Ok(want), "cut {cut}");
@@ -543,7 +549,10 @@ mod tests {
                 continue_expected: true,
                 resource: "publish",
                 method: Method::Post,
-                creds: Credentials::default(),
+                creds: Credentials {
+                    target: "/api/publish",
+                    ..Credentials::default()
+                },
             })
         );
         let full = format!("{head}{BODY}");
@@ -626,7 +635,10 @@ mod tests {
                 method: Method::Get,
                 head_len: req.len(),
                 body: b"",
-                creds: Credentials::default(),
+                creds: Credentials {
+                    target: "/healthz",
+                    ..Credentials::default()
+                },
             }))
         );
         // Upgrades still need HTTP/1.1.
@@ -680,9 +692,14 @@ mod tests {
                 query_token: Some("abc"),
                 api_key: Some("k3y"),
                 if_none_match: Some("\"e\""),
+                target: "/api/publish?a=1&token=abc&b=2",
             }
         );
         assert_eq!(c.token(), Some("t.k-n_1"));
+        assert_eq!(
+            (c.param("a"), c.param("b"), c.param("c")),
+            (Some("1"), Some("2"), None)
+        );
         let q = creds_of("GET /healthz?token=abc#frag HTTP/1.1\r\n\r\n");
         assert_eq!((q.query_token, q.token()), (Some("abc"), Some("abc")));
         for target in [
