@@ -17,6 +17,8 @@
 #   echo-big        50 conns x 4 in flight x 16 KiB binary
 #   echo-lat        1,000 conns x 1 in flight x 32 B
 #   broadcast       1,000 subscribers, publisher 2,000 msg/s x 64 B
+#   broadcast-light 1,000 subscribers, publisher 500 msg/s x 64 B (a load
+#                   every server sustains: latency without saturation)
 #   broadcast-wide  5,000 subscribers, publisher 300 msg/s x 64 B
 #   channels        as broadcast, through one /ws channel (subscribe, JSON
 #                   publish; ringcast only: the baseline has no /ws); server
@@ -128,12 +130,12 @@ while [ $# -gt 0 ]; do
         on|off|both) TLS=$2; shift 2 ;;
         *) TLS=on; shift ;;
       esac ;;
-    -h|--help) sed -n '2,96p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,101p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) SCENARIOS+=("$1"); shift ;;
   esac
 done
-ALL=(echo echo-big echo-lat broadcast broadcast-wide channels channels-ordered cluster cluster-publish idle churn
+ALL=(echo echo-big echo-lat broadcast broadcast-light broadcast-wide channels channels-ordered cluster cluster-publish idle churn
      broadcast-json echo-deflate idle-deflate)
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   if [ "$QUICK" = 1 ]; then SCENARIOS=(echo broadcast churn idle); else SCENARIOS=("${ALL[@]}"); fi
@@ -176,6 +178,7 @@ scenario_args() { # the generator's arguments for a scenario
     echo-big)       echo "echo --conns 50 --in-flight 4 --size 16384 --binary" ;;
     echo-lat)       echo "echo --conns 1000 --in-flight 1 --size 32" ;;
     broadcast)      echo "broadcast --conns 1000 --rate 2000 --size 64" ;;
+    broadcast-light) echo "broadcast --conns 1000 --rate 500 --size 64" ;;
     broadcast-wide) echo "broadcast --conns 5000 --rate 300 --size 64" ;;
     channels)       echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench" ;;
     channels-ordered|cluster) echo "broadcast --conns 1000 --rate 2000 --size 64 --channel bench --publishers 2" ;;

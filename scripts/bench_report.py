@@ -19,7 +19,7 @@ from pathlib import Path
 from rctools import svg_doc, svg_escape
 
 SERVERS = ["ringcast", "ringcast-tokio"]
-ORDER = ["echo", "echo-big", "echo-lat", "broadcast", "broadcast-wide", "channels", "channels-ordered", "idle", "churn"]
+ORDER = ["echo", "echo-big", "echo-lat", "broadcast", "broadcast-light", "broadcast-wide", "channels", "channels-ordered", "idle", "churn"]
 # Scenarios compared across setups rather than across servers.
 CLUSTERED = ["cluster", "cluster-publish"]
 # Compression scenarios: one column per server and variant (the baseline
@@ -174,7 +174,7 @@ CHURN = [
 ]
 METRICS = {
     "echo": THROUGHPUT, "echo-big": THROUGHPUT, "echo-lat": THROUGHPUT,
-    "broadcast": BROADCAST, "broadcast-wide": BROADCAST,
+    "broadcast": BROADCAST, "broadcast-light": BROADCAST, "broadcast-wide": BROADCAST,
     "channels": CHANNELS, "channels-ordered": CHANNELS,
     "idle": IDLE, "churn": CHURN,
     "cluster": CLUSTER, "cluster-publish": PUBLISH,
@@ -182,7 +182,7 @@ METRICS = {
 }
 # The one number per scenario for the chart.
 HEADLINE = {
-    "echo": 1, "echo-big": 1, "echo-lat": 3, "broadcast": 2, "broadcast-wide": 2,
+    "echo": 1, "echo-big": 1, "echo-lat": 3, "broadcast": 2, "broadcast-light": 2, "broadcast-wide": 2,
     "channels": 2, "channels-ordered": 2, "idle": 0, "churn": 1,
     "cluster": 2, "cluster-publish": 0,
     "broadcast-json": 4, "echo-deflate": 1, "idle-deflate": 0,
@@ -192,6 +192,7 @@ DESCR = {
     "echo-big": "50 conns x 4 in flight x 16 KiB binary",
     "echo-lat": "1,000 conns x 1 in flight x 32 B",
     "broadcast": "1,000 subscribers, 2,000 msg/s x 64 B",
+    "broadcast-light": "1,000 subscribers, 500 msg/s x 64 B",
     "broadcast-wide": "5,000 subscribers, 300 msg/s x 64 B",
     "channels": "as broadcast, through one /ws channel (history off)",
     "channels-ordered": "as channels, 2 publishers on different server cores, history on; offsets checked",
