@@ -192,7 +192,7 @@ DESCR = {
     "echo-big": "50 conns x 4 in flight x 16 KiB binary",
     "echo-lat": "1,000 conns x 1 in flight x 32 B",
     "broadcast": "1,000 subscribers, 2,000 msg/s x 64 B",
-    "broadcast-light": "1,000 subscribers, 500 msg/s x 64 B",
+    "broadcast-light": "1,000 subscribers, light publisher rate (BROADCAST_LIGHT_RATE, default 500 msg/s) x 64 B",
     "broadcast-wide": "5,000 subscribers, 300 msg/s x 64 B",
     "channels": "as broadcast, through one /ws channel (history off)",
     "channels-ordered": "as channels, 2 publishers on different server cores, history on; offsets checked",
