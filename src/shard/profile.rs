@@ -64,15 +64,12 @@ impl Shard {
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
-            self.env.scratch.clear();
-            json_error(
+            return self.respond_error(
+                key,
                 409,
-                "",
                 "profile_running",
                 "a profile is being taken already; try again when it is done",
-                &mut self.env.scratch,
             );
-            return self.respond(key);
         }
         let (tx, rx) = mpsc::sync_channel(1);
         let running = Running;
@@ -84,15 +81,8 @@ impl Shard {
             });
         if let Err(e) = spawned {
             // `running` went with the closure that was never run.
-            self.env.scratch.clear();
-            json_error(
-                500,
-                "",
-                "profile_failed",
-                &format!("cannot start the profiling thread: {e}"),
-                &mut self.env.scratch,
-            );
-            return self.respond(key);
+            let message = format!("cannot start the profiling thread: {e}");
+            return self.respond_error(key, 500, "profile_failed", &message);
         }
         info!(
             core = self.id,
@@ -128,7 +118,6 @@ impl Shard {
             Err(TryRecvError::Disconnected) => Err("the profiling thread ended early".into()),
         };
         self.waiting_profiles.swap_remove(i);
-        self.env.scratch.clear();
         match answer {
             Ok((content_type, body)) => {
                 let headers = if content_type == GZIPPED_PPROF {
@@ -136,15 +125,23 @@ impl Shard {
                 } else {
                     ""
                 };
+                self.env.scratch.clear();
                 http::write_response(200, content_type, headers, &body, &mut self.env.scratch);
+                self.respond(key);
             }
             Err(e) => {
                 warn!(core = self.id, "CPU profile failed: {e}");
-                json_error(500, "", "profile_failed", &e, &mut self.env.scratch);
+                self.respond_error(key, 500, "profile_failed", &e);
             }
         }
-        self.respond(key);
         true
+    }
+
+    /// Answers the request with a JSON error and closes after it.
+    fn respond_error(&mut self, key: ConnKey, status: u16, code: &str, message: &str) {
+        self.env.scratch.clear();
+        json_error(status, "", code, message, &mut self.env.scratch);
+        self.respond(key);
     }
 
     /// Makes the connection's timer fire at `at` (earlier than its deadline).
