@@ -137,6 +137,10 @@ IDLE = [
     ("RSS per connection (B)", lambda r: get(r, "server.rss_per_conn"), "{:,.0f}", False),
     ("server RSS holding (MiB)", lambda r: (get(r, "server.rss") or 0) / 1048576, "{:.1f}", False),
     ("handshakes/s while opening", lambda r: r.get("handshakes_per_s"), "{:,.0f}", True),
+    ("handshakes per server CPU-s while opening", lambda r: r.get("handshakes_per_server_cpu_s"), "{:,.0f}", True),
+    ("generator CPU while opening (cores)",
+     lambda r: r["open_generator_cpu_s"] / r["open_s"] if r.get("open_generator_cpu_s") and r.get("open_s") else None,
+     "{:.2f}", None),
     ("connections opened", lambda r: r.get("opened"), "{:,.0f}", None),
 ]
 def compressed_share(r):

