@@ -223,7 +223,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 now += Duration::from_millis(x % 400);
                 w.advance(now, |_, _| {});
             } else {
