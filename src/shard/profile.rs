@@ -28,6 +28,14 @@ use crate::http;
 /// Samples per second: not a multiple of common timer frequencies, so the
 /// samples do not line up with periodic work (Go's pprof uses 100).
 const FREQUENCY: i32 = 99;
+/// Libraries a sample must not be taken in: the pprof crate drops every
+/// sample whose interrupted instruction lies in one. Only libgcc, whose
+/// unwinder the signal handler itself runs (and must not re-enter), and the
+/// vDSO. Not libc: `SIGPROF` is delivered as a thread returns from the
+/// kernel, inside libc's `syscall` wrapper, so blocking libc dropped every
+/// sample of `io_uring_enter`, where this server spends 85-95% of its CPU
+/// (2-8 samples in 1 s of a saturated core, against 99 now).
+const BLOCKLIST: &[&str] = &["libgcc", "vdso"];
 /// How often a waiting connection looks for its report once the sampling
 /// time is up (building the report takes a moment: symbolisation).
 const POLL: Duration = Duration::from_millis(100);
@@ -159,7 +167,7 @@ const GZIPPED_PPROF: &str = "application/octet-stream";
 fn take(req: ProfileReq) -> Report {
     let guard = pprof::ProfilerGuardBuilder::default()
         .frequency(FREQUENCY)
-        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .blocklist(BLOCKLIST)
         .build()
         .map_err(|e| format!("cannot start the profiler: {e}"))?;
     std::thread::sleep(Duration::from_secs(req.seconds.into()));
