@@ -7,7 +7,6 @@
 //! and ignores any other that fires; an entry that fires before anything is
 //! due just leads to the next one being inserted.
 
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Granularity of deadlines.
@@ -26,12 +25,11 @@ pub(crate) struct TimerWheel<K> {
     /// Earliest tick in each slot (`u64::MAX`: empty), so the next wake-up
     /// is found without walking the entries.
     slot_min: Vec<u64>,
-    /// The minimum of `slot_min`, or `None` once the slot holding it has
-    /// drained. A core asks for its next wake-up every time it parks; a scan
-    /// of the 512 words each time was 4% of a connection-churn run's CPU.
-    /// Inserts keep it exact, so the scan runs at most once per drained
-    /// slot.
-    earliest: Cell<Option<u64>>,
+    /// The minimum of `slot_min` (`u64::MAX`: empty). A core asks for its
+    /// next wake-up every time it parks; a scan of the 512 words each time
+    /// was 4% of a connection-churn run's CPU. Inserts keep it exact, and
+    /// the scan runs only when the slot holding it drains.
+    earliest: u64,
     len: usize,
 }
 
@@ -43,7 +41,7 @@ impl<K: Copy> TimerWheel<K> {
             cursor: 0,
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             slot_min: vec![u64::MAX; SLOTS],
-            earliest: Cell::new(Some(u64::MAX)),
+            earliest: u64::MAX,
             len: 0,
         }
     }
@@ -62,24 +60,9 @@ impl<K: Copy> TimerWheel<K> {
         let s = (tick as usize) % SLOTS;
         self.slots[s].push((tick, key));
         self.slot_min[s] = self.slot_min[s].min(tick);
-        if let Some(e) = self.earliest.get() {
-            self.earliest.set(Some(e.min(tick)));
-        }
+        self.earliest = self.earliest.min(tick);
         self.len += 1;
         tick
-    }
-
-    /// The earliest tick scheduled (`u64::MAX`: none), from the cache when
-    /// it is fresh.
-    fn earliest(&self) -> u64 {
-        match self.earliest.get() {
-            Some(e) => e,
-            None => {
-                let e = self.slot_min.iter().copied().min().unwrap_or(u64::MAX);
-                self.earliest.set(Some(e));
-                e
-            }
-        }
     }
 
     /// Entries scheduled and not yet reported.
@@ -102,7 +85,7 @@ impl<K: Copy> TimerWheel<K> {
         if self.len == 0 {
             return None;
         }
-        let tick = self.earliest();
+        let tick = self.earliest;
         let nanos = (TICK.as_nanos() as u64).saturating_mul(tick);
         Some(self.start + Duration::from_nanos(nanos))
     }
@@ -117,9 +100,8 @@ impl<K: Copy> TimerWheel<K> {
         while self.cursor <= now_tick && self.len > 0 {
             // Nothing due before the earliest entry: jump there instead of
             // visiting every empty tick in between.
-            let earliest = self.earliest();
-            if earliest > self.cursor {
-                self.cursor = earliest.min(now_tick + 1);
+            if self.earliest > self.cursor {
+                self.cursor = self.earliest.min(now_tick + 1);
                 continue;
             }
             let s = (self.cursor as usize) % SLOTS;
@@ -136,10 +118,11 @@ impl<K: Copy> TimerWheel<K> {
                     i += 1;
                 }
             }
-            if self.earliest.get() == Some(self.slot_min[s]) && min > self.slot_min[s] {
-                self.earliest.set(None);
-            }
+            let drained_earliest = self.earliest == self.slot_min[s] && min > self.slot_min[s];
             self.slot_min[s] = min;
+            if drained_earliest {
+                self.earliest = self.slot_min.iter().copied().min().unwrap_or(u64::MAX);
+            }
             // Deadlines set together (connections opened in a burst, their
             // heartbeats in step) fill one slot, then the next one their
             // interval leads to, and so on round the wheel: a slot that
